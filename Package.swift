@@ -1,0 +1,106 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Shared by every Swift target: no C type can leak into a public signature, and
+// every existential is spelled `any`.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "rollout-gate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RolloutGate", targets: ["RolloutGate"]),
+        .library(name: "RolloutRedis", targets: ["RolloutRedis"]),
+        .executable(name: "rollout", targets: ["rollout"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // hiredis 0.14 from Debian's libhiredis-dev: its RESP reader and command formatter only.
+        .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
+        // OpenSSL from Debian's libssl-dev: the SHA-256 fast path and the TLS calls Swift
+        // cannot import (C macros).
+        .target(
+            name: "CRolloutCrypto",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        .target(
+            name: "RolloutRedis",
+            dependencies: [
+                "CHiredis",
+                "CRolloutCrypto",
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RolloutGate",
+            dependencies: [
+                "RolloutRedis",
+                "CRolloutCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RolloutAdmin",
+            dependencies: [
+                "RolloutGate",
+                "RolloutRedis",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "rollout",
+            dependencies: [
+                "RolloutAdmin",
+                "RolloutGate",
+                "RolloutRedis",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Fixtures for tests: real redis-server processes on free loopback ports.
+        .target(
+            name: "RolloutTestSupport",
+            dependencies: ["RolloutRedis"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RolloutRedisTests",
+            dependencies: ["RolloutRedis", "RolloutTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RolloutGateTests",
+            dependencies: [
+                "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RolloutAdminTests",
+            dependencies: ["RolloutAdmin", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RolloutCLITests",
+            dependencies: ["RolloutRedis", "RolloutTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

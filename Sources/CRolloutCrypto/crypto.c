@@ -1,0 +1,55 @@
+// SHA256_Init/Update/Final are deprecated in OpenSSL 3.0 but still shipped, and about six
+// times faster than the EVP path for short keys (docs/performance.md): bucketing uses them.
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+#include <openssl/sha.h>
+#include "CRolloutCrypto.h"
+
+uint64_t CRolloutCrypto_sha256_head64(const char *prefix, size_t prefix_len,
+                                      const char *middle, size_t middle_len,
+                                      const char *key, size_t key_len) {
+    SHA256_CTX ctx;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256_Init(&ctx);
+    if (prefix != NULL) {
+        SHA256_Update(&ctx, prefix, prefix_len);
+        SHA256_Update(&ctx, ":", 1);
+    }
+    if (middle != NULL) {
+        SHA256_Update(&ctx, middle, middle_len);
+        SHA256_Update(&ctx, ":", 1);
+    }
+    SHA256_Update(&ctx, key, key_len);
+    SHA256_Final(digest, &ctx);
+    uint64_t head = 0;
+    for (int i = 0; i < 8; i++) {
+        head = (head << 8) | (uint64_t)digest[i];
+    }
+    return head;
+}
+
+void CRolloutCrypto_sha256(const void *data, size_t len, uint8_t out[32]) {
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, data, len);
+    SHA256_Final(out, &ctx);
+}
+
+void CRolloutCrypto_sha256_oneshot(const void *data, size_t len, uint8_t out[32]) {
+    SHA256(data, len, out);
+}
+
+int CRolloutCrypto_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+
+int CRolloutCrypto_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+
+void CRolloutCrypto_SSL_CTX_set_nonblocking_modes(SSL_CTX *ctx) {
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+int CRolloutCrypto_TLS1_2_VERSION(void) {
+    return TLS1_2_VERSION;
+}

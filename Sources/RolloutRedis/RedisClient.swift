@@ -1,0 +1,162 @@
+import Dispatch
+import Synchronization
+
+/// An async Redis client over one connection, safe to share between tasks.
+///
+/// Every call runs on the client's own serial dispatch queue, so the blocking socket I/O
+/// never occupies a thread of Swift's cooperative pool, and hiredis's state is touched by
+/// one thread at a time. A broken connection is dropped and the next call reconnects.
+public final class RedisClient: Sendable {
+    /// Where the client connects; printing it hides the password.
+    public let url: RedisURL
+    /// How long a connect (TCP, TLS and AUTH) may take.
+    public let connectTimeout: Duration
+    /// How long one command or pipeline may wait for its replies.
+    public let commandTimeout: Duration
+
+    private let queue: DispatchQueue
+    private let slot = ConnectionSlot()
+    private let closed = Atomic<Bool>(false)
+
+    /// A client for `url`; nothing connects until the first command.
+    public init(url: RedisURL, connectTimeout: Duration = .milliseconds(250), commandTimeout: Duration = .seconds(1)) {
+        self.url = url
+        self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+        self.queue = DispatchQueue(label: "rollout-gate.redis")
+    }
+
+    /// Sends one command; an error reply throws ``RedisError`` with code `.serverError`.
+    public func send(_ command: RedisCommand) async throws(RedisError) -> RedisValue {
+        let replies = try await run { connection throws(RedisError) in try connection.send([command]) }
+        guard let reply = replies.first else {
+            throw RedisError(.protocolError, "Redis sent no reply to \(command.name).")
+        }
+        return try reply.throwingServerError(context: command.name)
+    }
+
+    /// Sends one command given as text: `try await client.send("GET", "flags:google:enabled")`.
+    public func send(_ name: String, _ arguments: String...) async throws(RedisError) -> RedisValue {
+        try await send(RedisCommand(name, arguments))
+    }
+
+    /// Sends every command in one round trip and returns one reply each, in order. A command
+    /// the server refuses gives an `.error` value in its place; the others still run.
+    public func pipeline(_ commands: [RedisCommand]) async throws(RedisError) -> [RedisValue] {
+        guard !commands.isEmpty else { return [] }
+        return try await run { connection throws(RedisError) in try connection.send(commands) }
+    }
+
+    /// Runs the commands inside MULTI/EXEC in one round trip and returns EXEC's replies, or
+    /// nil when the server aborted the transaction (a WATCHed key changed).
+    public func transaction(_ commands: [RedisCommand], watching keys: [String] = []) async throws(RedisError) -> [RedisValue]? {
+        var all: [RedisCommand] = []
+        if !keys.isEmpty { all.append(RedisCommand("WATCH", keys)) }
+        all.append(RedisCommand("MULTI"))
+        all.append(contentsOf: commands)
+        all.append(RedisCommand("EXEC"))
+        let replies = try await pipeline(all)
+        guard let exec = replies.last else { throw RedisError(.protocolError, "Redis sent no reply to EXEC.") }
+        // A command refused while queueing (wrong arity, unknown) makes EXEC fail with EXECABORT.
+        for reply in replies.dropLast() {
+            if case .error(let text) = reply { throw RedisError.fromServer(text, context: "MULTI") }
+        }
+        switch exec {
+        case .null: return nil
+        case .array(let values): return values
+        case .error(let text): throw RedisError.fromServer(text, context: "EXEC")
+        default: throw RedisError(.protocolError, "Redis answered EXEC with \(exec), not an array.")
+        }
+    }
+
+    /// Runs a Lua script by its SHA-1 (EVALSHA), sending the source (EVAL) only when the
+    /// server does not have it cached yet.
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws(RedisError) -> RedisValue {
+        let tail = [String(keys.count)] + keys + arguments
+        do {
+            return try await send(RedisCommand("EVALSHA", [script.sha1] + tail))
+        } catch where error.serverErrorPrefix == "NOSCRIPT" {
+            return try await send(RedisCommand("EVAL", [script.source] + tail))
+        }
+    }
+
+    /// Every key matching a glob pattern, by iterating SCAN (never KEYS, which blocks the server).
+    public func scan(matching pattern: String, count: Int = 1000) async throws(RedisError) -> [String] {
+        var cursor = "0"
+        var keys: [String] = []
+        repeat {
+            let reply = try await send(RedisCommand("SCAN", cursor, "MATCH", pattern, "COUNT", String(count)))
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let batch = parts[1].array else {
+                throw RedisError(.protocolError, "Redis answered SCAN with an unexpected shape.")
+            }
+            keys.append(contentsOf: batch.compactMap(\.string))
+            cursor = next
+        } while cursor != "0"
+        return keys
+    }
+
+    /// Closes the connection; later calls fail with `.clientClosed`.
+    public func close() {
+        closed.store(true, ordering: .releasing)
+        queue.async { [slot] in
+            slot.connection?.close()
+            slot.connection = nil
+        }
+    }
+
+    private func run<Result: Sendable>(
+        _ body: @escaping @Sendable (RedisConnection) throws(RedisError) -> Result
+    ) async throws(RedisError) -> Result {
+        let outcome: Swift.Result<Result, RedisError> = await withCheckedContinuation { continuation in
+            queue.async { [self] in
+                continuation.resume(returning: runOnQueue(body))
+            }
+        }
+        return try outcome.get()
+    }
+
+    private func runOnQueue<Result>(
+        _ body: (RedisConnection) throws(RedisError) -> Result
+    ) -> Swift.Result<Result, RedisError> {
+        if closed.load(ordering: .acquiring) {
+            return .failure(RedisError(.clientClosed, "The Redis client for \(url) was closed."))
+        }
+        do throws(RedisError) {
+            let connection: RedisConnection
+            if let existing = slot.connection, !existing.isBroken {
+                connection = existing
+            } else {
+                connection = try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+                slot.connection = connection
+            }
+            return .success(try body(connection))
+        } catch {
+            // hiredis's rule: a connection that failed mid-exchange cannot be trusted again.
+            if error.breaksConnection {
+                slot.connection?.close()
+                slot.connection = nil
+            }
+            return .failure(error)
+        }
+    }
+}
+
+/// The client's connection, touched only from the client's serial queue: that queue is
+/// the lock, which is why this box may be `@unchecked Sendable`.
+private final class ConnectionSlot: @unchecked Sendable {
+    var connection: RedisConnection?
+}
+
+/// A Lua script and its SHA-1, for ``RedisClient/evaluate(_:keys:arguments:)``.
+public struct RedisScript: Sendable, Hashable {
+    /// The Lua source.
+    public let source: String
+    /// The hex SHA-1 Redis caches the script under.
+    public let sha1: String
+
+    /// A script from its source.
+    public init(_ source: String) {
+        self.source = source
+        self.sha1 = sha1Hex(source)
+    }
+}

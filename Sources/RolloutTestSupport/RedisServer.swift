@@ -1,0 +1,246 @@
+import Foundation
+public import RolloutRedis
+import Synchronization
+public import Testing
+
+/// Whether the test run is CI's (`CI=true`): there a missing server fails the run instead of
+/// skipping the tests that need it.
+public let isCI: Bool = ProcessInfo.processInfo.environment["CI"].map { ["true", "1", "yes"].contains($0.lowercased()) } ?? false
+
+/// The path of an executable on PATH, or nil.
+public func executablePath(_ name: String) -> String? {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":") {
+        let candidate = "\(directory)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    return nil
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the test when redis-server is installed; in CI (`CI=true`) always runs, so a
+    /// missing server fails instead of skipping.
+    public static var requiresRedis: Self {
+        .enabled(if: isCI || executablePath("redis-server") != nil, "redis-server is not installed (scripts/test.sh installs it)")
+    }
+}
+
+extension Tag {
+    /// Tests that start a real redis-server.
+    @Tag public static var redis: Self
+    /// Tests that run the `rollout` binary.
+    @Tag public static var cli: Self
+}
+
+/// A failure of a fixture, saying what to install or look at.
+public struct FixtureError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel picks it; a short race with other processes remains).
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw FixtureError("socket() failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+            bind(fd, generic, length) == 0 && getsockname(fd, generic, &length) == 0
+        }
+    }
+    guard bound else { throw FixtureError("cannot bind a loopback port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A fresh temporary directory, removed by the caller.
+public func makeTemporaryDirectory(_ label: String) throws -> String {
+    let path = NSTemporaryDirectory() + "rollout-gate-\(label)-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// A real redis-server on a free loopback port (and a Unix socket), started for one test and
+/// stopped by ``stop()`` or when released.
+public final class RedisServer: @unchecked Sendable {
+    // @unchecked: `process` is only replaced under `lock`; the rest is immutable.
+    public let port: Int
+    public let directory: String
+    public let unixSocketPath: String
+    public let tlsPort: Int?
+    public let certificates: TestCertificates?
+    private let arguments: [String]
+    private let lock = NSLock()
+    private var process: ChildProcess?
+
+    /// Starts redis-server with extra `arguments` (e.g. `["--requirepass", "s3cret"]`);
+    /// `tls: true` adds a TLS port with certificates made by openssl for this server.
+    public init(arguments: [String] = [], tls: Bool = false) throws {
+        guard let binary = executablePath("redis-server") else {
+            throw FixtureError("redis-server is not installed: run scripts/test.sh, or apt-get install redis-server")
+        }
+        directory = try makeTemporaryDirectory("redis")
+        port = try freeLoopbackPort()
+        unixSocketPath = directory + "/redis.sock"
+        var tlsArguments: [String] = []
+        if tls {
+            let certificates = try TestCertificates(directory: directory)
+            let tlsPort = try freeLoopbackPort()
+            self.certificates = certificates
+            self.tlsPort = tlsPort
+            tlsArguments = [
+                "--tls-port", String(tlsPort), "--tls-cert-file", certificates.serverCertificate,
+                "--tls-key-file", certificates.serverKey, "--tls-ca-cert-file", certificates.caCertificate,
+                "--tls-auth-clients", "optional",
+            ]
+        } else {
+            certificates = nil
+            tlsPort = nil
+        }
+        self.arguments =
+            [
+                "--port", String(port), "--bind", "127.0.0.1", "--unixsocket", unixSocketPath, "--unixsocketperm", "700",
+                "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no", "--loglevel", "warning",
+            ] + tlsArguments + arguments
+        try start(binary: binary)
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private func start(binary: String) throws {
+        let process = try ChildProcess(binary, arguments, output: directory + "/redis.log")
+        lock.withLock { self.process = process }
+        try waitUntilReady()
+    }
+
+    private func waitUntilReady() throws {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+            close(fd)
+            if connected { return }
+            if lock.withLock({ process?.hasExited() }) != false {
+                let log = (try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? ""
+                throw FixtureError("redis-server exited at start: \(log)")
+            }
+            usleep(10_000)
+        }
+        throw FixtureError("redis-server did not listen on port \(port) within 10 s")
+    }
+
+    /// The plain TCP URL, with `password` and `username` if given.
+    public func url(username: String? = nil, password: String? = nil, database: Int = 0) -> RedisURL {
+        RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port), username: username, password: password, database: database)
+    }
+
+    /// The URL as text, as an operator would write it.
+    public var urlString: String { "redis://127.0.0.1:\(port)" }
+
+    /// Stops the server (SIGTERM) and waits for it to exit.
+    public func stop() {
+        signal(SIGTERM)
+    }
+
+    /// Kills the server at once (SIGKILL), like a crash.
+    public func kill() {
+        signal(SIGKILL)
+    }
+
+    private func signal(_ signal: Int32) {
+        let process = lock.withLock { () -> ChildProcess? in
+            defer { self.process = nil }
+            return self.process
+        }
+        process?.terminate(signal)
+    }
+
+    /// Starts the server again on the same port (after ``stop()`` or ``kill()``).
+    public func restart() throws {
+        guard let binary = executablePath("redis-server") else { throw FixtureError("redis-server is not installed") }
+        try start(binary: binary)
+    }
+}
+
+/// A CA, and a server certificate for `localhost` and 127.0.0.1 signed by it, made with openssl.
+public struct TestCertificates: Sendable {
+    public let caCertificate: String
+    public let caKey: String
+    public let serverCertificate: String
+    public let serverKey: String
+    /// A second CA that signed nothing: trusting it must fail verification.
+    public let otherCACertificate: String
+
+    public init(directory: String) throws {
+        caCertificate = directory + "/ca.crt"
+        caKey = directory + "/ca.key"
+        serverCertificate = directory + "/server.crt"
+        serverKey = directory + "/server.key"
+        otherCACertificate = directory + "/other-ca.crt"
+        let extensions = directory + "/server.ext"
+        try "subjectAltName=DNS:localhost,IP:127.0.0.1\n".write(toFile: extensions, atomically: true, encoding: .utf8)
+        let steps: [[String]] = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rollout-gate test CA",
+             "-keyout", caKey, "-out", caCertificate],
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=another CA",
+             "-keyout", directory + "/other-ca.key", "-out", otherCACertificate],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", serverKey,
+             "-out", directory + "/server.csr"],
+            ["x509", "-req", "-in", directory + "/server.csr", "-CA", caCertificate, "-CAkey", caKey,
+             "-CAcreateserial", "-days", "2", "-out", serverCertificate, "-extfile", extensions],
+        ]
+        guard let openssl = executablePath("openssl") else { throw FixtureError("openssl is not installed") }
+        for step in steps {
+            let status = try ChildProcess(openssl, step, output: "/dev/null").wait()
+            guard status == 0 else {
+                throw FixtureError("openssl \(step.prefix(2).joined(separator: " ")) failed")
+            }
+        }
+    }
+}
+
+/// A TCP listener that accepts connections (the kernel completes the handshake) and never
+/// answers: every command sent to it times out.
+public final class SilentServer: Sendable {
+    public let port: Int
+    private let fd: Int32
+
+    public init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                bind(fd, generic, length) == 0 && getsockname(fd, generic, &length) == 0 && listen(fd, 16) == 0
+            }
+        }
+        guard ok else {
+            close(fd)
+            throw FixtureError("cannot listen on loopback")
+        }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(fd) }
+
+    public var url: RedisURL { RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port)) }
+}

@@ -1,0 +1,128 @@
+/// The gate's answer for one actor, with the reason it was given.
+public struct Decision: Sendable, Hashable, CustomStringConvertible {
+    /// Whether the feature is on for the actor.
+    public let isOn: Bool
+    /// Why.
+    public let reason: Reason
+
+    /// A decision and its reason.
+    public init(isOn: Bool, reason: Reason) {
+        self.isOn = isOn
+        self.reason = reason
+    }
+
+    /// Why the gate decided as it did, in the order the rules are applied.
+    public enum Reason: Sendable, Hashable, CustomStringConvertible {
+        /// A key of the feature holds a value that breaks the contract; off for everyone.
+        case invalidState(key: String)
+        /// `flags:<f>:enabled` is false.
+        case killSwitch
+        /// The process-level `ROLLOUT_<FEATURE>_ENABLED=false` is set.
+        case processOverride(variable: String)
+        /// The stickiness key is in `flags:<f>:deny`.
+        case denied
+        /// The stickiness key is in `flags:<f>:allow`.
+        case allowed
+        /// `internal_only` is true and the actor is not internal.
+        case internalOnly
+        /// The bucket rule: `bucket` against `threshold` under `scheme`, with the percent that
+        /// applied and whether it came from the workspace's override.
+        case bucket(scheme: BucketingScheme, bucket: Int, threshold: Int, percent: RolloutPercent, fromWorkspace: Bool)
+        /// The actor has no id: on only at 100%.
+        case anonymousActor(percent: RolloutPercent)
+        /// Nothing has been read from Redis for this feature yet.
+        case noData
+        /// The snapshot is older than the allowed staleness and Redis cannot be reached.
+        case staleSnapshot
+
+        /// A stable machine-readable code: `kill_switch`, `bucket`, `invalid_state`...
+        public var code: String {
+            switch self {
+            case .invalidState: return "invalid_state"
+            case .killSwitch: return "kill_switch"
+            case .processOverride: return "process_override"
+            case .denied: return "denied"
+            case .allowed: return "allowed"
+            case .internalOnly: return "internal_only"
+            case .bucket: return "bucket"
+            case .anonymousActor: return "anonymous_actor"
+            case .noData: return "no_data"
+            case .staleSnapshot: return "stale_snapshot"
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .invalidState(let key): return "invalid state in \(key): off for everyone until it is fixed"
+            case .killSwitch: return "kill switch: enabled is false"
+            case .processOverride(let variable): return "process override: \(variable)=false"
+            case .denied: return "in the deny set"
+            case .allowed: return "in the allow set"
+            case .internalOnly: return "internal only, and the actor is not internal"
+            case .bucket(let scheme, let bucket, let threshold, let percent, let fromWorkspace):
+                let source = fromWorkspace ? "workspace percent" : "rollout percent"
+                let comparison = scheme == .v2 ? "<" : "<="
+                return "bucket \(bucket) \(comparison) \(threshold)? (\(scheme), \(source) \(percent)%)"
+            case .anonymousActor(let percent): return "actor has no id: on only at 100% (now \(percent)%)"
+            case .noData: return "no data from Redis yet"
+            case .staleSnapshot: return "snapshot too old and Redis unreachable: failing closed"
+            }
+        }
+    }
+
+    public var description: String { "\(isOn ? "on" : "off"): \(reason)" }
+}
+
+/// Who is asking: the actor's id, its workspace, and whether it is internal.
+public struct Actor: Sendable, Hashable {
+    /// The actor's id; empty means anonymous (on only at 100%).
+    public var id: String
+    /// The workspace, making the stickiness key `<workspace>:<id>`; nil or empty for none.
+    public var workspace: String?
+    /// Whether the actor is internal (staff), for `internal_only` features.
+    public var isInternal: Bool
+
+    /// An actor.
+    public init(id: String, workspace: String? = nil, isInternal: Bool = false) {
+        self.id = id
+        self.workspace = workspace
+        self.isInternal = isInternal
+    }
+
+    /// The key allow and deny sets hold: `<workspace>:<id>`, or `<id>`.
+    public var stickinessKey: String {
+        guard let workspace, !workspace.isEmpty else { return id }
+        return workspace + ":" + id
+    }
+}
+
+extension FeatureState {
+    /// The gate's rules, first match wins (docs/bucketing.md, "Decision order"), for a valid
+    /// state. `overridden` is the process-level kill switch; `percentOverride` answers as if
+    /// rollout_percent were that (the CLI's `--at`).
+    public func decide(for actor: Actor, overriddenBy variable: String? = nil, percentOverride: RolloutPercent? = nil) -> Decision {
+        if !enabled { return Decision(isOn: false, reason: .killSwitch) }
+        if let variable { return Decision(isOn: false, reason: .processOverride(variable: variable)) }
+        if !deny.isEmpty || !allow.isEmpty {
+            // Only built when a set exists: the common path allocates nothing.
+            let key = actor.stickinessKey
+            if deny.contains(key) { return Decision(isOn: false, reason: .denied) }
+            if allow.contains(key) { return Decision(isOn: true, reason: .allowed) }
+        }
+        if internalOnly && !actor.isInternal { return Decision(isOn: false, reason: .internalOnly) }
+        var percent = percentOverride ?? rolloutPercent
+        var fromWorkspace = false
+        if percentOverride == nil, let workspace = actor.workspace, !workspaces.isEmpty, let override = workspaces[workspace] {
+            percent = override
+            fromWorkspace = true
+        }
+        guard let bucket = Bucketing.bucket(scheme: bucketing, feature: feature, workspace: actor.workspace, actor: actor.id) else {
+            return Decision(isOn: percent == .full, reason: .anonymousActor(percent: percent))
+        }
+        return Decision(
+            isOn: Bucketing.isInside(bucket: bucket, scheme: bucketing, percent: percent),
+            reason: .bucket(
+                scheme: bucketing, bucket: bucket, threshold: Bucketing.threshold(scheme: bucketing, percent: percent),
+                percent: percent, fromWorkspace: fromWorkspace))
+    }
+}

@@ -1,0 +1,64 @@
+/// A validated feature name: `[a-z0-9][a-z0-9_.-]{0,63}`. Nothing else can address keys, so a
+/// name can never reach outside its own `flags:<name>:` keys.
+public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertible, ExpressibleByStringLiteral {
+    /// The name as written.
+    public let rawValue: String
+
+    /// Validates `text`; the error says what is wrong with it.
+    public init(_ text: String) throws(KeyspaceError) {
+        let bytes = Array(text.utf8)
+        guard let first = bytes.first else {
+            throw KeyspaceError("A feature name cannot be empty. Use lower-case letters, digits, '_', '.' and '-'.")
+        }
+        guard bytes.count <= 64 else {
+            throw KeyspaceError("The feature name '\(text.prefix(80))' is \(bytes.count) characters long; at most 64 are allowed.")
+        }
+        func isLowerAlphanumeric(_ byte: UInt8) -> Bool {
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+        }
+        guard isLowerAlphanumeric(first) else {
+            throw KeyspaceError("The feature name '\(text)' must start with a lower-case letter or a digit.")
+        }
+        for byte in bytes.dropFirst() where !(isLowerAlphanumeric(byte) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-")) {
+            let shown = byte < 0x80 ? "'\(Character(Unicode.Scalar(byte)))'" : "a non-ASCII character"
+            throw KeyspaceError(
+                "The feature name '\(text)' contains \(shown); only lower-case letters, digits, '_', '.' and '-' are allowed.")
+        }
+        rawValue = text
+    }
+
+    /// A name known to be valid at compile time; traps on an invalid literal (a programming error).
+    public init(stringLiteral value: String) {
+        do {
+            try self.init(value)
+        } catch {
+            preconditionFailure("Invalid feature name literal: \(error)")
+        }
+    }
+
+    /// The process-level kill switch variable for this feature: `ROLLOUT_<FEATURE>_ENABLED`,
+    /// upper-cased, with `-` and `.` written as `_`.
+    public var overrideVariable: String {
+        let upper = rawValue.uppercased().map { $0 == "-" || $0 == "." ? "_" : $0 }
+        return "ROLLOUT_\(String(upper))_ENABLED"
+    }
+
+    public var description: String { rawValue }
+
+    public static func < (lhs: FeatureName, rhs: FeatureName) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// A value or name the keyspace contract refuses, with the key at fault where there is one.
+public struct KeyspaceError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What is wrong and what would be right.
+    public let message: String
+    /// The Redis key holding the bad value, when the error is about one.
+    public let key: String?
+
+    public init(_ message: String, key: String? = nil) {
+        self.message = message
+        self.key = key
+    }
+
+    public var description: String { message }
+}

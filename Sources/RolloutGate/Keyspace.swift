@@ -1,0 +1,204 @@
+public import RolloutRedis
+
+/// The flags keyspace: every key of one feature, as plain strings operators can write with
+/// redis-cli. This is a contract (README, "The keyspace"); keys may be added, never renamed.
+public struct FeatureKeys: Sendable, Hashable {
+    /// The feature the keys belong to.
+    public let feature: FeatureName
+
+    /// The keys of `feature`.
+    public init(_ feature: FeatureName) { self.feature = feature }
+
+    private func key(_ suffix: String) -> String { "flags:\(feature.rawValue):\(suffix)" }
+
+    /// `flags:<f>:enabled`: boolean; only an explicit false is the kill switch.
+    public var enabled: String { key("enabled") }
+    /// `flags:<f>:rollout_percent`: "0" to "100", at most three decimals; absent is 0.
+    public var rolloutPercent: String { key("rollout_percent") }
+    /// `flags:<f>:internal_only`: boolean; absent is false.
+    public var internalOnly: String { key("internal_only") }
+    /// `flags:<f>:paused`: boolean read by the controller; the gate ignores it.
+    public var paused: String { key("paused") }
+    /// `flags:<f>:last_change_time`: ISO-8601 UTC of the last percent change.
+    public var lastChangeTime: String { key("last_change_time") }
+    /// `flags:<f>:last_percent`: the percent before the last change.
+    public var lastPercent: String { key("last_percent") }
+    /// `flags:<f>:bucketing`: "v1" or "v2"; absent is v2.
+    public var bucketing: String { key("bucketing") }
+    /// `flags:<f>:allow`: SET of stickiness keys always on.
+    public var allow: String { key("allow") }
+    /// `flags:<f>:deny`: SET of stickiness keys always off.
+    public var deny: String { key("deny") }
+    /// `flags:<f>:workspaces`: HASH of workspace id → percent.
+    public var workspaces: String { key("workspaces") }
+
+    /// The string keys, in the order ``FeatureState/read(from:)`` expects them from MGET.
+    public var stringKeys: [String] {
+        [enabled, rolloutPercent, internalOnly, paused, lastChangeTime, lastPercent, bucketing]
+    }
+
+    /// Every key of the feature.
+    public var all: [String] { stringKeys + [allow, deny, workspaces] }
+
+    /// The commands that read the whole feature: one pipeline, one round trip.
+    public var readCommands: [RedisCommand] {
+        [
+            RedisCommand("MGET", stringKeys),
+            RedisCommand("SMEMBERS", allow),
+            RedisCommand("SMEMBERS", deny),
+            RedisCommand("HGETALL", workspaces),
+        ]
+    }
+
+    /// The feature a key belongs to, if it is a `flags:<f>:...` key with a valid name.
+    public static func feature(ofKey key: String) -> FeatureName? {
+        guard key.hasPrefix("flags:") else { return nil }
+        let rest = key.dropFirst("flags:".count)
+        guard let colon = rest.firstIndex(of: ":") else { return nil }
+        return try? FeatureName(String(rest[..<colon]))
+    }
+}
+
+/// How actors are hashed into buckets (docs/bucketing.md).
+public enum BucketingScheme: String, Sendable, Hashable, CaseIterable {
+    /// The original Python gate's: SHA-256 of the stickiness key, 100 buckets, whole percents.
+    case v1
+    /// The default: SHA-256 of `feature:key`, 100,000 buckets, 0.001% steps.
+    case v2
+}
+
+/// One feature's keys, parsed. Built only through ``read(from:)``, which refuses every value
+/// it cannot parse instead of guessing.
+public struct FeatureState: Sendable, Hashable {
+    /// The feature.
+    public var feature: FeatureName
+    /// False only when `enabled` explicitly says so: the kill switch.
+    public var enabled: Bool
+    /// The rollout percent; 0 when the key is absent.
+    public var rolloutPercent: RolloutPercent
+    /// Whether only internal actors may see the feature.
+    public var internalOnly: Bool
+    /// Whether the controller must leave the feature alone.
+    public var paused: Bool
+    /// When the percent last changed, if ever.
+    public var lastChangeTime: Timestamp?
+    /// The percent before the last change, if recorded.
+    public var lastPercent: RolloutPercent?
+    /// The bucketing scheme.
+    public var bucketing: BucketingScheme
+    /// Stickiness keys that are always on.
+    public var allow: Set<String>
+    /// Stickiness keys that are always off.
+    public var deny: Set<String>
+    /// Per-workspace percents overriding ``rolloutPercent``.
+    public var workspaces: [String: RolloutPercent]
+    /// Whether any key of the feature exists at all.
+    public var exists: Bool
+
+    /// The state of a feature with no keys: enabled, 0%, nobody on.
+    public static func absent(_ feature: FeatureName) -> FeatureState {
+        FeatureState(
+            feature: feature, enabled: true, rolloutPercent: .zero, internalOnly: false, paused: false, lastChangeTime: nil,
+            lastPercent: nil, bucketing: .v2, allow: [], deny: [], workspaces: [:], exists: false)
+    }
+
+    /// Parses the replies of ``FeatureKeys/readCommands`` (in order). Every value that breaks
+    /// the contract is listed in the error, each naming its key.
+    public static func read(_ feature: FeatureName, from replies: some Collection<RedisValue>) -> Result<FeatureState, InvalidFeatureState> {
+        let keys = FeatureKeys(feature)
+        var problems: [KeyspaceError] = []
+        var state = FeatureState.absent(feature)
+        let replies = Array(replies)
+        guard replies.count == 4 else {
+            return .failure(InvalidFeatureState(feature: feature, problems: [KeyspaceError("Redis sent \(replies.count) replies for 4 reads.")]))
+        }
+        func reject(_ key: String, _ value: String, _ expected: String) {
+            let shown = value.count > 40 ? String(value.prefix(40)) + "…" : value
+            problems.append(KeyspaceError("\(key) holds \"\(shown)\", which is not \(expected).", key: key))
+        }
+        func typeError(_ reply: RedisValue, _ key: String, _ expected: String) -> Bool {
+            if case .error(let text) = reply {
+                problems.append(KeyspaceError("\(key) cannot be read as \(expected): \(text)", key: key))
+                return true
+            }
+            return false
+        }
+
+        // MGET answers nil for a key of another type: check those with TYPE only when needed,
+        // which `rollout flags get` does; here nil means absent.
+        if !typeError(replies[0], "flags:\(feature):*", "strings"), let values = replies[0].array, values.count == 7 {
+            let text = values.map(\.string)
+            state.exists = text.contains { $0 != nil }
+            if let value = text[0] {
+                if let flag = parseBool(value) { state.enabled = flag } else { reject(keys.enabled, value, "a boolean (true/false, 1/0, yes/no, on/off)") }
+            }
+            if let value = text[1] {
+                if let percent = RolloutPercent(parsing: value) { state.rolloutPercent = percent } else {
+                    reject(keys.rolloutPercent, value, "a percent from 0 to 100 with at most three decimals")
+                }
+            }
+            if let value = text[2] {
+                if let flag = parseBool(value) { state.internalOnly = flag } else { reject(keys.internalOnly, value, "a boolean") }
+            }
+            if let value = text[3] {
+                if let flag = parseBool(value) { state.paused = flag } else { reject(keys.paused, value, "a boolean") }
+            }
+            if let value = text[4], !value.trimmingSpaces().isEmpty {
+                if let time = Timestamp(parsing: value) { state.lastChangeTime = time } else {
+                    reject(keys.lastChangeTime, value, "an ISO-8601 UTC time like 2025-10-08T15:30:00.123456+00:00")
+                }
+            }
+            if let value = text[5], !value.trimmingSpaces().isEmpty {
+                if let percent = RolloutPercent(parsing: value) { state.lastPercent = percent } else {
+                    reject(keys.lastPercent, value, "a percent from 0 to 100 with at most three decimals")
+                }
+            }
+            if let value = text[6] {
+                if let scheme = BucketingScheme(rawValue: value.trimmingSpaces().lowercased()) { state.bucketing = scheme } else {
+                    reject(keys.bucketing, value, "v1 or v2")
+                }
+            }
+        } else if problems.isEmpty {
+            problems.append(KeyspaceError("Redis answered MGET for \(feature) with an unexpected shape."))
+        }
+        if !typeError(replies[1], keys.allow, "a SET"), let members = replies[1].array {
+            state.allow = Set(members.compactMap(\.string))
+            state.exists = state.exists || !members.isEmpty
+        }
+        if !typeError(replies[2], keys.deny, "a SET"), let members = replies[2].array {
+            state.deny = Set(members.compactMap(\.string))
+            state.exists = state.exists || !members.isEmpty
+        }
+        if !typeError(replies[3], keys.workspaces, "a HASH"), let fields = replies[3].array {
+            var index = 0
+            while index + 1 < fields.count {
+                let workspace = fields[index].string ?? ""
+                let value = fields[index + 1].string ?? ""
+                if let percent = RolloutPercent(parsing: value) {
+                    state.workspaces[workspace] = percent
+                } else {
+                    reject("\(keys.workspaces) field \(workspace)", value, "a percent from 0 to 100 with at most three decimals")
+                }
+                index += 2
+            }
+            state.exists = state.exists || !fields.isEmpty
+        }
+        if !problems.isEmpty { return .failure(InvalidFeatureState(feature: feature, problems: problems)) }
+        return .success(state)
+    }
+}
+
+/// A feature whose keys break the contract: the gate turns it off for everyone and reports it.
+public struct InvalidFeatureState: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The feature.
+    public let feature: FeatureName
+    /// Each bad value, naming its key.
+    public let problems: [KeyspaceError]
+
+    /// The first key at fault (for the decision's reason).
+    public var firstKey: String { problems.first?.key ?? "flags:\(feature):*" }
+
+    public var description: String {
+        "Feature \(feature) has invalid state, so it is off for everyone: " + problems.map(\.message).joined(separator: " ")
+    }
+}

@@ -1,0 +1,177 @@
+import InMemoryLogging
+import Logging
+import Metrics
+import MetricsTestKit
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import ServiceLifecycle
+import ServiceLifecycleTestKit
+import Testing
+
+/// Polls `condition` every 5 ms until it holds or `limit` passes; returns whether it held.
+func eventually(within limit: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now.advanced(by: limit)
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return await condition()
+}
+
+/// Runs `gate` as a service for the duration of `body`, then stops it.
+func whileRunning<Result>(_ gate: FeatureGate, _ body: () async throws -> Result) async throws -> Result {
+    let task = Task { try await gate.run() }
+    defer { task.cancel() }
+    return try await body()
+}
+
+@Suite("Feature gate against a real redis-server", .tags(.redis), .requiresRedis)
+struct FeatureGateTests {
+    @Test func answersFromTheSnapshotAfterPrepare() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.pipeline([
+            RedisCommand("SET", "flags:google:rollout_percent", "50"),
+            RedisCommand("SADD", "flags:google:allow", "vip"),
+            RedisCommand("HSET", "flags:google:workspaces", "acme", "100"),
+        ])
+        let gate = FeatureGate(redisURL: server.url())
+        #expect(gate.decision("google", for: Actor(id: "user_123")) == Decision(isOn: false, reason: .noData))
+        #expect(await gate.prepare(["google"]))
+        #expect(gate.isEnabled("google", for: Actor(id: "user_123")))  // bucket 30079 < 50000
+        #expect(!gate.isEnabled("google", for: Actor(id: "user-1")))  // bucket 83092
+        #expect(gate.decision("google", for: Actor(id: "vip")).reason == .allowed)
+        #expect(gate.isEnabled("google", for: Actor(id: "user-1", workspace: "acme")))
+    }
+
+    @Test func unknownFeatureIsFetchedInTheBackground() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:late:rollout_percent", "100")
+        var configuration = FeatureGate.Configuration()
+        configuration.refreshInterval = .seconds(60)
+        let gate = FeatureGate(redisURL: server.url(), configuration: configuration)
+        try await whileRunning(gate) {
+            #expect(gate.decision("late", for: Actor(id: "a")).reason == .noData)
+            #expect(await eventually { gate.isEnabled("late", for: Actor(id: "a")) })
+        }
+    }
+
+    @Test func invalidValueTurnsTheFeatureOffAndIsReported() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.pipeline([
+            RedisCommand("SET", "flags:google:rollout_percent", "fifty"),
+            RedisCommand("SADD", "flags:google:allow", "vip"),
+        ])
+        let logs = InMemoryLogHandler()
+        let metrics = TestMetrics()
+        try await withMetricsFactory(metrics) {
+            let gate = FeatureGate(redisURL: server.url(), logger: Logger(label: "test") { _ in logs })
+            await gate.prepare(["google"])
+            // Off for everyone, even the allow list: the state cannot be trusted.
+            #expect(gate.decision("google", for: Actor(id: "vip")) == Decision(isOn: false, reason: .invalidState(key: "flags:google:rollout_percent")))
+            let errors = logs.entries.filter { $0.level == .error }
+            #expect(errors.count == 1)
+            #expect(errors.first?.metadata["redis.key"] == "flags:google:rollout_percent")
+            #expect(try metrics.expectCounter("rollout_gate_invalid_state_total", [("feature", "google")]).totalValue == 1)
+            // Reported once per change, not once per refresh.
+            await gate.refresh()
+            #expect(logs.entries.filter { $0.level == .error }.count == 1)
+            // Fixed by an operator: valid again.
+            _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+            await gate.refresh()
+            #expect(gate.isEnabled("google", for: Actor(id: "anyone")))
+            #expect(try metrics.expectCounter("rollout_gate_decisions_total", [("feature", "google"), ("result", "on")]).totalValue == 1)
+        }
+    }
+
+    @Test func processOverrideKillsTheFeature() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:pay.v2:rollout_percent", "100")
+        var configuration = FeatureGate.Configuration()
+        configuration.environment = ["ROLLOUT_PAY_V2_ENABLED": "false"]
+        let gate = FeatureGate(redisURL: server.url(), configuration: configuration)
+        await gate.prepare(["pay.v2"])
+        #expect(gate.decision("pay.v2", for: Actor(id: "a")).reason == .processOverride(variable: "ROLLOUT_PAY_V2_ENABLED"))
+    }
+
+    @Test func pushInvalidationFlipsTheKillSwitchWithoutWaitingForAPoll() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+        var configuration = FeatureGate.Configuration()
+        configuration.refreshInterval = .seconds(3600)  // only push can deliver the change in time
+        let gate = FeatureGate(redisURL: server.url(), features: ["google"], configuration: configuration)
+        try await whileRunning(gate) {
+            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            // Give the subscription a moment to be in place, then flip the switch.
+            #expect(await eventually { (try? await admin.send("PUBSUB", "NUMSUB", "__redis__:invalidate").array?.last?.integer) == 1 })
+            _ = try await admin.send("SET", "flags:google:enabled", "false")
+            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Actor(id: "a")).reason == .killSwitch })
+            _ = try await admin.send("DEL", "flags:google:enabled")
+            #expect(await eventually(within: .seconds(3)) { gate.isEnabled("google", for: Actor(id: "a")) })
+        }
+    }
+
+    @Test func fallsBackToPollingWhenTrackingIsRefused() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        // A gate user without CLIENT TRACKING: push is refused, polling must carry on.
+        _ = try await admin.send(
+            "ACL", "SETUSER", "reader", "on", ">pw", "%R~flags:*", "+@read", "+ping", "+client|id", "+subscribe", "allchannels")
+        let logs = InMemoryLogHandler()
+        var configuration = FeatureGate.Configuration()
+        configuration.refreshInterval = .milliseconds(100)
+        let gate = FeatureGate(
+            redisURL: server.url(username: "reader", password: "pw"), features: ["google"], configuration: configuration,
+            logger: Logger(label: "test") { _ in logs })
+        try await whileRunning(gate) {
+            #expect(await eventually { logs.entries.contains { "\($0.message)".contains("falling back to polling") } })
+            _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+        }
+    }
+
+    @Test func staleThenClosedThenRecovers() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+        var configuration = FeatureGate.Configuration()
+        configuration.refreshInterval = .milliseconds(50)
+        configuration.maxStaleness = .milliseconds(400)
+        configuration.commandTimeout = .milliseconds(200)
+        let gate = FeatureGate(redisURL: server.url(), features: ["google"], configuration: configuration)
+        try await whileRunning(gate) {
+            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            server.kill()
+            // Within the staleness bound the last good snapshot still answers...
+            #expect(gate.isEnabled("google", for: Actor(id: "a")))
+            // ...then the gate fails closed.
+            #expect(await eventually { gate.decision("google", for: Actor(id: "a")).reason == .staleSnapshot })
+            try server.restart()
+            _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+            #expect(await eventually(within: .seconds(10)) { gate.isEnabled("google", for: Actor(id: "a")) })
+        }
+    }
+
+    @Test func gracefulShutdownEndsRun() async throws {
+        let server = try RedisServer()
+        let gate = FeatureGate(redisURL: server.url(), features: ["google"])
+        try await testGracefulShutdown { trigger in
+            let task = Task { try await gate.run() }
+            #expect(await eventually { gate.state(of: "google") != nil })
+            trigger.triggerGracefulShutdown()
+            try await task.value
+        }
+    }
+}

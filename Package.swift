@@ -103,6 +103,7 @@ let package = Package(
         .testTarget(
             name: "RolloutCLITests",
             dependencies: ["RolloutRedis", "RolloutTestSupport"],
+            exclude: ["Golden"],
             swiftSettings: swiftSettings
         ),
     ]

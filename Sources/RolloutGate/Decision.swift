@@ -61,8 +61,9 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
             case .internalOnly: return "internal only, and the actor is not internal"
             case .bucket(let scheme, let bucket, let threshold, let percent, let fromWorkspace):
                 let source = fromWorkspace ? "workspace percent" : "rollout percent"
-                let comparison = scheme == .v2 ? "<" : "<="
-                return "bucket \(bucket) \(comparison) \(threshold)? (\(scheme), \(source) \(percent)%)"
+                let inside = scheme == .v2 ? bucket < threshold : bucket <= threshold
+                let comparison = scheme == .v2 ? (inside ? "<" : ">=") : (inside ? "<=" : ">")
+                return "bucket \(bucket) \(comparison) threshold \(threshold) (\(scheme), \(source) \(percent)%)"
             case .anonymousActor(let percent): return "actor has no id: on only at 100% (now \(percent)%)"
             case .noData: return "no data from Redis yet"
             case .staleSnapshot: return "snapshot too old and Redis unreachable: failing closed"

@@ -10,13 +10,26 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Starts `executable` with `arguments`; stdout and stderr go to the file `output`,
     /// stdin reads /dev/null unless `input` names a file.
-    public init(_ executable: String, _ arguments: [String], output: String, input: String = "/dev/null", environment: [String: String]? = nil) throws {
+    public convenience init(_ executable: String, _ arguments: [String], output: String, input: String = "/dev/null", environment: [String: String]? = nil) throws {
+        try self.init(executable, arguments, stdout: output, stderr: nil, input: input, environment: environment)
+    }
+
+    /// Starts `executable` with stdout and stderr to separate files (stderr to stdout's when nil).
+    public init(
+        _ executable: String, _ arguments: [String], stdout: String, stderr: String?, input: String = "/dev/null",
+        environment: [String: String]? = nil, closeInChild: [Int32] = []
+    ) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, input, O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        if let stderr {
+            posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        for fd in closeInChild { posix_spawn_file_actions_addclose(&actions, fd) }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         let env = environment ?? ProcessInfo.processInfo.environment
@@ -80,4 +93,109 @@ public final class ChildProcess: @unchecked Sendable {
         }
         wait()
     }
+}
+
+/// The result of running a command to completion.
+public struct CommandResult: Sendable {
+    /// The exit status (128 + signal when killed).
+    public let status: Int32
+    /// Everything written to stdout.
+    public let stdout: String
+    /// Everything written to stderr.
+    public let stderr: String
+}
+
+/// Runs `executable` to completion with `environment` added to this process's, feeding
+/// `input` on stdin; collects stdout and stderr.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String = "") throws
+    -> CommandResult
+{
+    let directory = try makeTemporaryDirectory("cmd")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let inputPath = directory + "/stdin"
+    try input.write(toFile: inputPath, atomically: true, encoding: .utf8)
+    var env = ProcessInfo.processInfo.environment
+    env.merge(environment) { _, new in new }
+    let out = directory + "/stdout"
+    let err = directory + "/stderr"
+    let process = try ChildProcess(executable, arguments, stdout: out, stderr: err, input: inputPath, environment: env)
+    let status = process.wait()
+    return CommandResult(
+        status: status, stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+}
+
+/// A child process whose stdin and stdout are pipes to this process, for conversations.
+public final class PipedProcess: @unchecked Sendable {
+    // @unchecked: the descriptors are used by one test task at a time.
+    public let process: ChildProcess
+    private let toChild: Int32
+    private let fromChild: Int32
+    private var buffered: [UInt8] = []
+
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        var input: [Int32] = [0, 0]
+        var output: [Int32] = [0, 0]
+        guard pipe(&input) == 0, pipe(&output) == 0 else { throw FixtureError("pipe() failed") }
+        // Close-on-exec, so children spawned by other tests do not hold these pipes open.
+        for fd in input + output { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { _, new in new }
+        process = try ChildProcess(
+            executable, arguments, stdout: "/dev/fd/\(output[1])", stderr: "/dev/null", input: "/dev/fd/\(input[0])", environment: env,
+            closeInChild: [input[1], output[0]])
+        close(input[0])
+        close(output[1])
+        toChild = input[1]
+        fromChild = output[0]
+    }
+
+    deinit {
+        close(toChild)
+        close(fromChild)
+        process.terminate(SIGKILL)
+    }
+
+    /// Writes one line to the child's stdin.
+    public func send(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(toChild, $0.baseAddress, $0.count) }
+    }
+
+    /// Closes the child's stdin.
+    public func closeInput() { close(toChild) }
+
+    /// Reads one line from the child's stdout, or nil at end of stream or after `timeout`.
+    public func readLine(timeout: Duration = .seconds(10)) -> String? {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            if let newline = buffered.firstIndex(of: 10) {
+                let line = String(decoding: buffered[..<newline], as: UTF8.self)
+                buffered.removeFirst(newline + 1)
+                return line
+            }
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            if remaining <= .zero { return nil }
+            var descriptor = pollfd(fd: fromChild, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000)
+            guard poll(&descriptor, 1, max(1, milliseconds)) > 0 else { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = chunk.withUnsafeMutableBytes { read(fromChild, $0.baseAddress, $0.count) }
+            if count <= 0 { return nil }
+            buffered.append(contentsOf: chunk[0..<count])
+        }
+    }
+}
+
+/// The `rollout` binary built beside the test bundle (scripts/test.sh builds it first).
+public func rolloutBinary() throws -> String {
+    let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    var directory = URL(fileURLWithPath: executable).deletingLastPathComponent()
+    // On Linux the test bundle is a plain executable in the build folder: the binary is its sibling.
+    for _ in 0..<3 {
+        let candidate = directory.appendingPathComponent("rollout").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        directory = directory.deletingLastPathComponent()
+    }
+    throw FixtureError("the rollout binary is not built next to the tests: run `swift build` first (scripts/test.sh does)")
 }

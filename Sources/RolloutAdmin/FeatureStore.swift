@@ -1,0 +1,237 @@
+public import RolloutGate
+public import RolloutRedis
+
+/// Operator reads and writes of the flags keyspace, each change followed by its audit entry.
+/// The gate never writes; this is the one place that does for people.
+public struct FeatureStore: Sendable {
+    /// The Redis connection used.
+    public let redis: RedisClient
+    /// Where changes are recorded.
+    public let auditLog: AuditLog
+    /// Who is written in the audit log's `by=` field.
+    public let author: String
+    private let now: @Sendable () -> Timestamp
+
+    /// A store writing through `redis` and recording in `auditLog`; `now` is injected for tests.
+    public init(redis: RedisClient, auditLog: AuditLog, author: String = "manual", now: @escaping @Sendable () -> Timestamp = Timestamp.now) {
+        self.redis = redis
+        self.auditLog = auditLog
+        self.author = author
+        self.now = now
+    }
+
+    // MARK: Reading
+
+    /// Every feature that has at least one key, found with SCAN (never KEYS), and the keys
+    /// whose names are not a valid `flags:<feature>:<key>`.
+    public func listFeatures() async throws(RedisError) -> (features: [FeatureName], strayKeys: [String]) {
+        let keys = try await redis.scan(matching: "flags:*")
+        var features = Set<FeatureName>()
+        var stray: [String] = []
+        for key in keys {
+            if let feature = FeatureKeys.feature(ofKey: key) { features.insert(feature) } else { stray.append(key) }
+        }
+        return (features.sorted(), stray.sorted())
+    }
+
+    /// The parsed state of each feature, one pipelined round trip for all.
+    public func read(_ features: [FeatureName]) async throws(RedisError) -> [Result<FeatureState, InvalidFeatureState>] {
+        let replies = try await redis.pipeline(features.flatMap { FeatureKeys($0).readCommands })
+        return features.enumerated().map { index, feature in
+            FeatureState.read(feature, from: replies[(index * 4)..<(index * 4 + 4)])
+        }
+    }
+
+    /// Every key of `feature` with its raw value and Redis type, for `rollout flags get`.
+    public func rawKeys(of feature: FeatureName) async throws(RedisError) -> [(key: String, type: String, value: RedisValue)] {
+        let keys = FeatureKeys(feature).all + [FeatureKeys(feature).controllerPercent]
+        let types = try await redis.pipeline(keys.map { RedisCommand("TYPE", $0) })
+        var reads: [RedisCommand] = []
+        for (key, type) in zip(keys, types) {
+            switch type.string {
+            case "set": reads.append(RedisCommand("SMEMBERS", key))
+            case "hash": reads.append(RedisCommand("HGETALL", key))
+            case "string": reads.append(RedisCommand("GET", key))
+            default: reads.append(RedisCommand("EXISTS", key))
+            }
+        }
+        let values = try await redis.pipeline(reads)
+        return zip(keys, zip(types, values)).compactMap { key, pair in
+            guard let type = pair.0.string, type != "none" else { return nil }
+            return (key, type, pair.1)
+        }
+    }
+
+    // MARK: Writing
+
+    /// Creates the original system's initial state (enabled true, internal_only true,
+    /// rollout_percent 0, paused false) with SET NX: an existing key is never overwritten.
+    /// Returns the keys created.
+    @discardableResult
+    public func initialize(_ feature: FeatureName, reason: String) async throws(AdminError) -> [String] {
+        let keys = FeatureKeys(feature)
+        let initial = [(keys.enabled, "true"), (keys.internalOnly, "true"), (keys.rolloutPercent, "0"), (keys.paused, "false")]
+        let replies = try await call { try await redis.pipeline(initial.map { RedisCommand("SET", $0.0, $0.1, "NX") }) }
+        var created: [String] = []
+        for ((key, _), reply) in zip(initial, replies) {
+            if case .error(let text) = reply { throw AdminError(.redis(RedisError.fromServer(text, context: key))) }
+            if reply == .status("OK") { created.append(key) }
+        }
+        if !created.isEmpty {
+            try record(feature, "initialized (\(created.map { $0.split(separator: ":").last.map(String.init) ?? $0 }.joined(separator: ", ")))", reason)
+        }
+        return created
+    }
+
+    /// Sets rollout_percent, recording the previous value in last_percent and the time in
+    /// last_change_time, atomically (one Lua script). Returns the previous percent.
+    @discardableResult
+    public func setPercent(_ feature: FeatureName, to percent: RolloutPercent, reason: String) async throws(AdminError) -> RolloutPercent? {
+        let keys = FeatureKeys(feature)
+        let time = now()
+        let reply = try await call {
+            try await redis.evaluate(
+                Scripts.setPercent, keys: [keys.rolloutPercent, keys.lastPercent, keys.lastChangeTime],
+                arguments: [percent.description, time.description])
+        }
+        let previousText = reply.string
+        let previous = previousText.flatMap { RolloutPercent(parsing: $0) }
+        let before = previousText.map { previous == nil ? "\"\($0)\" (invalid)" : "\($0)%" } ?? "0%"
+        try record(feature, "\(before) -> \(percent)%", reason, at: time)
+        return previous
+    }
+
+    /// Sets `paused`: the controller leaves a paused feature alone; the gate ignores it.
+    public func setPaused(_ feature: FeatureName, _ paused: Bool, reason: String) async throws(AdminError) {
+        try await set(FeatureKeys(feature).paused, paused ? "true" : "false")
+        try record(feature, paused ? "paused" : "resumed", reason)
+    }
+
+    /// Sets `enabled`; false is the kill switch: off for everyone at once.
+    public func setEnabled(_ feature: FeatureName, _ enabled: Bool, reason: String) async throws(AdminError) {
+        try await set(FeatureKeys(feature).enabled, enabled ? "true" : "false")
+        try record(feature, enabled ? "kill switch off (enabled)" : "kill switch on (disabled)", reason)
+    }
+
+    /// Sets `internal_only`.
+    public func setInternalOnly(_ feature: FeatureName, _ internalOnly: Bool, reason: String) async throws(AdminError) {
+        try await set(FeatureKeys(feature).internalOnly, internalOnly ? "true" : "false")
+        try record(feature, "internal_only \(internalOnly)", reason)
+    }
+
+    /// Which member list a change is about.
+    public enum MemberList: String, Sendable {
+        /// `flags:<f>:allow`: always on.
+        case allow
+        /// `flags:<f>:deny`: always off.
+        case deny
+    }
+
+    /// Adds stickiness keys to the allow or deny set; returns how many were new.
+    @discardableResult
+    public func add(_ ids: [String], to list: MemberList, of feature: FeatureName, reason: String) async throws(AdminError) -> Int {
+        try await changeMembers(ids, list, feature, command: "SADD", sign: "+", reason: reason)
+    }
+
+    /// Removes stickiness keys from the allow or deny set; returns how many were there.
+    @discardableResult
+    public func remove(_ ids: [String], from list: MemberList, of feature: FeatureName, reason: String) async throws(AdminError) -> Int {
+        try await changeMembers(ids, list, feature, command: "SREM", sign: "-", reason: reason)
+    }
+
+    /// Sets a workspace's own percent.
+    public func setWorkspace(_ workspace: String, of feature: FeatureName, to percent: RolloutPercent, reason: String) async throws(AdminError) {
+        guard !workspace.isEmpty else { throw AdminError(.invalidInput("The workspace id cannot be empty.")) }
+        _ = try await call { try await redis.send("HSET", FeatureKeys(feature).workspaces, workspace, percent.description) }
+        try record(feature, "workspace \(workspace) -> \(percent)%", reason)
+    }
+
+    /// Removes a workspace's own percent; its actors follow rollout_percent again.
+    public func unsetWorkspace(_ workspace: String, of feature: FeatureName, reason: String) async throws(AdminError) {
+        _ = try await call { try await redis.send("HDEL", FeatureKeys(feature).workspaces, workspace) }
+        try record(feature, "workspace \(workspace) unset", reason)
+    }
+
+    private func changeMembers(
+        _ ids: [String], _ list: MemberList, _ feature: FeatureName, command: String, sign: String, reason: String
+    ) async throws(AdminError) -> Int {
+        guard !ids.isEmpty else { throw AdminError(.invalidInput("Give at least one id.")) }
+        if let empty = ids.firstIndex(where: { $0.isEmpty }) {
+            throw AdminError(.invalidInput("Id number \(empty + 1) is empty; ids are stickiness keys like alice or acme:alice."))
+        }
+        let keys = FeatureKeys(feature)
+        let key = list == .allow ? keys.allow : keys.deny
+        let reply = try await call { try await redis.send(RedisCommand(command, [key] + ids)) }
+        try record(feature, "\(list.rawValue) \(sign)\(ids.joined(separator: ","))", reason)
+        return Int(reply.integer ?? 0)
+    }
+
+    private func set(_ key: String, _ value: String) async throws(AdminError) {
+        _ = try await call { try await redis.send("SET", key, value) }
+    }
+
+    private func record(_ feature: FeatureName, _ change: String, _ reason: String, at time: Timestamp? = nil) throws(AdminError) {
+        do {
+            try auditLog.append(AuditLog.Entry(time: time ?? now(), feature: feature, change: change, reason: reason, by: author))
+        } catch {
+            throw AdminError(.auditLog(error))
+        }
+    }
+
+    private func call<Result>(_ body: () async throws -> Result) async throws(AdminError) -> Result {
+        do {
+            return try await body()
+        } catch let error as RedisError {
+            throw AdminError(.redis(error))
+        } catch {
+            throw AdminError(.redis(RedisError(.io, "\(error)")))
+        }
+    }
+}
+
+/// Why an operator change failed; nothing was changed unless the cause is `.auditLog`
+/// (then Redis was changed and the log could not record it).
+public struct AdminError: Error, Sendable, CustomStringConvertible {
+    /// The cause.
+    public enum Cause: Sendable {
+        /// Redis could not be reached or refused the change.
+        case redis(RedisError)
+        /// The change was made but could not be recorded.
+        case auditLog(AuditLogError)
+        /// The request itself is wrong.
+        case invalidInput(String)
+    }
+
+    /// The cause.
+    public let cause: Cause
+
+    init(_ cause: Cause) { self.cause = cause }
+
+    public var description: String {
+        switch cause {
+        case .redis(let error): return error.description
+        case .auditLog(let error): return "The change was made in Redis, but the audit log was not written: \(error)"
+        case .invalidInput(let text): return text
+        }
+    }
+}
+
+extension FeatureKeys {
+    /// `flags:<f>:controller_percent`: the percent the controller last wrote; a different
+    /// rollout_percent means a person changed it.
+    public var controllerPercent: String { "flags:\(feature.rawValue):controller_percent" }
+}
+
+extension Timestamp {
+    /// The current wall-clock time.
+    @Sendable
+    public static func now() -> Timestamp {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Timestamp(microsecondsSinceEpoch: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

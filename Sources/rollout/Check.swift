@@ -1,0 +1,150 @@
+import ArgumentParser
+import Foundation
+import RolloutGate
+import RolloutRedis
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask the gate whether a feature is on for an actor, and why.",
+        discussion: """
+            With --actors-from FILE, one actor id per line in, `ID<TAB>true|false` per line out. With \
+            --actors-from -, each line of standard input is answered as it arrives, through a live gate \
+            (refresh and push invalidation included): watch a change propagate.
+            """
+    )
+
+    @OptionGroup var options: ConnectionOptions
+    @Argument(help: "The feature.") var feature: String
+    @Option(help: "The actor id.") var actor: String?
+    @Option(name: .customLong("actors-from"), help: ArgumentHelp("A file of actor ids, one per line, or - for standard input.", valueName: "file"))
+    var actorsFrom: String?
+    @Option(help: "The workspace id: the stickiness key becomes WORKSPACE:ACTOR.") var workspace: String?
+    @Flag(name: .customLong("internal"), help: "The actor is internal (for internal_only features).") var isInternal = false
+    @Option(name: .customLong("at"), help: ArgumentHelp("Answer as if rollout_percent were this percent (workspace overrides ignored).", valueName: "percent"))
+    var atPercent: String?
+
+    func validate() throws {
+        _ = try featureName(feature)
+        if (actor == nil) == (actorsFrom == nil) { throw ValidationError("Give exactly one of --actor ID and --actors-from FILE|-.") }
+        if let atPercent { _ = try percent(atPercent, "--at") }
+        if options.json && actorsFrom != nil { throw ValidationError("--json goes with --actor; --actors-from prints ID<TAB>true|false lines.") }
+    }
+
+    func run() async throws {
+        let name = try featureName(feature)
+        let previewPercent = try atPercent.map { try percent($0, "--at") }
+        let url = try options.redisURL()
+        let gate = FeatureGate(redisURL: url, features: [name])
+        let decide: (String) -> Decision = { id in
+            let who = Actor(id: id, workspace: workspace, isInternal: isInternal)
+            return previewPercent.map { gate.decision(name, for: who, atPercent: $0) } ?? gate.decision(name, for: who)
+        }
+        guard await gate.prepare([name]) else {
+            throw RedisError(.connectFailed, "Cannot read \(name) from Redis at \(url). Is Redis running, and is the URL right?")
+        }
+        if case .failure(let invalid)? = gate.state(of: name), actorsFrom == nil {
+            print(describe(decide(actor ?? "")))
+            throw CorruptStateFound(description: invalid.description)
+        }
+        if let actor {
+            try answer(decide(actor), feature: name, actor: actor)
+        } else if actorsFrom == "-" {
+            try await answerStream(gate: gate, decide: decide)
+        } else if let path = actorsFrom {
+            try answerFile(path, decide: decide)
+        }
+    }
+
+    private func answer(_ decision: Decision, feature: FeatureName, actor: String) throws {
+        if options.json {
+            var document: [String: Any] = [
+                "feature": feature.rawValue, "actor": actor, "workspace": workspace as Any, "internal": isInternal,
+                "on": decision.isOn, "reason": decision.reason.code, "detail": decision.reason.description,
+            ]
+            if case .bucket(let scheme, let bucket, let threshold, let percent, let fromWorkspace) = decision.reason {
+                document["bucket"] = bucket
+                document["threshold"] = threshold
+                document["scheme"] = scheme.rawValue
+                document["percent"] = percent.description
+                document["percent_source"] = fromWorkspace ? "workspace" : "rollout_percent"
+            }
+            try printJSON(document)
+        } else {
+            print("\(feature) for \(Actor(id: actor, workspace: workspace).stickinessKey): \(describe(decision))")
+        }
+    }
+
+    private func describe(_ decision: Decision) -> String { decision.description }
+
+    /// Answers a whole file in one pass, writing in large blocks.
+    private func answerFile(_ path: String, decide: (String) -> Decision) throws {
+        guard let file = fopen(path, "rb") else {
+            throw ValidationError("Cannot open --actors-from \(path): \(String(cString: strerror(errno))).")
+        }
+        defer { fclose(file) }
+        var input = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
+            if count == 0 { break }
+            input.append(contentsOf: chunk[0..<count])
+        }
+        var output = [UInt8]()
+        output.reserveCapacity(1 << 20)
+        let yes = Array("\ttrue\n".utf8)
+        let no = Array("\tfalse\n".utf8)
+        input.withUnsafeBufferPointer { bytes in
+            var start = 0
+            while start < bytes.count {
+                var end = start
+                while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+                var last = end
+                if last > start && bytes[last - 1] == UInt8(ascii: "\r") { last -= 1 }
+                let line = UnsafeBufferPointer(rebasing: bytes[start..<last])
+                let id = String(decoding: line, as: UTF8.self)
+                output.append(contentsOf: line)
+                output.append(contentsOf: decide(id).isOn ? yes : no)
+                if output.count >= 1 << 20 {
+                    writeStandardOutput(output)
+                    output.removeAll(keepingCapacity: true)
+                }
+                start = end + 1
+            }
+        }
+        writeStandardOutput(output)
+    }
+
+    /// Answers each line of standard input as it arrives, through a running gate.
+    private func answerStream(gate: FeatureGate, decide: @escaping (String) -> Decision) async throws {
+        let service = Task { try await gate.run() }
+        defer { service.cancel() }
+        // Blocking reads stay off the cooperative pool: a dedicated thread reads stdin.
+        let lines = AsyncStream<String> { continuation in
+            let thread = Thread {
+                while let line = readLine(strippingNewline: true) {
+                    continuation.yield(line.hasSuffix("\r") ? String(line.dropLast()) : line)
+                }
+                continuation.finish()
+            }
+            thread.start()
+        }
+        for await line in lines {
+            writeStandardOutput(Array("\(line)\t\(decide(line).isOn)\n".utf8))
+        }
+    }
+}
+
+/// Writes all of `bytes` to file descriptor 1 at once (unbuffered, so each answer is seen).
+func writeStandardOutput(_ bytes: [UInt8]) {
+    bytes.withUnsafeBytes { raw in
+        var offset = 0
+        while offset < raw.count, let base = raw.baseAddress {
+            let written = write(1, base + offset, raw.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                return  // stdout closed (e.g. `| head`): nothing more to say
+            }
+            offset += written
+        }
+    }
+}

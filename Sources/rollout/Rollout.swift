@@ -1,0 +1,133 @@
+import ArgumentParser
+import Foundation
+import Logging
+import RolloutAdmin
+import RolloutGate
+import RolloutRedis
+
+@main
+struct Rollout: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rollout",
+        abstract: "Operate rollout-gate feature flags in Redis.",
+        discussion: """
+            Exit codes: 0 success, 1 Redis or other infrastructure failure, 2 usage or invalid \
+            input, 3 corrupted state found.
+            """,
+        version: "0.1.0",
+        subcommands: [Flags.self, Check.self]
+    )
+
+    /// Parses, runs, and maps every failure to the documented exit codes, in this one place.
+    static func main() async {
+        // Logs go to stderr, so stdout stays the answer; ROLLOUT_LOG_LEVEL=debug shows more.
+        let level = ProcessInfo.processInfo.environment["ROLLOUT_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .warning
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            fail(with: error)
+        }
+    }
+
+    static func fail(with error: any Error) -> Never {
+        let code: Int32
+        switch error {
+        case let error as ExitCode:
+            Foundation.exit(error.rawValue)
+        case is RedisError, is AuditLogError:
+            code = 1
+        case let error as AdminError:
+            if case .invalidInput = error.cause { code = 2 } else { code = 1 }
+        case is KeyspaceError:
+            code = 2
+        case is CorruptStateFound:
+            code = 3
+        default:
+            let parserCode = exitCode(for: error)
+            if parserCode == .success { exit(withError: error) }  // --help, --version
+            // ArgumentParser's usage errors (EX_USAGE, 64) are exit 2 here, with the usage text.
+            let isUsage = parserCode == .validationFailure
+            FileHandle.standardError.write(Data(((isUsage ? "" : "error: ") + fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(isUsage ? 2 : 1)
+        }
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        Foundation.exit(code)
+    }
+}
+
+/// Options every command shares.
+struct ConnectionOptions: ParsableArguments {
+    @Option(
+        name: .customLong("redis-url"),
+        help: ArgumentHelp(
+            "Redis URL: redis://[user[:password]@]host[:port][/db], rediss://... or unix:///path. Default: $REDIS_URL, else redis://127.0.0.1:6379.",
+            valueName: "url"))
+    var redisURLText: String?
+
+    @Option(name: .customLong("audit-log"), help: ArgumentHelp("Audit log path. Default: $ROLLOUT_AUDIT_LOG, else ./rollout_log.md.", valueName: "path"))
+    var auditLogPath: String?
+
+    @Flag(name: .long, help: "Print JSON for scripts instead of text.")
+    var json = false
+
+    func redisURL() throws -> RedisURL {
+        let text = redisURLText ?? ProcessInfo.processInfo.environment["REDIS_URL"]
+        guard let text, !text.isEmpty else { return .localDefault }
+        do {
+            return try RedisURL(parsing: text)
+        } catch {
+            throw ValidationError("--redis-url / REDIS_URL: \(error.message)")
+        }
+    }
+
+    func redisClient() throws -> RedisClient {
+        RedisClient(url: try redisURL())
+    }
+
+    var auditLog: AuditLog {
+        AuditLog(path: auditLogPath ?? ProcessInfo.processInfo.environment["ROLLOUT_AUDIT_LOG"].flatMap { $0.isEmpty ? nil : $0 } ?? "./rollout_log.md")
+    }
+
+    func store() throws -> FeatureStore {
+        FeatureStore(redis: try redisClient(), auditLog: auditLog)
+    }
+}
+
+/// A feature name argument, validated before anything connects.
+func featureName(_ text: String) throws -> FeatureName {
+    do {
+        return try FeatureName(text)
+    } catch {
+        throw ValidationError(error.message)
+    }
+}
+
+/// A percent argument, validated before anything connects.
+func percent(_ text: String, _ what: String) throws -> RolloutPercent {
+    guard let value = RolloutPercent(parsing: text) else {
+        throw ValidationError("\(what) '\(text)' is not a percent from 0 to 100 with at most three decimals (e.g. 10, 0.5, 37.125).")
+    }
+    return value
+}
+
+/// Corrupted state was found and reported (exit 3).
+struct CorruptStateFound: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Writes one JSON document to stdout.
+func printJSON(_ value: Any) throws {
+    let data = try JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    FileHandle.standardOutput.write(data)
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}

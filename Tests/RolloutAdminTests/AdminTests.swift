@@ -1,0 +1,185 @@
+import Foundation
+import RolloutAdmin
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+private let fixedTime = Timestamp(parsing: "2025-10-08T15:00:00.250000Z") ?? Timestamp(microsecondsSinceEpoch: 0)
+
+@Suite("Audit log")
+struct AuditLogTests {
+    @Test func entryHasTheOriginalFormat() throws {
+        let entry = AuditLog.Entry(time: fixedTime, feature: "google", change: "0% -> 10%", reason: "Initial canary", by: "manual")
+        #expect(entry.description == "2025-10-08T15:00:00Z  google  0% -> 10%  reason=Initial canary  by=manual")
+    }
+
+    @Test(arguments: [
+        ("line one\nline two", "line one line two"),
+        ("tab\there", "tab here"),
+        ("\r\n2025-01-01T00:00:00Z  google  0% -> 100%  by=controller", "2025-01-01T00:00:00Z google 0% -> 100% by=controller"),
+        ("  spaced   out  ", "spaced out"),
+        ("bell\u{07}nul\u{00}esc\u{1b}[31m", "bell nul esc [31m"),
+        ("para\u{2028}sep", "para sep"),
+        ("", ""),
+    ])
+    func reasonsAreFoldedToOneLine(input: String, expected: String) {
+        #expect(AuditLog.singleLine(input) == expected)
+    }
+
+    @Test func headerIsWrittenOnceAndEntriesAppend() throws {
+        let directory = try makeTemporaryDirectory("audit")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = AuditLog(path: directory + "/log.md")
+        for index in 0..<3 {
+            try log.append(AuditLog.Entry(time: fixedTime, feature: "google", change: "paused", reason: "r\(index)\nforged", by: "manual"))
+        }
+        let text = try String(contentsOfFile: log.path, encoding: .utf8)
+        #expect(text.hasPrefix(AuditLog.header))
+        let lines = text.dropFirst(AuditLog.header.count).split(separator: "\n")
+        #expect(lines == (0..<3).map { "2025-10-08T15:00:00Z  google  paused  reason=r\($0) forged  by=manual" })
+    }
+
+    @Test func unwritablePathSaysWhatToDo() {
+        let log = AuditLog(path: "/nonexistent-dir/log.md")
+        #expect {
+            try log.append(AuditLog.Entry(time: fixedTime, feature: "google", change: "paused", reason: "", by: "manual"))
+        } throws: { error in
+            "\(error)".contains("ROLLOUT_AUDIT_LOG")
+        }
+    }
+
+    @Test func concurrentAppendsFromManyThreadsNeverInterleave() async throws {
+        let directory = try makeTemporaryDirectory("audit")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = AuditLog(path: directory + "/log.md")
+        await withTaskGroup(of: Void.self) { group in
+            for writer in 0..<20 {
+                group.addTask {
+                    for index in 0..<50 {
+                        try? log.append(
+                            AuditLog.Entry(time: fixedTime, feature: "google", change: "w\(writer) e\(index)", reason: String(repeating: "x", count: 300), by: "manual"))
+                    }
+                }
+            }
+        }
+        let text = try String(contentsOfFile: log.path, encoding: .utf8)
+        let lines = text.dropFirst(AuditLog.header.count).split(separator: "\n")
+        #expect(lines.count == 1000)
+        #expect(lines.allSatisfy { $0.hasPrefix("2025-10-08T15:00:00Z  google  w") && $0.hasSuffix("  by=manual") })
+    }
+}
+
+@Suite("Lua scripts")
+struct ScriptFileTests {
+    @Test func scriptsInRedisFolderMatchTheOnesRun() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for (file, source) in Scripts.all {
+            let onDisk = try String(contentsOf: root.appendingPathComponent("redis/\(file)"), encoding: .utf8)
+            #expect(onDisk == source, "redis/\(file) differs from the script the code runs")
+        }
+    }
+}
+
+@Suite("Operator writes against a real redis-server", .tags(.redis), .requiresRedis)
+struct FeatureStoreTests {
+    struct Fixture {
+        let server: RedisServer
+        let redis: RedisClient
+        let store: FeatureStore
+        let directory: String
+
+        init() throws {
+            server = try RedisServer()
+            redis = RedisClient(url: server.url())
+            directory = try makeTemporaryDirectory("store")
+            store = FeatureStore(redis: redis, auditLog: AuditLog(path: directory + "/log.md"), now: { fixedTime })
+        }
+
+        func auditLines() throws -> [String] {
+            let text = (try? String(contentsOfFile: directory + "/log.md", encoding: .utf8)) ?? AuditLog.header
+            return text.dropFirst(AuditLog.header.count).split(separator: "\n").map(String.init)
+        }
+
+        func get(_ key: String) async throws -> String? { try await redis.send("GET", key).string }
+    }
+
+    @Test func initCreatesTheOriginalInitialStateAndNeverOverwrites() async throws {
+        let fixture = try Fixture()
+        _ = try await fixture.redis.send("SET", "flags:google:rollout_percent", "25")
+        let created = try await fixture.store.initialize("google", reason: "new")
+        #expect(created == ["flags:google:enabled", "flags:google:internal_only", "flags:google:paused"])
+        #expect(try await fixture.get("flags:google:rollout_percent") == "25")
+        #expect(try await fixture.get("flags:google:internal_only") == "true")
+        #expect(try await fixture.store.initialize("google", reason: "again").isEmpty)
+        #expect(try fixture.auditLines().count == 1)
+    }
+
+    @Test func setPercentRecordsPreviousAndTimeAtomically() async throws {
+        let fixture = try Fixture()
+        let ten = try #require(RolloutPercent(parsing: "10"))
+        let previous = try await fixture.store.setPercent("google", to: ten, reason: "Initial canary")
+        #expect(previous == nil)
+        #expect(try await fixture.get("flags:google:rollout_percent") == "10")
+        #expect(try await fixture.get("flags:google:last_percent") == "0")
+        #expect(try await fixture.get("flags:google:last_change_time") == "2025-10-08T15:00:00.250000+00:00")
+        _ = try await fixture.store.setPercent("google", to: try #require(RolloutPercent(parsing: "37.125")), reason: "more")
+        #expect(try await fixture.get("flags:google:last_percent") == "10")
+        #expect(
+            try fixture.auditLines() == [
+                "2025-10-08T15:00:00Z  google  0% -> 10%  reason=Initial canary  by=manual",
+                "2025-10-08T15:00:00Z  google  10% -> 37.125%  reason=more  by=manual",
+            ])
+        // The gate reads what was written as valid state.
+        let state = try #require(try await fixture.store.read(["google"]).first).get()
+        #expect(state.rolloutPercent == (try #require(RolloutPercent(parsing: "37.125"))))
+        #expect(state.lastPercent == ten)
+    }
+
+    @Test func setPercentOverAnInvalidValueDropsItInsteadOfCopyingIt() async throws {
+        let fixture = try Fixture()
+        _ = try await fixture.redis.send("SET", "flags:google:rollout_percent", "fifty")
+        _ = try await fixture.store.setPercent("google", to: .zero, reason: "repair")
+        #expect(try await fixture.get("flags:google:last_percent") == nil)
+        #expect(try fixture.auditLines().last?.contains("\"fifty\" (invalid) -> 0%") == true)
+    }
+
+    @Test func switchesAndListsAreWrittenAndAudited() async throws {
+        let fixture = try Fixture()
+        try await fixture.store.setPaused("google", true, reason: "3am page")
+        try await fixture.store.setEnabled("google", false, reason: "hard kill")
+        try await fixture.store.setInternalOnly("google", false, reason: "open up")
+        #expect(try await fixture.store.add(["alice", "acme:bob"], to: .allow, of: "google", reason: "beta") == 2)
+        #expect(try await fixture.store.remove(["alice"], from: .allow, of: "google", reason: "done") == 1)
+        #expect(try await fixture.store.add(["mallory"], to: .deny, of: "google", reason: "abuse") == 1)
+        try await fixture.store.setWorkspace("acme", of: "google", to: .full, reason: "design partner")
+        try await fixture.store.unsetWorkspace("acme", of: "google", reason: "done")
+        #expect(try await fixture.get("flags:google:paused") == "true")
+        #expect(try await fixture.get("flags:google:enabled") == "false")
+        #expect(try await fixture.redis.send("SMEMBERS", "flags:google:allow") == .array([.bulkString(Array("acme:bob".utf8))]))
+        #expect(try await fixture.redis.send("HLEN", "flags:google:workspaces") == .integer(0))
+        #expect(
+            try fixture.auditLines().map { $0.split(separator: "  ").dropFirst(2).first.map(String.init) ?? "" } == [
+                "paused", "kill switch on (disabled)", "internal_only false", "allow +alice,acme:bob", "allow -alice",
+                "deny +mallory", "workspace acme -> 100%", "workspace acme unset",
+            ])
+    }
+
+    @Test func emptyIdsAreRefusedAndNothingIsWritten() async throws {
+        let fixture = try Fixture()
+        await #expect(throws: AdminError.self) { try await fixture.store.add(["ok", ""], to: .allow, of: "google", reason: "") }
+        #expect(try await fixture.redis.send("EXISTS", "flags:google:allow") == .integer(0))
+        #expect(try fixture.auditLines().isEmpty)
+    }
+
+    @Test func listFindsFeaturesWithScanAndReportsStrayKeys() async throws {
+        let fixture = try Fixture()
+        _ = try await fixture.redis.pipeline([
+            RedisCommand("SET", "flags:google:enabled", "true"), RedisCommand("SADD", "flags:pay.v2:allow", "a"),
+            RedisCommand("SET", "flags:Bad Name:enabled", "true"), RedisCommand("SET", "unrelated", "x"),
+        ])
+        let (features, stray) = try await fixture.store.listFeatures()
+        #expect(features == ["google", "pay.v2"])
+        #expect(stray == ["flags:Bad Name:enabled"])
+    }
+}

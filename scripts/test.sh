@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test, on a fresh Debian machine as root as well as on a laptop:
+#   scripts/test.sh                  # everything
+#   scripts/test.sh --filter Bucket  # arguments go to `swift test`
+# Installs what is missing with apt-get, builds, and runs `swift test`. The tests start
+# their own redis-server processes on free loopback ports; everything they start runs in
+# this script's own process group, which is stopped on exit, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_swift
+ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates
+
+echo "==> building (debug, with tests)"
+swift build --build-tests
+
+echo "==> testing"
+# setsid: the tests and every server they start share one new process group, so whatever
+# a crashed test leaves running is stopped here.
+setsid swift test --skip-build "$@" &
+tests=$!
+stop_leftovers() {
+  kill -TERM -- "-$tests" 2>/dev/null || true
+}
+trap stop_leftovers EXIT INT TERM
+status=0
+wait "$tests" || status=$?
+exit "$status"

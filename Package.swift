@@ -71,6 +71,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmarks (scripts/bench.sh): plain timing loops, no dependency beyond our modules.
+        .executableTarget(
+            name: "rollout-bench",
+            dependencies: ["RolloutGate", "RolloutRedis", "CRolloutCrypto"],
+            swiftSettings: swiftSettings
+        ),
         // Fixtures for tests: real redis-server processes on free loopback ports.
         .target(
             name: "RolloutTestSupport",

@@ -2,6 +2,7 @@
 // times faster than the EVP path for short keys (docs/performance.md): bucketing uses them.
 #define OPENSSL_SUPPRESS_DEPRECATED 1
 #include <openssl/sha.h>
+#include <string.h>
 #include "CRolloutCrypto.h"
 
 uint64_t CRolloutCrypto_sha256_head64(const char *prefix, size_t prefix_len,
@@ -10,15 +11,35 @@ uint64_t CRolloutCrypto_sha256_head64(const char *prefix, size_t prefix_len,
     SHA256_CTX ctx;
     unsigned char digest[SHA256_DIGEST_LENGTH];
     SHA256_Init(&ctx);
-    if (prefix != NULL) {
-        SHA256_Update(&ctx, prefix, prefix_len);
-        SHA256_Update(&ctx, ":", 1);
+    /* One SHA256_Update over the joined pieces when they fit a small stack buffer (the usual
+     * case): each Update call has a fixed cost that is large next to a 24-byte key. */
+    size_t total = (prefix ? prefix_len + 1 : 0) + (middle ? middle_len + 1 : 0) + key_len;
+    if (total <= 256) {
+        unsigned char joined[256];
+        size_t at = 0;
+        if (prefix != NULL) {
+            memcpy(joined + at, prefix, prefix_len);
+            at += prefix_len;
+            joined[at++] = ':';
+        }
+        if (middle != NULL) {
+            memcpy(joined + at, middle, middle_len);
+            at += middle_len;
+            joined[at++] = ':';
+        }
+        memcpy(joined + at, key, key_len);
+        SHA256_Update(&ctx, joined, total);
+    } else {
+        if (prefix != NULL) {
+            SHA256_Update(&ctx, prefix, prefix_len);
+            SHA256_Update(&ctx, ":", 1);
+        }
+        if (middle != NULL) {
+            SHA256_Update(&ctx, middle, middle_len);
+            SHA256_Update(&ctx, ":", 1);
+        }
+        SHA256_Update(&ctx, key, key_len);
     }
-    if (middle != NULL) {
-        SHA256_Update(&ctx, middle, middle_len);
-        SHA256_Update(&ctx, ":", 1);
-    }
-    SHA256_Update(&ctx, key, key_len);
     SHA256_Final(digest, &ctx);
     uint64_t head = 0;
     for (int i = 0; i < 8; i++) {

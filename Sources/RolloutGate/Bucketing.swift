@@ -38,40 +38,40 @@ public enum Bucketing {
         }
     }
 
-    /// The first 8 bytes, big-endian, of SHA-256(`salt:` `workspace:` actor), hashed in
-    /// pieces so no joined string is built.
+    /// The first 8 bytes, big-endian, of SHA-256(`salt:` `workspace:` actor). The pieces are
+    /// read in place (no joined string is built, nothing is allocated for native strings).
     @usableFromInline
     static func head64(salt: String?, workspace: String?, actor: String) -> UInt64 {
-        var actor = actor
-        var salt = salt
-        var workspace = workspace.flatMap { $0.isEmpty ? nil : $0 }
-        // withUTF8 makes the strings contiguous in place (already so for native strings:
-        // no copy, no allocation).
-        return actor.withUTF8 { actorBytes in
-            withOptionalUTF8(&salt) { saltBytes in
-                withOptionalUTF8(&workspace) { workspaceBytes in
-                    actorBytes.withMemoryRebound(to: CChar.self) { key in
-                        // Callers pass a non-empty actor, so the buffer has an address.
-                        guard let keyBase = key.baseAddress else { return 0 }
-                        return CRolloutCrypto_sha256_head64(
-                            saltBytes?.baseAddress, saltBytes?.count ?? 0,
-                            workspaceBytes?.baseAddress, workspaceBytes?.count ?? 0,
-                            keyBase, key.count)
-                    }
+        var workspace = workspace
+        if workspace?.isEmpty == true { workspace = nil }
+        return withBytes(of: actor) { key in
+            withOptionalBytes(of: salt) { saltBytes in
+                withOptionalBytes(of: workspace) { workspaceBytes in
+                    CRolloutCrypto_sha256_head64(
+                        saltBytes?.baseAddress, saltBytes?.count ?? 0, workspaceBytes?.baseAddress, workspaceBytes?.count ?? 0,
+                        key.baseAddress, key.count)
                 }
             }
         }
     }
 
-    @usableFromInline
-    static func withOptionalUTF8<Result>(_ text: inout String?, _ body: (UnsafeBufferPointer<CChar>?) -> Result) -> Result {
-        guard var value = text else { return body(nil) }
-        defer { text = value }
-        return value.withUTF8 { bytes in
-            bytes.withMemoryRebound(to: CChar.self) { chars in
-                // An empty piece still takes part (with its ':'), so give it a valid pointer.
-                chars.baseAddress == nil ? "".withCString { body(UnsafeBufferPointer(start: $0, count: 0)) } : body(chars)
-            }
+    @inline(__always)
+    static func withBytes<Result>(of text: String, _ body: (UnsafeBufferPointer<CChar>) -> Result) -> Result {
+        if let result = text.utf8.withContiguousStorageIfAvailable({ bytes in
+            bytes.withMemoryRebound(to: CChar.self) { body($0) }
+        }) {
+            return result
+        }
+        // A bridged or otherwise non-contiguous string: copy once.
+        return Array(text.utf8).withUnsafeBufferPointer { bytes in bytes.withMemoryRebound(to: CChar.self) { body($0) } }
+    }
+
+    @inline(__always)
+    static func withOptionalBytes<Result>(of text: String?, _ body: (UnsafeBufferPointer<CChar>?) -> Result) -> Result {
+        guard let text else { return body(nil) }
+        return withBytes(of: text) { bytes in
+            // An empty piece still takes part with its ':', so it needs a non-null address.
+            bytes.baseAddress == nil ? withUnsafePointer(to: CChar(0)) { body(UnsafeBufferPointer(start: $0, count: 0)) } : body(bytes)
         }
     }
 }

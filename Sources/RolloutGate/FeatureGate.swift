@@ -13,7 +13,7 @@ import Synchronization
 /// local snapshot of Redis, and keeps that snapshot fresh in ``run()``.
 ///
 /// ```swift
-/// let gate = FeatureGate(redisURL: try RedisURL(parsing: "redis://127.0.0.1:6379"), features: ["google"])
+/// let gate = try FeatureGate(redisURL: "redis://127.0.0.1:6379", features: ["google"])
 /// // add `gate` to the app's ServiceGroup, then per request:
 /// if gate.isEnabled("google", for: Actor(id: user.id, workspace: user.workspaceID)) { ... }
 /// ```
@@ -50,7 +50,14 @@ public final class FeatureGate: Service, Sendable {
 
     private let redis: RedisClient
     private let logger: Logger
-    private let snapshot = Mutex(Snapshot())
+    // The snapshot: immutable entries published by swapping references under short locks.
+    // A check takes one uncontended lock (by name) or the feature's own lock (by handle).
+    private let snapshot = Mutex<[FeatureName: Entry]>([:])
+    private let handles = Mutex<[FeatureName: Slot]>([:])
+    private let isStale = Atomic<Bool>(false)
+    private let lastSuccess = Mutex<ContinuousClock.Instant?>(nil)
+    private let tallies = Mutex<[FeatureName: Tally]>([:])
+    private let readCache = Mutex<(set: Set<FeatureName>, features: [FeatureName], pipeline: PreparedPipeline)?>(nil)
     private let work = Mutex(Work())
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
@@ -72,6 +79,15 @@ public final class FeatureGate: Service, Sendable {
         work.withLock { $0.known.formUnion(features) }
     }
 
+    /// A gate reading the Redis at `redisURL` (`redis://`, `rediss://` or `unix://`); throws
+    /// only when the URL itself is invalid.
+    public convenience init(
+        redisURL text: String, features: [FeatureName] = [], configuration: Configuration = Configuration(),
+        logger: Logger = Logger(label: "rollout-gate")
+    ) throws(RedisError) {
+        self.init(redisURL: try RedisURL(parsing: text), features: features, configuration: configuration, logger: logger)
+    }
+
     deinit {
         wake.finish()
         redis.close()
@@ -87,40 +103,42 @@ public final class FeatureGate: Service, Sendable {
 
     /// The decision for `actor`, with its reason.
     public func decision(_ feature: FeatureName, for actor: Actor) -> Decision {
-        let (found, stale) = snapshot.withLock { ($0.entries[feature], $0.isStale) }
-        guard let entry = found else {
+        guard let entry = snapshot.withLock({ $0[feature] }) else {
             request(feature)
             return Decision(isOn: false, reason: .noData)
         }
-        let decision: Decision
-        if stale {
-            decision = Decision(isOn: false, reason: .staleSnapshot)
-        } else {
-            switch entry.state {
-            case .success(let state): decision = state.decide(for: actor, overriddenBy: entry.overrideVariable)
-            case .failure(let invalid): decision = Decision(isOn: false, reason: .invalidState(key: invalid.firstKey))
-            }
-        }
-        (decision.isOn ? entry.onCounter : entry.offCounter).increment()
-        return decision
+        return entry.decide(for: actor, stale: isStale.load(ordering: .relaxed))
     }
+
+    /// A handle for `feature`: the fastest way to check it, with no name lookup per check.
+    /// Keep it for the life of the gate (a service typically holds one per feature).
+    public func feature(_ feature: FeatureName) -> FeatureHandle {
+        let (slot, isNew) = handles.withLock { handles -> (Slot, Bool) in
+            if let slot = handles[feature] { return (slot, false) }
+            let slot = Slot()
+            handles[feature] = slot
+            return (slot, true)
+        }
+        if isNew {
+            slot.entry.withLock { $0 = snapshot.withLock { $0[feature] } }
+            request(feature)
+        }
+        return FeatureHandle(name: feature, slot: slot, gate: self)
+    }
+
+    var isSnapshotStale: Bool { isStale.load(ordering: .relaxed) }
 
     /// The decision as if rollout_percent were `percent` (workspace overrides ignored): who
     /// would be on before an operator raises it.
     public func decision(_ feature: FeatureName, for actor: Actor, atPercent percent: RolloutPercent) -> Decision {
-        let (found, stale) = snapshot.withLock { ($0.entries[feature], $0.isStale) }
-        guard let entry = found else { return Decision(isOn: false, reason: .noData) }
-        if stale { return Decision(isOn: false, reason: .staleSnapshot) }
-        switch entry.state {
-        case .success(let state): return state.decide(for: actor, overriddenBy: entry.overrideVariable, percentOverride: percent)
-        case .failure(let invalid): return Decision(isOn: false, reason: .invalidState(key: invalid.firstKey))
-        }
+        guard let entry = snapshot.withLock({ $0[feature] }) else { return Decision(isOn: false, reason: .noData) }
+        return entry.decide(for: actor, stale: isStale.load(ordering: .relaxed), percentOverride: percent, count: false)
     }
 
     /// The parsed state of `feature` in the snapshot: nil before it was read, an
     /// ``InvalidFeatureState`` when a key breaks the contract.
     public func state(of feature: FeatureName) -> Result<FeatureState, InvalidFeatureState>? {
-        snapshot.withLock { $0.entries[feature]?.state }
+        snapshot.withLock { $0[feature]?.result }
     }
 
     // MARK: Loading
@@ -204,31 +222,44 @@ public final class FeatureGate: Service, Sendable {
 
     @discardableResult
     private func refresh(_ features: [FeatureName]) async -> Bool {
+        flushDecisionCounts()
         guard !features.isEmpty else { return true }
-        let ordered = features.sorted()
-        let commands = ordered.flatMap { FeatureKeys($0).readCommands }
         let replies: [RedisValue]
+        let ordered: [FeatureName]
         do {
-            replies = try await redis.pipeline(commands)
+            let prepared = try preparedReads(for: features)
+            ordered = prepared.features
+            replies = try await redis.pipeline(prepared.pipeline)
         } catch {
             redisErrors.increment()
             noteFailure(error)
             return false
         }
+        // Most refreshes change nothing: a feature whose replies and override are what the
+        // current entry was built from keeps that entry (no parsing, no allocation).
+        let current = snapshot.withLock { $0 }
         var fresh: [FeatureName: Entry] = [:]
         for (index, feature) in ordered.enumerated() {
-            let state = FeatureState.read(feature, from: replies[(index * 4)..<(index * 4 + 4)])
-            fresh[feature] = Entry(feature: feature, state: state, overrideVariable: overrideVariable(for: feature))
+            let raw = replies[(index * 4)..<(index * 4 + 4)]
+            let override = overrideVariable(for: feature, named: tally(for: feature).variableName)
+            if let existing = current[feature], existing.overrideVariable == override, existing.raw.elementsEqual(raw) {
+                continue
+            }
+            let state = FeatureState.read(feature, from: raw)
+            fresh[feature] = Entry(feature: feature, raw: Array(raw), result: state, overrideVariable: override, tally: tally(for: feature))
         }
-        let now = ContinuousClock.now
-        let (previous, wasStale) = snapshot.withLock { snapshot in
-            let previous = snapshot.entries
-            let wasStale = snapshot.isStale
-            snapshot.entries.merge(fresh) { _, new in new }
-            snapshot.isStale = false
-            snapshot.lastSuccess = now
-            return (previous, wasStale)
+        let previous = snapshot.withLock { snapshot in
+            let previous = snapshot
+            snapshot.merge(fresh) { _, new in new }
+            return previous
         }
+        let slots = handles.withLock { handles in fresh.keys.compactMap { feature in handles[feature].map { (feature, $0) } } }
+        for (feature, slot) in slots {
+            let entry = fresh[feature]
+            slot.entry.withLock { $0 = entry }
+        }
+        lastSuccess.withLock { $0 = ContinuousClock.now }
+        let wasStale = isStale.exchange(false, ordering: .acquiringAndReleasing)
         snapshotAge.record(0)
         if wasStale {
             logger.notice("Redis is reachable again: the gate answers from a fresh snapshot", metadata: ["redis.url": "\(redisURL)"])
@@ -238,13 +269,10 @@ public final class FeatureGate: Service, Sendable {
     }
 
     private func noteFailure(_ error: RedisError) {
-        let now = ContinuousClock.now
-        let (becameStale, age) = snapshot.withLock { snapshot -> (Bool, Duration?) in
-            guard let lastSuccess = snapshot.lastSuccess else { return (false, nil) }
-            let age = lastSuccess.duration(to: now)
-            let stale = age > configuration.maxStaleness
-            defer { snapshot.isStale = stale || snapshot.isStale }
-            return (stale && !snapshot.isStale, age)
+        let age = lastSuccess.withLock { $0 }.map { $0.duration(to: .now) }
+        var becameStale = false
+        if let age, age > configuration.maxStaleness {
+            becameStale = !isStale.exchange(true, ordering: .acquiringAndReleasing)
         }
         if let age {
             let (seconds, attoseconds) = age.components
@@ -264,8 +292,8 @@ public final class FeatureGate: Service, Sendable {
     /// Logs and counts each feature whose state became invalid (once per change) or valid again.
     private func report(_ fresh: [FeatureName: Entry], against previous: [FeatureName: Entry]) {
         for (feature, entry) in fresh {
-            let before = previous[feature]?.state
-            switch entry.state {
+            let before = previous[feature]?.result
+            switch entry.result {
             case .failure(let invalid):
                 if case .failure(let old)? = before, old == invalid { continue }
                 Counter(label: "rollout_gate_invalid_state_total", dimensions: [("feature", feature.rawValue)]).increment()
@@ -283,8 +311,33 @@ public final class FeatureGate: Service, Sendable {
         }
     }
 
-    private func overrideVariable(for feature: FeatureName) -> String? {
-        let name = feature.overrideVariable
+    /// The encoded reads of `features` and the order of their replies, reused while the set
+    /// of features stays the same.
+    private func preparedReads(for features: [FeatureName]) throws(RedisError) -> (features: [FeatureName], pipeline: PreparedPipeline) {
+        let wanted = Set(features)
+        if let cached = readCache.withLock({ $0 }), cached.set == wanted { return (cached.features, cached.pipeline) }
+        let ordered = Array(wanted)
+        let pipeline = try PreparedPipeline(ordered.flatMap { FeatureKeys($0).readCommands })
+        readCache.withLock { $0 = (wanted, ordered, pipeline) }
+        return (ordered, pipeline)
+    }
+
+    private func tally(for feature: FeatureName) -> Tally {
+        tallies.withLock { tallies in
+            if let tally = tallies[feature] { return tally }
+            let tally = Tally(feature: feature)
+            tallies[feature] = tally
+            return tally
+        }
+    }
+
+    /// Moves the decision counts of the hot path (plain atomics) into swift-metrics counters;
+    /// done at every refresh, so the metric lags by at most one refresh interval.
+    private func flushDecisionCounts() {
+        for tally in tallies.withLock({ Array($0.values) }) { tally.flush() }
+    }
+
+    private func overrideVariable(for feature: FeatureName, named name: String) -> String? {
         let value: String?
         if let environment = configuration.environment {
             value = environment[name]
@@ -330,25 +383,106 @@ public final class FeatureGate: Service, Sendable {
     }
 }
 
-/// One feature as the snapshot holds it. Immutable: a check copies the reference and reads.
-private final class Entry: Sendable {
-    let state: Result<FeatureState, InvalidFeatureState>
+/// One feature as the snapshot holds it. Immutable: a check borrows it and reads.
+final class Entry: Sendable {
+    let result: Result<FeatureState, InvalidFeatureState>
+    /// The valid state, or an absent one never consulted when `invalidKey` is set.
+    let state: FeatureState
+    let invalidKey: String?
     let overrideVariable: String?
-    let onCounter: Counter
-    let offCounter: Counter
+    let tally: Tally
 
-    init(feature: FeatureName, state: Result<FeatureState, InvalidFeatureState>, overrideVariable: String?) {
-        self.state = state
+    /// The replies the entry was parsed from, to skip unchanged features on the next refresh.
+    let raw: [RedisValue]
+
+    init(
+        feature: FeatureName, raw: [RedisValue], result: Result<FeatureState, InvalidFeatureState>, overrideVariable: String?,
+        tally: Tally
+    ) {
+        self.raw = raw
+        self.result = result
+        switch result {
+        case .success(let state):
+            self.state = state
+            invalidKey = nil
+        case .failure(let invalid):
+            state = .absent(feature)
+            invalidKey = invalid.firstKey
+        }
         self.overrideVariable = overrideVariable
-        onCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "on")])
-        offCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "off")])
+        self.tally = tally
+    }
+
+    @inline(__always)
+    func decide(for actor: Actor, stale: Bool, percentOverride: RolloutPercent? = nil, count: Bool = true) -> Decision {
+        let decision: Decision
+        if stale {
+            decision = Decision(isOn: false, reason: .staleSnapshot)
+        } else if let invalidKey {
+            decision = Decision(isOn: false, reason: .invalidState(key: invalidKey))
+        } else {
+            decision = state.decide(for: actor, overriddenBy: overrideVariable, percentOverride: percentOverride)
+        }
+        if count {
+            if decision.isOn { tally.on.wrappingAdd(1, ordering: .relaxed) } else { tally.off.wrappingAdd(1, ordering: .relaxed) }
+        }
+        return decision
     }
 }
 
-private struct Snapshot: Sendable {
-    var entries: [FeatureName: Entry] = [:]
-    var isStale = false
-    var lastSuccess: ContinuousClock.Instant?
+/// Decisions counted on the hot path with relaxed atomics, flushed into swift-metrics
+/// counters by the refresher (a metrics backend call per check would cost more than the hash).
+final class Tally: Sendable {
+    let on = Atomic<Int>(0)
+    let off = Atomic<Int>(0)
+    /// `ROLLOUT_<FEATURE>_ENABLED`, computed once.
+    let variableName: String
+    private let onCounter: Counter
+    private let offCounter: Counter
+
+    init(feature: FeatureName) {
+        variableName = feature.overrideVariable
+        onCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "on")])
+        offCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "off")])
+    }
+
+    func flush() {
+        let onCount = on.exchange(0, ordering: .relaxed)
+        let offCount = off.exchange(0, ordering: .relaxed)
+        if onCount > 0 { onCounter.increment(by: onCount) }
+        if offCount > 0 { offCounter.increment(by: offCount) }
+    }
+}
+
+/// Where a ``FeatureHandle`` finds its feature's current entry.
+final class Slot: Sendable {
+    let entry = Mutex<Entry?>(nil)
+}
+
+/// A feature of a ``FeatureGate``, resolved once: checks through it skip the name lookup.
+public struct FeatureHandle: Sendable {
+    /// The feature.
+    public let name: FeatureName
+    let slot: Slot
+    let gate: FeatureGate
+
+    /// Whether the feature is on for `actor`.
+    @inlinable
+    public func isEnabled(for actor: Actor) -> Bool {
+        decision(for: actor).isOn
+    }
+
+    /// The decision for `actor`, with its reason.
+    public func decision(for actor: Actor) -> Decision {
+        guard let entry = slot.entry.withLock({ $0 }) else { return Decision(isOn: false, reason: .noData) }
+        return entry.decide(for: actor, stale: gate.isSnapshotStale)
+    }
+
+    /// The decision as if rollout_percent were `percent` (workspace overrides ignored).
+    public func decision(for actor: Actor, atPercent percent: RolloutPercent) -> Decision {
+        guard let entry = slot.entry.withLock({ $0 }) else { return Decision(isOn: false, reason: .noData) }
+        return entry.decide(for: actor, stale: gate.isSnapshotStale, percentOverride: percent, count: false)
+    }
 }
 
 private struct Work: Sendable {

@@ -4,27 +4,32 @@ public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertib
     /// The name as written.
     public let rawValue: String
 
-    /// Validates `text`; the error says what is wrong with it.
+    /// Validates `text`; the error says what is wrong with it. Allocation-free when valid.
     public init(_ text: String) throws(KeyspaceError) {
-        let bytes = Array(text.utf8)
-        guard let first = bytes.first else {
+        var count = 0
+        for byte in text.utf8 {
+            let isLowerAlphanumeric = (0x61...0x7a).contains(byte) || (0x30...0x39).contains(byte)
+            let allowed = isLowerAlphanumeric || (count > 0 && (byte == 0x5f || byte == 0x2e || byte == 0x2d))
+            if !allowed { throw Self.invalid(text, byte: byte, at: count) }
+            count += 1
+            if count > 64 { throw Self.invalid(text, byte: nil, at: count) }
+        }
+        if count == 0 {
             throw KeyspaceError("A feature name cannot be empty. Use lower-case letters, digits, '_', '.' and '-'.")
         }
-        guard bytes.count <= 64 else {
-            throw KeyspaceError("The feature name '\(text.prefix(80))' is \(bytes.count) characters long; at most 64 are allowed.")
-        }
-        func isLowerAlphanumeric(_ byte: UInt8) -> Bool {
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
-        }
-        guard isLowerAlphanumeric(first) else {
-            throw KeyspaceError("The feature name '\(text)' must start with a lower-case letter or a digit.")
-        }
-        for byte in bytes.dropFirst() where !(isLowerAlphanumeric(byte) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-")) {
-            let shown = byte < 0x80 ? "'\(Character(Unicode.Scalar(byte)))'" : "a non-ASCII character"
-            throw KeyspaceError(
-                "The feature name '\(text)' contains \(shown); only lower-case letters, digits, '_', '.' and '-' are allowed.")
-        }
         rawValue = text
+    }
+
+    private static func invalid(_ text: String, byte: UInt8?, at index: Int) -> KeyspaceError {
+        guard let byte else {
+            return KeyspaceError("The feature name '\(text.prefix(80))' is \(text.utf8.count) characters long; at most 64 are allowed.")
+        }
+        if index == 0 {
+            return KeyspaceError("The feature name '\(text)' must start with a lower-case letter or a digit.")
+        }
+        let shown = byte < 0x80 ? "'\(Character(Unicode.Scalar(byte)))'" : "a non-ASCII character"
+        return KeyspaceError(
+            "The feature name '\(text)' contains \(shown); only lower-case letters, digits, '_', '.' and '-' are allowed.")
     }
 
     /// A name known to be valid at compile time; traps on an invalid literal (a programming error).

@@ -47,6 +47,13 @@ public final class RedisClient: Sendable {
         return try await run { connection throws(RedisError) in try connection.send(commands) }
     }
 
+    /// Sends a pipeline formatted in advance: for a request repeated often (the gate's
+    /// refresh), the commands are encoded once, not at every call.
+    public func pipeline(_ prepared: PreparedPipeline) async throws(RedisError) -> [RedisValue] {
+        guard prepared.count > 0 else { return [] }
+        return try await run { connection throws(RedisError) in try connection.send(encoded: prepared.bytes, count: prepared.count) }
+    }
+
     /// Runs the commands inside MULTI/EXEC in one round trip and returns EXEC's replies, or
     /// nil when the server aborted the transaction (a WATCHed key changed).
     public func transaction(_ commands: [RedisCommand], watching keys: [String] = []) async throws(RedisError) -> [RedisValue]? {
@@ -145,6 +152,21 @@ public final class RedisClient: Sendable {
 /// the lock, which is why this box may be `@unchecked Sendable`.
 private final class ConnectionSlot: @unchecked Sendable {
     var connection: RedisConnection?
+}
+
+/// Commands encoded once as RESP, to be sent many times with ``RedisClient/pipeline(_:)-(PreparedPipeline)``.
+public struct PreparedPipeline: Sendable {
+    let bytes: [UInt8]
+    /// How many commands, and so replies.
+    public let count: Int
+
+    /// Encodes `commands` with hiredis's formatter.
+    public init(_ commands: [RedisCommand]) throws(RedisError) {
+        var bytes: [UInt8] = []
+        for command in commands { try appendFormatted(command, to: &bytes) }
+        self.bytes = bytes
+        count = commands.count
+    }
 }
 
 /// A Lua script and its SHA-1, for ``RedisClient/evaluate(_:keys:arguments:)``.

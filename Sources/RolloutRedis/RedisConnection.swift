@@ -64,11 +64,16 @@ final class RedisConnection {
         for command in commands {
             try appendFormatted(command, to: &output)
         }
+        return try send(encoded: output, count: commands.count)
+    }
+
+    /// Sends `count` commands already encoded as RESP and reads as many replies.
+    func send(encoded output: [UInt8], count: Int) throws(RedisError) -> [RedisValue] {
         let deadline = ContinuousClock.now.advanced(by: commandTimeout)
         try writeAll(output, deadline: deadline)
         var replies: [RedisValue] = []
-        replies.reserveCapacity(commands.count)
-        while replies.count < commands.count {
+        replies.reserveCapacity(count)
+        while replies.count < count {
             replies.append(try readReply(deadline: deadline))
         }
         return replies

@@ -35,9 +35,12 @@ struct Check: AsyncParsableCommand {
         let previewPercent = try atPercent.map { try percent($0, "--at") }
         let url = try options.redisURL()
         let gate = FeatureGate(redisURL: url, features: [name])
-        let decide: (String) -> Decision = { id in
+        let handle = gate.feature(name)
+        let workspace = self.workspace
+        let isInternal = self.isInternal
+        let decide: @Sendable (String) -> Decision = { id in
             let who = Actor(id: id, workspace: workspace, isInternal: isInternal)
-            return previewPercent.map { gate.decision(name, for: who, atPercent: $0) } ?? gate.decision(name, for: who)
+            return previewPercent.map { handle.decision(for: who, atPercent: $0) } ?? handle.decision(for: who)
         }
         guard await gate.prepare([name]) else {
             throw RedisError(.connectFailed, "Cannot read \(name) from Redis at \(url). Is Redis running, and is the URL right?")
@@ -51,7 +54,7 @@ struct Check: AsyncParsableCommand {
         } else if actorsFrom == "-" {
             try await answerStream(gate: gate, decide: decide)
         } else if let path = actorsFrom {
-            try answerFile(path, decide: decide)
+            try answerFile(path, handle: handle, atPercent: previewPercent)
         }
     }
 
@@ -77,7 +80,7 @@ struct Check: AsyncParsableCommand {
     private func describe(_ decision: Decision) -> String { decision.description }
 
     /// Answers a whole file in one pass, writing in large blocks.
-    private func answerFile(_ path: String, decide: (String) -> Decision) throws {
+    private func answerFile(_ path: String, handle: FeatureHandle, atPercent previewPercent: RolloutPercent?) throws {
         guard let file = fopen(path, "rb") else {
             throw ValidationError("Cannot open --actors-from \(path): \(String(cString: strerror(errno))).")
         }
@@ -91,6 +94,9 @@ struct Check: AsyncParsableCommand {
         }
         var output = [UInt8]()
         output.reserveCapacity(1 << 20)
+        // Read the property wrappers once: their getters are generic and cost more than the hash.
+        let workspace = self.workspace
+        let isInternal = self.isInternal
         let yes = Array("\ttrue\n".utf8)
         let no = Array("\tfalse\n".utf8)
         input.withUnsafeBufferPointer { bytes in
@@ -101,9 +107,10 @@ struct Check: AsyncParsableCommand {
                 var last = end
                 if last > start && bytes[last - 1] == UInt8(ascii: "\r") { last -= 1 }
                 let line = UnsafeBufferPointer(rebasing: bytes[start..<last])
-                let id = String(decoding: line, as: UTF8.self)
+                let actor = Actor(id: String(decoding: line, as: UTF8.self), workspace: workspace, isInternal: isInternal)
+                let isOn = previewPercent.map { handle.decision(for: actor, atPercent: $0).isOn } ?? handle.isEnabled(for: actor)
                 output.append(contentsOf: line)
-                output.append(contentsOf: decide(id).isOn ? yes : no)
+                output.append(contentsOf: isOn ? yes : no)
                 if output.count >= 1 << 20 {
                     writeStandardOutput(output)
                     output.removeAll(keepingCapacity: true)

@@ -46,6 +46,27 @@ struct FeatureGateTests {
         #expect(gate.isEnabled("google", for: Actor(id: "user-1", workspace: "acme")))
     }
 
+    @Test func handleFollowsEveryRefreshAndAgreesWithTheNamePath() async throws {
+        let server = try RedisServer()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        let gate = FeatureGate(redisURL: server.url())
+        let google = gate.feature("google")
+        #expect(google.decision(for: Actor(id: "user_123")) == Decision(isOn: false, reason: .noData))
+        _ = try await admin.send("SET", "flags:google:rollout_percent", "50")
+        await gate.refresh()
+        for index in 0..<200 {
+            let actor = Actor(id: "user-\(index)", workspace: index % 2 == 0 ? "acme" : nil)
+            #expect(google.decision(for: actor) == gate.decision("google", for: actor))
+        }
+        #expect(google.isEnabled(for: Actor(id: "user_123")))
+        _ = try await admin.send("SET", "flags:google:enabled", "off")
+        await gate.refresh()
+        #expect(google.decision(for: Actor(id: "user_123")).reason == .killSwitch)
+        let fifty = try #require(RolloutPercent(parsing: "50"))
+        #expect(google.decision(for: Actor(id: "user_123"), atPercent: fifty).reason == .killSwitch)
+    }
+
     @Test func unknownFeatureIsFetchedInTheBackground() async throws {
         let server = try RedisServer()
         let admin = RedisClient(url: server.url())
@@ -86,6 +107,7 @@ struct FeatureGateTests {
             _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
             await gate.refresh()
             #expect(gate.isEnabled("google", for: Actor(id: "anyone")))
+            await gate.refresh()  // decision counts reach swift-metrics at each refresh
             #expect(try metrics.expectCounter("rollout_gate_decisions_total", [("feature", "google"), ("result", "on")]).totalValue == 1)
         }
     }

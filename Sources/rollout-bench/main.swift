@@ -1,0 +1,165 @@
+// Benchmarks behind docs/performance.md. Run through scripts/bench.sh, which starts a
+// redis-server and builds in release mode:
+//   rollout-bench REDIS_URL [iterations]
+//   rollout-bench --checks N REDIS_URL   (N checks after one load; for valgrind's allocation count)
+import CRolloutCrypto
+import Foundation
+import RolloutGate
+import RolloutRedis
+
+func nanoseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1e9 + Double(duration.components.attoseconds) / 1e9
+}
+
+/// The best of `rounds` timings of `body` run `iterations` times: ns per iteration.
+@inline(never)
+func measure(_ label: String, iterations: Int, rounds: Int = 5, _ body: (Int) -> Void) -> Double {
+    var best = Double.infinity
+    for _ in 0..<rounds {
+        let start = ContinuousClock.now
+        for index in 0..<iterations { body(index) }
+        best = min(best, nanoseconds(ContinuousClock.now - start) / Double(iterations))
+    }
+    print(String(format: "%-58@ %9.1f ns/op", label as NSString, best))
+    return best
+}
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+// 24-byte keys, as REFERENCE.md measures: "google:" + a 17-character actor id.
+let actors = (0..<1024).map { String(format: "user-%012d", $0 * 7919) }
+let keys = actors.map { Array("google:\($0)".utf8) }
+var sink: UInt64 = 0
+
+let arguments = CommandLine.arguments
+if arguments.count == 4, arguments[1] == "--checks", let count = Int(arguments[2]), let url = try? RedisURL(parsing: arguments[3]) {
+    // N gate checks after one load, counted by scripts/bench/count_mallocs.c: run with two
+    // values of N; the difference in allocations over the difference in N is per check.
+    var configuration = FeatureGate.Configuration()
+    configuration.pushInvalidation = false
+    let gate = FeatureGate(redisURL: url, features: ["google"], configuration: configuration)
+    guard await gate.prepare(["google"]) else { exit(1) }
+    let handle = gate.feature("google")
+    var on = 0
+    for index in 0..<count where gate.isEnabled("google", for: Actor(id: actors[index & 1023])) { on += 1 }
+    for index in 0..<count where handle.isEnabled(for: Actor(id: actors[index & 1023])) { on += 1 }
+    print("checks: \(count), on: \(on)")
+    exit(0)
+}
+guard arguments.count >= 2, let url = try? RedisURL(parsing: arguments[1]) else {
+    print("usage: rollout-bench REDIS_URL [iterations] | rollout-bench --checks N REDIS_URL")
+    exit(2)
+}
+let iterations = arguments.count > 2 ? Int(arguments[2]) ?? 2_000_000 : 2_000_000
+
+print("== hashing and checks (best of 5 rounds of \(iterations))")
+var digest = [UInt8](repeating: 0, count: 32)
+let fast = measure("SHA-256, 24-byte key, SHA256_Init/Update/Final", iterations: iterations) { index in
+    keys[index & 1023].withUnsafeBytes { CRolloutCrypto_sha256($0.baseAddress, $0.count, &digest) }
+    sink &+= UInt64(digest[0])
+}
+_ = measure("SHA-256, 24-byte key, one-shot SHA256()", iterations: iterations / 4) { index in
+    keys[index & 1023].withUnsafeBytes { CRolloutCrypto_sha256_oneshot($0.baseAddress, $0.count, &digest) }
+    sink &+= UInt64(digest[0])
+}
+let google: FeatureName = "google"
+_ = measure("Bucketing.bucket (v2, no workspace)", iterations: iterations) { index in
+    sink &+= UInt64(Bucketing.bucket(scheme: .v2, feature: google, workspace: nil, actor: actors[index & 1023]) ?? 0)
+}
+_ = measure("FeatureName(\"google\") from a literal", iterations: iterations) { index in
+    let name: FeatureName = "google"
+    sink &+= UInt64(name.rawValue.utf8.count)
+}
+
+var halfState = FeatureState.absent("google")
+halfState.rolloutPercent = RolloutPercent(parsing: "50") ?? .zero
+_ = measure("FeatureState.decide (v2, 50%, no lock, no lookup)", iterations: iterations) { index in
+    if halfState.decide(for: Actor(id: actors[index & 1023])).isOn { sink &+= 1 }
+}
+
+let client = RedisClient(url: url)
+_ = try await client.pipeline([
+    RedisCommand("SET", "flags:google:rollout_percent", "50"), RedisCommand("SET", "flags:google:enabled", "true"),
+])
+var configuration = FeatureGate.Configuration()
+configuration.refreshInterval = .seconds(3600)
+let gate = FeatureGate(redisURL: url, features: ["google"], configuration: configuration)
+guard await gate.prepare(["google"]) else {
+    print("cannot reach Redis at \(url)")
+    exit(1)
+}
+let check = measure("FeatureGate.isEnabled (cached, v2, 50%)", iterations: iterations) { index in
+    if gate.isEnabled("google", for: Actor(id: actors[index & 1023])) { sink &+= 1 }
+}
+let handle = gate.feature("google")
+let handleCheck = measure("FeatureHandle.isEnabled (cached, v2, 50%)", iterations: iterations) { index in
+    if handle.isEnabled(for: Actor(id: actors[index & 1023])) { sink &+= 1 }
+}
+print(String(format: "check by name / fast SHA-256 = %.2f, by handle = %.2f (budget: at most 1.5)", check / fast, handleCheck / fast))
+
+print("\n== refresh of 1,000 features (one pipelined round trip)")
+let many = (0..<1000).compactMap { try? FeatureName("bench-\($0)") }
+var writes: [RedisCommand] = []
+for feature in many {
+    let keys = FeatureKeys(feature)
+    writes += [
+        RedisCommand("SET", keys.enabled, "true"), RedisCommand("SET", keys.rolloutPercent, "10"),
+        RedisCommand("SET", keys.internalOnly, "false"), RedisCommand("SET", keys.paused, "false"),
+        RedisCommand("SET", keys.lastChangeTime, "2025-10-08T15:30:00.123456+00:00"), RedisCommand("SET", keys.lastPercent, "0"),
+        RedisCommand("SADD", keys.allow, "vip"), RedisCommand("HSET", keys.workspaces, "acme", "50"),
+    ]
+}
+_ = try await client.pipeline(writes)
+let bigGate = FeatureGate(redisURL: url, features: many, configuration: configuration)
+_ = await bigGate.prepare(many)
+var refreshTimes: [Double] = []
+for _ in 0..<50 {
+    let start = ContinuousClock.now
+    _ = await bigGate.refresh()
+    refreshTimes.append(nanoseconds(ContinuousClock.now - start) / 1e6)
+}
+let readCommands = many.flatMap { FeatureKeys($0).readCommands }
+var wireTimes: [Double] = []
+var parseTimes: [Double] = []
+for _ in 0..<20 {
+    let start = ContinuousClock.now
+    let replies = try await client.pipeline(readCommands)
+    let middle = ContinuousClock.now
+    for (index, feature) in many.enumerated() {
+        if case .success = FeatureState.read(feature, from: replies[(index * 4)..<(index * 4 + 4)]) { sink &+= 1 }
+    }
+    wireTimes.append(nanoseconds(middle - start) / 1e6)
+    parseTimes.append(nanoseconds(ContinuousClock.now - middle) / 1e6)
+}
+print(String(format: "  of which: pipeline (format, round trip, RESP to values) p50 %.2f ms; parsing states p50 %.2f ms", percentile(wireTimes, 0.5), percentile(parseTimes, 0.5)))
+print(String(format: "refresh, 1000 features x 4 reads: p50 %.2f ms, p99 %.2f ms (budget: under 5 ms)", percentile(refreshTimes, 0.5), percentile(refreshTimes, 0.99)))
+
+print("\n== kill-switch propagation with push invalidation")
+let live = FeatureGate(redisURL: url, features: ["google"], configuration: configuration)
+let service = Task { try await live.run() }
+while live.state(of: "google") == nil { try await Task.sleep(for: .milliseconds(1)) }
+while (try? await client.send("PUBSUB", "NUMSUB", "__redis__:invalidate").array?.last?.integer) ?? 0 < 1 {
+    try await Task.sleep(for: .milliseconds(5))
+}
+try await Task.sleep(for: .milliseconds(100))
+var propagation: [Double] = []
+let probe = Actor(id: "anyone")
+for round in 0..<200 {
+    let turnOff = round % 2 == 0
+    let start = ContinuousClock.now
+    _ = try await client.send("SET", "flags:google:enabled", turnOff ? "false" : "true")
+    while (live.decision("google", for: probe).reason == .killSwitch) != turnOff {
+        if ContinuousClock.now - start > .seconds(2) { break }
+        await Task.yield()
+    }
+    propagation.append(nanoseconds(ContinuousClock.now - start) / 1e6)
+}
+service.cancel()
+print(String(format: "SET enabled -> gate answer changed: p50 %.2f ms, p99 %.2f ms, max %.2f ms (budget: p99 under 100 ms)",
+    percentile(propagation, 0.5), percentile(propagation, 0.99), propagation.max() ?? 0))
+_ = try await client.send("FLUSHDB")
+client.close()
+if sink == 42 { print("") }

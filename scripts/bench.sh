@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/performance.md: builds in release mode, starts its own
+# redis-server on a free loopback port, runs the benchmarks, compares `rollout check
+# --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
+# allocations per gate check. Stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_swift
+ensure_packages libhiredis-dev libssl-dev redis-server redis-tools gcc
+
+work=$(mktemp -d)
+redis_pid=""
+cleanup() {
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+port=$(free_port)
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "$work/redis.log" &
+redis_pid=$!
+wait_for_redis "$port"
+url="redis://127.0.0.1:$port"
+
+echo "==> building (release)"
+swift build -c release --product rollout 2>&1 | tail -n 1
+swift build -c release --product rollout-bench 2>&1 | tail -n 1
+bin=$(swift build -c release --show-bin-path)
+
+echo
+"$bin/rollout-bench" "$url" "${BENCH_ITERATIONS:-2000000}"
+
+echo
+echo "== rollout check --actors-from over 1,000,000 ids (best of 3)"
+seq -f "user-%.0f" 1 1000000 > "$work/ids.txt"
+cc -O2 -o "$work/check_baseline" scripts/bench/check_baseline.c -lcrypto
+redis-cli -p "$port" SET flags:demo:rollout_percent 37.125 >/dev/null
+best() {
+  local best_ms=""
+  for _ in 1 2 3; do
+    local start end ms
+    start=$(date +%s%N)
+    "$@" > "$work/out.txt"
+    end=$(date +%s%N)
+    ms=$(( (end - start) / 1000000 ))
+    if [ -z "$best_ms" ] || [ "$ms" -lt "$best_ms" ]; then best_ms=$ms; fi
+  done
+  echo "$best_ms"
+}
+c_ms=$(best "$work/check_baseline" demo 37125 "$work/ids.txt")
+cp "$work/out.txt" "$work/c.txt"
+swift_ms=$(best env REDIS_URL="$url" "$bin/rollout" check demo --actors-from "$work/ids.txt")
+if cmp -s "$work/c.txt" "$work/out.txt"; then same="identical answers"; else same="ANSWERS DIFFER"; fi
+echo "C (SHA256_Init/Update/Final, stdio): ${c_ms} ms"
+echo "rollout check --actors-from:         ${swift_ms} ms  ($same; budget: at most 2x the C time)"
+awk -v c="$c_ms" -v s="$swift_ms" 'BEGIN { printf "ratio rollout / C = %.2f\n", s / c }'
+
+echo
+echo "== heap allocations per gate check (LD_PRELOAD counter)"
+cc -O2 -shared -fPIC -o "$work/count_mallocs.so" scripts/bench/count_mallocs.c
+allocs() {
+  LD_PRELOAD="$work/count_mallocs.so" "$bin/rollout-bench" --checks "$1" "$url" 2>&1 >/dev/null | sed -n 's/^heap allocations: //p' | tail -n 1
+}
+small=$(allocs 1000)
+large=$(allocs 1001000)
+awk -v a="$small" -v b="$large" 'BEGIN { printf "allocations: %d for 1,000 checks, %d for 1,001,000: %.4f per check\n", a, b, (b - a) / 1000000 }'

@@ -79,7 +79,7 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Starts redis-server with extra `arguments` (e.g. `["--requirepass", "s3cret"]`);
     /// `tls: true` adds a TLS port with certificates made by openssl for this server.
-    public init(arguments: [String] = [], tls: Bool = false) throws {
+    public init(arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1") throws {
         guard let binary = executablePath("redis-server") else {
             throw FixtureError("redis-server is not installed: run scripts/test.sh, or apt-get install redis-server")
         }
@@ -88,7 +88,7 @@ public final class RedisServer: @unchecked Sendable {
         unixSocketPath = directory + "/redis.sock"
         var tlsArguments: [String] = []
         if tls {
-            let certificates = try TestCertificates(directory: directory)
+            let certificates = try TestCertificates(directory: directory, subjectAltName: tlsHostNames)
             let tlsPort = try freeLoopbackPort()
             self.certificates = certificates
             self.tlsPort = tlsPort
@@ -101,7 +101,7 @@ public final class RedisServer: @unchecked Sendable {
             certificates = nil
             tlsPort = nil
         }
-        self.arguments =
+        self.arguments = (configFile.map { [$0] } ?? []) +
             [
                 "--port", String(port), "--bind", "127.0.0.1", "--unixsocket", unixSocketPath, "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no", "--loglevel", "warning",
@@ -186,14 +186,14 @@ public struct TestCertificates: Sendable {
     /// A second CA that signed nothing: trusting it must fail verification.
     public let otherCACertificate: String
 
-    public init(directory: String) throws {
+    public init(directory: String, subjectAltName: String = "DNS:localhost,IP:127.0.0.1") throws {
         caCertificate = directory + "/ca.crt"
         caKey = directory + "/ca.key"
         serverCertificate = directory + "/server.crt"
         serverKey = directory + "/server.key"
         otherCACertificate = directory + "/other-ca.crt"
         let extensions = directory + "/server.ext"
-        try "subjectAltName=DNS:localhost,IP:127.0.0.1\n".write(toFile: extensions, atomically: true, encoding: .utf8)
+        try "subjectAltName=\(subjectAltName)\n".write(toFile: extensions, atomically: true, encoding: .utf8)
         let steps: [[String]] = [
             ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rollout-gate test CA",
              "-keyout", caKey, "-out", caCertificate],

@@ -286,6 +286,21 @@ struct RedisTLSTests {
         }
     }
 
+    @Test func rejectsACertificateForAnotherHostName() async throws {
+        let server = try RedisServer(tls: true, tlsHostNames: "DNS:redis.example.com")
+        let certificates = try #require(server.certificates)
+        let port = try #require(server.tlsPort)
+        for host in ["127.0.0.1", "localhost"] {
+            let client = RedisClient(url: try RedisURL(parsing: "rediss://\(host):\(port)?cacert=\(certificates.caCertificate)"))
+            await #expect {
+                try await client.send("PING")
+            } throws: { error in
+                let error = try #require(error as? RedisError)
+                return error.code == .tls && error.message.contains("certificate")
+            }
+        }
+    }
+
     @Test func rejectsTheSystemStoreForAPrivateCA() async throws {
         let server = try RedisServer(tls: true)
         let port = try #require(server.tlsPort)

@@ -1,0 +1,68 @@
+import Foundation
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// redis/redis.conf and redis/users.acl as shipped: the gate user can do all the gate needs
+/// (push invalidation included) and nothing more; the controller user can write flags only.
+@Suite("Shipped redis.conf and users.acl", .tags(.redis), .requiresRedis)
+struct ShippedRedisConfigTests {
+    func server() throws -> RedisServer {
+        try RedisServer(
+            arguments: ["--aclfile", root.appendingPathComponent("redis/users.acl").path],
+            configFile: root.appendingPathComponent("redis/redis.conf").path)
+    }
+
+    @Test func gateUserRunsTheGateWithPushInvalidationButCannotWrite() async throws {
+        let server = try server()
+        let controller = RedisClient(url: server.url(username: "controller", password: "controller-change-me"))
+        defer { controller.close() }
+        _ = try await controller.send("SET", "flags:google:rollout_percent", "100")
+        var configuration = FeatureGate.Configuration()
+        configuration.refreshInterval = .seconds(3600)
+        let gateURL = server.url(username: "gate", password: "gate-change-me")
+        let gate = FeatureGate(redisURL: gateURL, features: ["google"], configuration: configuration)
+        try await whileRunning(gate) {
+            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            // With an hour-long poll, only the invalidation subscription (push, or the full refresh
+            // it triggers once subscribed) can deliver this change: it proves the ACL allows it.
+            _ = try await controller.send("SET", "flags:google:enabled", "false")
+            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Actor(id: "a")).reason == .killSwitch })
+        }
+        let reader = RedisClient(url: gateURL)
+        defer { reader.close() }
+        for command in [RedisCommand("SET", "flags:google:enabled", "true"), RedisCommand("GET", "other"), RedisCommand("FLUSHALL")] {
+            await #expect {
+                try await reader.send(command)
+            } throws: { error in
+                (error as? RedisError)?.serverErrorPrefix == "NOPERM"
+            }
+        }
+    }
+
+    @Test func controllerUserWritesFlagsOnlyAndRunsTheScripts() async throws {
+        let server = try server()
+        let controller = RedisClient(url: server.url(username: "controller", password: "controller-change-me"))
+        defer { controller.close() }
+        let result = try await controller.evaluate(
+            RedisScript(Scripts_setPercentSourceForTest), keys: ["flags:g:rollout_percent", "flags:g:last_percent", "flags:g:last_change_time"],
+            arguments: ["10", "2025-10-08T15:30:00.000000+00:00"])
+        #expect(result == .null)
+        #expect(try await controller.send("GET", "flags:g:rollout_percent").string == "10")
+        await #expect {
+            try await controller.send("SET", "unrelated", "x")
+        } throws: { error in
+            (error as? RedisError)?.serverErrorPrefix == "NOPERM"
+        }
+        let anonymous = RedisClient(url: server.url())
+        defer { anonymous.close() }
+        await #expect(throws: RedisError.self) { try await anonymous.send("GET", "flags:g:rollout_percent") }
+    }
+}
+
+/// The set-percent script as shipped in redis/.
+let Scripts_setPercentSourceForTest: String =
+    (try? String(contentsOf: root.appendingPathComponent("redis/set_percent.lua"), encoding: .utf8)) ?? ""

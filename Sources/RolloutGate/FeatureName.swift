@@ -6,21 +6,30 @@ public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertib
 
     /// Validates `text`; the error says what is wrong with it. Allocation-free when valid.
     public init(_ text: String) throws(KeyspaceError) {
-        var count = 0
-        for byte in text.utf8 {
-            let isLowerAlphanumeric = (0x61...0x7a).contains(byte) || (0x30...0x39).contains(byte)
-            let allowed = isLowerAlphanumeric || (count > 0 && (byte == 0x5f || byte == 0x2e || byte == 0x2d))
-            if !allowed { throw Self.invalid(text, byte: byte, at: count) }
-            count += 1
-            if count > 64 { throw Self.invalid(text, byte: nil, at: count) }
-        }
-        if count == 0 {
-            throw KeyspaceError("A feature name cannot be empty. Use lower-case letters, digits, '_', '.' and '-'.")
-        }
+        // Reads the bytes in place (a name is a small string: no copy); first bad byte wins.
+        let verdict = text.utf8.withContiguousStorageIfAvailable(Self.firstInvalid) ?? Self.firstInvalid(Array(text.utf8))
+        if let (index, byte) = verdict { throw Self.invalid(text, byte: byte, at: index) }
         rawValue = text
     }
 
+    /// The position and byte of the first character a name may not have there: `nil` byte
+    /// for "too long", position 0 and `nil` for "empty"; nil when the name is valid.
+    private static func firstInvalid(_ bytes: some Collection<UInt8>) -> (Int, UInt8?)? {
+        var index = 0
+        for byte in bytes {
+            let isLowerAlphanumeric = (byte &- 0x61) < 26 || (byte &- 0x30) < 10
+            if !(isLowerAlphanumeric || (index > 0 && (byte == 0x5f || byte == 0x2e || byte == 0x2d))) { return (index, byte) }
+            index += 1
+        }
+        if index == 0 { return (0, nil) }
+        if index > 64 { return (index, nil) }
+        return nil
+    }
+
     private static func invalid(_ text: String, byte: UInt8?, at index: Int) -> KeyspaceError {
+        if byte == nil && index == 0 {
+            return KeyspaceError("A feature name cannot be empty. Use lower-case letters, digits, '_', '.' and '-'.")
+        }
         guard let byte else {
             return KeyspaceError("The feature name '\(text.prefix(80))' is \(text.utf8.count) characters long; at most 64 are allowed.")
         }

@@ -10,18 +10,7 @@ source scripts/lib.sh
 ensure_swift
 ensure_packages libhiredis-dev libssl-dev redis-server redis-tools gcc
 
-work=$(mktemp -d)
-redis_pid=""
-cleanup() {
-  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-port=$(free_port)
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "$work/redis.log" &
-redis_pid=$!
-wait_for_redis "$port"
+start_local_redis
 url="redis://127.0.0.1:$port"
 
 echo "==> building (release)"

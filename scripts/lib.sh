@@ -52,3 +52,20 @@ wait_for_redis() {
   echo "error: redis-server did not answer on port $1" >&2
   return 1
 }
+
+# Starts a scratch directory ($work) and a redis-server from redis/redis.conf on a free
+# loopback port ($port, pid $redis_pid), both removed on exit, also on failure or Ctrl-C.
+start_local_redis() {
+  work=$(mktemp -d)
+  redis_pid=""
+  trap stop_local_redis EXIT INT TERM
+  port=$(free_port)
+  redis-server redis/redis.conf --port "$port" --dir "$work" --logfile "$work/redis.log" &
+  redis_pid=$!
+  wait_for_redis "$port"
+}
+
+stop_local_redis() {
+  if [ -n "${redis_pid:-}" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  rm -rf "${work:-}"
+}

@@ -10,19 +10,8 @@ source scripts/lib.sh
 ensure_swift
 ensure_packages libhiredis-dev libssl-dev redis-server redis-tools
 
-work=$(mktemp -d)
-redis_pid=""
-cleanup() {
-  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-port=$(free_port)
-echo "==> starting redis-server on 127.0.0.1:$port (redis/redis.conf)"
-redis-server redis/redis.conf --port "$port" --dir "$work" --logfile "$work/redis.log" &
-redis_pid=$!
-wait_for_redis "$port"
+start_local_redis
+echo "==> redis-server running on 127.0.0.1:$port (redis/redis.conf)"
 
 echo "==> building rollout (release)"
 swift build -c release --product rollout 2>&1 | tail -n 1
@@ -50,7 +39,7 @@ echo
 on_at 10 > "$work/on10"
 on_at 50 > "$work/on50"
 printf '==> sticky: %s of the %s actors on at 10%% are off at 50%%\n' "$(comm -23 "$work/on10" "$work/on50" | wc -l)" "$(wc -l < "$work/on10")"
-newcomer=$(comm -13 "$work/on10" "$work/on50" | head -n 1)
+newcomer=$(comm -13 "$work/on10" "$work/on50" | sed -n 1p)
 echo "==> one actor who joins between 10% and 50% ($newcomer):"
 for percent in 10 50 100; do
   printf '    at %3s%%: ' "$percent"

@@ -8,7 +8,8 @@ struct Flags: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Read and change features in the flags:* keyspace. Every change is appended to the audit log.",
         subcommands: [
-            List.self, Get.self, Init.self, SetPercent.self, Pause.self, Resume.self, Enable.self, Disable.self,
+            List.self, Get.self, Init.self, SetPercent.self, Switch<Pause>.self, Switch<Resume>.self, Switch<Enable>.self,
+            Switch<Disable>.self,
             InternalOnly.self, Allow.self, Deny.self, Workspace.self,
         ]
     )
@@ -141,58 +142,6 @@ struct Flags: AsyncParsableCommand {
         }
     }
 
-    struct Pause: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Pause: the controller leaves the feature alone (the gate keeps answering).")
-        @OptionGroup var options: ConnectionOptions
-        @Argument(help: "The feature.") var feature: String
-        @Option(help: "Why, for the audit log.") var reason = ""
-
-        func run() async throws {
-            let name = try featureName(feature)
-            try await options.store().setPaused(name, true, reason: reason)
-            try report(options, name, "paused")
-        }
-    }
-
-    struct Resume: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Resume: the controller may move the feature again.")
-        @OptionGroup var options: ConnectionOptions
-        @Argument(help: "The feature.") var feature: String
-        @Option(help: "Why, for the audit log.") var reason = ""
-
-        func run() async throws {
-            let name = try featureName(feature)
-            try await options.store().setPaused(name, false, reason: reason)
-            try report(options, name, "resumed")
-        }
-    }
-
-    struct Enable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Turn the kill switch off (enabled true).")
-        @OptionGroup var options: ConnectionOptions
-        @Argument(help: "The feature.") var feature: String
-        @Option(help: "Why, for the audit log.") var reason = ""
-
-        func run() async throws {
-            let name = try featureName(feature)
-            try await options.store().setEnabled(name, true, reason: reason)
-            try report(options, name, "enabled")
-        }
-    }
-
-    struct Disable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Kill switch: the feature is off for everyone at once.")
-        @OptionGroup var options: ConnectionOptions
-        @Argument(help: "The feature.") var feature: String
-        @Option(help: "Why, for the audit log.") var reason = ""
-
-        func run() async throws {
-            let name = try featureName(feature)
-            try await options.store().setEnabled(name, false, reason: reason)
-            try report(options, name, "disabled (kill switch on)")
-        }
-    }
-
     struct InternalOnly: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "internal-only", abstract: "Limit the feature to internal actors (true) or open it to the rollout (false).")
@@ -262,6 +211,66 @@ struct Flags: AsyncParsableCommand {
             try await options.store().unsetWorkspace(workspace, of: name, reason: reason)
             try report(options, name, "workspace \(workspace) unset")
         }
+    }
+}
+
+/// One of the on/off switches an operator flips: pause, resume, enable, disable.
+protocol SwitchKind {
+    static var name: String { get }
+    static var abstract: String { get }
+    /// What the command prints after the change.
+    static var done: String { get }
+    static func apply(_ store: FeatureStore, _ feature: FeatureName, reason: String) async throws
+}
+
+enum Pause: SwitchKind {
+    static let name = "pause"
+    static let abstract = "Pause: the controller leaves the feature alone (the gate keeps answering)."
+    static let done = "paused"
+    static func apply(_ store: FeatureStore, _ feature: FeatureName, reason: String) async throws {
+        try await store.setPaused(feature, true, reason: reason)
+    }
+}
+
+enum Resume: SwitchKind {
+    static let name = "resume"
+    static let abstract = "Resume: the controller may move the feature again."
+    static let done = "resumed"
+    static func apply(_ store: FeatureStore, _ feature: FeatureName, reason: String) async throws {
+        try await store.setPaused(feature, false, reason: reason)
+    }
+}
+
+enum Enable: SwitchKind {
+    static let name = "enable"
+    static let abstract = "Turn the kill switch off (enabled true)."
+    static let done = "enabled"
+    static func apply(_ store: FeatureStore, _ feature: FeatureName, reason: String) async throws {
+        try await store.setEnabled(feature, true, reason: reason)
+    }
+}
+
+enum Disable: SwitchKind {
+    static let name = "disable"
+    static let abstract = "Kill switch: the feature is off for everyone at once."
+    static let done = "disabled (kill switch on)"
+    static func apply(_ store: FeatureStore, _ feature: FeatureName, reason: String) async throws {
+        try await store.setEnabled(feature, false, reason: reason)
+    }
+}
+
+struct Switch<Kind: SwitchKind>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration { CommandConfiguration(commandName: Kind.name, abstract: Kind.abstract) }
+    @OptionGroup var options: ConnectionOptions
+    @Argument(help: "The feature.") var feature: String
+    @Option(help: "Why, for the audit log.") var reason = ""
+
+    func validate() throws { _ = try featureName(feature) }
+
+    func run() async throws {
+        let name = try featureName(feature)
+        try await Kind.apply(options.store(), name, reason: reason)
+        try report(options, name, Kind.done)
     }
 }
 

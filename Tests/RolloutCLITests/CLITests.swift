@@ -53,6 +53,32 @@ struct CLITests {
         #expect(cli.auditLines().last?.hasSuffix("  google  0% -> 50%  reason=Half  by=manual") == true)
     }
 
+    @Test func switchesListsAndWorkspacesThroughTheCLI() async throws {
+        let cli = try CLI()
+        let redis = cli.redis()
+        defer { redis.close() }
+        let steps: [[String]] = [
+            ["flags", "pause", "google", "--reason", "INC-1"], ["flags", "disable", "google"], ["flags", "enable", "google"],
+            ["flags", "resume", "google"], ["flags", "allow", "add", "google", "alice", "acme:bob"], ["flags", "deny", "add", "google", "eve"],
+            ["flags", "allow", "remove", "google", "alice"], ["flags", "workspace", "set", "google", "acme", "25"],
+        ]
+        for step in steps {
+            let result = try runCommand(cli.binary, step, environment: ["REDIS_URL": cli.server.urlString, "ROLLOUT_AUDIT_LOG": cli.auditLogPath])
+            #expect(result.status == 0, "\(step): \(result.stderr)")
+        }
+        #expect(try await redis.send("GET", "flags:google:paused").string == "false")
+        #expect(try await redis.send("GET", "flags:google:enabled").string == "true")
+        #expect(try await redis.send("SMEMBERS", "flags:google:allow") == .array([.bulkString(Array("acme:bob".utf8))]))
+        #expect(try await redis.send("HGET", "flags:google:workspaces", "acme").string == "25")
+        #expect(cli.auditLines().count == steps.count)
+        #expect(cli.auditLines().first?.hasSuffix("google  paused  reason=INC-1  by=manual") == true)
+        let json = try cli.run("flags", "get", "google", "--json")
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        #expect(document["valid"] as? Bool == true)
+        #expect(document["deny"] as? [String] == ["eve"])
+        #expect((document["workspaces"] as? [String: String])?["acme"] == "25")
+    }
+
     @Test func invalidInputExitsTwoBeforeConnecting() throws {
         let cli = try CLI()
         // A URL nothing listens on: exit 2 proves validation happened before any connect.

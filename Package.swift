@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // hiredis 0.14 from Debian's libhiredis-dev: its RESP reader and command formatter only.
@@ -57,6 +58,18 @@ let package = Package(
                 "RolloutGate",
                 "RolloutRedis",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The controller: policy, the pure decision, Prometheus, compare-and-set apply, telemetry.
+        .target(
+            name: "RolloutController",
+            dependencies: [
+                "RolloutAdmin",
+                "RolloutGate",
+                "RolloutRedis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -104,6 +117,11 @@ let package = Package(
         .testTarget(
             name: "RolloutAdminTests",
             dependencies: ["RolloutAdmin", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RolloutControllerTests",
+            dependencies: ["RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

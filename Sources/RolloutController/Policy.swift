@@ -1,0 +1,442 @@
+public import RolloutGate
+public import RolloutRedis
+import Yams
+
+/// The controller's policy file (`rollout.yaml`), parsed and checked as a whole before
+/// anything connects. The schema is a contract: keys may be added, never renamed.
+public struct ControllerPolicy: Sendable {
+    /// Prometheus's base URL (`PROMETHEUS_BASE_URL` overrides).
+    public var prometheus: HTTPEndpoint
+    /// Redis (`REDIS_URL` overrides).
+    public var redis: RedisURL
+    /// The Pushgateway, if telemetry is wanted (`PUSHGATEWAY_URL` overrides).
+    public var pushgateway: HTTPEndpoint?
+    /// The Markdown audit log (`ROLLOUT_AUDIT_LOG` overrides).
+    public var auditLog: String
+    /// How long one Prometheus query may take, each attempt.
+    public var queryTimeout: Duration
+    /// Evaluate everything, write nothing to Redis (`ROLLOUT_DRY_RUN=true` or `--dry-run`).
+    public var dryRun: Bool
+    /// The features, in file order.
+    public var features: [FeaturePolicy]
+
+    /// Parses `yaml` (from `path`, for messages) with environment overrides. Every problem
+    /// is collected, each naming its field.
+    public init(yaml: String, path: String = "rollout.yaml", environment: [String: String] = [:]) throws(PolicyError) {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: yaml) else { throw PolicyError(path, ["the file is empty"]) }
+            root = node
+        } catch let error as PolicyError {
+            throw error
+        } catch {
+            throw PolicyError(path, ["it is not valid YAML: \(error)"])
+        }
+        var reader = NodeReader()
+        let top = reader.mapping(root, at: "", known: ["prometheus", "redis", "pushgateway", "audit_log", "query_timeout", "features"])
+
+        let prometheusText = environment["PROMETHEUS_BASE_URL"].nonEmpty ?? top?["prometheus"].flatMap { reader.string($0, at: "prometheus") }
+        if let prometheusText {
+            prometheus = reader.endpoint(prometheusText, at: environment["PROMETHEUS_BASE_URL"].nonEmpty == nil ? "prometheus" : "PROMETHEUS_BASE_URL")
+                ?? HTTPEndpoint.placeholder
+        } else {
+            reader.fail("prometheus", "is required: the base URL of Prometheus, e.g. http://127.0.0.1:9090")
+            prometheus = .placeholder
+        }
+        let redisText = environment["REDIS_URL"].nonEmpty ?? top?["redis"].flatMap { reader.string($0, at: "redis") }
+        redis = .localDefault
+        if let redisText {
+            do {
+                redis = try RedisURL(parsing: redisText)
+            } catch {
+                reader.fail(environment["REDIS_URL"].nonEmpty == nil ? "redis" : "REDIS_URL", error.message)
+            }
+        }
+        if let text = environment["PUSHGATEWAY_URL"].nonEmpty ?? top?["pushgateway"].flatMap({ reader.string($0, at: "pushgateway") }) {
+            pushgateway = reader.endpoint(text, at: environment["PUSHGATEWAY_URL"].nonEmpty == nil ? "pushgateway" : "PUSHGATEWAY_URL")
+        } else {
+            pushgateway = nil
+        }
+        auditLog = environment["ROLLOUT_AUDIT_LOG"].nonEmpty ?? top?["audit_log"].flatMap { reader.string($0, at: "audit_log") } ?? "./rollout_log.md"
+        queryTimeout = top?["query_timeout"].flatMap { reader.duration($0, at: "query_timeout", positive: true) } ?? .seconds(10)
+        if let flag = environment["ROLLOUT_DRY_RUN"].nonEmpty {
+            guard let value = parseBool(flag) else {
+                reader.fail("ROLLOUT_DRY_RUN", "is \"\(flag)\"; write true or false")
+                dryRun = true
+                features = []
+                throw PolicyError(path, reader.problems)
+            }
+            dryRun = value
+        } else {
+            dryRun = false
+        }
+
+        features = []
+        if let featuresNode = top?["features"], let mapping = reader.pairs(featuresNode, at: "features") {
+            for (key, value) in mapping {
+                guard let name = reader.string(key, at: "features") else { continue }
+                do {
+                    let feature = try FeatureName(name)
+                    if let policy = FeaturePolicy(value, feature: feature, reader: &reader) { features.append(policy) }
+                } catch {
+                    reader.fail("features.\(name)", error.message)
+                }
+            }
+            if mapping.isEmpty { reader.fail("features", "lists no feature") }
+        } else if top?["features"] == nil {
+            reader.fail("features", "is required: a mapping of feature name to its policy")
+        }
+        if !reader.problems.isEmpty { throw PolicyError(path, reader.problems) }
+    }
+}
+
+/// One feature's rollout policy.
+public struct FeaturePolicy: Sendable, Hashable {
+    /// The feature.
+    public var feature: FeatureName
+    /// The percents to move through, ascending; 0 is the implicit start.
+    public var steps: [RolloutPercent]
+    /// The minimum time between promotions.
+    public var dwell: Duration
+    /// The minimum time after a rollback before the next promotion.
+    public var cooldownAfterRollback: Duration
+    /// Where a rollback goes.
+    public var rollbackTo: RollbackTarget
+    /// No promotion unless this query shows enough traffic.
+    public var minRequests: MinRequests?
+    /// The SLO checks, all run for every decision.
+    public var checks: [Check]
+
+    /// Where a rollback goes; never above the current percent.
+    public enum RollbackTarget: Sendable, Hashable, CustomStringConvertible {
+        /// A fixed percent (`rollback_to: 10`): min(that, current).
+        case percent(RolloutPercent)
+        /// The largest step below the current percent, or 0.
+        case previousStep
+        /// 0%.
+        case zero
+
+        public var description: String {
+            switch self {
+            case .percent(let percent): return "\(percent)"
+            case .previousStep: return "previous_step"
+            case .zero: return "zero"
+            }
+        }
+    }
+
+    /// A traffic floor for promotions.
+    public struct MinRequests: Sendable, Hashable {
+        /// The PromQL query giving the traffic.
+        public var query: String
+        /// The least value that counts as enough.
+        public var atLeast: Double
+    }
+
+    /// One SLO check.
+    public struct Check: Sendable, Hashable {
+        /// Its name in output, JSON and telemetry.
+        public var name: String
+        /// The PromQL query; its single value is compared.
+        public var query: String
+        /// Violated when the value is above this.
+        public var max: Double?
+        /// Violated when the value is below this.
+        public var min: Double?
+        /// What a violation does.
+        public var onViolation: Action
+
+        /// What a violation does.
+        public enum Action: String, Sendable, Hashable {
+            /// Roll back at once.
+            case rollback
+            /// No promotion while violated.
+            case hold
+            /// Report only.
+            case alert
+        }
+
+        /// Whether `value` breaks the bounds.
+        public func isViolated(by value: Double) -> Bool {
+            if let max, value > max { return true }
+            if let min, value < min { return true }
+            return false
+        }
+    }
+
+    init?(_ node: Node, feature: FeatureName, reader: inout NodeReader) {
+        let at = "features.\(feature)"
+        guard
+            let mapping = reader.mapping(
+                node, at: at, known: ["steps", "dwell", "cooldown_after_rollback", "rollback_to", "min_requests", "checks"])
+        else { return nil }
+        self.feature = feature
+        let problemsBefore = reader.problems.count
+
+        steps = []
+        if let stepsNode = mapping["steps"], let sequence = reader.sequence(stepsNode, at: "\(at).steps") {
+            for (index, item) in sequence.enumerated() {
+                if let percent = reader.percent(item, at: "\(at).steps[\(index)]") {
+                    if percent == .zero {
+                        reader.fail("\(at).steps[\(index)]", "is 0; 0 is the implicit start, list only the percents to move to")
+                    } else if let last = steps.last, percent <= last {
+                        reader.fail("\(at).steps[\(index)]", "is \(percent), not above the step before it (\(last)); steps must ascend")
+                    }
+                    steps.append(percent)
+                }
+            }
+            if sequence.isEmpty { reader.fail("\(at).steps", "is empty; list at least one percent, e.g. [10, 50, 100]") }
+        } else if mapping["steps"] == nil {
+            reader.fail("\(at).steps", "is required, e.g. [10, 50, 100]")
+        }
+        dwell = mapping["dwell"].flatMap { reader.duration($0, at: "\(at).dwell", positive: false) } ?? .seconds(15 * 60)
+        cooldownAfterRollback =
+            mapping["cooldown_after_rollback"].flatMap { reader.duration($0, at: "\(at).cooldown_after_rollback", positive: false) }
+            ?? .seconds(3600)
+        rollbackTo = .previousStep
+        if let node = mapping["rollback_to"], let text = reader.string(node, at: "\(at).rollback_to") {
+            switch text {
+            case "previous_step": rollbackTo = .previousStep
+            case "zero": rollbackTo = .zero
+            default:
+                if let percent = RolloutPercent(parsing: text) {
+                    rollbackTo = .percent(percent)
+                } else {
+                    reader.fail("\(at).rollback_to", "is \"\(text)\"; write a percent (e.g. 10), previous_step or zero")
+                }
+            }
+        }
+        minRequests = nil
+        if let node = mapping["min_requests"], let floor = reader.mapping(node, at: "\(at).min_requests", known: ["query", "at_least"]) {
+            let query = floor["query"].flatMap { reader.query($0, at: "\(at).min_requests.query") }
+            let atLeast = floor["at_least"].flatMap { reader.number($0, at: "\(at).min_requests.at_least") }
+            if floor["query"] == nil { reader.fail("\(at).min_requests.query", "is required") }
+            if floor["at_least"] == nil { reader.fail("\(at).min_requests.at_least", "is required") }
+            if let query, let atLeast { minRequests = MinRequests(query: query, atLeast: atLeast) }
+        }
+        checks = []
+        if let node = mapping["checks"], let sequence = reader.sequence(node, at: "\(at).checks") {
+            var names = Set<String>()
+            for (index, item) in sequence.enumerated() {
+                let place = "\(at).checks[\(index)]"
+                guard let check = reader.mapping(item, at: place, known: ["name", "query", "max", "min", "on_violation"]) else { continue }
+                let name = check["name"].flatMap { reader.string($0, at: "\(place).name") }
+                let query = check["query"].flatMap { reader.query($0, at: "\(place).query") }
+                let max = check["max"].flatMap { reader.number($0, at: "\(place).max") }
+                let min = check["min"].flatMap { reader.number($0, at: "\(place).min") }
+                var action = Check.Action.rollback
+                if let node = check["on_violation"], let text = reader.string(node, at: "\(place).on_violation") {
+                    if let parsed = Check.Action(rawValue: text) { action = parsed } else {
+                        reader.fail("\(place).on_violation", "is \"\(text)\"; write rollback, hold or alert")
+                    }
+                }
+                if check["name"] == nil { reader.fail("\(place).name", "is required") }
+                if check["query"] == nil { reader.fail("\(place).query", "is required") }
+                if max == nil && min == nil && check["max"] == nil && check["min"] == nil {
+                    reader.fail(place, "needs max: or min: (or both): the bound that counts as a violation")
+                }
+                if let max, let min, min > max { reader.fail(place, "has min \(min) above max \(max): nothing could pass") }
+                if let name {
+                    if !names.insert(name).inserted { reader.fail("\(place).name", "\"\(name)\" is used twice in \(at)") }
+                    if let query, max != nil || min != nil {
+                        checks.append(Check(name: name, query: query, max: max, min: min, onViolation: action))
+                    }
+                }
+            }
+            if sequence.isEmpty { reader.fail("\(at).checks", "is empty: without a check the controller has no evidence and never promotes") }
+        } else if mapping["checks"] == nil {
+            reader.fail("\(at).checks", "is required: without a check the controller has no evidence and never promotes")
+        }
+        if reader.problems.count > problemsBefore { return nil }
+    }
+
+    /// The step after `current`: the smallest step above it; nil at or above the last.
+    public func nextStep(after current: RolloutPercent) -> RolloutPercent? {
+        steps.first { $0 > current }
+    }
+
+    /// Where a rollback from `current` goes; never above `current`.
+    public func rollbackTarget(from current: RolloutPercent) -> RolloutPercent {
+        switch rollbackTo {
+        case .zero: return .zero
+        case .percent(let percent): return min(percent, current)
+        case .previousStep: return steps.last { $0 < current } ?? .zero
+        }
+    }
+}
+
+/// An HTTP(S) base URL, checked: scheme, host, optional port and path prefix.
+public struct HTTPEndpoint: Sendable, Hashable, CustomStringConvertible {
+    /// The URL as given, without a trailing slash.
+    public let url: String
+
+    static let placeholder = HTTPEndpoint(checked: "http://127.0.0.1")
+
+    private init(checked: String) { url = checked }
+
+    /// Checks `text`; nil with a reason when it is not an http:// or https:// URL.
+    public static func parse(_ text: String) -> Result<HTTPEndpoint, KeyspaceError> {
+        let trimmed = text.trimmingSpaces()
+        guard trimmed.hasPrefix("http://") || trimmed.hasPrefix("https://") else {
+            return .failure(KeyspaceError("\"\(trimmed)\" is not an http:// or https:// URL"))
+        }
+        let rest = trimmed.drop { $0 != "/" }.dropFirst(2)
+        guard let host = rest.split(separator: "/").first, !host.isEmpty, !host.hasPrefix(":") else {
+            return .failure(KeyspaceError("\"\(trimmed)\" has no host"))
+        }
+        if host.contains("@") { return .failure(KeyspaceError("put credentials in the environment, not in the URL")) }
+        var url = trimmed
+        while url.hasSuffix("/") { url.removeLast() }
+        return .success(HTTPEndpoint(checked: url))
+    }
+
+    public var description: String { url }
+}
+
+/// An invalid policy file: every problem, each naming its field. Exit code 2.
+public struct PolicyError: Error, Sendable, CustomStringConvertible {
+    /// The file.
+    public let path: String
+    /// One line per problem: `features.google.dwell: "15 minutes" is not a duration...`.
+    public let problems: [String]
+
+    init(_ path: String, _ problems: [String]) {
+        self.path = path
+        self.problems = problems
+    }
+
+    public var description: String {
+        "The policy file \(path) is not valid; nothing was changed:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}
+
+/// Reads a YAML node tree, collecting problems with their field paths and line numbers.
+struct NodeReader {
+    var problems: [String] = []
+
+    mutating func fail(_ field: String, _ message: String, _ node: Node? = nil) {
+        let line = node?.mark.map { " (line \($0.line))" } ?? ""
+        problems.append(field.isEmpty ? message : "\(field)\(line): \(message)")
+    }
+
+    mutating func mapping(_ node: Node, at field: String, known: Set<String>?) -> [String: Node]? {
+        guard let mapping = node.mapping else {
+            fail(field.isEmpty ? "the file" : field, "must be a mapping of keys to values", node)
+            return nil
+        }
+        var result: [String: Node] = [:]
+        for (key, value) in mapping {
+            guard let name = key.scalar?.string else {
+                fail(field, "has a key that is not text", key)
+                continue
+            }
+            if let known, !known.contains(name) {
+                fail(field.isEmpty ? name : "\(field).\(name)", "is not a known key; known: \(known.sorted().joined(separator: ", "))", key)
+                continue
+            }
+            result[name] = value
+        }
+        return result
+    }
+
+    mutating func pairs(_ node: Node, at field: String) -> [(key: Node, value: Node)]? {
+        guard let mapping = node.mapping else {
+            fail(field, "must be a mapping", node)
+            return nil
+        }
+        return mapping.map { ($0.key, $0.value) }
+    }
+
+    mutating func sequence(_ node: Node, at field: String) -> [Node]? {
+        guard let sequence = node.sequence else {
+            fail(field, "must be a list, e.g. [10, 50, 100]", node)
+            return nil
+        }
+        return Array(sequence)
+    }
+
+    mutating func string(_ node: Node, at field: String) -> String? {
+        guard let scalar = node.scalar else {
+            fail(field, "must be a single value", node)
+            return nil
+        }
+        return scalar.string
+    }
+
+    mutating func query(_ node: Node, at field: String) -> String? {
+        guard let text = string(node, at: field) else { return nil }
+        if text.trimmingSpaces().isEmpty {
+            fail(field, "is empty; write a PromQL query", node)
+            return nil
+        }
+        return text
+    }
+
+    mutating func number(_ node: Node, at field: String) -> Double? {
+        guard let text = string(node, at: field) else { return nil }
+        guard let value = Double(text.trimmingSpaces()), value.isFinite else {
+            fail(field, "is \"\(text)\", not a finite number", node)
+            return nil
+        }
+        return value
+    }
+
+    mutating func percent(_ node: Node, at field: String) -> RolloutPercent? {
+        guard let text = string(node, at: field) else { return nil }
+        guard let percent = RolloutPercent(parsing: text) else {
+            fail(field, "is \"\(text)\", not a percent from 0 to 100 with at most three decimals", node)
+            return nil
+        }
+        return percent
+    }
+
+    mutating func duration(_ node: Node, at field: String, positive: Bool) -> Duration? {
+        guard let text = string(node, at: field) else { return nil }
+        guard let duration = parsePolicyDuration(text) else {
+            fail(field, "is \"\(text)\", not a duration; write e.g. 30s, 15m, 1h or 1h30m", node)
+            return nil
+        }
+        if positive && duration <= .zero {
+            fail(field, "must be more than 0", node)
+            return nil
+        }
+        return duration
+    }
+
+    mutating func endpoint(_ text: String, at field: String) -> HTTPEndpoint? {
+        switch HTTPEndpoint.parse(text) {
+        case .success(let endpoint): return endpoint
+        case .failure(let error):
+            fail(field, error.message)
+            return nil
+        }
+    }
+}
+
+/// Parses `30s`, `15m`, `1h`, `1h30m`, `2d`, `500ms`, `0s`: units in descending order, each once.
+public func parsePolicyDuration(_ text: String) -> Duration? {
+    let units: [(String, Int64)] = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)]
+    var rest = Substring(text.trimmingSpaces())
+    guard !rest.isEmpty else { return nil }
+    var milliseconds: Int64 = 0
+    var lastUnit = -1
+    while !rest.isEmpty {
+        let digits = rest.prefix { $0.isNumber && $0.isASCII }
+        guard !digits.isEmpty, digits.count <= 9, let value = Int64(digits) else { return nil }
+        rest = rest.dropFirst(digits.count)
+        let letters = rest.prefix { $0.isLetter }
+        guard let index = units.firstIndex(where: { $0.0 == letters }), index > lastUnit else { return nil }
+        lastUnit = index
+        milliseconds += value * units[index].1
+        rest = rest.dropFirst(letters.count)
+    }
+    return .milliseconds(milliseconds)
+}
+
+extension Optional where Wrapped == String {
+    /// The value unless it is nil or empty.
+    fileprivate var nonEmpty: String? {
+        guard let self, !self.isEmpty else { return nil }
+        return self
+    }
+}

@@ -1,0 +1,147 @@
+import RolloutController
+import RolloutGate
+import Testing
+
+private func percent(_ text: String) -> RolloutPercent { RolloutPercent(parsing: text) ?? .zero }
+private let t0 = Timestamp(parsing: "2025-10-08T15:00:00Z") ?? Timestamp(microsecondsSinceEpoch: 0)
+
+/// The sample policy: steps 10/50/100, dwell 15m, cooldown 1h, rollback_to 10, min 100 requests,
+/// error_rate max 0.01 and latency_p95 max 0.5 (both rollback).
+private func policy() throws -> FeaturePolicy {
+    try #require(try ControllerPolicy(yaml: sampleYAML).features.first)
+}
+
+private func observation(
+    percent current: String = "10", lastPercent: String? = "0", changedMinutesAgo: Int64? = 60, paused: Bool = false, enabled: Bool = true,
+    controller: String? = nil, errorRate: Double? = 0.001, latency: Double? = 0.2, requests: Double?? = .some(500)
+) -> Observation {
+    var state = FeatureState.absent("google")
+    state.rolloutPercent = percent(current)
+    state.lastPercent = lastPercent.map(percent)
+    state.lastChangeTime = changedMinutesAgo.map { t0.advanced(by: .seconds(-$0 * 60)) }
+    state.paused = paused
+    state.enabled = enabled
+    return Observation(
+        state: state, controllerPercent: (controller ?? current).isEmpty ? nil : percent(controller ?? current),
+        checkValues: ["error_rate": errorRate, "latency_p95": latency], requests: requests)
+}
+
+@Suite("The decision table, as a pure function")
+struct DecisionTests {
+    @Test func healthyAfterTheDwellPromotesToTheNextStep() throws {
+        let verdict = decide(policy: try policy(), observation: observation(), now: t0)
+        #expect(verdict.action == .promote(to: percent("50")))
+        #expect(verdict.holdReason == nil)
+        #expect(verdict.checks.map(\.status) == [.ok, .ok])
+    }
+
+    @Test func startsFromZero() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "0", lastPercent: nil, changedMinutesAgo: nil), now: t0)
+        #expect(verdict.action == .promote(to: percent("10")))
+    }
+
+    @Test func pausedHoldsEvenWithAViolation() throws {
+        let verdict = decide(policy: try policy(), observation: observation(paused: true, errorRate: 0.5), now: t0)
+        #expect(verdict.action == .hold && verdict.holdReason == .paused)
+    }
+
+    @Test func killSwitchHolds() throws {
+        let verdict = decide(policy: try policy(), observation: observation(enabled: false), now: t0)
+        #expect(verdict.holdReason == .disabled)
+    }
+
+    @Test func rollbackDoesNotWaitForDwell() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "50", lastPercent: "10", changedMinutesAgo: 1, errorRate: 0.05), now: t0)
+        #expect(verdict.action == .rollback(to: percent("10")))
+    }
+
+    @Test func rollbackDoesNotWaitForCooldown() throws {
+        // Just rolled back from 100 to 50 (a rollback), and it burns again.
+        let verdict = decide(policy: try policy(), observation: observation(percent: "50", lastPercent: "100", changedMinutesAgo: 2, latency: 0.9), now: t0)
+        #expect(verdict.action == .rollback(to: percent("10")))
+    }
+
+    @Test func violationAtTheRollbackTargetHolds() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "10", errorRate: 0.05), now: t0)
+        #expect(verdict.action == .hold && verdict.holdReason == .atRollbackTarget)
+    }
+
+    @Test func noDataIsNeverHealthy() throws {
+        for values in [(nil, 0.2), (0.001, nil), (nil, nil)] as [(Double?, Double?)] {
+            let verdict = decide(policy: try policy(), observation: observation(errorRate: values.0, latency: values.1), now: t0)
+            #expect(verdict.action == .hold && verdict.holdReason == .noData)
+        }
+    }
+
+    @Test func noDataOnOneCheckDoesNotHideAViolationOnAnother() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "50", errorRate: nil, latency: 2), now: t0)
+        #expect(verdict.action == .rollback(to: percent("10")))
+    }
+
+    @Test func tooLittleTrafficHolds() throws {
+        let few = decide(policy: try policy(), observation: observation(requests: .some(99)), now: t0)
+        #expect(few.holdReason == .insufficientSample)
+        let none = decide(policy: try policy(), observation: observation(requests: .some(nil)), now: t0)
+        #expect(none.holdReason == .insufficientSample)
+        let exactly = decide(policy: try policy(), observation: observation(requests: .some(100)), now: t0)
+        #expect(exactly.action == .promote(to: percent("50")))
+    }
+
+    @Test func dwellHoldsUntilItHasPassed() throws {
+        let early = decide(policy: try policy(), observation: observation(changedMinutesAgo: 14), now: t0)
+        #expect(early.holdReason == .dwell)
+        #expect(early.explanation.contains("14m of 15m"))
+        let onTime = decide(policy: try policy(), observation: observation(changedMinutesAgo: 15), now: t0)
+        #expect(onTime.action == .promote(to: percent("50")))
+    }
+
+    @Test func cooldownAfterARollbackHoldsPromotion() throws {
+        let cooling = decide(policy: try policy(), observation: observation(percent: "10", lastPercent: "50", changedMinutesAgo: 30), now: t0)
+        #expect(cooling.holdReason == .cooldown)
+        let cooled = decide(policy: try policy(), observation: observation(percent: "10", lastPercent: "50", changedMinutesAgo: 61), now: t0)
+        #expect(cooled.action == .promote(to: percent("50")))
+    }
+
+    @Test func lastStepHolds() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "100", lastPercent: "50"), now: t0)
+        #expect(verdict.holdReason == .atLastStep)
+    }
+
+    @Test func holdCheckBlocksPromotionOnly() throws {
+        var policy = try policy()
+        policy.checks[1].onViolation = .hold
+        let verdict = decide(policy: policy, observation: observation(latency: 0.9), now: t0)
+        #expect(verdict.holdReason == .checkViolated)
+    }
+
+    @Test func alertCheckIsReportedOnly() throws {
+        var policy = try policy()
+        policy.checks[1].onViolation = .alert
+        let verdict = decide(policy: policy, observation: observation(latency: 0.9), now: t0)
+        #expect(verdict.action == .promote(to: percent("50")))
+        #expect(verdict.alerts == ["latency_p95"])
+    }
+
+    @Test func minBoundIsAViolationBelowIt() throws {
+        var policy = try policy()
+        policy.checks[0].max = nil
+        policy.checks[0].min = 0.99  // e.g. a success ratio
+        #expect(decide(policy: policy, observation: observation(percent: "50", errorRate: 0.98), now: t0).action == .rollback(to: percent("10")))
+        #expect(decide(policy: policy, observation: observation(percent: "50", errorRate: 0.995), now: t0).action == .promote(to: percent("100")))
+    }
+
+    @Test func manualChangeRestartsTheDwell() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "25", controller: "10"), now: t0)
+        #expect(verdict.manualChangeDetected)
+        #expect(verdict.holdReason == .dwell)
+        // Off-step percents promote to the next step up.
+        let later = decide(policy: try policy(), observation: observation(percent: "25", controller: "25"), now: t0)
+        #expect(later.action == .promote(to: percent("50")))
+    }
+
+    @Test func manualChangeNeverBlocksARollback() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "100", controller: "50", errorRate: 0.2), now: t0)
+        #expect(verdict.action == .rollback(to: percent("10")))
+        #expect(verdict.manualChangeDetected)
+    }
+}

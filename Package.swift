@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // hiredis 0.14 from Debian's libhiredis-dev: its RESP reader and command formatter only.
@@ -70,6 +71,7 @@ let package = Package(
                 "RolloutRedis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -77,6 +79,7 @@ let package = Package(
             name: "rollout",
             dependencies: [
                 "RolloutAdmin",
+                "RolloutController",
                 "RolloutGate",
                 "RolloutRedis",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

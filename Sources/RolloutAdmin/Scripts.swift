@@ -26,6 +26,66 @@ public enum Scripts {
 
         """
 
+    /// The controller's compare-and-set: applies a promotion or rollback only if
+    /// rollout_percent, paused and enabled still hold what the controller read, so a person's
+    /// change made during the run wins and nothing is half-written. Returns 1 or 0.
+    public static let applyChange = RedisScript(applyChangeSource)
+
+    static let applyChangeSource = """
+        -- rollout-gate: the controller's compare-and-set (redis/apply_change.lua).
+        -- KEYS: rollout_percent, paused, enabled, last_percent, last_change_time, controller_percent.
+        -- ARGV: expected rollout_percent, paused, enabled ('' for absent), new percent, ISO-8601 time.
+        -- Returns 1 when applied, 0 when any expected value changed (nothing is written then).
+        for i = 1, 3 do
+          if (redis.call('GET', KEYS[i]) or '') ~= ARGV[i] then
+            return 0
+          end
+        end
+        local previous = ARGV[1]
+        if previous == '' then previous = '0' end
+        redis.call('SET', KEYS[4], previous)
+        redis.call('SET', KEYS[1], ARGV[4])
+        redis.call('SET', KEYS[5], ARGV[5])
+        redis.call('SET', KEYS[6], ARGV[4])
+        return 1
+
+        """
+
+    /// Records that a person changed rollout_percent (seen by the controller): the percent the
+    /// controller knew becomes last_percent, the dwell restarts now, and controller_percent
+    /// catches up, so the change is reported once. Returns 1, or 0 if rollout_percent moved again.
+    public static let acknowledgeManualChange = RedisScript(acknowledgeManualChangeSource)
+
+    static let acknowledgeManualChangeSource = """
+        -- rollout-gate: the controller acknowledges a manual change (redis/acknowledge_manual_change.lua).
+        -- KEYS: rollout_percent, controller_percent, last_percent, last_change_time.
+        -- ARGV: expected rollout_percent, the percent the controller last wrote, ISO-8601 time.
+        if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
+          return 0
+        end
+        redis.call('SET', KEYS[2], ARGV[1])
+        redis.call('SET', KEYS[3], ARGV[2])
+        redis.call('SET', KEYS[4], ARGV[3])
+        return 1
+
+        """
+
+    /// Releases a lock only for its owner. Returns 1 if released.
+    public static let releaseLock = RedisScript(releaseLockSource)
+
+    static let releaseLockSource = """
+        -- rollout-gate: release a lock only if we still own it (redis/release_lock.lua).
+        -- KEYS: the lock. ARGV: the owner token written by SET NX PX.
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          return redis.call('DEL', KEYS[1])
+        end
+        return 0
+
+        """
+
     /// Every script with the file name it has in redis/.
-    public static let all: [(file: String, source: String)] = [("set_percent.lua", setPercentSource)]
+    public static let all: [(file: String, source: String)] = [
+        ("set_percent.lua", setPercentSource), ("apply_change.lua", applyChangeSource),
+        ("acknowledge_manual_change.lua", acknowledgeManualChangeSource), ("release_lock.lua", releaseLockSource),
+    ]
 }

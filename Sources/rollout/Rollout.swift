@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import RolloutAdmin
+import RolloutController
 import RolloutGate
 import RolloutRedis
 
@@ -15,7 +16,7 @@ struct Rollout: AsyncParsableCommand {
             input, 3 corrupted state found.
             """,
         version: "0.1.0",
-        subcommands: [Flags.self, Check.self]
+        subcommands: [Flags.self, Check.self, ControllerCommand.self]
     )
 
     /// Parses, runs, and maps every failure to the documented exit codes, in this one place.
@@ -52,6 +53,8 @@ struct Rollout: AsyncParsableCommand {
             code = 2
         case is CorruptStateFound:
             code = 3
+        case is PolicyError:
+            code = 2
         default:
             let parserCode = exitCode(for: error)
             if parserCode == .success { exit(withError: error) }  // --help, --version

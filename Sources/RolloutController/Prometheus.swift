@@ -1,0 +1,179 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Instant queries against Prometheus's HTTP API (`POST /api/v1/query`), with a timeout per
+/// attempt and retries with exponential backoff for transient failures. A failed query is an
+/// error, never a number: the original controller turned failures into 0.0 and could promote
+/// during an outage.
+public struct PrometheusClient: Sendable {
+    /// Prometheus's base URL.
+    public let base: HTTPEndpoint
+    /// The timeout of one attempt.
+    public let timeout: Duration
+    /// Attempts in all (the first and its retries) for a transient failure.
+    public let attempts: Int
+    /// The wait before the first retry; doubled for each next one.
+    public let backoff: Duration
+    private var http: HTTPClient { .shared }
+
+    /// A client over AsyncHTTPClient's shared client (no lifecycle to manage).
+    public init(base: HTTPEndpoint, timeout: Duration, attempts: Int = 3, backoff: Duration = .milliseconds(200)) {
+        self.base = base
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+    }
+
+    /// The value of an instant query: nil when Prometheus has no data (an empty result, NaN,
+    /// +Inf or -Inf); an error when the query could not be answered.
+    public func value(of query: String) async throws(PrometheusError) -> Double? {
+        var attempt = 1
+        while true {
+            do {
+                return try await once(query)
+            } catch where error.isTransient && attempt < attempts {
+                try? await Task.sleep(for: backoff * (1 << (attempt - 1)))
+                attempt += 1
+            }
+        }
+    }
+
+    /// Asks Prometheus whether it accepts `query` (syntax and functions), without judging its value.
+    public func validate(_ query: String) async throws(PrometheusError) {
+        _ = try await value(of: query)
+    }
+
+    private func once(_ query: String) async throws(PrometheusError) -> Double? {
+        var request = HTTPClientRequest(url: base.url + "/api/v1/query")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        request.headers.add(name: "Accept", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: "query=" + formEncoded(query)))
+        let body: ByteBuffer
+        let status: HTTPResponseStatus
+        do {
+            let response = try await http.execute(request, timeout: .nanoseconds(Int64(timeout.nanoseconds)))
+            status = response.status
+            body = try await response.body.collect(upTo: 8 * 1024 * 1024)
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+            throw PrometheusError(.timeout, "Prometheus at \(base) did not answer within \(timeout) (query: \(query.prefix(120))).")
+        } catch {
+            throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error). Is it running, and is prometheus: right?")
+        }
+        return try parse(body: Data(body.readableBytesView), status: status, query: query)
+    }
+
+    func parse(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> Double? {
+        let shown = query.count > 120 ? String(query.prefix(120)) + "…" : query
+        guard let document = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+            let code: PrometheusError.Code = (500...599).contains(Int(status.code)) ? .httpStatus : .unparsable
+            throw PrometheusError(
+                code, "Prometheus answered HTTP \(status.code) with a body that is not its JSON API (query: \(shown)).",
+                httpStatus: Int(status.code))
+        }
+        if document["status"] as? String == "error" {
+            let type = document["errorType"] as? String ?? "unknown"
+            let message = document["error"] as? String ?? ""
+            let code: PrometheusError.Code = (type == "bad_data" || status.code == 400 || status.code == 422) ? .badQuery : .httpStatus
+            throw PrometheusError(code, "Prometheus refused the query (\(type)): \(message). Query: \(shown)", httpStatus: Int(status.code))
+        }
+        guard status == .ok, document["status"] as? String == "success", let data = document["data"] as? [String: Any],
+            let resultType = data["resultType"] as? String
+        else {
+            throw PrometheusError(.httpStatus, "Prometheus answered HTTP \(status.code) without a result (query: \(shown)).", httpStatus: Int(status.code))
+        }
+        let sample: [Any]
+        switch resultType {
+        case "vector":
+            guard let series = data["result"] as? [[String: Any]] else { throw PrometheusError(.unparsable, "Malformed vector from Prometheus (query: \(shown)).") }
+            if series.isEmpty { return nil }
+            guard series.count == 1 else {
+                throw PrometheusError(
+                    .ambiguous, "The query returns \(series.count) series; a check needs one value. Aggregate it, e.g. with sum(...). Query: \(shown)")
+            }
+            guard let value = series[0]["value"] as? [Any] else { throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).") }
+            sample = value
+        case "scalar":
+            guard let value = data["result"] as? [Any] else { throw PrometheusError(.unparsable, "Malformed scalar from Prometheus (query: \(shown)).") }
+            sample = value
+        default:
+            throw PrometheusError(.ambiguous, "The query returns a \(resultType), not one value (query: \(shown)).")
+        }
+        guard sample.count == 2, let text = sample[1] as? String else {
+            throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).")
+        }
+        // Prometheus writes special values as "NaN", "+Inf", "-Inf": no data, never healthy.
+        guard let value = Double(text) else {
+            throw PrometheusError(.unparsable, "Prometheus sent the value \"\(text)\", which is not a number (query: \(shown)).")
+        }
+        return value.isFinite ? value : nil
+    }
+}
+
+/// Why a Prometheus query failed. Any of them holds the feature and exits 1.
+public struct PrometheusError: Error, Sendable, CustomStringConvertible {
+    /// The kind of failure.
+    public enum Code: String, Sendable {
+        /// Connection refused, DNS, reset.
+        case unreachable
+        /// No answer within query_timeout.
+        case timeout
+        /// An HTTP status other than 200 (a 5xx is retried).
+        case httpStatus = "http_status"
+        /// Prometheus refused the query (bad_data): fix the policy file.
+        case badQuery = "bad_query"
+        /// A body that is not Prometheus's JSON.
+        case unparsable
+        /// The query returns several series or a non-instant type.
+        case ambiguous
+    }
+
+    /// The kind of failure.
+    public let code: Code
+    /// What happened and what to do.
+    public let message: String
+    /// The HTTP status, when there was one.
+    public let httpStatus: Int?
+
+    init(_ code: Code, _ message: String, httpStatus: Int? = nil) {
+        self.code = code
+        self.message = message
+        self.httpStatus = httpStatus
+    }
+
+    /// Worth another attempt: connection failures, timeouts, 429 and 502/503/504.
+    public var isTransient: Bool {
+        switch code {
+        case .unreachable, .timeout: return true
+        case .httpStatus: return [429, 502, 503, 504].contains(httpStatus ?? 0)
+        case .badQuery, .unparsable, .ambiguous: return false
+        }
+    }
+
+    public var description: String { message }
+}
+
+/// application/x-www-form-urlencoded: unreserved characters kept, everything else %XX.
+func formEncoded(_ text: String) -> String {
+    var result = ""
+    for byte in text.utf8 {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            result.unicodeScalars.append(Unicode.Scalar(byte))
+        default:
+            let hex = Array("0123456789ABCDEF".utf8)
+            result += "%" + String(decoding: [hex[Int(byte >> 4)], hex[Int(byte & 0xf)]], as: UTF8.self)
+        }
+    }
+    return result
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
+    }
+}

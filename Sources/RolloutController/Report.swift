@@ -1,0 +1,89 @@
+public import RolloutGate
+
+/// What the controller did with one feature.
+public struct FeatureReport: Sendable {
+    /// The feature.
+    public var feature: FeatureName
+    /// Its state as read, when it could be read and parsed.
+    public var state: FeatureState?
+    /// What the controller last wrote.
+    public var controllerPercent: RolloutPercent?
+    /// The decision, when the evaluation got that far.
+    public var verdict: Verdict?
+    /// The traffic value, when the policy has min_requests.
+    public var requests: Double?
+    /// The queries that failed.
+    public var queryErrors: [String] = []
+    /// Why the feature was held, when it was.
+    public var holdReason: Verdict.HoldReason?
+    /// One sentence for people.
+    public var explanation = ""
+    /// Whether a change was written to Redis.
+    public var applied = false
+    /// Whether a dry run recommended a change.
+    public var recommended = false
+
+    init(feature: FeatureName) { self.feature = feature }
+
+    func held(_ reason: Verdict.HoldReason, _ explanation: String) -> FeatureReport {
+        var copy = self
+        copy.holdReason = reason
+        copy.explanation = explanation
+        return copy
+    }
+
+    func failed(_ reason: Verdict.HoldReason, _ explanation: String) -> FeatureReport {
+        held(reason, explanation)
+    }
+
+    /// promote, rollback or hold: what happened (a recommendation in a dry run).
+    public var result: String {
+        if holdReason != nil { return "hold" }
+        return verdict?.result ?? "hold"
+    }
+
+    /// The feature's exit code: 0 ok, 1 infrastructure, 3 corrupt state.
+    public var exitCode: Int32 {
+        switch holdReason {
+        case .promUnreachable?, .redisError?: return 1
+        case .corruptState?: return 3
+        default: return 0
+        }
+    }
+
+    /// The percent after the run (before it for holds and dry runs).
+    public var targetPercent: RolloutPercent? {
+        guard let verdict, holdReason == nil else { return state?.rolloutPercent }
+        switch verdict.action {
+        case .promote(let to), .rollback(let to): return to
+        case .hold: return state?.rolloutPercent
+        }
+    }
+}
+
+/// One run over every feature.
+public struct RunReport: Sendable {
+    /// When the run started.
+    public var startedAt: Timestamp
+    /// Whether nothing was written.
+    public var dryRun: Bool
+    /// Each feature, in policy order.
+    public var features: [FeatureReport]
+
+    /// The worst exit code across features: 3 corrupt state over 1 infrastructure over 0.
+    public var exitCode: Int32 {
+        let codes = features.map(\.exitCode)
+        if codes.contains(3) { return 3 }
+        if codes.contains(1) { return 1 }
+        return 0
+    }
+
+    /// The run's status for telemetry: ok, prom_unreachable, redis_error or corrupt_state.
+    public var status: String {
+        let reasons = features.compactMap(\.holdReason)
+        if reasons.contains(.corruptState) { return "corrupt_state" }
+        if reasons.contains(.redisError) { return "redis_error" }
+        if reasons.contains(.promUnreachable) { return "prom_unreachable" }
+        return "ok"
+    }
+}

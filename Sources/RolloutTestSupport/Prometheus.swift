@@ -1,0 +1,208 @@
+import Foundation
+import Synchronization
+public import Testing
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the test when prometheus is installed; in CI (`CI=true`) always runs, so a missing
+    /// server fails instead of skipping.
+    public static var requiresPrometheus: Self {
+        .enabled(
+            if: isCI || (executablePath("prometheus") != nil && executablePath("redis-server") != nil),
+            "prometheus or redis-server is not installed (scripts/test.sh installs them)")
+    }
+}
+
+extension Tag {
+    /// Tests that start a real Prometheus.
+    @Tag public static var prometheus: Self
+    /// End-to-end tests: real servers and the `rollout` binary.
+    @Tag public static var e2e: Self
+}
+
+private let fixturePIDs = Mutex<[pid_t]>([])
+
+/// Kills every fixture process still running when the test process exits.
+private func killFixturesAtExit() {
+    for pid in fixturePIDs.withLock({ $0 }) { kill(pid, SIGKILL) }
+}
+
+private let registerAtExit: Void = {
+    atexit { killFixturesAtExit() }
+}()
+
+/// A `/metrics` endpoint the test controls: a tiny HTTP/1.1 server on a free loopback port,
+/// serving whatever text ``set(_:)`` last gave it, in Prometheus's text format.
+public final class MetricsEndpoint: Sendable {
+    public let port: Int
+    private let fd: Int32
+    private let body = Mutex<String>("")
+    private let stopped = Atomic<Bool>(false)
+
+    public init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                bind(fd, generic, length) == 0 && getsockname(fd, generic, &length) == 0 && listen(fd, 64) == 0
+            }
+        }
+        guard ok else {
+            close(fd)
+            throw FixtureError("cannot listen on loopback for /metrics")
+        }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        let thread = Thread { [self] in serve() }
+        thread.start()
+    }
+
+    deinit {
+        stopped.store(true, ordering: .relaxed)
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    /// Replaces the exposition text served from now on.
+    public func set(_ text: String) {
+        body.withLock { $0 = text }
+    }
+
+    private func serve() {
+        while !stopped.load(ordering: .relaxed) {
+            let client = accept(fd, nil, nil)
+            if client < 0 {
+                if stopped.load(ordering: .relaxed) { return }
+                continue
+            }
+            var buffer = [UInt8](repeating: 0, count: 8192)
+            _ = recv(client, &buffer, buffer.count, 0)
+            let text = body.withLock { $0 }
+            let payload = Array(text.utf8)
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(payload.count)\r\nConnection: close\r\n\r\n"
+            let response = Array(head.utf8) + payload
+            _ = response.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            close(client)
+        }
+    }
+}
+
+/// A real Prometheus on a free loopback port, scraping `targets` every second, with its own
+/// data directory; stopped when released (and at process exit, whatever happens).
+public final class PrometheusServer: @unchecked Sendable {
+    // @unchecked: `process` is only replaced under `lock`; the rest is immutable.
+    public let port: Int
+    public let directory: String
+    private let arguments: [String]
+    private let lock = NSLock()
+    private var process: ChildProcess?
+
+    public init(scraping targets: [Int]) throws {
+        _ = registerAtExit
+        guard executablePath("prometheus") != nil else {
+            throw FixtureError("prometheus is not installed: run scripts/test.sh, or apt-get install prometheus")
+        }
+        directory = try makeTemporaryDirectory("prometheus")
+        port = try freeLoopbackPort()
+        let config = """
+            global:
+              scrape_interval: 1s
+              evaluation_interval: 1s
+            scrape_configs:
+              - job_name: test
+                static_configs:
+                  - targets: [\(targets.map { "'127.0.0.1:\($0)'" }.joined(separator: ", "))]
+
+            """
+        try config.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
+        arguments = [
+            "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
+            "--web.listen-address=127.0.0.1:\(port)", "--log.level=warn",
+        ]
+        try start()
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    public var url: String { "http://127.0.0.1:\(port)" }
+
+    private func start() throws {
+        guard let binary = executablePath("prometheus") else { throw FixtureError("prometheus is not installed") }
+        let process = try ChildProcess(binary, arguments, output: directory + "/prometheus.log")
+        fixturePIDs.withLock { $0.append(process.pid) }
+        lock.withLock { self.process = process }
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let (status, _) = try? httpGet(port: port, path: "/-/ready"), status == 200 { return }
+            if process.hasExited() {
+                throw FixtureError("prometheus exited at start: \((try? String(contentsOfFile: directory + "/prometheus.log", encoding: .utf8)) ?? "")")
+            }
+            usleep(50_000)
+        }
+        throw FixtureError("prometheus did not become ready on port \(port)")
+    }
+
+    /// Stops Prometheus (SIGTERM) and waits for it.
+    public func stop() {
+        let process = lock.withLock { () -> ChildProcess? in
+            defer { self.process = nil }
+            return self.process
+        }
+        process?.terminate(SIGTERM)
+    }
+
+    /// Starts it again on the same port and data.
+    public func restart() throws { try start() }
+
+    /// Waits until `query` returns a sample (the first scrape of a new target lands after
+    /// about 5.5 s: target discovery updates in 5 s batches).
+    public func waitForData(_ query: String, timeout seconds: Double = 30) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
+        while Date() < deadline {
+            if let (status, body) = try? httpGet(port: port, path: "/api/v1/query?query=\(encoded)"), status == 200,
+                body.contains("\"value\"")
+            {
+                return
+            }
+            usleep(200_000)
+        }
+        throw FixtureError("no data for \(query) in Prometheus within \(seconds) s")
+    }
+}
+
+/// A minimal blocking HTTP GET on loopback: the status and the body.
+public func httpGet(port: Int, path: String) throws -> (Int, String) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    let connected = withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    guard connected else { throw FixtureError("connection refused on port \(port)") }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    var response: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = recv(fd, &buffer, buffer.count, 0)
+        if count <= 0 { break }
+        response.append(contentsOf: buffer[0..<count])
+    }
+    let text = String(decoding: response, as: UTF8.self)
+    let status = Int(text.split(separator: " ", maxSplits: 2).dropFirst().first ?? "") ?? 0
+    let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+    return (status, body)
+}

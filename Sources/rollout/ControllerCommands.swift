@@ -1,0 +1,163 @@
+import ArgumentParser
+import Foundation
+import Logging
+import RolloutController
+import RolloutGate
+
+struct ControllerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "controller",
+        abstract: "Promote and roll back features by their SLOs in Prometheus (docs/controller.md).",
+        subcommands: [Run.self, Validate.self]
+    )
+
+    struct PolicyOptions: ParsableArguments {
+        @Option(name: .long, help: ArgumentHelp("The policy file. Default: $ROLLOUT_CONFIG, else ./rollout.yaml.", valueName: "path"))
+        var config: String?
+
+        func load(dryRun: Bool = false) throws -> ControllerPolicy {
+            let environment = ProcessInfo.processInfo.environment
+            let path = config ?? environment["ROLLOUT_CONFIG"].flatMap { $0.isEmpty ? nil : $0 } ?? "./rollout.yaml"
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationError("Cannot read the policy file \(path): set --config or ROLLOUT_CONFIG.")
+            }
+            var policy = try ControllerPolicy(yaml: String(decoding: data, as: UTF8.self), path: path, environment: environment)
+            if dryRun { policy.dryRun = true }
+            return policy
+        }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "One pass over every feature of the policy: for cron, systemd timers and CI schedules.",
+            discussion: """
+                Exit codes: 0 ok (changes, holds, paused), 1 Prometheus or Redis unreachable, 2 invalid \
+                configuration, 3 corrupt state. Each hold carries a reason code: paused, disabled, dwell, \
+                cooldown, no_data, insufficient_sample, prom_unreachable, concurrent_change, locked, at_last_step, \
+                check_violated, at_rollback_target, redis_error, corrupt_state.
+                """
+        )
+        @OptionGroup var policyOptions: PolicyOptions
+        @Flag(name: .long, help: "Evaluate everything, write nothing to Redis (also ROLLOUT_DRY_RUN=true).") var dryRun = false
+        @Flag(name: .long, help: "Print one JSON document instead of text.") var json = false
+        @Option(name: .long, help: ArgumentHelp("Keep running, one pass every interval (e.g. 10m).", valueName: "interval"))
+        var every: String?
+
+        func validate() throws {
+            if let every, parsePolicyDuration(every).map({ $0 > .zero }) != true {
+                throw ValidationError("--every \(every) is not a duration above 0 (e.g. 30s, 10m, 1h).")
+            }
+        }
+
+        func run() async throws {
+            let policy = try policyOptions.load(dryRun: dryRun)
+            let controller = Controller(policy: policy, logger: Logger(label: "rollout-controller"))
+            let interval = every.flatMap(parsePolicyDuration)
+            while true {
+                let report = await controller.run()
+                if json {
+                    try printJSON(render(report))
+                } else {
+                    print(describe(report))
+                }
+                guard let interval else {
+                    if report.exitCode != 0 { throw ExitCode(report.exitCode) }
+                    return
+                }
+                try await Task.sleep(for: interval)
+            }
+        }
+    }
+
+    struct Validate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check a policy file; with --online, also that Prometheus accepts every query.")
+        @OptionGroup var policyOptions: PolicyOptions
+        @Flag(name: .long, help: "Also send every query to Prometheus.") var online = false
+
+        func run() async throws {
+            let policy = try policyOptions.load()
+            let queries = policy.features.flatMap { feature in
+                feature.checks.map { ("\(feature.feature).\($0.name)", $0.query) } + (feature.minRequests.map { [("\(feature.feature).min_requests", $0.query)] } ?? [])
+            }
+            print("ok: \(policy.features.count) feature(s), \(queries.count) quer\(queries.count == 1 ? "y" : "ies")")
+            guard online else { return }
+            let prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)
+            var refused = 0
+            var unreachable = 0
+            for (name, query) in queries {
+                do {
+                    _ = try await prometheus.value(of: query)
+                    print("  \(name): accepted")
+                } catch {
+                    print("  \(name): \(error)")
+                    if error.code == .badQuery || error.code == .ambiguous { refused += 1 } else { unreachable += 1 }
+                }
+            }
+            if refused > 0 { throw ExitCode(2) }
+            if unreachable > 0 { throw ExitCode(1) }
+        }
+    }
+}
+
+/// The text report: one block per feature.
+func describe(_ report: RunReport) -> String {
+    var lines: [String] = []
+    if report.dryRun { lines.append("dry run: nothing is written to Redis") }
+    for feature in report.features {
+        var head = feature.feature.rawValue
+        if let state = feature.state {
+            head += "  \(state.rolloutPercent)%"
+            if state.paused { head += " paused" }
+            if !state.enabled { head += " disabled" }
+        }
+        if let verdict = feature.verdict {
+            for check in verdict.checks {
+                head += "  \(check.name)=\(check.value.map { "\($0)" } ?? "-") \(check.status.rawValue)"
+            }
+        }
+        if let requests = feature.requests { head += "  requests=\(requests)" }
+        lines.append(head)
+        if let reason = feature.holdReason {
+            lines.append("  -> hold [\(reason.rawValue)]: \(feature.explanation)")
+        } else if let verdict = feature.verdict {
+            let verb = report.dryRun ? "would \(verdict.result)" : verdict.result
+            lines.append("  -> \(verb): \(verdict.explanation)")
+        }
+        if let alerts = feature.verdict?.alerts, !alerts.isEmpty {
+            lines.append("  alert: \(alerts.joined(separator: ", ")) violated (on_violation: alert)")
+        }
+    }
+    return lines.joined(separator: "\n")
+}
+
+/// The JSON report.
+func render(_ report: RunReport) -> [String: Any] {
+    [
+        "started_at": report.startedAt.description, "dry_run": report.dryRun, "exit_code": Int(report.exitCode), "status": report.status,
+        "features": report.features.map { feature -> [String: Any] in
+            var item: [String: Any] = [
+                "feature": feature.feature.rawValue, "decision": feature.result, "applied": feature.applied,
+                "explanation": feature.explanation.isEmpty ? (feature.verdict?.explanation ?? "") : feature.explanation,
+                "reason": feature.holdReason?.rawValue as Any, "from": feature.state?.rolloutPercent.description as Any,
+                "to": feature.targetPercent?.description as Any,
+            ]
+            if let state = feature.state {
+                item["state"] = [
+                    "rollout_percent": state.rolloutPercent.description, "paused": state.paused, "enabled": state.enabled,
+                    "last_change_time": state.lastChangeTime?.description as Any, "last_percent": state.lastPercent?.description as Any,
+                    "controller_percent": feature.controllerPercent?.description as Any,
+                ]
+            }
+            if let verdict = feature.verdict {
+                item["checks"] = verdict.checks.map {
+                    ["name": $0.name, "value": $0.value as Any, "status": $0.status.rawValue, "on_violation": $0.onViolation.rawValue]
+                }
+                item["alerts"] = verdict.alerts
+                item["manual_change_detected"] = verdict.manualChangeDetected
+            }
+            if let requests = feature.requests { item["requests"] = requests }
+            if !feature.queryErrors.isEmpty { item["query_errors"] = feature.queryErrors }
+            return item
+        },
+    ]
+}

@@ -1,0 +1,325 @@
+import Foundation
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+/// Real redis-server, a /metrics endpoint the test controls, a real Prometheus scraping it
+/// every second, and the `rollout` binary.
+final class ControllerWorld: @unchecked Sendable {
+    // @unchecked: used by one test at a time.
+    let redis: RedisServer
+    let metrics: MetricsEndpoint
+    let prometheus: PrometheusServer
+    let directory: String
+    let binary: String
+    let client: RedisClient
+    private var series: [String: String] = [:]
+
+    init() throws {
+        redis = try RedisServer()
+        metrics = try MetricsEndpoint()
+        metrics.set("demo_up 1\n")
+        prometheus = try PrometheusServer(scraping: [metrics.port])
+        directory = try makeTemporaryDirectory("controller")
+        binary = try rolloutBinary()
+        client = RedisClient(url: redis.url())
+        try prometheus.waitForData("demo_up")
+    }
+
+    deinit { client.close() }
+
+    var auditLogPath: String { directory + "/rollout_log.md" }
+    var configPath: String { directory + "/rollout.yaml" }
+
+    /// Writes the policy: each feature's checks read demo_error_ratio and demo_latency_p95,
+    /// its traffic demo_requests, all labelled with the feature.
+    func writePolicy(_ features: [(name: String, extra: String)], queryTimeout: String = "2s", prometheusURL: String? = nil) throws {
+        var yaml = "prometheus: \(prometheusURL ?? prometheus.url)\nredis: \(redis.urlString)\naudit_log: \(auditLogPath)\nquery_timeout: \(queryTimeout)\nfeatures:\n"
+        for (name, extra) in features {
+            yaml += """
+                  \(name):
+                    steps: [10, 50, 100]
+                    rollback_to: 10
+                    min_requests:
+                      query: sum(demo_requests{feature="\(name)"})
+                      at_least: 100
+                    checks:
+                      - name: error_rate
+                        query: max(demo_error_ratio{feature="\(name)"})
+                        max: 0.01
+                      - name: latency_p95
+                        query: max(demo_latency_p95{feature="\(name)"})
+                        max: 0.5
+                \(extra.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n"))
+
+                """
+        }
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// Serves the feature's metrics (nil leaves a series out: Prometheus then has no data)
+    /// and waits until Prometheus has scraped them.
+    func serve(_ feature: String, errorRatio: Double?, latency: Double? = 0.1, requests: Double? = 500) throws {
+        func line(_ metric: String, _ value: Double?) -> String {
+            guard let value else { return "" }
+            return "\(metric){feature=\"\(feature)\"} \(value.isNaN ? "NaN" : String(value))\n"
+        }
+        series[feature] = line("demo_error_ratio", errorRatio) + line("demo_latency_p95", latency) + line("demo_requests", requests)
+        metrics.set("demo_up 1\n" + series.values.sorted().joined())
+        if let errorRatio {
+            try waitForValue("max(demo_error_ratio{feature=\"\(feature)\"})", errorRatio)
+        } else {
+            try waitForAbsence("demo_error_ratio{feature=\"\(feature)\"}")
+        }
+        if let latency { try waitForValue("max(demo_latency_p95{feature=\"\(feature)\"})", latency) }
+    }
+
+    private func waitForValue(_ query: String, _ value: Double) throws {
+        let expected = value.isNaN ? "\"NaN\"" : "\"\(value == value.rounded() ? String(Int(value)) : String(value))\""
+        let deadline = Date().addingTimeInterval(30)
+        let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
+        while Date() < deadline {
+            if let (_, body) = try? httpGet(port: prometheus.port, path: "/api/v1/query?query=\(encoded)"), body.contains(expected) { return }
+            usleep(100_000)
+        }
+        throw FixtureError("Prometheus never showed \(expected) for \(query)")
+    }
+
+    private func waitForAbsence(_ query: String) throws {
+        let deadline = Date().addingTimeInterval(30)
+        let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
+        while Date() < deadline {
+            if let (_, body) = try? httpGet(port: prometheus.port, path: "/api/v1/query?query=\(encoded)"), body.contains("\"result\":[]") { return }
+            usleep(100_000)
+        }
+        throw FixtureError("Prometheus still has data for \(query)")
+    }
+
+    /// Runs `rollout controller run --json` and returns its exit status and features by name.
+    func run(_ extra: String..., environment: [String: String] = [:]) throws -> (status: Int32, features: [String: [String: Any]], output: CommandResult) {
+        let result = try runCommand(binary, ["controller", "run", "--config", configPath, "--json"] + extra, environment: environment)
+        let document = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any] ?? [:]
+        var features: [String: [String: Any]] = [:]
+        for item in document["features"] as? [[String: Any]] ?? [] {
+            if let name = item["feature"] as? String { features[name] = item }
+        }
+        return (result.status, features, result)
+    }
+
+    func get(_ key: String) async throws -> String? { try await client.send("GET", key).string }
+
+    func auditLines() -> [String] {
+        ((try? String(contentsOfFile: auditLogPath, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("20") }.map(String.init)
+    }
+}
+
+@Suite("Controller end to end: redis-server, Prometheus, the rollout binary", .tags(.e2e, .prometheus, .redis), .requiresPrometheus)
+struct ControllerEndToEndTests {
+    @Test func healthyChainThenSpikeRollsBackAtOnceThenCoolsDown() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("chain", "dwell: 0s\ncooldown_after_rollback: 1h")])
+        try world.serve("chain", errorRatio: 0.001)
+        for (from, to) in [("0", "10"), ("10", "50"), ("50", "100")] {
+            let run = try world.run()
+            #expect(run.status == 0, "\(run.output.stderr)")
+            #expect(run.features["chain"]?["decision"] as? String == "promote")
+            #expect(run.features["chain"]?["from"] as? String == from)
+            #expect(try await world.get("flags:chain:rollout_percent") == to)
+            #expect(try await world.get("flags:chain:controller_percent") == to)
+        }
+        let top = try world.run()
+        #expect(top.features["chain"]?["reason"] as? String == "at_last_step")
+
+        try world.serve("chain", errorRatio: 0.2)
+        let spike = try world.run()
+        #expect(spike.status == 0)
+        #expect(spike.features["chain"]?["decision"] as? String == "rollback")
+        #expect(try await world.get("flags:chain:rollout_percent") == "10")
+        #expect(try await world.get("flags:chain:last_percent") == "100")
+
+        try world.serve("chain", errorRatio: 0.001)
+        let after = try world.run()
+        #expect(after.features["chain"]?["reason"] as? String == "cooldown")
+        let lines = world.auditLines()
+        #expect(lines.count == 4)
+        #expect(lines[0].contains("  chain  0% -> 10%  reason=healthy: 0% -> 10%  by=controller"))
+        #expect(lines[3].contains("  chain  100% -> 10%  reason=rollback: error_rate=0.2 violated"))
+        #expect(lines.allSatisfy { $0.hasSuffix("by=controller") })
+    }
+
+    @Test func rollbackInsideTheDwellAndEveryHoldReason() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([
+            ("spike", "dwell: 1h"), ("nodata", "dwell: 0s"), ("nan", "dwell: 0s"), ("quiet", "dwell: 0s"), ("paused", "dwell: 0s"),
+            ("dwelling", "dwell: 1h"),
+        ])
+        let justNow = Timestamp.nowForTests.description
+        _ = try await world.client.pipeline([
+            RedisCommand("SET", "flags:spike:rollout_percent", "50"), RedisCommand("SET", "flags:spike:last_change_time", justNow),
+            RedisCommand("SET", "flags:spike:last_percent", "10"),
+            RedisCommand("SET", "flags:paused:paused", "true"),
+            RedisCommand("SET", "flags:dwelling:rollout_percent", "10"), RedisCommand("SET", "flags:dwelling:last_change_time", justNow),
+        ])
+        try world.serve("spike", errorRatio: 0.5)
+        try world.serve("nodata", errorRatio: nil)
+        try world.serve("nan", errorRatio: .nan)
+        try world.serve("quiet", errorRatio: 0.001, requests: 3)
+        try world.serve("paused", errorRatio: 0.001)
+        try world.serve("dwelling", errorRatio: 0.001)
+        let run = try world.run()
+        #expect(run.status == 0, "\(run.output.stderr)")
+        #expect(run.features["spike"]?["decision"] as? String == "rollback")
+        #expect(try await world.get("flags:spike:rollout_percent") == "10")
+        #expect(run.features["nodata"]?["reason"] as? String == "no_data")
+        #expect(run.features["nan"]?["reason"] as? String == "no_data")
+        #expect(run.features["quiet"]?["reason"] as? String == "insufficient_sample")
+        #expect(run.features["paused"]?["reason"] as? String == "paused")
+        #expect(run.features["dwelling"]?["reason"] as? String == "dwell")
+        for feature in ["nodata", "nan", "quiet", "paused"] {
+            #expect(try await world.get("flags:\(feature):rollout_percent") == nil)
+        }
+        #expect(try await world.get("flags:dwelling:rollout_percent") == "10")
+        #expect(world.auditLines().count == 1)
+    }
+
+    @Test func prometheusDownOrSlowChangesNothingAndExitsOne() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("steady", "dwell: 0s")], queryTimeout: "1s")
+        try world.serve("steady", errorRatio: 0.001)
+        world.prometheus.stop()
+        let down = try world.run()
+        #expect(down.status == 1)
+        #expect(down.features["steady"]?["reason"] as? String == "prom_unreachable")
+        #expect(try await world.get("flags:steady:rollout_percent") == nil)
+
+        let silent = try SilentServer()
+        try world.writePolicy([("steady", "dwell: 0s")], queryTimeout: "1s", prometheusURL: "http://127.0.0.1:\(silent.port)")
+        let started = Date()
+        let slow = try world.run()
+        #expect(slow.status == 1)
+        #expect(slow.features["steady"]?["reason"] as? String == "prom_unreachable")
+        #expect((slow.features["steady"]?["query_errors"] as? [String])?.first?.contains("did not answer within") == true)
+        #expect(Date().timeIntervalSince(started) < 30)
+        #expect(try await world.get("flags:steady:rollout_percent") == nil)
+        #expect(world.auditLines().isEmpty)
+    }
+
+    @Test func tenControllersAtOnceMakeExactlyOneChange() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("race", "dwell: 1h")])
+        try world.serve("race", errorRatio: 0.001)
+        let processes = try (0..<10).map { index in
+            try ChildProcess(
+                world.binary, ["controller", "run", "--config", world.configPath, "--json"], stdout: world.directory + "/out\(index).json",
+                stderr: world.directory + "/err\(index).txt")
+        }
+        #expect(processes.map { $0.wait() }.allSatisfy { $0 == 0 })
+        #expect(try await world.get("flags:race:rollout_percent") == "10")
+        #expect(world.auditLines().count == 1)
+        var reasons: [String] = []
+        for index in 0..<10 {
+            let data = FileManager.default.contents(atPath: world.directory + "/out\(index).json") ?? Data()
+            let document = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+            let feature = (document?["features"] as? [[String: Any]])?.first
+            reasons.append((feature?["decision"] as? String == "promote" ? "promote" : feature?["reason"] as? String) ?? "?")
+        }
+        #expect(reasons.filter { $0 == "promote" }.count == 1, "\(reasons)")
+        #expect(reasons.allSatisfy { ["promote", "locked", "dwell", "concurrent_change"].contains($0) }, "\(reasons)")
+        #expect(try await world.get("flags:race:lock") == nil)
+    }
+
+    @Test func manualChangeIsDetectedOnceAndRestartsTheDwell() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("manual", "dwell: 1h")])
+        try world.serve("manual", errorRatio: 0.001)
+        _ = try world.run()
+        #expect(try await world.get("flags:manual:controller_percent") == "10")
+        _ = try await world.client.send("SET", "flags:manual:rollout_percent", "25")  // redis-cli by a person
+        let detected = try world.run()
+        #expect(detected.features["manual"]?["reason"] as? String == "dwell")
+        #expect(detected.features["manual"]?["manual_change_detected"] as? Bool == true)
+        #expect(try await world.get("flags:manual:rollout_percent") == "25")
+        #expect(try await world.get("flags:manual:controller_percent") == "25")
+        let again = try world.run()
+        #expect(again.features["manual"]?["manual_change_detected"] as? Bool == false)
+        let manualLines = world.auditLines().filter { $0.contains("by=manual (detected)") }
+        #expect(manualLines.count == 1)
+        #expect(manualLines.first?.contains("  manual  10% -> 25%  ") == true)
+    }
+
+    @Test func corruptStateStopsWithExitThreeNamingTheKey() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("broken", "dwell: 0s"), ("fine", "dwell: 0s")])
+        _ = try await world.client.pipeline([
+            RedisCommand("SET", "flags:broken:rollout_percent", "10"), RedisCommand("SET", "flags:broken:last_change_time", "last tuesday"),
+        ])
+        try world.serve("broken", errorRatio: 0.001)
+        try world.serve("fine", errorRatio: 0.001)
+        let run = try world.run()
+        #expect(run.status == 3)
+        #expect(run.features["broken"]?["reason"] as? String == "corrupt_state")
+        #expect((run.features["broken"]?["explanation"] as? String)?.contains("flags:broken:last_change_time") == true)
+        #expect(try await world.get("flags:broken:rollout_percent") == "10")
+        #expect(run.features["fine"]?["decision"] as? String == "promote")
+    }
+
+    @Test func redisDownExitsOne() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("gone", "dwell: 0s")])
+        try world.serve("gone", errorRatio: 0.001)
+        world.redis.stop()
+        let run = try world.run()
+        #expect(run.status == 1)
+        #expect(run.features["gone"]?["reason"] as? String == "redis_error")
+    }
+
+    @Test func dryRunWritesNothingButTheAuditLog() async throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("dry", "dwell: 0s")])
+        try world.serve("dry", errorRatio: 0.001)
+        let flag = try world.run("--dry-run")
+        #expect(flag.status == 0)
+        #expect(flag.features["dry"]?["decision"] as? String == "promote")
+        #expect(flag.features["dry"]?["applied"] as? Bool == false)
+        let environment = try world.run(environment: ["ROLLOUT_DRY_RUN": "true"])
+        #expect(environment.features["dry"]?["applied"] as? Bool == false)
+        #expect(try await world.client.send("KEYS", "flags:dry:*") == .array([]))
+        let lines = world.auditLines()
+        #expect(lines.count == 2)
+        #expect(lines.allSatisfy { $0.contains("  dry  [dry-run] 0% -> 10%  ") })
+    }
+
+    @Test func invalidPolicyExitsTwoBeforeAnyWrite() async throws {
+        let world = try ControllerWorld()
+        try "prometheus: \(world.prometheus.url)\nredis: \(world.redis.urlString)\nfeatures:\n  google:\n    steps: [50, 10]\n    checks: []\n"
+            .write(toFile: world.configPath, atomically: true, encoding: .utf8)
+        let run = try world.run()
+        #expect(run.status == 2)
+        #expect(run.output.stderr.contains("features.google.steps[1]"))
+        #expect(run.output.stderr.contains("features.google.checks"))
+        #expect(try await world.client.send("DBSIZE") == .integer(0))
+        let validate = try runCommand(world.binary, ["controller", "validate", "--config", world.configPath])
+        #expect(validate.status == 2)
+    }
+
+    @Test func validateOnlineAsksPrometheus() throws {
+        let world = try ControllerWorld()
+        try world.writePolicy([("valid", "dwell: 0s")])
+        let good = try runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
+        #expect(good.status == 0, "\(good.stdout)\(good.stderr)")
+        #expect(good.stdout.contains("valid.error_rate: accepted"))
+        var yaml = try String(contentsOfFile: world.configPath, encoding: .utf8)
+        yaml = yaml.replacingOccurrences(of: "max(demo_latency_p95{feature=\"valid\"})", with: "sum(rate(demo_up[5m])")
+        try yaml.write(toFile: world.configPath, atomically: true, encoding: .utf8)
+        let bad = try runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
+        #expect(bad.status == 2, "\(bad.stdout)")
+        #expect(bad.stdout.contains("valid.latency_p95: Prometheus refused the query"))
+    }
+}
+
+extension Timestamp {
+    static var nowForTests: Timestamp {
+        Timestamp(microsecondsSinceEpoch: Int64(Date().timeIntervalSince1970 * 1_000_000))
+    }
+}

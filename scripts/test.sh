@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_swift
-ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus
+ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway
 
 echo "==> building (debug, with tests)"
 swift build --build-tests

@@ -206,3 +206,41 @@ public func httpGet(port: Int, path: String) throws -> (Int, String) {
     let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
     return (status, body)
 }
+
+/// A real Pushgateway on a free loopback port, with its own persistence file.
+public final class PushgatewayServer: @unchecked Sendable {
+    // @unchecked: `process` is immutable after init; ChildProcess guards its own state.
+    public let port: Int
+    public let directory: String
+    private let process: ChildProcess
+
+    public init() throws {
+        _ = registerAtExit
+        guard let binary = executablePath("prometheus-pushgateway") else {
+            throw FixtureError("prometheus-pushgateway is not installed: run scripts/test.sh, or apt-get install prometheus-pushgateway")
+        }
+        directory = try makeTemporaryDirectory("pushgateway")
+        port = try freeLoopbackPort()
+        process = try ChildProcess(
+            binary, ["--web.listen-address=127.0.0.1:\(port)", "--persistence.file=\(directory)/metrics.store", "--log.level=warn"],
+            output: directory + "/pushgateway.log")
+        fixturePIDs.withLock { $0.append(process.pid) }
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let (status, _) = try? httpGet(port: port, path: "/-/ready"), status == 200 { return }
+            if process.hasExited() { throw FixtureError("prometheus-pushgateway exited at start") }
+            usleep(50_000)
+        }
+        throw FixtureError("prometheus-pushgateway did not become ready on port \(port)")
+    }
+
+    deinit {
+        process.terminate(SIGTERM)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    public var url: String { "http://127.0.0.1:\(port)" }
+
+    /// The metrics it serves now, as exposition text.
+    public func metrics() throws -> String { try httpGet(port: port, path: "/metrics").1 }
+}

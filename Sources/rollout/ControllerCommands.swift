@@ -51,10 +51,13 @@ struct ControllerCommand: AsyncParsableCommand {
 
         func run() async throws {
             let policy = try policyOptions.load(dryRun: dryRun)
-            let controller = Controller(policy: policy, logger: Logger(label: "rollout-controller"))
+            let logger = Logger(label: "rollout-controller")
+            let controller = Controller(policy: policy, logger: logger)
+            let telemetry = policy.pushgateway.map { Telemetry(pushgateway: $0) }
             let interval = every.flatMap(parsePolicyDuration)
             while true {
                 let report = await controller.run()
+                await telemetry?.push(report, logger: logger)
                 if json {
                     try printJSON(render(report))
                 } else {

@@ -34,8 +34,12 @@ final class ControllerWorld: @unchecked Sendable {
 
     /// Writes the policy: each feature's checks read demo_error_ratio and demo_latency_p95,
     /// its traffic demo_requests, all labelled with the feature.
-    func writePolicy(_ features: [(name: String, extra: String)], queryTimeout: String = "2s", prometheusURL: String? = nil) throws {
-        var yaml = "prometheus: \(prometheusURL ?? prometheus.url)\nredis: \(redis.urlString)\naudit_log: \(auditLogPath)\nquery_timeout: \(queryTimeout)\nfeatures:\n"
+    func writePolicy(
+        _ features: [(name: String, extra: String)], queryTimeout: String = "2s", prometheusURL: String? = nil, pushgateway: String? = nil
+    ) throws {
+        var yaml = "prometheus: \(prometheusURL ?? prometheus.url)\nredis: \(redis.urlString)\naudit_log: \(auditLogPath)\nquery_timeout: \(queryTimeout)\n"
+        if let pushgateway { yaml += "pushgateway: \(pushgateway)\n" }
+        yaml += "features:\n"
         for (name, extra) in features {
             yaml += """
                   \(name):
@@ -262,6 +266,34 @@ struct ControllerEndToEndTests {
         #expect((run.features["broken"]?["explanation"] as? String)?.contains("flags:broken:last_change_time") == true)
         #expect(try await world.get("flags:broken:rollout_percent") == "10")
         #expect(run.features["fine"]?["decision"] as? String == "promote")
+    }
+
+    @Test func telemetryReachesThePushgatewayAndItsFailureOnlyWarns() async throws {
+        let world = try ControllerWorld()
+        let pushgateway = try PushgatewayServer()
+        try world.writePolicy([("pushed", "dwell: 1h"), ("silent", "dwell: 0s")], pushgateway: pushgateway.url)
+        try world.serve("pushed", errorRatio: 0.001)
+        try world.serve("silent", errorRatio: nil)
+        #expect(try world.run().status == 0)
+        #expect(try world.run().status == 0)
+        let text = try pushgateway.metrics()
+        func line(_ prefix: String) -> String? {
+            text.split(separator: "\n").first { $0.hasPrefix(prefix) }.map(String.init)
+        }
+        #expect(line("rollout_controller_percent{feature=\"pushed\"")?.hasSuffix(" 10") == true)
+        #expect(line("rollout_controller_decision{feature=\"pushed\",instance=\"\",job=\"rollout_controller\",result=\"hold\"}")?.hasSuffix(" 1") == true)
+        #expect(line("rollout_controller_hold{feature=\"pushed\",instance=\"\",job=\"rollout_controller\",reason=\"dwell\"}") != nil)
+        #expect(line("rollout_controller_hold{feature=\"silent\",instance=\"\",job=\"rollout_controller\",reason=\"no_data\"}") != nil)
+        #expect(line("rollout_controller_runs_total{instance=\"\",job=\"rollout_controller\",status=\"ok\"}")?.hasSuffix(" 2") == true)
+        #expect(text.contains("# TYPE rollout_controller_runs_total counter"))
+        #expect(line("rollout_controller_last_run_timestamp_seconds") != nil)
+
+        // A Pushgateway that is gone: the run still decides and exits 0.
+        let gone = try freeLoopbackPort()
+        try world.writePolicy([("pushed", "dwell: 1h")], pushgateway: "http://127.0.0.1:\(gone)")
+        let run = try world.run()
+        #expect(run.status == 0)
+        #expect(run.output.stderr.contains("Could not push telemetry"))
     }
 
     @Test func redisDownExitsOne() async throws {

@@ -1,0 +1,56 @@
+import RolloutAdmin
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+/// The controller's Lua scripts against a real redis-server: a person's change made between
+/// the controller's read and its write always wins, and nothing is half-written.
+@Suite("Compare-and-set scripts", .tags(.redis), .requiresRedis)
+struct CompareAndSetTests {
+    let keys = FeatureKeys("google")
+
+    func apply(_ redis: RedisClient, expected: (String, String, String), to percent: String) async throws -> RedisValue {
+        try await redis.evaluate(
+            Scripts.applyChange,
+            keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent],
+            arguments: [expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00"])
+    }
+
+    @Test func appliesWhenNothingMoved() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(1))
+        let values = try await redis.send(RedisCommand("MGET", [keys.rolloutPercent, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent]))
+        #expect(values.array?.map(\.string) == ["50", "10", "2025-10-08T15:30:00.000000+00:00", "50"])
+    }
+
+    @Test(arguments: [
+        (RedisCommand("SET", "flags:google:rollout_percent", "25"), "a person set another percent"),
+        (RedisCommand("SET", "flags:google:paused", "true"), "a person paused"),
+        (RedisCommand("SET", "flags:google:enabled", "false"), "a person hit the kill switch"),
+    ])
+    func aPersonsChangeDuringTheRunWins(change: RedisCommand, what: String) async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        _ = try await redis.send(change)  // between the controller's read and its write
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(0), "\(what)")
+        #expect(try await redis.send("EXISTS", keys.lastChangeTime, keys.controllerPercent, keys.lastPercent) == .integer(0))
+        #expect(try await redis.send("GET", keys.rolloutPercent).string != "50")
+    }
+
+    @Test func lockIsReleasedByItsOwnerOnly() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", "flags:google:lock", "owner-a", "NX", "PX", "60000")
+        #expect(try await redis.evaluate(Scripts.releaseLock, keys: ["flags:google:lock"], arguments: ["owner-b"]) == .integer(0))
+        #expect(try await redis.send("GET", "flags:google:lock").string == "owner-a")
+        #expect(try await redis.evaluate(Scripts.releaseLock, keys: ["flags:google:lock"], arguments: ["owner-a"]) == .integer(1))
+        #expect(try await redis.send("EXISTS", "flags:google:lock") == .integer(0))
+    }
+}

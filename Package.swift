@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // hiredis 0.14 from Debian's libhiredis-dev: its RESP reader and command formatter only.
@@ -75,9 +76,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The quickstart's demo service: a Hummingbird app whose requests go through the gate.
+        .target(
+            name: "RolloutDemo",
+            dependencies: [
+                "RolloutGate",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "rollout",
             dependencies: [
+                "RolloutDemo",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 "RolloutAdmin",
                 "RolloutController",
                 "RolloutGate",

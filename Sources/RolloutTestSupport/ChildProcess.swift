@@ -86,6 +86,11 @@ public final class ChildProcess: @unchecked Sendable {
         }
     }
 
+    /// Waits for the process to exit, off the cooperative pool.
+    public func exitStatus() async -> Int32 {
+        (try? await offThePool { [self] in wait() }) ?? -1
+    }
+
     /// Sends `signal` unless the process has exited, then waits for it.
     public func terminate(_ signal: Int32 = SIGTERM) {
         if !hasExited() {
@@ -105,9 +110,27 @@ public struct CommandResult: Sendable {
     public let stderr: String
 }
 
+/// Runs blocking `body` on a thread of its own and awaits it: fixtures that wait for processes
+/// or poll servers must not hold a thread of Swift's cooperative pool (two threads on two
+/// cores), or every other test's continuation waits behind them.
+public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread { continuation.resume(with: Result { try body() }) }
+        thread.start()
+    }
+}
+
+/// Runs `executable` to completion (see ``runCommandBlocking(_:_:environment:input:)``), off
+/// the cooperative pool.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String = "") async throws
+    -> CommandResult
+{
+    try await offThePool { try runCommandBlocking(executable, arguments, environment: environment, input: input) }
+}
+
 /// Runs `executable` to completion with `environment` added to this process's, feeding
-/// `input` on stdin; collects stdout and stderr.
-public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String = "") throws
+/// `input` on stdin; collects stdout and stderr. Blocks the calling thread.
+public func runCommandBlocking(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String = "") throws
     -> CommandResult
 {
     let directory = try makeTemporaryDirectory("cmd")
@@ -164,6 +187,11 @@ public final class PipedProcess: @unchecked Sendable {
 
     /// Closes the child's stdin.
     public func closeInput() { close(toChild) }
+
+    /// Reads one line from the child's stdout, off the cooperative pool.
+    public func nextLine(timeout: Duration = .seconds(10)) async -> String? {
+        (try? await offThePool { [self] in readLine(timeout: timeout) }) ?? nil
+    }
 
     /// Reads one line from the child's stdout, or nil at end of stream or after `timeout`.
     public func readLine(timeout: Duration = .seconds(10)) -> String? {

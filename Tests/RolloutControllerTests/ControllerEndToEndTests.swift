@@ -16,7 +16,12 @@ final class ControllerWorld: @unchecked Sendable {
     let client: RedisClient
     private var series: [String: String] = [:]
 
-    init() throws {
+    /// Starts everything off the cooperative pool (Prometheus takes seconds to scrape first).
+    static func make() async throws -> ControllerWorld {
+        try await offThePool { try ControllerWorld() }
+    }
+
+    private init() throws {
         redis = try RedisServer()
         metrics = try MetricsEndpoint()
         metrics.set("demo_up 1\n")
@@ -64,7 +69,11 @@ final class ControllerWorld: @unchecked Sendable {
 
     /// Serves the feature's metrics (nil leaves a series out: Prometheus then has no data)
     /// and waits until Prometheus has scraped them.
-    func serve(_ feature: String, errorRatio: Double?, latency: Double? = 0.1, requests: Double? = 500) throws {
+    func serve(_ feature: String, errorRatio: Double?, latency: Double? = 0.1, requests: Double? = 500) async throws {
+        try await offThePool { [self] in try serveBlocking(feature, errorRatio: errorRatio, latency: latency, requests: requests) }
+    }
+
+    private func serveBlocking(_ feature: String, errorRatio: Double?, latency: Double?, requests: Double?) throws {
         func line(_ metric: String, _ value: Double?) -> String {
             guard let value else { return "" }
             return "\(metric){feature=\"\(feature)\"} \(value.isNaN ? "NaN" : String(value))\n"
@@ -101,8 +110,8 @@ final class ControllerWorld: @unchecked Sendable {
     }
 
     /// Runs `rollout controller run --json` and returns its exit status and features by name.
-    func run(_ extra: String..., environment: [String: String] = [:]) throws -> (status: Int32, features: [String: [String: Any]], output: CommandResult) {
-        let result = try runCommand(binary, ["controller", "run", "--config", configPath, "--json"] + extra, environment: environment)
+    func run(_ extra: String..., environment: [String: String] = [:]) async throws -> (status: Int32, features: [String: [String: Any]], output: CommandResult) {
+        let result = try await runCommand(binary, ["controller", "run", "--config", configPath, "--json"] + extra, environment: environment)
         let document = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any] ?? [:]
         var features: [String: [String: Any]] = [:]
         for item in document["features"] as? [[String: Any]] ?? [] {
@@ -121,29 +130,29 @@ final class ControllerWorld: @unchecked Sendable {
 @Suite("Controller end to end: redis-server, Prometheus, the rollout binary", .tags(.e2e, .prometheus, .redis), .requiresPrometheus)
 struct ControllerEndToEndTests {
     @Test func healthyChainThenSpikeRollsBackAtOnceThenCoolsDown() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("chain", "dwell: 0s\ncooldown_after_rollback: 1h")])
-        try world.serve("chain", errorRatio: 0.001)
+        try await world.serve("chain", errorRatio: 0.001)
         for (from, to) in [("0", "10"), ("10", "50"), ("50", "100")] {
-            let run = try world.run()
+            let run = try await world.run()
             #expect(run.status == 0, "\(run.output.stderr)")
             #expect(run.features["chain"]?["decision"] as? String == "promote")
             #expect(run.features["chain"]?["from"] as? String == from)
             #expect(try await world.get("flags:chain:rollout_percent") == to)
             #expect(try await world.get("flags:chain:controller_percent") == to)
         }
-        let top = try world.run()
+        let top = try await world.run()
         #expect(top.features["chain"]?["reason"] as? String == "at_last_step")
 
-        try world.serve("chain", errorRatio: 0.2)
-        let spike = try world.run()
+        try await world.serve("chain", errorRatio: 0.2)
+        let spike = try await world.run()
         #expect(spike.status == 0)
         #expect(spike.features["chain"]?["decision"] as? String == "rollback")
         #expect(try await world.get("flags:chain:rollout_percent") == "10")
         #expect(try await world.get("flags:chain:last_percent") == "100")
 
-        try world.serve("chain", errorRatio: 0.001)
-        let after = try world.run()
+        try await world.serve("chain", errorRatio: 0.001)
+        let after = try await world.run()
         #expect(after.features["chain"]?["reason"] as? String == "cooldown")
         let lines = world.auditLines()
         #expect(lines.count == 4)
@@ -153,7 +162,7 @@ struct ControllerEndToEndTests {
     }
 
     @Test func rollbackInsideTheDwellAndEveryHoldReason() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([
             ("spike", "dwell: 1h"), ("nodata", "dwell: 0s"), ("nan", "dwell: 0s"), ("quiet", "dwell: 0s"), ("paused", "dwell: 0s"),
             ("dwelling", "dwell: 1h"),
@@ -165,13 +174,13 @@ struct ControllerEndToEndTests {
             RedisCommand("SET", "flags:paused:paused", "true"),
             RedisCommand("SET", "flags:dwelling:rollout_percent", "10"), RedisCommand("SET", "flags:dwelling:last_change_time", justNow),
         ])
-        try world.serve("spike", errorRatio: 0.5)
-        try world.serve("nodata", errorRatio: nil)
-        try world.serve("nan", errorRatio: .nan)
-        try world.serve("quiet", errorRatio: 0.001, requests: 3)
-        try world.serve("paused", errorRatio: 0.001)
-        try world.serve("dwelling", errorRatio: 0.001)
-        let run = try world.run()
+        try await world.serve("spike", errorRatio: 0.5)
+        try await world.serve("nodata", errorRatio: nil)
+        try await world.serve("nan", errorRatio: .nan)
+        try await world.serve("quiet", errorRatio: 0.001, requests: 3)
+        try await world.serve("paused", errorRatio: 0.001)
+        try await world.serve("dwelling", errorRatio: 0.001)
+        let run = try await world.run()
         #expect(run.status == 0, "\(run.output.stderr)")
         #expect(run.features["spike"]?["decision"] as? String == "rollback")
         #expect(try await world.get("flags:spike:rollout_percent") == "10")
@@ -188,11 +197,11 @@ struct ControllerEndToEndTests {
     }
 
     @Test func prometheusDownOrSlowChangesNothingAndExitsOne() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("steady", "dwell: 0s")], queryTimeout: "1s")
-        try world.serve("steady", errorRatio: 0.001)
-        world.prometheus.stop()
-        let down = try world.run()
+        try await world.serve("steady", errorRatio: 0.001)
+        try await offThePool { world.prometheus.stop() }
+        let down = try await world.run()
         #expect(down.status == 1)
         #expect(down.features["steady"]?["reason"] as? String == "prom_unreachable")
         #expect(try await world.get("flags:steady:rollout_percent") == nil)
@@ -200,7 +209,7 @@ struct ControllerEndToEndTests {
         let silent = try SilentServer()
         try world.writePolicy([("steady", "dwell: 0s")], queryTimeout: "1s", prometheusURL: "http://127.0.0.1:\(silent.port)")
         let started = Date()
-        let slow = try world.run()
+        let slow = try await world.run()
         #expect(slow.status == 1)
         #expect(slow.features["steady"]?["reason"] as? String == "prom_unreachable")
         #expect((slow.features["steady"]?["query_errors"] as? [String])?.first?.contains("did not answer within") == true)
@@ -210,15 +219,17 @@ struct ControllerEndToEndTests {
     }
 
     @Test func tenControllersAtOnceMakeExactlyOneChange() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("race", "dwell: 1h")])
-        try world.serve("race", errorRatio: 0.001)
+        try await world.serve("race", errorRatio: 0.001)
         let processes = try (0..<10).map { index in
             try ChildProcess(
                 world.binary, ["controller", "run", "--config", world.configPath, "--json"], stdout: world.directory + "/out\(index).json",
                 stderr: world.directory + "/err\(index).txt")
         }
-        #expect(processes.map { $0.wait() }.allSatisfy { $0 == 0 })
+        var statuses: [Int32] = []
+        for process in processes { statuses.append(await process.exitStatus()) }
+        #expect(statuses.allSatisfy { $0 == 0 })
         #expect(try await world.get("flags:race:rollout_percent") == "10")
         #expect(world.auditLines().count == 1)
         var reasons: [String] = []
@@ -234,18 +245,18 @@ struct ControllerEndToEndTests {
     }
 
     @Test func manualChangeIsDetectedOnceAndRestartsTheDwell() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("manual", "dwell: 1h")])
-        try world.serve("manual", errorRatio: 0.001)
-        _ = try world.run()
+        try await world.serve("manual", errorRatio: 0.001)
+        _ = try await world.run()
         #expect(try await world.get("flags:manual:controller_percent") == "10")
         _ = try await world.client.send("SET", "flags:manual:rollout_percent", "25")  // redis-cli by a person
-        let detected = try world.run()
+        let detected = try await world.run()
         #expect(detected.features["manual"]?["reason"] as? String == "dwell")
         #expect(detected.features["manual"]?["manual_change_detected"] as? Bool == true)
         #expect(try await world.get("flags:manual:rollout_percent") == "25")
         #expect(try await world.get("flags:manual:controller_percent") == "25")
-        let again = try world.run()
+        let again = try await world.run()
         #expect(again.features["manual"]?["manual_change_detected"] as? Bool == false)
         let manualLines = world.auditLines().filter { $0.contains("by=manual (detected)") }
         #expect(manualLines.count == 1)
@@ -253,14 +264,14 @@ struct ControllerEndToEndTests {
     }
 
     @Test func corruptStateStopsWithExitThreeNamingTheKey() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("broken", "dwell: 0s"), ("fine", "dwell: 0s")])
         _ = try await world.client.pipeline([
             RedisCommand("SET", "flags:broken:rollout_percent", "10"), RedisCommand("SET", "flags:broken:last_change_time", "last tuesday"),
         ])
-        try world.serve("broken", errorRatio: 0.001)
-        try world.serve("fine", errorRatio: 0.001)
-        let run = try world.run()
+        try await world.serve("broken", errorRatio: 0.001)
+        try await world.serve("fine", errorRatio: 0.001)
+        let run = try await world.run()
         #expect(run.status == 3)
         #expect(run.features["broken"]?["reason"] as? String == "corrupt_state")
         #expect((run.features["broken"]?["explanation"] as? String)?.contains("flags:broken:last_change_time") == true)
@@ -269,13 +280,13 @@ struct ControllerEndToEndTests {
     }
 
     @Test func telemetryReachesThePushgatewayAndItsFailureOnlyWarns() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         let pushgateway = try PushgatewayServer()
         try world.writePolicy([("pushed", "dwell: 1h"), ("silent", "dwell: 0s")], pushgateway: pushgateway.url)
-        try world.serve("pushed", errorRatio: 0.001)
-        try world.serve("silent", errorRatio: nil)
-        #expect(try world.run().status == 0)
-        #expect(try world.run().status == 0)
+        try await world.serve("pushed", errorRatio: 0.001)
+        try await world.serve("silent", errorRatio: nil)
+        #expect(try await world.run().status == 0)
+        #expect(try await world.run().status == 0)
         let text = try pushgateway.metrics()
         func line(_ prefix: String) -> String? {
             text.split(separator: "\n").first { $0.hasPrefix(prefix) }.map(String.init)
@@ -291,30 +302,30 @@ struct ControllerEndToEndTests {
         // A Pushgateway that is gone: the run still decides and exits 0.
         let gone = try freeLoopbackPort()
         try world.writePolicy([("pushed", "dwell: 1h")], pushgateway: "http://127.0.0.1:\(gone)")
-        let run = try world.run()
+        let run = try await world.run()
         #expect(run.status == 0)
         #expect(run.output.stderr.contains("Could not push telemetry"))
     }
 
     @Test func redisDownExitsOne() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("gone", "dwell: 0s")])
-        try world.serve("gone", errorRatio: 0.001)
+        try await world.serve("gone", errorRatio: 0.001)
         world.redis.stop()
-        let run = try world.run()
+        let run = try await world.run()
         #expect(run.status == 1)
         #expect(run.features["gone"]?["reason"] as? String == "redis_error")
     }
 
     @Test func dryRunWritesNothingButTheAuditLog() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("dry", "dwell: 0s")])
-        try world.serve("dry", errorRatio: 0.001)
-        let flag = try world.run("--dry-run")
+        try await world.serve("dry", errorRatio: 0.001)
+        let flag = try await world.run("--dry-run")
         #expect(flag.status == 0)
         #expect(flag.features["dry"]?["decision"] as? String == "promote")
         #expect(flag.features["dry"]?["applied"] as? Bool == false)
-        let environment = try world.run(environment: ["ROLLOUT_DRY_RUN": "true"])
+        let environment = try await world.run(environment: ["ROLLOUT_DRY_RUN": "true"])
         #expect(environment.features["dry"]?["applied"] as? Bool == false)
         #expect(try await world.client.send("KEYS", "flags:dry:*") == .array([]))
         let lines = world.auditLines()
@@ -323,28 +334,28 @@ struct ControllerEndToEndTests {
     }
 
     @Test func invalidPolicyExitsTwoBeforeAnyWrite() async throws {
-        let world = try ControllerWorld()
+        let world = try await ControllerWorld.make()
         try "prometheus: \(world.prometheus.url)\nredis: \(world.redis.urlString)\nfeatures:\n  google:\n    steps: [50, 10]\n    checks: []\n"
             .write(toFile: world.configPath, atomically: true, encoding: .utf8)
-        let run = try world.run()
+        let run = try await world.run()
         #expect(run.status == 2)
         #expect(run.output.stderr.contains("features.google.steps[1]"))
         #expect(run.output.stderr.contains("features.google.checks"))
         #expect(try await world.client.send("DBSIZE") == .integer(0))
-        let validate = try runCommand(world.binary, ["controller", "validate", "--config", world.configPath])
+        let validate = try await runCommand(world.binary, ["controller", "validate", "--config", world.configPath])
         #expect(validate.status == 2)
     }
 
-    @Test func validateOnlineAsksPrometheus() throws {
-        let world = try ControllerWorld()
+    @Test func validateOnlineAsksPrometheus() async throws {
+        let world = try await ControllerWorld.make()
         try world.writePolicy([("valid", "dwell: 0s")])
-        let good = try runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
+        let good = try await runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
         #expect(good.status == 0, "\(good.stdout)\(good.stderr)")
         #expect(good.stdout.contains("valid.error_rate: accepted"))
         var yaml = try String(contentsOfFile: world.configPath, encoding: .utf8)
         yaml = yaml.replacingOccurrences(of: "max(demo_latency_p95{feature=\"valid\"})", with: "sum(rate(demo_up[5m])")
         try yaml.write(toFile: world.configPath, atomically: true, encoding: .utf8)
-        let bad = try runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
+        let bad = try await runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
         #expect(bad.status == 2, "\(bad.stdout)")
         #expect(bad.stdout.contains("valid.latency_p95: Prometheus refused the query"))
     }

@@ -19,9 +19,9 @@ struct ShippedDocsTests {
         #expect(gmail.checks[2].query.contains("[15m]"))
     }
 
-    @Test(.requiresPrometheus) func alertRulesPassPromtool() throws {
+    @Test(.requiresPrometheus) func alertRulesPassPromtool() async throws {
         let promtool = try #require(executablePath("promtool"), "promtool comes with Debian's prometheus package")
-        let result = try runCommand(promtool, ["check", "rules", root.appendingPathComponent("docs/prometheus-alerts.yml").path])
+        let result = try await runCommand(promtool, ["check", "rules", root.appendingPathComponent("docs/prometheus-alerts.yml").path])
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         #expect(result.stdout.contains("SUCCESS: 5 rules found"))
     }

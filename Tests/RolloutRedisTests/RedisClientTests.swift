@@ -170,7 +170,7 @@ struct RedisFailureTests {
             (error as? RedisError)?.code == .timeout
         }
         // Bounded, not a speed assertion: it must not hang.
-        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(ContinuousClock.now - started < .seconds(15))
     }
 
     @Test func requirepassAuthentication() async throws {

@@ -162,7 +162,9 @@ public struct FeatureStore: Sendable {
         let keys = FeatureKeys(feature)
         let key = list == .allow ? keys.allow : keys.deny
         let reply = try await call { try await redis.send(RedisCommand(command, [key] + ids)) }
-        try record(feature, "\(list.rawValue) \(sign)\(ids.joined(separator: ","))", reason)
+        // A long list is summarised: the log stays one readable line per change.
+        let shown = ids.count <= 20 ? ids.joined(separator: ",") : "\(ids.count) ids (\(ids.prefix(3).joined(separator: ",")) … \(ids.last ?? ""))"
+        try record(feature, "\(list.rawValue) \(sign)\(shown)", reason)
         return Int(reply.integer ?? 0)
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 public import RolloutGate
 
 /// What one feature's evaluation saw: its state in Redis and each query's answer.
@@ -174,11 +175,11 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     return verdict
 }
 
-/// A check value as printed: integers without a fraction, others in Swift's shortest form.
-func format(_ value: Double?) -> String {
+/// A check value as printed: integers without a fraction, others to four significant digits.
+public func format(_ value: Double?) -> String {
     guard let value else { return "no data" }
     if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
-    return String(value)
+    return String(format: "%.4g", value)
 }
 
 /// A duration as people write it: 4m30s, 1h, 15m.

@@ -115,10 +115,10 @@ func describe(_ report: RunReport) -> String {
         }
         if let verdict = feature.verdict {
             for check in verdict.checks {
-                head += "  \(check.name)=\(check.value.map { "\($0)" } ?? "-") \(check.status.rawValue)"
+                head += "  \(check.name)=\(check.value.map { format($0) } ?? "-") \(check.status.rawValue)"
             }
         }
-        if let requests = feature.requests { head += "  requests=\(requests)" }
+        if let requests = feature.requests { head += "  requests=\(format(requests))" }
         lines.append(head)
         if let reason = feature.holdReason {
             lines.append("  -> hold [\(reason.rawValue)]: \(feature.explanation)")

@@ -165,6 +165,14 @@ struct FeatureStoreTests {
             ])
     }
 
+    @Test func longIdListsAreSummarisedInTheAuditLog() async throws {
+        let fixture = try Fixture()
+        let ids = (0..<25).map { "a\($0)" }
+        #expect(try await fixture.store.add(ids, to: .allow, of: "google", reason: "beta") == 25)
+        #expect(try await fixture.redis.send("SCARD", "flags:google:allow") == .integer(25))
+        #expect(try fixture.auditLines() == ["2025-10-08T15:00:00Z  google  allow +25 ids (a0,a1,a2 … a24)  reason=beta  by=manual"])
+    }
+
     @Test func emptyIdsAreRefusedAndNothingIsWritten() async throws {
         let fixture = try Fixture()
         await #expect(throws: AdminError.self) { try await fixture.store.add(["ok", ""], to: .allow, of: "google", reason: "") }

@@ -53,7 +53,7 @@ public struct Controller: Sendable {
             for await result in group { results.append(result) }
             return results.sorted { $0.0 < $1.0 }.map(\.1)
         }
-        redis.close()
+        // The connection stays open for the next pass (`--every`); it closes with the controller.
         return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
     }
 

@@ -180,6 +180,11 @@ public final class PrometheusServer: @unchecked Sendable {
 
 /// A minimal blocking HTTP GET on loopback: the status and the body.
 public func httpGet(port: Int, path: String) throws -> (Int, String) {
+    try httpRequest(port: port, method: "GET", path: path)
+}
+
+/// A minimal blocking HTTP/1.1 request on loopback, without a body: the status and the body.
+public func httpRequest(port: Int, method: String, path: String) throws -> (Int, String) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var address = sockaddr_in()
@@ -192,7 +197,7 @@ public func httpGet(port: Int, path: String) throws -> (Int, String) {
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }
     guard connected else { throw FixtureError("connection refused on port \(port)") }
-    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+    let request = Array("\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
     _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     var response: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)

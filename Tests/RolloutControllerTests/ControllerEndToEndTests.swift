@@ -307,6 +307,23 @@ struct ControllerEndToEndTests {
         #expect(run.output.stderr.contains("Could not push telemetry"))
     }
 
+    @Test func everyKeepsRunningAsAWorker() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("worker", "dwell: 0s")])
+        try await world.serve("worker", errorRatio: 0.001)
+        let worker = try ChildProcess(
+            world.binary, ["controller", "run", "--config", world.configPath, "--every", "1s"], stdout: world.directory + "/worker.txt",
+            stderr: world.directory + "/worker.err")
+        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+        while try await world.get("flags:worker:rollout_percent") != "100" && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(!worker.hasExited())
+        worker.terminate(SIGTERM)
+        #expect(try await world.get("flags:worker:rollout_percent") == "100")
+        #expect(world.auditLines().count == 3)
+    }
+
     @Test func redisDownExitsOne() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("gone", "dwell: 0s")])

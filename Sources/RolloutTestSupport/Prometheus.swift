@@ -249,3 +249,80 @@ public final class PushgatewayServer: @unchecked Sendable {
     /// The metrics it serves now, as exposition text.
     public func metrics() throws -> String { try httpGet(port: port, path: "/metrics").1 }
 }
+
+/// A TCP proxy on loopback that holds back the first answer of each connection for `delay`:
+/// a Prometheus that answers slowly, so a test can act while a controller run is waiting.
+public final class SlowProxy: Sendable {
+    public let port: Int
+    private let listener: Int32
+    private let upstreamPort: Int
+    private let delay: Duration
+
+    public init(to upstreamPort: Int, delay: Duration) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                bind(fd, generic, length) == 0 && getsockname(fd, generic, &length) == 0 && listen(fd, 64) == 0
+            }
+        }
+        guard ok else {
+            close(fd)
+            throw FixtureError("cannot listen on loopback for the proxy")
+        }
+        listener = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        self.upstreamPort = upstreamPort
+        self.delay = delay
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    deinit {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    public var url: String { "http://127.0.0.1:\(port)" }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 { return }
+            let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(upstreamPort).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            guard connected else {
+                close(client)
+                close(upstream)
+                continue
+            }
+            let delay = self.delay
+            Thread { Self.pump(from: client, to: upstream, delayFirst: nil) }.start()
+            Thread { Self.pump(from: upstream, to: client, delayFirst: delay) }.start()
+        }
+    }
+
+    private static func pump(from source: Int32, to destination: Int32, delayFirst: Duration?) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var first = true
+        while true {
+            let count = recv(source, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            if first, let delayFirst {
+                usleep(UInt32(delayFirst.components.seconds * 1_000_000 + delayFirst.components.attoseconds / 1_000_000_000_000))
+            }
+            first = false
+            _ = buffer.withUnsafeBytes { send(destination, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+        }
+        shutdown(destination, Int32(SHUT_WR))
+        shutdown(source, Int32(SHUT_RD))
+    }
+}

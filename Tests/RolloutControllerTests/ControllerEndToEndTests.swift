@@ -324,6 +324,37 @@ struct ControllerEndToEndTests {
         #expect(world.auditLines().count == 3)
     }
 
+    @Test func aRedisCliChangeDuringARunWins() async throws {
+        let world = try await ControllerWorld.make()
+        try await world.serve("during", errorRatio: 0.001)
+        // Prometheus answers after 3 s: the person's change lands while the run waits for it.
+        let slow = try SlowProxy(to: world.prometheus.port, delay: .seconds(3))
+        try world.writePolicy([("during", "dwell: 0s")], queryTimeout: "10s", prometheusURL: slow.url)
+        _ = try await world.client.send("SET", "flags:during:rollout_percent", "10")
+        async let run = world.run()
+        try await Task.sleep(for: .milliseconds(1500))
+        _ = try await world.client.send("SET", "flags:during:rollout_percent", "0")  // redis-cli, by a person
+        let result = try await run
+        #expect(result.status == 0)
+        #expect(result.features["during"]?["reason"] as? String == "concurrent_change")
+        #expect(try await world.get("flags:during:rollout_percent") == "0")
+        #expect(world.auditLines().isEmpty)
+    }
+
+    @Test func redisStoppedMidRunExitsOneAndWritesNothing() async throws {
+        let world = try await ControllerWorld.make()
+        try await world.serve("midrun", errorRatio: 0.001)
+        let slow = try SlowProxy(to: world.prometheus.port, delay: .seconds(3))
+        try world.writePolicy([("midrun", "dwell: 0s")], queryTimeout: "10s", prometheusURL: slow.url)
+        async let run = world.run()
+        try await Task.sleep(for: .milliseconds(1500))
+        try await offThePool { world.redis.stop() }
+        let result = try await run
+        #expect(result.status == 1)
+        #expect(result.features["midrun"]?["reason"] as? String == "redis_error")
+        #expect(world.auditLines().isEmpty)
+    }
+
     @Test func redisDownExitsOne() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("gone", "dwell: 0s")])

@@ -106,8 +106,8 @@ public final class PrometheusServer: @unchecked Sendable {
         guard executablePath("prometheus") != nil else {
             throw FixtureError("prometheus is not installed: run scripts/test.sh, or apt-get install prometheus")
         }
-        directory = try makeTemporaryDirectory("prometheus")
-        port = try freeLoopbackPort()
+        let directory = try makeTemporaryDirectory("prometheus")
+        self.directory = directory
         let config = """
             global:
               scrape_interval: 1s
@@ -119,11 +119,23 @@ public final class PrometheusServer: @unchecked Sendable {
 
             """
         try config.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
-        arguments = [
-            "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
-            "--web.listen-address=127.0.0.1:\(port)", "--log.level=warn",
-        ]
-        try start()
+        var attempt = 0
+        while true {
+            attempt += 1
+            let port = try freeLoopbackPort()
+            let arguments = [
+                "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
+                "--web.listen-address=127.0.0.1:\(port)", "--log.level=warn",
+            ]
+            do {
+                process = try Self.launch(arguments: arguments, port: port, log: directory + "/prometheus.log")
+                self.port = port
+                self.arguments = arguments
+                return
+            } catch let error as FixtureError where error.description.contains("address already in use") && attempt < 5 {
+                continue
+            }
+        }
     }
 
     deinit {
@@ -133,19 +145,20 @@ public final class PrometheusServer: @unchecked Sendable {
 
     public var url: String { "http://127.0.0.1:\(port)" }
 
-    private func start() throws {
+    private static func launch(arguments: [String], port: Int, log: String) throws -> ChildProcess {
         guard let binary = executablePath("prometheus") else { throw FixtureError("prometheus is not installed") }
-        let process = try ChildProcess(binary, arguments, output: directory + "/prometheus.log")
+        try? FileManager.default.removeItem(atPath: log)
+        let process = try ChildProcess(binary, arguments, output: log)
         fixturePIDs.withLock { $0.append(process.pid) }
-        lock.withLock { self.process = process }
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
-            if let (status, _) = try? httpGet(port: port, path: "/-/ready"), status == 200 { return }
+            if let (status, body) = try? httpGet(port: port, path: "/-/ready"), status == 200, body.contains("Prometheus") { return process }
             if process.hasExited() {
-                throw FixtureError("prometheus exited at start: \((try? String(contentsOfFile: directory + "/prometheus.log", encoding: .utf8)) ?? "")")
+                throw FixtureError("prometheus exited at start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
             }
             usleep(50_000)
         }
+        process.terminate(SIGKILL)
         throw FixtureError("prometheus did not become ready on port \(port)")
     }
 
@@ -159,7 +172,10 @@ public final class PrometheusServer: @unchecked Sendable {
     }
 
     /// Starts it again on the same port and data.
-    public func restart() throws { try start() }
+    public func restart() throws {
+        let process = try Self.launch(arguments: arguments, port: port, log: directory + "/prometheus.log")
+        lock.withLock { self.process = process }
+    }
 
     /// Waits until `query` returns a sample (the first scrape of a new target lands after
     /// about 5.5 s: target discovery updates in 5 s batches).

@@ -38,23 +38,32 @@ public struct FixtureError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel picks it; a short race with other processes remains).
+private let handedOutPorts = Mutex<Set<Int>>([])
+
+/// A free TCP port on 127.0.0.1 for a fixture server. Picked at random below Linux's ephemeral
+/// range (32768 and up, where the tests' own outgoing connections get their ports), never the
+/// same twice in one test process, and checked bindable: servers started in parallel do not
+/// race for one port.
 public func freeLoopbackPort() throws -> Int {
+    for _ in 0..<200 {
+        let port = Int.random(in: 10_000..<32_000)
+        let isNew = handedOutPorts.withLock { $0.insert(port).inserted }
+        if isNew && canBind(port) { return port }
+    }
+    throw FixtureError("no free loopback port found")
+}
+
+private func canBind(_ port: Int) -> Bool {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw FixtureError("socket() failed") }
+    guard fd >= 0 else { return false }
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
-            bind(fd, generic, length) == 0 && getsockname(fd, generic, &length) == 0
-        }
+    return withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }
-    guard bound else { throw FixtureError("cannot bind a loopback port") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 /// A fresh temporary directory, removed by the caller.
@@ -83,30 +92,43 @@ public final class RedisServer: @unchecked Sendable {
         guard let binary = executablePath("redis-server") else {
             throw FixtureError("redis-server is not installed: run scripts/test.sh, or apt-get install redis-server")
         }
-        directory = try makeTemporaryDirectory("redis")
-        port = try freeLoopbackPort()
+        let directory = try makeTemporaryDirectory("redis")
+        self.directory = directory
         unixSocketPath = directory + "/redis.sock"
-        var tlsArguments: [String] = []
-        if tls {
-            let certificates = try TestCertificates(directory: directory, subjectAltName: tlsHostNames)
-            let tlsPort = try freeLoopbackPort()
-            self.certificates = certificates
-            self.tlsPort = tlsPort
-            tlsArguments = [
-                "--tls-port", String(tlsPort), "--tls-cert-file", certificates.serverCertificate,
-                "--tls-key-file", certificates.serverKey, "--tls-ca-cert-file", certificates.caCertificate,
-                "--tls-auth-clients", "optional",
-            ]
-        } else {
-            certificates = nil
-            tlsPort = nil
-        }
-        self.arguments = (configFile.map { [$0] } ?? []) +
-            [
+        let certificates = tls ? try TestCertificates(directory: directory, subjectAltName: tlsHostNames) : nil
+        self.certificates = certificates
+        // Another process may take a port between the check and redis-server's bind: retry
+        // with new ports when redis-server says so.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let port = try freeLoopbackPort()
+            var tlsArguments: [String] = []
+            var tlsPort: Int?
+            if let certificates {
+                let chosen = try freeLoopbackPort()
+                tlsPort = chosen
+                tlsArguments = [
+                    "--tls-port", String(chosen), "--tls-cert-file", certificates.serverCertificate,
+                    "--tls-key-file", certificates.serverKey, "--tls-ca-cert-file", certificates.caCertificate,
+                    "--tls-auth-clients", "optional",
+                ]
+            }
+            let all = (configFile.map { [$0] } ?? []) + [
                 "--port", String(port), "--bind", "127.0.0.1", "--unixsocket", unixSocketPath, "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no", "--loglevel", "warning",
             ] + tlsArguments + arguments
-        try start(binary: binary)
+            do {
+                let process = try Self.launch(binary: binary, arguments: all, port: port, log: directory + "/redis.log")
+                self.port = port
+                self.tlsPort = tlsPort
+                self.arguments = all
+                self.process = process
+                return
+            } catch let error as FixtureError where error.description.contains("Address already in use") && attempt < 5 {
+                continue
+            }
+        }
     }
 
     deinit {
@@ -114,34 +136,43 @@ public final class RedisServer: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private func start(binary: String) throws {
-        let process = try ChildProcess(binary, arguments, output: directory + "/redis.log")
-        lock.withLock { self.process = process }
-        try waitUntilReady()
-    }
-
-    private func waitUntilReady() throws {
+    /// Starts redis-server and waits until it answers PING on `port`.
+    private static func launch(binary: String, arguments: [String], port: Int, log: String) throws -> ChildProcess {
+        try? FileManager.default.removeItem(atPath: log)
+        let process = try ChildProcess(binary, arguments, output: log)
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(port).bigEndian)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-                }
+            // PING, not a bare connect: a connect could reach another process on a taken port.
+            if let answer = try? pingRedis(port: port), answer.hasPrefix("+PONG") || answer.hasPrefix("-NOAUTH") || answer.hasPrefix("-ERR") {
+                return process
             }
-            close(fd)
-            if connected { return }
-            if lock.withLock({ process?.hasExited() }) != false {
-                let log = (try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? ""
-                throw FixtureError("redis-server exited at start: \(log)")
+            if process.hasExited() {
+                throw FixtureError("redis-server exited at start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
             }
             usleep(10_000)
         }
+        process.terminate(SIGKILL)
         throw FixtureError("redis-server did not listen on port \(port) within 10 s")
+    }
+
+    private static func pingRedis(port: Int) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard connected else { throw FixtureError("not listening") }
+        let ping = Array("PING\r\n".utf8)
+        _ = ping.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let count = recv(fd, &buffer, buffer.count, 0)
+        return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : ""
     }
 
     /// The plain TCP URL, with `password` and `username` if given.
@@ -173,7 +204,8 @@ public final class RedisServer: @unchecked Sendable {
     /// Starts the server again on the same port (after ``stop()`` or ``kill()``).
     public func restart() throws {
         guard let binary = executablePath("redis-server") else { throw FixtureError("redis-server is not installed") }
-        try start(binary: binary)
+        let process = try Self.launch(binary: binary, arguments: arguments, port: port, log: directory + "/redis.log")
+        lock.withLock { self.process = process }
     }
 }
 

@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // hiredis 0.14 from Debian's libhiredis-dev: its RESP reader and command formatter only.
@@ -137,7 +138,10 @@ let package = Package(
         ),
         .testTarget(
             name: "RolloutControllerTests",
-            dependencies: ["RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
+            dependencies: [
+                "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

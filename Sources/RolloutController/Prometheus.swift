@@ -69,7 +69,9 @@ public struct PrometheusClient: Sendable {
     func parse(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> Double? {
         let shown = query.count > 120 ? String(query.prefix(120)) + "…" : query
         guard let document = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
-            let code: PrometheusError.Code = (500...599).contains(Int(status.code)) ? .httpStatus : .unparsable
+            // A proxy's error page (429, 502, 503...) is an HTTP failure, retried by its status;
+            // only a 200 that is not Prometheus's JSON is unparsable.
+            let code: PrometheusError.Code = status == .ok ? .unparsable : .httpStatus
             throw PrometheusError(
                 code, "Prometheus answered HTTP \(status.code) with a body that is not its JSON API (query: \(shown)).",
                 httpStatus: Int(status.code))

@@ -1,0 +1,73 @@
+import Foundation
+import NIOHTTP1
+@testable import RolloutController
+import Testing
+
+/// Prometheus's answers as its HTTP API documents them, parsed without a server: what counts as
+/// a value, as no data, and as a failure (and which failures are retried).
+@Suite("Prometheus answers")
+struct PrometheusParsingTests {
+    let client: PrometheusClient = {
+        guard case .success(let base) = HTTPEndpoint.parse("http://127.0.0.1:9090") else { fatalError("valid URL") }
+        return PrometheusClient(base: base, timeout: .seconds(1))
+    }()
+
+    func parse(_ body: String, status: HTTPResponseStatus = .ok) throws(PrometheusError) -> Double? {
+        try client.parse(body: Data(body.utf8), status: status, query: "q")
+    }
+
+    @Test func vectorWithOneSample() throws {
+        #expect(try parse(#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1795368038.832,"0.0125"]}]}}"#) == 0.0125)
+    }
+
+    @Test func scalar() throws {
+        #expect(try parse(#"{"status":"success","data":{"resultType":"scalar","result":[1795368038.832,"30"]}}"#) == 30)
+    }
+
+    @Test(arguments: ["NaN", "+Inf", "-Inf"])
+    func specialValuesAreNoData(value: String) throws {
+        #expect(try parse(#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"\#(value)"]}]}}"#) == nil)
+    }
+
+    @Test func emptyResultIsNoData() throws {
+        #expect(try parse(#"{"status":"success","data":{"resultType":"vector","result":[]}}"#) == nil)
+    }
+
+    @Test func severalSeriesAreRefused() {
+        #expect {
+            try parse(#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}}"#)
+        } throws: { error in
+            (error as? PrometheusError)?.code == .ambiguous && "\(error)".contains("sum(")
+        }
+    }
+
+    @Test func badQueryIsNotRetried() {
+        #expect {
+            try parse(#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#, status: .badRequest)
+        } throws: { error in
+            guard let error = error as? PrometheusError else { return false }
+            return error.code == .badQuery && !error.isTransient && error.message.contains("parse error at char 5")
+        }
+    }
+
+    @Test(arguments: [(HTTPResponseStatus.badGateway, true), (.serviceUnavailable, true), (.gatewayTimeout, true), (.tooManyRequests, true), (.internalServerError, false)])
+    func nonJSONErrorsAndWhichAreRetried(status: HTTPResponseStatus, transient: Bool) {
+        #expect {
+            try parse("<html>proxy error</html>", status: status)
+        } throws: { error in
+            guard let error = error as? PrometheusError else { return false }
+            return error.isTransient == transient
+        }
+    }
+
+    @Test func unparsableBodyOn200IsAnError() {
+        #expect(throws: PrometheusError.self) { try parse("not json") }
+        #expect(throws: PrometheusError.self) {
+            try parse(#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"fifty"]}]}}"#)
+        }
+    }
+
+    @Test func queriesAreFormEncoded() {
+        #expect(formEncoded("sum(rate(x{a=\"b\"}[5m])) / 2") == "sum%28rate%28x%7Ba%3D%22b%22%7D%5B5m%5D%29%29%20%2F%202")
+    }
+}

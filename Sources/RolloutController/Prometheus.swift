@@ -13,18 +13,19 @@ public struct PrometheusClient: Sendable {
     public let base: HTTPEndpoint
     /// The timeout of one attempt.
     public let timeout: Duration
-    /// Attempts in all (the first and its retries) for a transient failure.
-    public let attempts: Int
-    /// The wait before the first retry; doubled for each next one.
-    public let backoff: Duration
+    /// How transient failures are retried.
+    public let retry: RetryPolicy
     private var http: HTTPClient { .shared }
 
-    /// A client over AsyncHTTPClient's shared client (no lifecycle to manage).
-    public init(base: HTTPEndpoint, timeout: Duration, attempts: Int = 3, backoff: Duration = .milliseconds(200)) {
+    /// A client over AsyncHTTPClient's shared client (no lifecycle to manage). By default 3
+    /// attempts, 200 ms then 400 ms apart, with full jitter.
+    public init(
+        base: HTTPEndpoint, timeout: Duration,
+        retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true)
+    ) {
         self.base = base
         self.timeout = timeout
-        self.attempts = max(1, attempts)
-        self.backoff = backoff
+        self.retry = retry
     }
 
     /// The value of an instant query: nil when Prometheus has no data (an empty result, NaN,
@@ -34,8 +35,8 @@ public struct PrometheusClient: Sendable {
         while true {
             do {
                 return try await once(query)
-            } catch where error.isTransient && attempt < attempts {
-                try? await Task.sleep(for: backoff * (1 << (attempt - 1)))
+            } catch where error.isTransient && attempt < retry.maxAttempts {
+                try? await Task.sleep(for: retry.delay(afterAttempt: attempt))
                 attempt += 1
             }
         }

@@ -1,0 +1,76 @@
+/// How to space retries: one policy type for every network call and for `rollout retry`.
+public struct RetryPolicy: Sendable, Hashable, CustomStringConvertible {
+    /// How the delay grows from one retry to the next.
+    public enum Backoff: String, Sendable, Hashable, CaseIterable {
+        /// base × multiplier^(n−1) before retry n: with the default multiplier, base, 2×base, 4×base...
+        case exponential
+        /// base × n before retry n: base, 2×base, 3×base...
+        case linear
+        /// base before every retry.
+        case fixed
+    }
+
+    /// How the delay grows.
+    public var backoff: Backoff
+    /// The delay before the first retry.
+    public var baseDelay: Duration
+    /// The growth factor of exponential backoff.
+    public var multiplier: Double
+    /// No delay is longer than this.
+    public var maxDelay: Duration?
+    /// Attempts in all, the first included.
+    public var maxAttempts: Int
+    /// Full jitter: each delay is drawn uniformly from zero to the computed delay, so many
+    /// clients retrying at once spread out.
+    public var jitter: Bool
+
+    /// A policy; `maxAttempts` below 1 counts as 1.
+    public init(
+        backoff: Backoff = .exponential, baseDelay: Duration, multiplier: Double = 2, maxDelay: Duration? = nil, maxAttempts: Int,
+        jitter: Bool = false
+    ) {
+        self.backoff = backoff
+        self.baseDelay = baseDelay
+        self.multiplier = multiplier
+        self.maxDelay = maxDelay
+        self.maxAttempts = max(1, maxAttempts)
+        self.jitter = jitter
+    }
+
+    /// The wait after failed attempt `attempt` (1-based) and before the next one.
+    /// `random` gives a number in 0..<1 (injected for tests); it is used only with jitter.
+    public func delay(afterAttempt attempt: Int, random: () -> Double = { Double.random(in: 0..<1) }) -> Duration {
+        let retry = max(1, attempt)
+        let baseSeconds = seconds(baseDelay)
+        var delaySeconds: Double
+        switch backoff {
+        case .exponential: delaySeconds = baseSeconds * pow(multiplier, retry - 1)
+        case .linear: delaySeconds = baseSeconds * Double(retry)
+        case .fixed: delaySeconds = baseSeconds
+        }
+        if let maxDelay { delaySeconds = min(delaySeconds, seconds(maxDelay)) }
+        if !delaySeconds.isFinite { delaySeconds = maxDelay.map(seconds) ?? 86_400 }
+        if jitter { delaySeconds *= random() }
+        return .nanoseconds(Int64(max(0, delaySeconds) * 1e9))
+    }
+
+    public var description: String {
+        var text = "\(backoff), \(maxAttempts) attempts, base \(formatDuration(baseDelay))"
+        if let maxDelay { text += ", at most \(formatDuration(maxDelay))" }
+        if jitter { text += ", full jitter" }
+        return text
+    }
+}
+
+private func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+private func pow(_ base: Double, _ exponent: Int) -> Double {
+    var result = 1.0
+    for _ in 0..<max(0, exponent) {
+        result *= base
+        if !result.isFinite { break }
+    }
+    return result
+}

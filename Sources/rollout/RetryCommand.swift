@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import RolloutController
+
+struct RetryCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retry",
+        abstract: "Run a command until it succeeds, with the controller's retry policy (for deploy pipelines' rollback steps).",
+        discussion: """
+            Example: rollout retry --attempts 3 --base-delay 5s -- rollout flags set-percent google 10 --reason rollback
+            Exponential by default: the delay after attempt n is base x 2^(n-1); --jitter draws each delay \
+            from zero to that. The command's output passes through; each attempt and its delay are logged \
+            to stderr; the exit code is the last attempt's.
+            """
+    )
+    @Option(help: "Attempts in all, the first included.") var attempts = 3
+    @Option(name: .customLong("base-delay"), help: ArgumentHelp("The delay after the first failure (e.g. 500ms, 5s).", valueName: "duration"))
+    var baseDelay = "1s"
+    @Option(help: ArgumentHelp("exponential, linear or fixed.", valueName: "policy")) var policy = "exponential"
+    @Option(name: .customLong("max-delay"), help: ArgumentHelp("No delay is longer than this (e.g. 5m).", valueName: "duration"))
+    var maxDelay: String?
+    @Flag(help: "Full jitter: each delay is drawn from zero to the computed delay.") var jitter = false
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
+
+    func retryPolicy() throws -> RetryPolicy {
+        guard attempts >= 1 else { throw ValidationError("--attempts must be 1 or more, not \(attempts).") }
+        guard let base = parsePolicyDuration(baseDelay) else {
+            throw ValidationError("--base-delay \(baseDelay) is not a duration of 0 or more (e.g. 500ms, 5s, 1m).")
+        }
+        guard let backoff = RetryPolicy.Backoff(rawValue: policy) else {
+            throw ValidationError("--policy \(policy) is not exponential, linear or fixed.")
+        }
+        var cap: Duration?
+        if let maxDelay {
+            guard let parsed = parsePolicyDuration(maxDelay) else { throw ValidationError("--max-delay \(maxDelay) is not a duration (e.g. 5m).") }
+            cap = parsed
+        }
+        return RetryPolicy(backoff: backoff, baseDelay: base, maxDelay: cap, maxAttempts: attempts, jitter: jitter)
+    }
+
+    func validate() throws {
+        _ = try retryPolicy()
+        guard let program = command.first, !program.isEmpty else {
+            throw ValidationError("Give the command after --, e.g. rollout retry --attempts 3 -- curl -f https://example.com")
+        }
+        guard resolveExecutable(program) != nil else {
+            throw ValidationError("The command '\(program)' was not found on PATH or is not executable; nothing was run.")
+        }
+    }
+
+    func run() throws {
+        let retry = try retryPolicy()
+        guard let program = command.first, let path = resolveExecutable(program) else { throw ExitCode(2) }
+        var status: Int32 = 0
+        for attempt in 1...retry.maxAttempts {
+            status = try spawnAndWait(path, command)
+            if status == 0 {
+                if attempt > 1 { log("attempt \(attempt)/\(retry.maxAttempts) succeeded") }
+                return
+            }
+            guard attempt < retry.maxAttempts else { break }
+            let delay = retry.delay(afterAttempt: attempt)
+            log("attempt \(attempt)/\(retry.maxAttempts) exited \(status); next attempt in \(formatDelay(delay))")
+            let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+            var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+            var remaining = timespec()
+            while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+        }
+        log("attempt \(retry.maxAttempts)/\(retry.maxAttempts) exited \(status); giving up")
+        throw ExitCode(status)
+    }
+
+    private func log(_ text: String) {
+        FileHandle.standardError.write(Data("rollout retry: \(text)\n".utf8))
+    }
+
+    private func formatDelay(_ delay: Duration) -> String {
+        let milliseconds = delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000
+        return milliseconds < 1000 ? "\(milliseconds)ms" : formatDuration(delay)
+    }
+}
+
+/// The path of `program`: as given when it holds a '/', else the first match on PATH.
+func resolveExecutable(_ program: String) -> String? {
+    if program.contains("/") { return access(program, X_OK) == 0 ? program : nil }
+    for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let candidate = "\(directory)/\(program)"
+        var info = stat()
+        if access(candidate, X_OK) == 0 && stat(candidate, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG { return candidate }
+    }
+    return nil
+}
+
+/// Runs `path` with `arguments` (argv[0] included), inheriting stdin, stdout and stderr, and
+/// returns its exit status (128 + the signal when killed).
+func spawnAndWait(_ path: String, _ arguments: [String]) throws -> Int32 {
+    let argv = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, path, nil, nil, argv, environ)
+    guard result == 0 else {
+        throw ValidationError("Cannot run \(path): \(String(cString: strerror(result))).")
+    }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    if status & 0x7f == 0 { return (status >> 8) & 0xff }
+    return 128 + (status & 0x7f)
+}

@@ -1,10 +1,13 @@
 -- rollout-gate: the controller acknowledges a manual change (redis/acknowledge_manual_change.lua).
 -- KEYS: rollout_percent, controller_percent, last_percent, last_change_time.
--- ARGV: expected rollout_percent, the percent the controller last wrote, ISO-8601 time.
+-- ARGV: expected rollout_percent ('' for absent, which means 0), the percent the controller
+-- last wrote, ISO-8601 time.
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
   return 0
 end
-redis.call('SET', KEYS[2], ARGV[1])
+local current = ARGV[1]
+if current == '' then current = '0' end
+redis.call('SET', KEYS[2], current)
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[3])
 return 1

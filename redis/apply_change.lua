@@ -1,7 +1,12 @@
 -- rollout-gate: the controller's compare-and-set (redis/apply_change.lua).
--- KEYS: rollout_percent, paused, enabled, last_percent, last_change_time, controller_percent.
--- ARGV: expected rollout_percent, paused, enabled ('' for absent), new percent, ISO-8601 time.
--- Returns 1 when applied, 0 when any expected value changed (nothing is written then).
+-- KEYS: rollout_percent, paused, enabled, last_percent, last_change_time, controller_percent, lock.
+-- ARGV: expected rollout_percent, paused, enabled ('' for absent), new percent, ISO-8601 time,
+-- the lock owner's token.
+-- Returns 1 when applied, 0 when any expected value changed, -1 when the caller no longer
+-- holds the lock (it expired and another controller may be deciding); nothing is written then.
+if redis.call('GET', KEYS[7]) ~= ARGV[6] then
+  return -1
+end
 for i = 1, 3 do
   if (redis.call('GET', KEYS[i]) or '') ~= ARGV[i] then
     return 0

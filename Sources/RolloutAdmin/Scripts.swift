@@ -33,9 +33,14 @@ public enum Scripts {
 
     static let applyChangeSource = """
         -- rollout-gate: the controller's compare-and-set (redis/apply_change.lua).
-        -- KEYS: rollout_percent, paused, enabled, last_percent, last_change_time, controller_percent.
-        -- ARGV: expected rollout_percent, paused, enabled ('' for absent), new percent, ISO-8601 time.
-        -- Returns 1 when applied, 0 when any expected value changed (nothing is written then).
+        -- KEYS: rollout_percent, paused, enabled, last_percent, last_change_time, controller_percent, lock.
+        -- ARGV: expected rollout_percent, paused, enabled ('' for absent), new percent, ISO-8601 time,
+        -- the lock owner's token.
+        -- Returns 1 when applied, 0 when any expected value changed, -1 when the caller no longer
+        -- holds the lock (it expired and another controller may be deciding); nothing is written then.
+        if redis.call('GET', KEYS[7]) ~= ARGV[6] then
+          return -1
+        end
         for i = 1, 3 do
           if (redis.call('GET', KEYS[i]) or '') ~= ARGV[i] then
             return 0
@@ -59,11 +64,14 @@ public enum Scripts {
     static let acknowledgeManualChangeSource = """
         -- rollout-gate: the controller acknowledges a manual change (redis/acknowledge_manual_change.lua).
         -- KEYS: rollout_percent, controller_percent, last_percent, last_change_time.
-        -- ARGV: expected rollout_percent, the percent the controller last wrote, ISO-8601 time.
+        -- ARGV: expected rollout_percent ('' for absent, which means 0), the percent the controller
+        -- last wrote, ISO-8601 time.
         if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
           return 0
         end
-        redis.call('SET', KEYS[2], ARGV[1])
+        local current = ARGV[1]
+        if current == '' then current = '0' end
+        redis.call('SET', KEYS[2], current)
         redis.call('SET', KEYS[3], ARGV[2])
         redis.call('SET', KEYS[4], ARGV[3])
         return 1

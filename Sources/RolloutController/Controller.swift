@@ -44,7 +44,7 @@ public struct Controller: Sendable {
     /// returns the report; its ``RunReport/exitCode`` is the worst across features.
     public func run() async -> RunReport {
         let started = now()
-        let limiter = ConcurrencyLimiter(limit: maxConcurrentQueries)
+        let limiter = AsyncSemaphore(limit: maxConcurrentQueries)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
             for (index, feature) in policy.features.enumerated() {
                 group.addTask { (index, await evaluate(feature, limiter: limiter)) }
@@ -57,7 +57,7 @@ public struct Controller: Sendable {
         return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
     }
 
-    private func evaluate(_ feature: FeaturePolicy, limiter: ConcurrencyLimiter) async -> FeatureReport {
+    private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore) async -> FeatureReport {
         let lockKey = "flags:\(feature.feature):lock"
         let report = FeatureReport(feature: feature.feature)
 
@@ -72,6 +72,8 @@ public struct Controller: Sendable {
                     return report.held(.locked, "another controller (\(holder)) is deciding this feature now")
                 }
             } catch {
+                // The SET may have reached the server before the error: release it if it is ours.
+                _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
                 return report.failed(.redisError, "Redis: \(error)")
             }
         }
@@ -83,7 +85,7 @@ public struct Controller: Sendable {
         return result
     }
 
-    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport, limiter: ConcurrencyLimiter) async -> FeatureReport {
+    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport, limiter: AsyncSemaphore) async -> FeatureReport {
         var report = report
         let keys = FeatureKeys(feature.feature)
 
@@ -193,19 +195,37 @@ public struct Controller: Sendable {
             report.recommended = true
             return report
         }
-        // 7. Compare-and-set: written only if rollout_percent, paused and enabled are as read.
+        // 7. Compare-and-set: written only if rollout_percent, paused and enabled are as read,
+        // and only while this run still holds the feature's lock.
+        let lockKey = "flags:\(feature.feature):lock"
         do {
             let applied = try await redis.evaluate(
                 Scripts.applyChange,
-                keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent],
-                arguments: [expected.percent, expected.paused, expected.enabled, target.description, time.description])
+                keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, lockKey],
+                arguments: [expected.percent, expected.paused, expected.enabled, target.description, time.description, owner])
+            if applied == .integer(-1) {
+                verdict.action = .hold
+                report.verdict = verdict
+                return report.held(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written")
+            }
             guard applied == .integer(1) else {
                 verdict.action = .hold
                 report.verdict = verdict
                 return report.held(.concurrentChange, "a person changed the feature during the run; their change wins")
             }
         } catch {
-            return report.failed(.redisError, "Redis: \(error)")
+            // A timeout or a broken connection after the script was sent: it may have run. Look,
+            // so that an applied change is never left out of the audit log.
+            let confirmed = try? await redis.pipeline([RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent)])
+            let values = confirmed?.map(\.string) ?? []
+            guard values.count == 2, values[0] == target.description, values[1] == target.description,
+                target.description != expected.percent
+            else {
+                return report.failed(.redisError, "Redis: \(error); the change was not confirmed")
+            }
+            logger.warning(
+                "Redis failed after the change was sent; it was applied (confirmed by reading it back)",
+                metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
         }
         report.applied = true
         record(feature.feature, change, verdict.explanation, by: "controller", at: time)
@@ -220,31 +240,6 @@ public struct Controller: Sendable {
             try auditLog.append(AuditLog.Entry(time: time, feature: feature, change: change, reason: reason, by: by))
         } catch {
             logger.error("Cannot write the audit log", metadata: ["error": "\(error)", "feature.name": "\(feature)"])
-        }
-    }
-}
-
-/// A counting semaphore for async tasks.
-actor ConcurrencyLimiter {
-    private let limit: Int
-    private var inUse = 0
-    private var waiters: [CheckedContinuation<Void, Never>] = []
-
-    init(limit: Int) { self.limit = limit }
-
-    func acquire() async {
-        if inUse < limit {
-            inUse += 1
-            return
-        }
-        await withCheckedContinuation { waiters.append($0) }
-    }
-
-    func release() {
-        if waiters.isEmpty {
-            inUse -= 1
-        } else {
-            waiters.removeFirst().resume()
         }
     }
 }

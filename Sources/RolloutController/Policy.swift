@@ -237,6 +237,9 @@ public struct FeaturePolicy: Sendable, Hashable {
                 }
                 if let max, let min, min > max { reader.fail(place, "has min \(min) above max \(max): nothing could pass") }
                 if let name {
+                    if name == "min_requests" {
+                        reader.fail("\(place).name", "\"min_requests\" is reserved for the traffic query; choose another name")
+                    }
                     if !names.insert(name).inserted { reader.fail("\(place).name", "\"\(name)\" is used twice in \(at)") }
                     if let query, max != nil || min != nil {
                         checks.append(Check(name: name, query: query, max: max, min: min, onViolation: action))

@@ -57,6 +57,7 @@ public final class FeatureGate: Service, Sendable {
     private let isStale = Atomic<Bool>(false)
     private let lastSuccess = Mutex<ContinuousClock.Instant?>(nil)
     private let tallies = Mutex<[FeatureName: Tally]>([:])
+    private let refreshTurn = AsyncSemaphore(limit: 1)
     private let readCache = Mutex<(set: Set<FeatureName>, features: [FeatureName], pipeline: PreparedPipeline)?>(nil)
     private let work = Mutex(Work())
     private let wakeups: AsyncStream<Void>
@@ -222,8 +223,19 @@ public final class FeatureGate: Service, Sendable {
 
     @discardableResult
     private func refresh(_ features: [FeatureName]) async -> Bool {
+        // One refresh at a time (run(), prepare() and refresh() may overlap): an older reply
+        // must never be published after a newer one.
+        await refreshTurn.acquire()
+        let succeeded = await refreshSerialized(features)
+        await refreshTurn.release()
+        return succeeded
+    }
+
+    private func refreshSerialized(_ features: [FeatureName]) async -> Bool {
         flushDecisionCounts()
         guard !features.isEmpty else { return true }
+        // Staleness is about the whole snapshot: only a refresh of every known feature resets it.
+        let isFull = work.withLock { Set(features).isSuperset(of: $0.known) }
         let replies: [RedisValue]
         let ordered: [FeatureName]
         do {
@@ -258,13 +270,14 @@ public final class FeatureGate: Service, Sendable {
             let entry = fresh[feature]
             slot.entry.withLock { $0 = entry }
         }
+        report(fresh, against: previous)
+        guard isFull else { return true }
         lastSuccess.withLock { $0 = ContinuousClock.now }
         let wasStale = isStale.exchange(false, ordering: .acquiringAndReleasing)
         snapshotAge.record(0)
         if wasStale {
             logger.notice("Redis is reachable again: the gate answers from a fresh snapshot", metadata: ["redis.url": "\(redisURL)"])
         }
-        report(fresh, against: previous)
         return true
     }
 
@@ -492,5 +505,31 @@ private struct Work: Sendable {
     mutating func takeDirty() -> [FeatureName] {
         defer { dirty.removeAll(keepingCapacity: true) }
         return Array(dirty)
+    }
+}
+
+/// A first-come, first-served async semaphore: at most `limit` holders, the others wait
+/// without blocking a thread. Used to serialize refreshes and to bound the controller's queries.
+package actor AsyncSemaphore {
+    private let limit: Int
+    private var holders = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    package init(limit: Int) { self.limit = max(1, limit) }
+
+    package func acquire() async {
+        if holders < limit {
+            holders += 1
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    package func release() {
+        if waiting.isEmpty {
+            holders -= 1
+        } else {
+            waiting.removeFirst().resume()
+        }
     }
 }

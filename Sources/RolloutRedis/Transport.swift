@@ -256,7 +256,14 @@ final class TLSStream: ByteStream {
                 throw RedisError(.tls, "Cannot load the client certificate \(cert) or key \(key): \(openSSLErrors()).")
             }
         }
-        guard let ssl = SSL_new(context), let incoming = BIO_new(BIO_s_mem()), let outgoing = BIO_new(BIO_s_mem()) else {
+        let ssl = SSL_new(context)
+        let incoming = BIO_new(BIO_s_mem())
+        let outgoing = BIO_new(BIO_s_mem())
+        guard let ssl, let incoming, let outgoing else {
+            // Free whatever was made: SSL_free, BIO_free and SSL_CTX_free accept what exists.
+            if let ssl { SSL_free(ssl) }
+            if let incoming { BIO_free(incoming) }
+            if let outgoing { BIO_free(outgoing) }
             SSL_CTX_free(context)
             throw RedisError(.tls, "OpenSSL could not create a TLS session: \(openSSLErrors()).")
         }

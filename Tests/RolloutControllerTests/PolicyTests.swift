@@ -90,6 +90,7 @@ struct PolicyTests {
         ("features:\n  google:\n    steps: [10]\n    checks: [{name: e, query: up, max: 1}, {name: e, query: up, max: 2}]", "features.google.checks[1].name"),
         ("prometheus: ftp://x\nfeatures:\n  google:\n    steps: [10]\n    checks: [{name: e, query: up, max: 1}]", "prometheus"),
         ("features: {}", "features"),
+        ("features:\n  google:\n    steps: [10]\n    checks: [{name: min_requests, query: up, max: 1}]", "features.google.checks[0].name"),
         ("query_timeout: 0s\nfeatures:\n  google:\n    steps: [10]\n    checks: [{name: e, query: up, max: 1}]", "query_timeout"),
         ("redis: http://x\nfeatures:\n  google:\n    steps: [10]\n    checks: [{name: e, query: up, max: 1}]", "redis"),
         ("- just\n- a list", "the file"),

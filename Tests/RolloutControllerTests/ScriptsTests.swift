@@ -10,11 +10,15 @@ import Testing
 struct CompareAndSetTests {
     let keys = FeatureKeys("google")
 
-    func apply(_ redis: RedisClient, expected: (String, String, String), to percent: String) async throws -> RedisValue {
+    func apply(_ redis: RedisClient, expected: (String, String, String), to percent: String, owner: String = "me") async throws -> RedisValue {
         try await redis.evaluate(
             Scripts.applyChange,
-            keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent],
-            arguments: [expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00"])
+            keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, "flags:google:lock"],
+            arguments: [expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00", owner])
+    }
+
+    func lock(_ redis: RedisClient, owner: String = "me") async throws {
+        _ = try await redis.send("SET", "flags:google:lock", owner, "PX", "60000")
     }
 
     @Test func appliesWhenNothingMoved() async throws {
@@ -22,6 +26,7 @@ struct CompareAndSetTests {
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        try await lock(redis)
         #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(1))
         let values = try await redis.send(RedisCommand("MGET", [keys.rolloutPercent, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent]))
         #expect(values.array?.map(\.string) == ["50", "10", "2025-10-08T15:30:00.000000+00:00", "50"])
@@ -37,10 +42,36 @@ struct CompareAndSetTests {
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        try await lock(redis)
         _ = try await redis.send(change)  // between the controller's read and its write
         #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(0), "\(what)")
         #expect(try await redis.send("EXISTS", keys.lastChangeTime, keys.controllerPercent, keys.lastPercent) == .integer(0))
         #expect(try await redis.send("GET", keys.rolloutPercent).string != "50")
+    }
+
+    @Test func nothingIsWrittenOnceTheLockIsLost() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(-1))  // expired: no lock at all
+        try await lock(redis, owner: "another controller")
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(-1))
+        #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
+        #expect(try await redis.send("EXISTS", keys.controllerPercent) == .integer(0))
+    }
+
+    @Test func acknowledgingADeletedPercentRecordsZeroNotAnEmptyString() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", keys.controllerPercent, "10")  // then a person ran DEL rollout_percent
+        let reply = try await redis.evaluate(
+            Scripts.acknowledgeManualChange, keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime],
+            arguments: ["", "10", "2025-10-08T15:30:00.000000+00:00"])
+        #expect(reply == .integer(1))
+        #expect(try await redis.send("GET", keys.controllerPercent).string == "0")
+        #expect(try await redis.send("GET", keys.lastPercent).string == "10")
     }
 
     @Test func lockIsReleasedByItsOwnerOnly() async throws {

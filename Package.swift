@@ -60,6 +60,7 @@ let package = Package(
             dependencies: [
                 "RolloutGate",
                 "RolloutRedis",
+                "CRolloutCrypto",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

@@ -1,3 +1,4 @@
+import Foundation
 public import RolloutGate
 public import RolloutRedis
 
@@ -10,7 +11,7 @@ public struct FeatureStore: Sendable {
     public let auditLog: AuditLog
     /// Who is written in the audit log's `by=` field.
     public let author: String
-    private let now: @Sendable () -> Timestamp
+    let now: @Sendable () -> Timestamp
 
     /// A store writing through `redis` and recording in `auditLog`; `now` is injected for tests.
     public init(redis: RedisClient, auditLog: AuditLog, author: String = "manual", now: @escaping @Sendable () -> Timestamp = Timestamp.now) {
@@ -172,6 +173,10 @@ public struct FeatureStore: Sendable {
         _ = try await call { try await redis.send("SET", key, value) }
     }
 
+    func recordChange(_ feature: FeatureName, _ change: String, reason: String) throws(AdminError) {
+        try record(feature, change, reason)
+    }
+
     private func record(_ feature: FeatureName, _ change: String, _ reason: String, at time: Timestamp? = nil) throws(AdminError) {
         do {
             try auditLog.append(AuditLog.Entry(time: time ?? now(), feature: feature, change: change, reason: reason, by: author))
@@ -237,3 +242,67 @@ extension Timestamp {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+extension FeatureStore {
+    /// Writes every key of `features` (or every `flags:*` key) to `path` as JSON, and its
+    /// SHA-256 to `path.sha256` in `sha256sum` format. Returns the snapshot.
+    @discardableResult
+    public func saveSnapshot(to path: String, features: [FeatureName]?) async throws -> FlagSnapshot {
+        let snapshot = try await FlagSnapshot.capture(from: redis, features: features, at: Timestamp.now())
+        try write(snapshot, to: path)
+        return snapshot
+    }
+
+    /// What a restore did or, in a dry run, would do.
+    public struct RestoreResult: Sendable {
+        /// One line per key: `+` added, `-` removed, `~` changed.
+        public var changes: [String]
+        /// Where the state before the restore was saved (nil in a dry run).
+        public var preRestorePath: String?
+    }
+
+    /// Restores `path`: checks its SHA-256 first and refuses a mismatch, saves the current state
+    /// to `path.pre-restore-<time>.json`, then replaces every key in the snapshot's scope in one
+    /// MULTI/EXEC. Each restored feature gets an audit entry. A dry run only computes the changes.
+    public func restoreSnapshot(from path: String, dryRun: Bool) async throws -> RestoreResult {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SnapshotError("Cannot read the snapshot \(path).")
+        }
+        guard let checksumText = FileManager.default.contents(atPath: path + ".sha256"),
+            let expected = String(decoding: checksumText, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).first
+        else {
+            throw SnapshotError("\(path).sha256 is missing: a snapshot is restored only with its checksum. Nothing was changed.")
+        }
+        let actual = sha256Hex(data)
+        guard actual == expected.lowercased() else {
+            throw SnapshotError("\(path) does not match its checksum (\(expected.prefix(12))… expected, \(actual.prefix(12))… found): it was altered or is incomplete. Nothing was changed.")
+        }
+        let snapshot = try FlagSnapshot.decode(data, path: path)
+        let scope = try snapshot.features.map { try $0.map { name throws(KeyspaceError) in try FeatureName(name) } }
+        let current = try await FlagSnapshot.capture(from: redis, features: scope, at: now())
+        let changes = snapshot.difference(from: current)
+        guard !dryRun else { return RestoreResult(changes: changes, preRestorePath: nil) }
+
+        let stamp = now().secondsDescription.replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")
+        let preRestorePath = "\(path).pre-restore-\(stamp).json"
+        try write(current, to: preRestorePath)
+        guard try await redis.transaction(snapshot.restoreCommands(replacing: current.keys.map(\.key))) != nil else {
+            throw RedisError(.serverError, "Redis aborted the restore transaction; nothing was changed.")
+        }
+        let touched = Set((snapshot.keys + current.keys).compactMap { FeatureKeys.feature(ofKey: $0.key) })
+        for feature in touched.sorted() {
+            try recordChange(feature, "restored from snapshot \(path) (sha256 \(actual.prefix(12)))", reason: "snapshot restore; previous state in \(preRestorePath)")
+        }
+        return RestoreResult(changes: changes, preRestorePath: preRestorePath)
+    }
+
+    private func write(_ snapshot: FlagSnapshot, to path: String) throws {
+        let data = try snapshot.encoded()
+        let name = (path as NSString).lastPathComponent
+        guard FileManager.default.createFile(atPath: path, contents: data),
+            FileManager.default.createFile(atPath: path + ".sha256", contents: Data("\(sha256Hex(data))  \(name)\n".utf8))
+        else {
+            throw SnapshotError("Cannot write \(path) or \(path).sha256: check the directory exists and is writable.")
+        }
+    }
+}

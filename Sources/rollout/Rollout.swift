@@ -16,7 +16,7 @@ struct Rollout: AsyncParsableCommand {
             input, 3 corrupted state found.
             """,
         version: "0.1.0",
-        subcommands: [Flags.self, Check.self, ControllerCommand.self, RetryCommand.self, DemoServiceCommand.self]
+        subcommands: [Flags.self, Check.self, SnapshotCommand.self, ControllerCommand.self, RetryCommand.self, DemoServiceCommand.self]
     )
 
     /// Parses, runs, and maps every failure to the documented exit codes, in this one place.
@@ -53,7 +53,7 @@ struct Rollout: AsyncParsableCommand {
             code = 2
         case is CorruptStateFound:
             code = 3
-        case is PolicyError:
+        case is PolicyError, is SnapshotError:
             code = 2
         default:
             let parserCode = exitCode(for: error)

@@ -1,0 +1,209 @@
+import CRolloutCrypto
+public import Foundation
+public import RolloutGate
+public import RolloutRedis
+
+/// A saved copy of flags keys (strings, sets, hashes and sorted sets, with their TTLs), for
+/// `rollout snapshot save|restore`. The JSON is a contract: fields may be added, never renamed.
+public struct FlagSnapshot: Codable, Sendable, Hashable {
+    /// One key.
+    public struct Entry: Codable, Sendable, Hashable {
+        /// The key: `flags:<feature>:<name>`.
+        public var key: String
+        /// string, set, hash or zset.
+        public var type: String
+        /// A string's value.
+        public var value: String?
+        /// A set's members, sorted.
+        public var members: [String]?
+        /// A hash's fields.
+        public var fields: [String: String]?
+        /// A sorted set's members and scores.
+        public var scores: [String: Double]?
+        /// Milliseconds left to live, when the key expires.
+        public var ttlMilliseconds: Int64?
+
+        enum CodingKeys: String, CodingKey {
+            case key, type, value, members, fields, scores
+            case ttlMilliseconds = "ttl_ms"
+        }
+    }
+
+    /// The format's version.
+    public var version = 1
+    /// When it was taken (ISO-8601 UTC).
+    public var createdAt: String
+    /// The features it covers; nil for every `flags:*` key.
+    public var features: [String]?
+    /// The keys, sorted.
+    public var keys: [Entry]
+
+    enum CodingKeys: String, CodingKey {
+        case version, features, keys
+        case createdAt = "created_at"
+    }
+
+    /// The keys in scope: every flags key of the listed features, or every flags key. Locks
+    /// are never part of a snapshot.
+    static func scopePattern(_ feature: FeatureName?) -> String {
+        feature.map { "flags:\($0):*" } ?? "flags:*"
+    }
+
+    /// Reads every key of `features` (or every `flags:*` key) from Redis.
+    public static func capture(from redis: RedisClient, features: [FeatureName]?, at time: Timestamp) async throws(RedisError) -> FlagSnapshot {
+        var keys: [String] = []
+        for pattern in features.map({ $0.map { scopePattern($0) } }) ?? [scopePattern(nil)] {
+            keys += try await redis.scan(matching: pattern)
+        }
+        keys = Array(Set(keys.filter { !$0.hasSuffix(":lock") })).sorted()
+        let types = try await redis.pipeline(keys.map { RedisCommand("TYPE", $0) })
+        let ttls = try await redis.pipeline(keys.map { RedisCommand("PTTL", $0) })
+        var reads: [RedisCommand] = []
+        for (key, type) in zip(keys, types) {
+            switch type.string {
+            case "string": reads.append(RedisCommand("GET", key))
+            case "set": reads.append(RedisCommand("SMEMBERS", key))
+            case "hash": reads.append(RedisCommand("HGETALL", key))
+            case "zset": reads.append(RedisCommand("ZRANGE", key, "0", "-1", "WITHSCORES"))
+            default: reads.append(RedisCommand("TYPE", key))
+            }
+        }
+        let values = try await redis.pipeline(reads)
+        var entries: [Entry] = []
+        for (index, key) in keys.enumerated() {
+            guard let type = types[index].string, type != "none" else { continue }
+            var entry = Entry(key: key, type: type)
+            let ttl = ttls[index].integer ?? -1
+            if ttl > 0 { entry.ttlMilliseconds = ttl }
+            let items = values[index].array?.map { $0.string ?? "" } ?? []
+            switch type {
+            case "string": entry.value = values[index].string
+            case "set": entry.members = items.sorted()
+            case "hash": entry.fields = pairs(items).reduce(into: [:]) { $0[$1.0] = $1.1 }
+            case "zset": entry.scores = pairs(items).reduce(into: [:]) { $0[$1.0] = Double($1.1) ?? 0 }
+            default: throw RedisError(.protocolError, "\(key) is a \(type); a snapshot holds strings, sets, hashes and sorted sets.")
+            }
+            entries.append(entry)
+        }
+        return FlagSnapshot(createdAt: time.description, features: features?.map(\.rawValue).sorted(), keys: entries)
+    }
+
+    /// The JSON as written: pretty, sorted keys, so equal snapshots are equal bytes.
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(self) + Data("\n".utf8)
+    }
+
+    /// Parses and checks a snapshot: every key is a flags key of a valid feature, of a known type.
+    public static func decode(_ data: Data, path: String) throws(SnapshotError) -> FlagSnapshot {
+        let snapshot: FlagSnapshot
+        do {
+            snapshot = try JSONDecoder().decode(FlagSnapshot.self, from: data)
+        } catch {
+            throw SnapshotError("\(path) is not a rollout snapshot: \(error)")
+        }
+        guard snapshot.version == 1 else { throw SnapshotError("\(path) has version \(snapshot.version); this rollout reads version 1.") }
+        for entry in snapshot.keys {
+            guard FeatureKeys.feature(ofKey: entry.key) != nil else {
+                throw SnapshotError("\(path): \(entry.key) is not a flags:<feature>:<key> name; nothing was restored.")
+            }
+            let complete: Bool
+            switch entry.type {
+            case "string": complete = entry.value != nil
+            case "set": complete = entry.members != nil
+            case "hash": complete = entry.fields != nil
+            case "zset": complete = entry.scores != nil
+            default: throw SnapshotError("\(path): \(entry.key) has the unknown type \(entry.type); nothing was restored.")
+            }
+            guard complete else { throw SnapshotError("\(path): \(entry.key) (\(entry.type)) has no value; nothing was restored.") }
+        }
+        return snapshot
+    }
+
+    /// The commands that make Redis hold exactly this snapshot's keys within its scope:
+    /// delete `existing` keys, then write each key (and its TTL). Run them in one MULTI/EXEC.
+    func restoreCommands(replacing existing: [String]) -> [RedisCommand] {
+        var commands: [RedisCommand] = []
+        let all = Set(existing).union(keys.map(\.key))
+        if !all.isEmpty { commands.append(RedisCommand("DEL", all.sorted())) }
+        for entry in keys {
+            switch entry.type {
+            case "string": commands.append(RedisCommand("SET", entry.key, entry.value ?? ""))
+            case "set": if let members = entry.members, !members.isEmpty { commands.append(RedisCommand("SADD", [entry.key] + members)) }
+            case "hash":
+                if let fields = entry.fields, !fields.isEmpty {
+                    commands.append(RedisCommand("HSET", [entry.key] + fields.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] }))
+                }
+            default:
+                if let scores = entry.scores, !scores.isEmpty {
+                    commands.append(RedisCommand("ZADD", [entry.key] + scores.sorted { $0.key < $1.key }.flatMap { [String($0.value), $0.key] }))
+                }
+            }
+            if let ttl = entry.ttlMilliseconds { commands.append(RedisCommand("PEXPIRE", entry.key, String(ttl))) }
+        }
+        return commands
+    }
+
+    /// What restoring `self` over `current` would change, one line per key: `+` added,
+    /// `-` removed, `~` changed.
+    public func difference(from current: FlagSnapshot) -> [String] {
+        let before = Dictionary(current.keys.map { ($0.key, $0) }, uniquingKeysWith: { $1 })
+        let after = Dictionary(keys.map { ($0.key, $0) }, uniquingKeysWith: { $1 })
+        var lines: [String] = []
+        for key in Set(before.keys).union(after.keys).sorted() {
+            switch (before[key], after[key]) {
+            case (nil, let new?): lines.append("+ \(key) \(new.summary)")
+            case (let old?, nil): lines.append("- \(key) \(old.summary)")
+            case (let old?, let new?) where !old.sameContent(as: new): lines.append("~ \(key) \(old.summary) -> \(new.summary)")
+            default: break
+            }
+        }
+        return lines
+    }
+
+    private static func pairs(_ items: [String]) -> [(String, String)] {
+        stride(from: 0, to: items.count - 1, by: 2).map { (items[$0], items[$0 + 1]) }
+    }
+}
+
+extension FlagSnapshot.Entry {
+    init(key: String, type: String) {
+        self.key = key
+        self.type = type
+    }
+
+    /// The value in a few words, for diffs.
+    var summary: String {
+        switch type {
+        case "string": return "\"\(value ?? "")\""
+        case "set": return "set of \(members?.count ?? 0)"
+        case "hash": return "hash of \(fields?.count ?? 0)"
+        default: return "zset of \(scores?.count ?? 0)"
+        }
+    }
+
+    /// Equal content; a TTL counts down, so only whether there is one is compared.
+    func sameContent(as other: Self) -> Bool {
+        type == other.type && value == other.value && members == other.members && fields == other.fields && scores == other.scores
+            && (ttlMilliseconds == nil) == (other.ttlMilliseconds == nil)
+    }
+}
+
+/// A snapshot that cannot be used: unreadable, altered, or not a snapshot. Nothing is changed.
+public struct SnapshotError: Error, Sendable, CustomStringConvertible {
+    /// What is wrong.
+    public let description: String
+
+    init(_ description: String) { self.description = description }
+}
+
+/// The hex SHA-256 of `data`, as `sha256sum` prints it.
+public func sha256Hex(_ data: Data) -> String {
+    var digest = [UInt8](repeating: 0, count: 32)
+    data.withUnsafeBytes { CRolloutCrypto_sha256($0.baseAddress, $0.count, &digest) }
+    return digest.map { byte in
+        let hex = Array("0123456789abcdef")
+        return String([hex[Int(byte >> 4)], hex[Int(byte & 0xf)]])
+    }.joined()
+}

@@ -1,0 +1,85 @@
+import Foundation
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+@Suite("rollout snapshot", .tags(.cli, .redis), .requiresRedis)
+struct SnapshotTests {
+    @Test func saveThenRestoreBringsEveryKeyBackAtomically() async throws {
+        let cli = try CLI()
+        let redis = cli.redis()
+        defer { redis.close() }
+        _ = try await redis.pipeline([
+            RedisCommand("SET", "flags:google:rollout_percent", "50"), RedisCommand("SET", "flags:google:paused", "false"),
+            RedisCommand("SADD", "flags:google:allow", "alice", "acme:bob"), RedisCommand("HSET", "flags:google:workspaces", "acme", "25"),
+            RedisCommand("ZADD", "flags:google:rollbacks", "1700000000", "a"), RedisCommand("SET", "flags:google:guard", "on", "PX", "600000"),
+            RedisCommand("SET", "flags:pay.v2:enabled", "true"), RedisCommand("SET", "unrelated", "keep"),
+            RedisCommand("SET", "flags:google:lock", "someone", "PX", "60000"),
+        ])
+        let file = cli.directory + "/flags.json"
+        let save = try await cli.run("snapshot", "save", file)
+        #expect(save.status == 0, "\(save.stderr)")
+        #expect(save.stdout.contains("saved 7 keys of 2 feature(s)"))
+        let checksum = try String(contentsOfFile: file + ".sha256", encoding: .utf8)
+        #expect(checksum.hasSuffix("  flags.json\n"))
+
+        // Things go wrong after the snapshot.
+        _ = try await redis.pipeline([
+            RedisCommand("SET", "flags:google:rollout_percent", "100"), RedisCommand("DEL", "flags:google:allow"),
+            RedisCommand("SET", "flags:google:enabled", "false"),
+        ])
+        let preview = try await cli.run("snapshot", "restore", file, "--dry-run")
+        #expect(preview.status == 0)
+        #expect(preview.stdout.contains("~ flags:google:rollout_percent \"100\" -> \"50\""))
+        #expect(preview.stdout.contains("+ flags:google:allow set of 2"))
+        #expect(preview.stdout.contains("- flags:google:enabled \"false\""))
+        #expect(try await redis.send("GET", "flags:google:rollout_percent").string == "100")
+
+        let restore = try await cli.run("snapshot", "restore", file)
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(try await redis.send("GET", "flags:google:rollout_percent").string == "50")
+        #expect(try await redis.send("EXISTS", "flags:google:enabled") == .integer(0))
+        #expect(try await redis.send("SCARD", "flags:google:allow") == .integer(2))
+        #expect(try await redis.send("HGET", "flags:google:workspaces", "acme").string == "25")
+        #expect(try await redis.send("ZSCORE", "flags:google:rollbacks", "a").string == "1700000000")
+        #expect((try await redis.send("PTTL", "flags:google:guard").integer ?? -1) > 0)
+        #expect(try await redis.send("GET", "unrelated").string == "keep")
+        #expect(try await redis.send("GET", "flags:google:lock").string == "someone")
+        #expect(cli.auditLines().filter { $0.contains("restored from snapshot") }.count == 2)
+        let saved = try FileManager.default.contentsOfDirectory(atPath: cli.directory).filter { $0.contains("pre-restore") }
+        #expect(saved.count == 2)  // the JSON and its .sha256
+    }
+
+    @Test func aWrongChecksumOrAMalformedSnapshotChangesNothing() async throws {
+        let cli = try CLI()
+        let redis = cli.redis()
+        defer { redis.close() }
+        _ = try await redis.send("SET", "flags:google:rollout_percent", "10")
+        let file = cli.directory + "/flags.json"
+        #expect(try await cli.run("snapshot", "save", file).status == 0)
+        _ = try await redis.send("SET", "flags:google:rollout_percent", "90")
+
+        var text = try String(contentsOfFile: file, encoding: .utf8)
+        text = text.replacingOccurrences(of: "\"10\"", with: "\"100\"")
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        let altered = try await cli.run("snapshot", "restore", file)
+        #expect(altered.status == 2)
+        #expect(altered.stderr.contains("does not match its checksum"))
+
+        try "{\"version\": 1, \"keys\": [{\"key\": \"other:key\", \"type\": \"string\", \"value\": \"x\"}], \"created_at\": \"x\"}"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let sum = try await runCommand("/usr/bin/sha256sum", [file])
+        try sum.stdout.write(toFile: file + ".sha256", atomically: true, encoding: .utf8)
+        let foreign = try await cli.run("snapshot", "restore", file)
+        #expect(foreign.status == 2)
+        #expect(foreign.stderr.contains("other:key is not a flags:<feature>:<key> name"))
+
+        try FileManager.default.removeItem(atPath: file + ".sha256")
+        let unchecked = try await cli.run("snapshot", "restore", file)
+        #expect(unchecked.status == 2)
+        #expect(unchecked.stderr.contains(".sha256 is missing"))
+
+        #expect(try await redis.send("GET", "flags:google:rollout_percent").string == "90")
+        #expect(cli.auditLines().isEmpty)
+    }
+}

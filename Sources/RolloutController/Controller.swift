@@ -19,7 +19,7 @@ public struct Controller: Sendable {
     private let auditLog: AuditLog
     private let logger: Logger
     private let now: @Sendable () -> Timestamp
-    /// At most this many Prometheus queries at once.
+    /// At most this many Prometheus queries at once (the Prometheus client's bulkhead).
     public let maxConcurrentQueries: Int
 
     /// A controller for `policy`; `now` is injected for tests.
@@ -32,7 +32,9 @@ public struct Controller: Sendable {
         self.now = now
         self.maxConcurrentQueries = max(1, maxConcurrentQueries)
         redis = RedisClient(url: policy.redis)
-        prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)
+        prometheus = PrometheusClient(
+            base: policy.prometheus, timeout: policy.queryTimeout,
+            guards: EndpointGuard(name: "prometheus", maxConcurrentCalls: max(1, maxConcurrentQueries)))
         auditLog = AuditLog(path: policy.auditLog)
         var hostname = [CChar](repeating: 0, count: 256)
         gethostname(&hostname, hostname.count)
@@ -44,20 +46,19 @@ public struct Controller: Sendable {
     /// returns the report; its ``RunReport/exitCode`` is the worst across features.
     public func run() async -> RunReport {
         let started = now()
-        let limiter = AsyncSemaphore(limit: maxConcurrentQueries)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
             for (index, feature) in policy.features.enumerated() {
-                group.addTask { (index, await evaluate(feature, limiter: limiter)) }
+                group.addTask { (index, await evaluate(feature)) }
             }
             var results: [(Int, FeatureReport)] = []
             for await result in group { results.append(result) }
             return results.sorted { $0.0 < $1.0 }.map(\.1)
         }
         // The connection stays open for the next pass (`--every`); it closes with the controller.
-        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
+        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results, network: ["prometheus": prometheus.guards.snapshot])
     }
 
-    private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore) async -> FeatureReport {
+    private func evaluate(_ feature: FeaturePolicy) async -> FeatureReport {
         let lockKey = "flags:\(feature.feature):lock"
         let report = FeatureReport(feature: feature.feature)
 
@@ -77,7 +78,7 @@ public struct Controller: Sendable {
                 return report.failed(.redisError, "Redis: \(error)")
             }
         }
-        let result = await evaluateHoldingLock(feature, report: report, limiter: limiter)
+        let result = await evaluateHoldingLock(feature, report: report)
         if !policy.dryRun {
             // Released by its owner only; the TTL frees it if this process dies first.
             _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
@@ -85,7 +86,7 @@ public struct Controller: Sendable {
         return result
     }
 
-    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport, limiter: AsyncSemaphore) async -> FeatureReport {
+    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport) async -> FeatureReport {
         var report = report
         let keys = FeatureKeys(feature.feature)
 
@@ -128,15 +129,12 @@ public struct Controller: Sendable {
         await withTaskGroup(of: (String, Result<Double?, PrometheusError>).self) { group in
             for (name, query) in queries {
                 group.addTask {
-                    await limiter.acquire()
-                    let result: Result<Double?, PrometheusError>
+                    // The client's bulkhead bounds how many queries are in flight at once.
                     do throws(PrometheusError) {
-                        result = .success(try await prometheus.value(of: query))
+                        return (name, .success(try await prometheus.value(of: query)))
                     } catch {
-                        result = .failure(error)
+                        return (name, .failure(error))
                     }
-                    await limiter.release()
-                    return (name, result)
                 }
             }
             for await (name, result) in group {

@@ -19,7 +19,7 @@ public struct Controller: Sendable {
     private let auditLog: AuditLog
     private let logger: Logger
     private let now: @Sendable () -> Timestamp
-    /// At most this many Prometheus queries at once (the Prometheus client's bulkhead).
+    /// At most this many Prometheus queries at once.
     public let maxConcurrentQueries: Int
 
     /// A controller for `policy`; `now` is injected for tests.
@@ -32,9 +32,7 @@ public struct Controller: Sendable {
         self.now = now
         self.maxConcurrentQueries = max(1, maxConcurrentQueries)
         redis = RedisClient(url: policy.redis)
-        prometheus = PrometheusClient(
-            base: policy.prometheus, timeout: policy.queryTimeout,
-            guards: EndpointGuard(name: "prometheus", maxConcurrentCalls: max(1, maxConcurrentQueries)))
+        prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)
         auditLog = AuditLog(path: policy.auditLog)
         var hostname = [CChar](repeating: 0, count: 256)
         gethostname(&hostname, hostname.count)
@@ -46,19 +44,20 @@ public struct Controller: Sendable {
     /// returns the report; its ``RunReport/exitCode`` is the worst across features.
     public func run() async -> RunReport {
         let started = now()
+        let limiter = AsyncSemaphore(limit: maxConcurrentQueries)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
             for (index, feature) in policy.features.enumerated() {
-                group.addTask { (index, await evaluate(feature)) }
+                group.addTask { (index, await evaluate(feature, limiter: limiter)) }
             }
             var results: [(Int, FeatureReport)] = []
             for await result in group { results.append(result) }
             return results.sorted { $0.0 < $1.0 }.map(\.1)
         }
         // The connection stays open for the next pass (`--every`); it closes with the controller.
-        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results, network: ["prometheus": prometheus.guards.snapshot])
+        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
     }
 
-    private func evaluate(_ feature: FeaturePolicy) async -> FeatureReport {
+    private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore) async -> FeatureReport {
         let lockKey = "flags:\(feature.feature):lock"
         let report = FeatureReport(feature: feature.feature)
 
@@ -78,7 +77,7 @@ public struct Controller: Sendable {
                 return report.failed(.redisError, "Redis: \(error)")
             }
         }
-        let result = await evaluateHoldingLock(feature, report: report)
+        let result = await evaluateHoldingLock(feature, report: report, limiter: limiter)
         if !policy.dryRun {
             // Released by its owner only; the TTL frees it if this process dies first.
             _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
@@ -86,7 +85,7 @@ public struct Controller: Sendable {
         return result
     }
 
-    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport) async -> FeatureReport {
+    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport, limiter: AsyncSemaphore) async -> FeatureReport {
         var report = report
         let keys = FeatureKeys(feature.feature)
 
@@ -129,12 +128,15 @@ public struct Controller: Sendable {
         await withTaskGroup(of: (String, Result<Double?, PrometheusError>).self) { group in
             for (name, query) in queries {
                 group.addTask {
-                    // The client's bulkhead bounds how many queries are in flight at once.
+                    await limiter.acquire()
+                    let result: Result<Double?, PrometheusError>
                     do throws(PrometheusError) {
-                        return (name, .success(try await prometheus.value(of: query)))
+                        result = .success(try await prometheus.value(of: query))
                     } catch {
-                        return (name, .failure(error))
+                        result = .failure(error)
                     }
+                    await limiter.release()
+                    return (name, result)
                 }
             }
             for await (name, result) in group {

@@ -15,56 +15,27 @@ public struct PrometheusClient: Sendable {
     public let timeout: Duration
     /// How transient failures are retried.
     public let retry: RetryPolicy
-    /// The endpoint's circuit breaker, bulkhead and statistics.
-    public let guards: EndpointGuard
     private var http: HTTPClient { .shared }
 
     /// A client over AsyncHTTPClient's shared client (no lifecycle to manage). By default 3
-    /// attempts, 200 ms then 400 ms apart, with full jitter; the breaker opens after 5
-    /// consecutive failed attempts for 30 s; at most 32 queries in flight.
+    /// attempts, 200 ms then 400 ms apart, with full jitter.
     public init(
         base: HTTPEndpoint, timeout: Duration,
-        retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true),
-        guards: EndpointGuard = EndpointGuard(name: "prometheus")
+        retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true)
     ) {
         self.base = base
         self.timeout = timeout
         self.retry = retry
-        self.guards = guards
     }
 
     /// The value of an instant query: nil when Prometheus has no data (an empty result, NaN,
     /// +Inf or -Inf); an error when the query could not be answered.
     public func value(of query: String) async throws(PrometheusError) -> Double? {
-        await guards.enter()
-        let started = ContinuousClock.now
-        let result = await attempts(query)
-        if case .failure = result {
-            await guards.leave(failed: true, took: ContinuousClock.now - started)
-        } else {
-            await guards.leave(failed: false, took: ContinuousClock.now - started)
-        }
-        return try result.get()
-    }
-
-    private func attempts(_ query: String) async -> Result<Double?, PrometheusError> {
         var attempt = 1
         while true {
-            guard guards.allowAttempt(retry: attempt > 1) else {
-                let last = guards.lastFailureDescription.map { " Last failure: \($0)" } ?? ""
-                return .failure(
-                    PrometheusError(
-                        .unreachable, "Prometheus at \(base) failed repeatedly; its circuit breaker is open, so the query was not sent.\(last)"))
-            }
-            do throws(PrometheusError) {
-                let value = try await once(query)
-                guards.record(success: true)
-                return .success(value)
-            } catch {
-                // A refused query is the policy's fault, not a sign of Prometheus's health.
-                let healthy = !error.isTransient && error.code != .httpStatus
-                guards.record(success: healthy, failure: healthy ? nil : error.message)
-                guard error.isTransient && attempt < retry.maxAttempts else { return .failure(error) }
+            do {
+                return try await once(query)
+            } catch where error.isTransient && attempt < retry.maxAttempts {
                 try? await Task.sleep(for: retry.delay(afterAttempt: attempt))
                 attempt += 1
             }

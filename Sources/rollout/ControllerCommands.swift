@@ -137,13 +137,6 @@ func describe(_ report: RunReport) -> String {
 func render(_ report: RunReport) -> [String: Any] {
     [
         "started_at": report.startedAt.description, "dry_run": report.dryRun, "exit_code": Int(report.exitCode), "status": report.status,
-        "network": report.network.mapValues { statistics -> [String: Any] in
-            [
-                "calls": statistics.calls, "attempts": statistics.attempts, "retries": statistics.retries,
-                "short_circuited": statistics.shortCircuited, "failures": statistics.failures, "breaker": statistics.breaker.rawValue,
-                "time_ms": Int(statistics.time.components.seconds * 1000 + statistics.time.components.attoseconds / 1_000_000_000_000_000),
-            ]
-        },
         "features": report.features.map { feature -> [String: Any] in
             var item: [String: Any] = [
                 "feature": feature.feature.rawValue, "decision": feature.result, "applied": feature.applied,

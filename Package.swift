@@ -140,7 +140,7 @@ let package = Package(
         .testTarget(
             name: "RolloutControllerTests",
             dependencies: [
-                "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                "RolloutAdmin", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

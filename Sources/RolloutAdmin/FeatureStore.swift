@@ -173,11 +173,7 @@ public struct FeatureStore: Sendable {
         _ = try await call { try await redis.send("SET", key, value) }
     }
 
-    func recordChange(_ feature: FeatureName, _ change: String, reason: String) throws(AdminError) {
-        try record(feature, change, reason)
-    }
-
-    private func record(_ feature: FeatureName, _ change: String, _ reason: String, at time: Timestamp? = nil) throws(AdminError) {
+    func record(_ feature: FeatureName, _ change: String, _ reason: String, at time: Timestamp? = nil) throws(AdminError) {
         do {
             try auditLog.append(AuditLog.Entry(time: time ?? now(), feature: feature, change: change, reason: reason, by: author))
         } catch {
@@ -291,7 +287,7 @@ extension FeatureStore {
         }
         let touched = Set((snapshot.keys + current.keys).compactMap { FeatureKeys.feature(ofKey: $0.key) })
         for feature in touched.sorted() {
-            try recordChange(feature, "restored from snapshot \(path) (sha256 \(actual.prefix(12)))", reason: "snapshot restore; previous state in \(preRestorePath)")
+            try record(feature, "restored from snapshot \(path) (sha256 \(actual.prefix(12)))", "snapshot restore; previous state in \(preRestorePath)")
         }
         return RestoreResult(changes: changes, preRestorePath: preRestorePath)
     }

@@ -74,7 +74,7 @@ public struct Controller: Sendable {
             } catch {
                 // The SET may have reached the server before the error: release it if it is ours.
                 _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
-                return report.failed(.redisError, "Redis: \(error)")
+                return report.held(.redisError, "Redis: \(error)")
             }
         }
         let result = await evaluateHoldingLock(feature, report: report, limiter: limiter)
@@ -94,18 +94,18 @@ public struct Controller: Sendable {
         do {
             replies = try await redis.pipeline(keys.readCommands + [RedisCommand("GET", keys.controllerPercent)])
         } catch {
-            return report.failed(.redisError, "Redis: \(error)")
+            return report.held(.redisError, "Redis: \(error)")
         }
         let state: FeatureState
         switch FeatureState.read(feature.feature, from: replies[0..<4]) {
         case .success(let parsed): state = parsed
         case .failure(let invalid):
-            return report.failed(.corruptState, invalid.problems.map(\.message).joined(separator: " "))
+            return report.held(.corruptState, invalid.problems.map(\.message).joined(separator: " "))
         }
         var controllerPercent: RolloutPercent?
         if let text = replies[4].string {
             guard let percent = RolloutPercent(parsing: text) else {
-                return report.failed(.corruptState, "\(keys.controllerPercent) holds \"\(text)\", which is not a percent.")
+                return report.held(.corruptState, "\(keys.controllerPercent) holds \"\(text)\", which is not a percent.")
             }
             controllerPercent = percent
         }
@@ -174,7 +174,7 @@ public struct Controller: Sendable {
                         return report.held(.concurrentChange, "rollout_percent changed again while the controller looked at it")
                     }
                 } catch {
-                    return report.failed(.redisError, "Redis: \(error)")
+                    return report.held(.redisError, "Redis: \(error)")
                 }
             }
         } else if controllerPercent == nil && !policy.dryRun {
@@ -221,7 +221,7 @@ public struct Controller: Sendable {
             guard values.count == 2, values[0] == target.description, values[1] == target.description,
                 target.description != expected.percent
             else {
-                return report.failed(.redisError, "Redis: \(error); the change was not confirmed")
+                return report.held(.redisError, "Redis: \(error); the change was not confirmed")
             }
             logger.warning(
                 "Redis failed after the change was sent; it was applied (confirmed by reading it back)",

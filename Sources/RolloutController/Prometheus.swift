@@ -42,11 +42,6 @@ public struct PrometheusClient: Sendable {
         }
     }
 
-    /// Asks Prometheus whether it accepts `query` (syntax and functions), without judging its value.
-    public func validate(_ query: String) async throws(PrometheusError) {
-        _ = try await value(of: query)
-    }
-
     private func once(_ query: String) async throws(PrometheusError) -> Double? {
         var request = HTTPClientRequest(url: base.url + "/api/v1/query")
         request.method = .POST

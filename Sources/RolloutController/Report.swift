@@ -32,10 +32,6 @@ public struct FeatureReport: Sendable {
         return copy
     }
 
-    func failed(_ reason: Verdict.HoldReason, _ explanation: String) -> FeatureReport {
-        held(reason, explanation)
-    }
-
     /// promote, rollback or hold: what happened (a recommendation in a dry run).
     public var result: String {
         if holdReason != nil { return "hold" }

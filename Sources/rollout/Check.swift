@@ -46,7 +46,7 @@ struct Check: AsyncParsableCommand {
             throw RedisError(.connectFailed, "Cannot read \(name) from Redis at \(url). Is Redis running, and is the URL right?")
         }
         if case .failure(let invalid)? = gate.state(of: name), actorsFrom == nil {
-            print(describe(decide(actor ?? "")))
+            print(decide(actor ?? "").description)
             throw CorruptStateFound(description: invalid.description)
         }
         if let actor {
@@ -73,11 +73,9 @@ struct Check: AsyncParsableCommand {
             }
             try printJSON(document)
         } else {
-            print("\(feature) for \(Actor(id: actor, workspace: workspace).stickinessKey): \(describe(decision))")
+            print("\(feature) for \(Actor(id: actor, workspace: workspace).stickinessKey): \(decision)")
         }
     }
-
-    private func describe(_ decision: Decision) -> String { decision.description }
 
     /// Answers a whole file in one pass, writing in large blocks.
     private func answerFile(_ path: String, handle: FeatureHandle, atPercent previewPercent: RolloutPercent?) throws {

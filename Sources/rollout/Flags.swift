@@ -151,12 +151,12 @@ struct Flags: AsyncParsableCommand {
         @Option(help: "Why, for the audit log.") var reason = ""
 
         func validate() throws {
-            guard parseBoolean(value) != nil else { throw ValidationError("'\(value)' is not true or false.") }
+            guard parseBool(value) != nil else { throw ValidationError("'\(value)' is not true or false.") }
         }
 
         func run() async throws {
             let name = try featureName(feature)
-            let flag = parseBoolean(value) ?? true
+            let flag = parseBool(value) ?? true
             try await options.store().setInternalOnly(name, flag, reason: reason)
             try report(options, name, "internal_only \(flag)")
         }
@@ -317,14 +317,6 @@ struct MembersRemove<Kind: MemberListKind>: AsyncParsableCommand {
         let name = try featureName(feature)
         let removed = try await options.store().remove(ids, from: Kind.list, of: name, reason: reason)
         try report(options, name, "\(Kind.list.rawValue) -\(removed) of \(ids.count)")
-    }
-}
-
-func parseBoolean(_ text: String) -> Bool? {
-    switch text.lowercased() {
-    case "true", "1", "yes", "on": return true
-    case "false", "0", "no", "off": return false
-    default: return nil
     }
 }
 

@@ -157,7 +157,7 @@ struct CLITests {
         let process = try PipedProcess(cli.binary, ["check", "google", "--actors-from", "-"], environment: ["REDIS_URL": cli.server.urlString])
         process.send("alice")
         #expect(await process.nextLine() == "alice\ttrue")
-        #expect(await eventuallyTrue { (try? await redis.send("PUBSUB", "NUMSUB", "__redis__:invalidate").array?.last?.integer) == 1 })
+        #expect(await eventually { (try? await redis.send("PUBSUB", "NUMSUB", "__redis__:invalidate").array?.last?.integer) == 1 })
         _ = try await redis.send("SET", "flags:google:enabled", "false")
         var answer: String?
         let deadline = ContinuousClock.now.advanced(by: .seconds(5))
@@ -199,13 +199,4 @@ struct CLITests {
         // Regenerate after an intended change: .build/debug/rollout ARGS > Tests/RolloutCLITests/Golden/FILE
         #expect(result.stdout == (try String(contentsOfFile: path, encoding: .utf8)))
     }
-}
-
-func eventuallyTrue(within limit: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now.advanced(by: limit)
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return false
 }

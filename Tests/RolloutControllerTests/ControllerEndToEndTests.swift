@@ -1,4 +1,5 @@
 import Foundation
+import RolloutAdmin
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
@@ -167,7 +168,7 @@ struct ControllerEndToEndTests {
             ("spike", "dwell: 1h"), ("nodata", "dwell: 0s"), ("nan", "dwell: 0s"), ("quiet", "dwell: 0s"), ("paused", "dwell: 0s"),
             ("dwelling", "dwell: 1h"),
         ])
-        let justNow = Timestamp.nowForTests.description
+        let justNow = Timestamp.now().description
         _ = try await world.client.pipeline([
             RedisCommand("SET", "flags:spike:rollout_percent", "50"), RedisCommand("SET", "flags:spike:last_change_time", justNow),
             RedisCommand("SET", "flags:spike:last_percent", "10"),
@@ -406,11 +407,5 @@ struct ControllerEndToEndTests {
         let bad = try await runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
         #expect(bad.status == 2, "\(bad.stdout)")
         #expect(bad.stdout.contains("valid.latency_p95: Prometheus refused the query"))
-    }
-}
-
-extension Timestamp {
-    static var nowForTests: Timestamp {
-        Timestamp(microsecondsSinceEpoch: Int64(Date().timeIntervalSince1970 * 1_000_000))
     }
 }

@@ -9,15 +9,6 @@ import ServiceLifecycle
 import ServiceLifecycleTestKit
 import Testing
 
-/// Polls `condition` every 5 ms until it holds or `limit` passes; returns whether it held.
-func eventually(within limit: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now.advanced(by: limit)
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return await condition()
-}
 
 /// Runs `gate` as a service for the duration of `body`, then stops it.
 func whileRunning<Result>(_ gate: FeatureGate, _ body: () async throws -> Result) async throws -> Result {

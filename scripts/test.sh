@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_swift
-ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway
+ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway tzdata
 
 echo "==> building (debug, with tests)"
 swift build --build-tests

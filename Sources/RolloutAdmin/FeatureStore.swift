@@ -45,7 +45,7 @@ public struct FeatureStore: Sendable {
 
     /// Every key of `feature` with its raw value and Redis type, for `rollout flags get`.
     public func rawKeys(of feature: FeatureName) async throws(RedisError) -> [(key: String, type: String, value: RedisValue)] {
-        let keys = FeatureKeys(feature).all + [FeatureKeys(feature).controllerPercent]
+        let keys = FeatureKeys(feature).all + FeatureKeys(feature).controllerKeys
         let types = try await redis.pipeline(keys.map { RedisCommand("TYPE", $0) })
         var reads: [RedisCommand] = []
         for (key, type) in zip(keys, types) {
@@ -103,8 +103,14 @@ public struct FeatureStore: Sendable {
     }
 
     /// Sets `paused`: the controller leaves a paused feature alone; the gate ignores it.
+    /// Resuming also clears `paused_reason` (set when flap protection paused the feature).
     public func setPaused(_ feature: FeatureName, _ paused: Bool, reason: String) async throws(AdminError) {
-        try await set(FeatureKeys(feature).paused, paused ? "true" : "false")
+        let keys = FeatureKeys(feature)
+        if paused {
+            try await set(keys.paused, "true")
+        } else {
+            _ = try await call { try await redis.pipeline([RedisCommand("SET", keys.paused, "false"), RedisCommand("DEL", keys.pausedReason)]) }
+        }
         try record(feature, paused ? "paused" : "resumed", reason)
     }
 
@@ -181,7 +187,7 @@ public struct FeatureStore: Sendable {
         }
     }
 
-    private func call<Result>(_ body: () async throws -> Result) async throws(AdminError) -> Result {
+    func call<Result>(_ body: () async throws -> Result) async throws(AdminError) -> Result {
         do {
             return try await body()
         } catch let error as RedisError {
@@ -217,12 +223,6 @@ public struct AdminError: Error, Sendable, CustomStringConvertible {
         case .invalidInput(let text): return text
         }
     }
-}
-
-extension FeatureKeys {
-    /// `flags:<f>:controller_percent`: the percent the controller last wrote; a different
-    /// rollout_percent means a person changed it.
-    public var controllerPercent: String { "flags:\(feature.rawValue):controller_percent" }
 }
 
 extension Timestamp {

@@ -27,17 +27,27 @@ public enum Scripts {
         """
 
     /// The controller's compare-and-set: applies a promotion or rollback only if
-    /// rollout_percent, paused and enabled still hold what the controller read, so a person's
-    /// change made during the run wins and nothing is half-written. Returns 1 or 0.
+    /// rollout_percent, paused and enabled (and, for a promotion, the guard lock) still hold what
+    /// the controller read, so a person's change made during the run wins and nothing is
+    /// half-written. A rollback also sets the guard lock, records itself in the last hour's
+    /// rollbacks and, at the flap limit, pauses the feature, all in the same atomic step.
     public static let applyChange = RedisScript(applyChangeSource)
 
     static let applyChangeSource = """
         -- rollout-gate: the controller's compare-and-set (redis/apply_change.lua).
-        -- KEYS: rollout_percent, paused, enabled, last_percent, last_change_time, controller_percent, lock.
-        -- ARGV: expected rollout_percent, paused, enabled ('' for absent), new percent, ISO-8601 time,
-        -- the lock owner's token.
-        -- Returns 1 when applied, 0 when any expected value changed, -1 when the caller no longer
-        -- holds the lock (it expired and another controller may be deciding); nothing is written then.
+        -- KEYS: 1 rollout_percent, 2 paused, 3 enabled, 4 last_percent, 5 last_change_time,
+        --       6 controller_percent, 7 lock, 8 guard, 9 rollbacks, 10 paused_reason, 11 last_good,
+        --       12 streaks, 13 healthy_since.
+        -- ARGV: 1-3 expected rollout_percent, paused, enabled ('' for absent), 4 new percent,
+        --       5 ISO-8601 time, 6 the lock owner's token, 7 'promote' or 'rollback',
+        --       8 the guard value a promotion expects ('' for none; a matching guard is released),
+        --       9 a last known good percent to record ('' for none), 10 the time in Unix ms,
+        --       11 rollbacks older than this (Unix ms) are forgotten, 12 the guard window in ms after a
+        --       rollback (0 for none), 13 the guard's value, 14 rollbacks per hour that pause the
+        --       feature (0 for never), 15 the pause reason.
+        -- Returns 1 when applied, 2 when a rollback was applied and flap protection paused the
+        -- feature, 0 when any expected value changed (nothing written), -1 when the caller no
+        -- longer holds the lock (it expired and another controller may be deciding; nothing written).
         if redis.call('GET', KEYS[7]) ~= ARGV[6] then
           return -1
         end
@@ -46,12 +56,35 @@ public enum Scripts {
             return 0
           end
         end
+        if ARGV[7] == 'promote' then
+          if (redis.call('GET', KEYS[8]) or '') ~= ARGV[8] then
+            return 0
+          end
+          redis.call('DEL', KEYS[8])
+        end
         local previous = ARGV[1]
         if previous == '' then previous = '0' end
         redis.call('SET', KEYS[4], previous)
         redis.call('SET', KEYS[1], ARGV[4])
         redis.call('SET', KEYS[5], ARGV[5])
         redis.call('SET', KEYS[6], ARGV[4])
+        redis.call('DEL', KEYS[12], KEYS[13])
+        if ARGV[9] ~= '' then redis.call('SET', KEYS[11], ARGV[9]) end
+        if ARGV[7] ~= 'rollback' then
+          return 1
+        end
+        local good = tonumber(redis.call('GET', KEYS[11]) or '')
+        if good and good > tonumber(ARGV[4]) then redis.call('SET', KEYS[11], ARGV[4]) end
+        if tonumber(ARGV[12]) > 0 then redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[12]) end
+        redis.call('ZADD', KEYS[9], ARGV[10], ARGV[10] .. ' ' .. ARGV[6])
+        redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[11])
+        redis.call('PEXPIRE', KEYS[9], 3600000)
+        local limit = tonumber(ARGV[14])
+        if limit > 0 and redis.call('ZCARD', KEYS[9]) >= limit then
+          redis.call('SET', KEYS[2], 'true')
+          redis.call('SET', KEYS[10], ARGV[15])
+          return 2
+        end
         return 1
 
         """

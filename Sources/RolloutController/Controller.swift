@@ -42,12 +42,14 @@ public struct Controller: Sendable {
 
     /// Evaluates every feature (concurrently, queries bounded by ``maxConcurrentQueries``) and
     /// returns the report; its ``RunReport/exitCode`` is the worst across features.
-    public func run() async -> RunReport {
+    /// With `features`, only those; with `promotions` false (watch mode), rollback checks act
+    /// and promotions are held with `watching`.
+    public func run(features only: Set<FeatureName>? = nil, promotions: Bool = true) async -> RunReport {
         let started = now()
         let limiter = AsyncSemaphore(limit: maxConcurrentQueries)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
-            for (index, feature) in policy.features.enumerated() {
-                group.addTask { (index, await evaluate(feature, limiter: limiter)) }
+            for (index, feature) in policy.features.enumerated() where only?.contains(feature.feature) ?? true {
+                group.addTask { (index, await evaluate(feature, limiter: limiter, promotions: promotions)) }
             }
             var results: [(Int, FeatureReport)] = []
             for await result in group { results.append(result) }
@@ -57,7 +59,7 @@ public struct Controller: Sendable {
         return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
     }
 
-    private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore) async -> FeatureReport {
+    private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore, promotions: Bool) async -> FeatureReport {
         let lockKey = "flags:\(feature.feature):lock"
         let report = FeatureReport(feature: feature.feature)
 
@@ -77,7 +79,7 @@ public struct Controller: Sendable {
                 return report.held(.redisError, "Redis: \(error)")
             }
         }
-        let result = await evaluateHoldingLock(feature, report: report, limiter: limiter)
+        let result = await evaluateHoldingLock(feature, report: report, limiter: limiter, promotions: promotions)
         if !policy.dryRun {
             // Released by its owner only; the TTL frees it if this process dies first.
             _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
@@ -85,14 +87,21 @@ public struct Controller: Sendable {
         return result
     }
 
-    private func evaluateHoldingLock(_ feature: FeaturePolicy, report: FeatureReport, limiter: AsyncSemaphore) async -> FeatureReport {
+    private func evaluateHoldingLock(
+        _ feature: FeaturePolicy, report: FeatureReport, limiter: AsyncSemaphore, promotions: Bool
+    ) async -> FeatureReport {
         var report = report
         let keys = FeatureKeys(feature.feature)
 
         // 1. Every key in one round trip.
         let replies: [RedisValue]
         do {
-            replies = try await redis.pipeline(keys.readCommands + [RedisCommand("GET", keys.controllerPercent)])
+            replies = try await redis.pipeline(
+                keys.readCommands + [
+                    RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
+                    RedisCommand("GET", keys.healthySince), RedisCommand("GET", keys.lastGood), RedisCommand("GET", keys.pausedReason),
+                    RedisCommand("HGETALL", keys.streaks),
+                ])
         } catch {
             return report.held(.redisError, "Redis: \(error)")
         }
@@ -113,50 +122,45 @@ public struct Controller: Sendable {
         let expected = (percent: raw.count > 1 ? raw[1] ?? "" : "", paused: raw.count > 3 ? raw[3] ?? "" : "", enabled: raw.first.flatMap { $0 } ?? "")
         report.state = state
         report.controllerPercent = controllerPercent
+        var observation = Observation(state: state, controllerPercent: controllerPercent, checkValues: [:])
+        observation.guardLock = GuardLock.read(value: replies[5], pttl: replies[6])
+        // The controller's own bookkeeping: a value it cannot read is dropped, never acted on.
+        observation.healthySince = replies[7].string.flatMap { Timestamp(parsing: $0) }
+        observation.lastGood = replies[8].string.flatMap { RolloutPercent(parsing: $0) }
+        observation.pausedReason = replies[9].string
+        observation.streaks = streaks(from: replies[10])
+        report.guardLock = observation.guardLock
 
         // 2. A person's switches: no queries needed.
         if state.paused || !state.enabled {
-            let verdict = decide(policy: feature, observation: Observation(state: state, controllerPercent: controllerPercent, checkValues: [:]), now: now())
+            let verdict = decide(policy: feature, observation: observation, now: now())
             report.verdict = verdict
             return report.held(verdict.holdReason ?? .paused, verdict.explanation)
         }
 
         // 3. Every query at once (bounded); any failure holds the feature.
-        let queries = feature.checks.map { ($0.name, $0.query) } + (feature.minRequests.map { [("min_requests", $0.query)] } ?? [])
-        var values: [String: Double?] = [:]
-        var failures: [String] = []
-        await withTaskGroup(of: (String, Result<Double?, PrometheusError>).self) { group in
-            for (name, query) in queries {
-                group.addTask {
-                    await limiter.acquire()
-                    let result: Result<Double?, PrometheusError>
-                    do throws(PrometheusError) {
-                        result = .success(try await prometheus.value(of: query))
-                    } catch {
-                        result = .failure(error)
-                    }
-                    await limiter.release()
-                    return (name, result)
-                }
-            }
-            for await (name, result) in group {
-                switch result {
-                case .success(let value): values[name] = value
-                case .failure(let error): failures.append("\(name): \(error)")
-                }
-            }
+        let answers = await query(feature, limiter: limiter)
+        if !answers.failures.isEmpty {
+            report.queryErrors = answers.failures
+            return report.held(.promUnreachable, "Prometheus could not answer: " + answers.failures.joined(separator: "; "))
         }
-        if !failures.isEmpty {
-            report.queryErrors = failures.sorted()
-            return report.held(.promUnreachable, "Prometheus could not answer: " + failures.sorted().joined(separator: "; "))
+        for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }
+        for check in feature.burnRateChecks {
+            var ratios: [Duration: Double?] = [:]
+            for window in check.distinctWindows { ratios[window] = answers.values[.window(check.name, window)] ?? nil }
+            observation.windowValues[check.name] = ratios
         }
-        var requests: Double?? = .none
-        if feature.minRequests != nil { requests = .some(values.removeValue(forKey: "min_requests") ?? nil) }
+        if feature.minRequests != nil { observation.requests = .some(answers.values[.minRequests] ?? nil) }
 
         let time = now()
-        var verdict = decide(policy: feature, observation: Observation(state: state, controllerPercent: controllerPercent, checkValues: values, requests: requests), now: time)
+        var verdict = decide(policy: feature, observation: observation, now: time)
+        if !promotions, case .promote = verdict.action {
+            verdict.action = .hold
+            verdict.holdReason = .watching
+            verdict.explanation = "healthy; watch mode applies rollback checks only, promotions are the controller's"
+        }
         report.verdict = verdict
-        report.requests = requests ?? nil
+        report.requests = observation.requests ?? nil
 
         // 8. A person changed the percent: record it once, and restart the dwell from now.
         if verdict.manualChangeDetected, let known = controllerPercent {
@@ -185,34 +189,39 @@ public struct Controller: Sendable {
         let target: RolloutPercent
         switch verdict.action {
         case .hold:
+            if !policy.dryRun { await keepBooks(feature, keys: keys, observation: observation, verdict: verdict, at: time, report: &report) }
             return report.held(verdict.holdReason ?? .noData, verdict.explanation)
         case .promote(let to), .rollback(let to):
             target = to
         }
+        let isRollback = verdict.result == "rollback"
         let change = "\(state.rolloutPercent)% -> \(target)%"
         if policy.dryRun {
             record(feature.feature, "[dry-run] \(change)", verdict.explanation, by: "controller", at: time)
             report.recommended = true
             return report
         }
-        // 7. Compare-and-set: written only if rollout_percent, paused and enabled are as read,
-        // and only while this run still holds the feature's lock.
+        // 7. Compare-and-set: written only if rollout_percent, paused, enabled (and for a
+        // promotion the guard) are as read, and only while this run still holds the lock. A
+        // rollback sets the guard, is counted, and at the flap limit pauses, in the same step.
         let lockKey = "flags:\(feature.feature):lock"
+        let guardValue = GuardLock.value(origin: .rollback, time: time, reason: "after \(change): \(verdict.explanation)")
+        let flapReason = "flap protection: \(feature.maxRollbacksPerHour) rollbacks within an hour (the last \(change)); look before resuming"
+        let outcome: RedisValue
         do {
-            let applied = try await redis.evaluate(
+            outcome = try await redis.evaluate(
                 Scripts.applyChange,
-                keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, lockKey],
-                arguments: [expected.percent, expected.paused, expected.enabled, target.description, time.description, owner])
-            if applied == .integer(-1) {
-                verdict.action = .hold
-                report.verdict = verdict
-                return report.held(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written")
-            }
-            guard applied == .integer(1) else {
-                verdict.action = .hold
-                report.verdict = verdict
-                return report.held(.concurrentChange, "a person changed the feature during the run; their change wins")
-            }
+                keys: [
+                    keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, lockKey,
+                    keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince,
+                ],
+                arguments: [
+                    expected.percent, expected.paused, expected.enabled, target.description, time.description, owner,
+                    isRollback ? "rollback" : "promote", verdict.releaseGuard ? observation.guardLock?.value ?? "" : "",
+                    verdict.newLastGood?.description ?? "", String(time.microsecondsSinceEpoch / 1000),
+                    String(time.microsecondsSinceEpoch / 1000 - 3_600_000), String(feature.guardWindow.wholeMilliseconds), guardValue,
+                    String(feature.maxRollbacksPerHour), flapReason,
+                ])
         } catch {
             // A timeout or a broken connection after the script was sent: it may have run. Look,
             // so that an applied change is never left out of the audit log.
@@ -226,13 +235,124 @@ public struct Controller: Sendable {
             logger.warning(
                 "Redis failed after the change was sent; it was applied (confirmed by reading it back)",
                 metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
+            outcome = .integer(1)
+        }
+        if outcome == .integer(-1) {
+            verdict.action = .hold
+            report.verdict = verdict
+            return report.held(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written")
+        }
+        guard outcome == .integer(1) || outcome == .integer(2) else {
+            verdict.action = .hold
+            report.verdict = verdict
+            return report.held(.concurrentChange, "a person changed the feature (or its guard) during the run; their change wins")
         }
         report.applied = true
-        record(feature.feature, change, verdict.explanation, by: "controller", at: time)
+        let guarded = isRollback && feature.guardWindow > .zero
+        let reason = verdict.explanation + (guarded ? "; guard locked for \(formatDuration(feature.guardWindow))" : "")
+        record(feature.feature, change, reason, by: "controller", at: time)
         logger.notice(
-            "Feature \(verdict.result == "rollback" ? "rolled back" : "promoted")",
+            "Feature \(isRollback ? "rolled back" : "promoted")",
             metadata: ["feature.name": "\(feature.feature)", "rollout.change": "\(change)", "rollout.reason": "\(verdict.explanation)"])
+        if isRollback {
+            if guarded { report.guardEvent = .locked }
+            if outcome == .integer(2) {
+                report.pausedByFlapProtection = true
+                record(feature.feature, "paused", flapReason, by: "controller", at: time)
+                logger.error("Feature paused by flap protection", metadata: ["feature.name": "\(feature.feature)", "rollout.reason": "\(flapReason)"])
+            }
+        } else if verdict.releaseGuard {
+            report.guardEvent = .released
+            record(feature.feature, "guard released", "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)", by: "controller", at: time)
+        }
         return report
+    }
+
+    /// What a run that changes nothing still records: each check's streak, since when the
+    /// feature is healthy, its last known good percent, and the guard's early release.
+    private func keepBooks(
+        _ feature: FeaturePolicy, keys: FeatureKeys, observation: Observation, verdict: Verdict, at time: Timestamp, report: inout FeatureReport
+    ) async {
+        var commands: [RedisCommand] = []
+        let streaks = verdict.streaks.filter { $0.value > 0 }
+        if streaks != observation.streaks.filter({ $0.value > 0 }) {
+            commands.append(RedisCommand("DEL", keys.streaks))
+            if !streaks.isEmpty {
+                commands.append(RedisCommand("HSET", [keys.streaks] + streaks.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }))
+            }
+        }
+        if verdict.healthy {
+            if observation.healthySince == nil { commands.append(RedisCommand("SET", keys.healthySince, time.description, "NX")) }
+        } else if observation.healthySince != nil {
+            commands.append(RedisCommand("DEL", keys.healthySince))
+        }
+        if let good = verdict.newLastGood { commands.append(RedisCommand("SET", keys.lastGood, good.description)) }
+        do {
+            if !commands.isEmpty { _ = try await redis.pipeline(commands) }
+            if verdict.releaseGuard, let lock = observation.guardLock,
+                try await redis.evaluate(Scripts.releaseLock, keys: [keys.guardLock], arguments: [lock.value]) == .integer(1)
+            {
+                report.guardEvent = .released
+                report.guardLock = nil
+                record(
+                    feature.feature, "guard released", "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)",
+                    by: "controller", at: time)
+            }
+        } catch {
+            // Bookkeeping only: the next run recomputes it. The decision stands.
+            logger.warning("Cannot record the run's bookkeeping", metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
+        }
+    }
+
+    /// What one query is for.
+    private enum QueryKey: Hashable, Sendable {
+        case check(String)
+        case window(String, Duration)
+        case minRequests
+    }
+
+    /// Every query of `feature` at once, bounded by `limiter`; the failures sorted by name.
+    private func query(_ feature: FeaturePolicy, limiter: AsyncSemaphore) async -> (values: [QueryKey: Double?], failures: [String]) {
+        var queries: [(QueryKey, String, String)] = feature.checks.map { (.check($0.name), $0.name, $0.query) }
+        for check in feature.burnRateChecks {
+            for window in check.distinctWindows {
+                queries.append((.window(check.name, window), "\(check.name)[\(formatDuration(window))]", check.query(window: window)))
+            }
+        }
+        if let floor = feature.minRequests { queries.append((.minRequests, "min_requests", floor.query)) }
+        var values: [QueryKey: Double?] = [:]
+        var failures: [String] = []
+        await withTaskGroup(of: (QueryKey, String, Result<Double?, PrometheusError>).self) { group in
+            for (key, label, query) in queries {
+                group.addTask {
+                    await limiter.acquire()
+                    let result: Result<Double?, PrometheusError>
+                    do throws(PrometheusError) {
+                        result = .success(try await prometheus.value(of: query))
+                    } catch {
+                        result = .failure(error)
+                    }
+                    await limiter.release()
+                    return (key, label, result)
+                }
+            }
+            for await (key, label, result) in group {
+                switch result {
+                case .success(let value): values[key] = value
+                case .failure(let error): failures.append("\(label): \(error)")
+                }
+            }
+        }
+        return (values, failures.sorted())
+    }
+
+    private func streaks(from reply: RedisValue) -> [String: Int] {
+        let items = reply.array?.compactMap(\.string) ?? []
+        var streaks: [String: Int] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            if let count = Int(items[index + 1]), count > 0 { streaks[items[index]] = count }
+        }
+        return streaks
     }
 
     private func record(_ feature: FeatureName, _ change: String, _ reason: String, by: String, at time: Timestamp) {

@@ -1,4 +1,5 @@
 import Foundation
+public import RolloutAdmin
 public import RolloutGate
 
 /// What one feature's evaluation saw: its state in Redis and each query's answer.
@@ -11,6 +12,18 @@ public struct Observation: Sendable, Hashable {
     public var checkValues: [String: Double?]
     /// The traffic query's value, when the policy has one; nil inner value is no data.
     public var requests: Double??
+    /// Each burn-rate check's error ratio per window; nil for no data.
+    public var windowValues: [String: [Duration: Double?]] = [:]
+    /// Consecutive violating runs before this one, by check outcome name (`flags:<f>:streaks`).
+    public var streaks: [String: Int] = [:]
+    /// The guard lock, if the feature has one (`flags:<f>:guard`).
+    public var guardLock: GuardLock?
+    /// Since when every check has had data and been healthy (`flags:<f>:healthy_since`).
+    public var healthySince: Timestamp?
+    /// The last known good percent (`flags:<f>:last_good`).
+    public var lastGood: RolloutPercent?
+    /// Why the controller paused the feature, if it did (`flags:<f>:paused_reason`).
+    public var pausedReason: String?
 
     /// An observation.
     public init(state: FeatureState, controllerPercent: RolloutPercent?, checkValues: [String: Double?], requests: Double?? = .none) {
@@ -48,6 +61,14 @@ public struct Verdict: Sendable, Hashable {
         case atRollbackTarget = "at_rollback_target"
         case redisError = "redis_error"
         case corruptState = "corrupt_state"
+        /// A guard lock (after a rollback, or an operator's) forbids promotion.
+        case guardLocked = "guard_locked"
+        /// A freeze window: promotions wait, rollbacks do not.
+        case frozen
+        /// A check is violated but has not yet been for its `consecutive` runs.
+        case violationPending = "violation_pending"
+        /// `rollout watch`: healthy, and promotions are left to the controller.
+        case watching
     }
 
     /// One check as judged.
@@ -56,14 +77,22 @@ public struct Verdict: Sendable, Hashable {
         public var name: String
         /// Its value; nil for no data.
         public var value: Double?
-        /// ok, violated or no_data.
+        /// ok, violated, pending or no_data.
         public var status: Status
         /// What a violation does.
         public var onViolation: FeaturePolicy.Check.Action
+        /// Consecutive violating runs, this one included (kept through runs without data).
+        public var streak: Int = 0
+        /// The runs a violation needs before it acts.
+        public var consecutive: Int = 1
+        /// The bound: `max`, or the burn factor of a window pair.
+        public var limit: String = ""
 
         /// A check's status.
         public enum Status: String, Sendable, Hashable {
             case ok, violated
+            /// Violated, but for fewer consecutive runs than `consecutive`: holds promotions only.
+            case pending
             case noData = "no_data"
         }
     }
@@ -80,6 +109,17 @@ public struct Verdict: Sendable, Hashable {
     public var alerts: [String]
     /// A person changed rollout_percent since the controller last wrote it.
     public var manualChangeDetected: Bool
+    /// Every check had data and none was violated (not even pending or alert-only).
+    public var healthy = false
+    /// The streaks to store: outcome name → consecutive violating runs.
+    public var streaks: [String: Int] = [:]
+    /// Release the guard lock: the controller set it after a rollback and every check has been
+    /// healthy for the stability window.
+    public var releaseGuard = false
+    /// A new last known good percent: the current one, healthy through a full dwell.
+    public var newLastGood: RolloutPercent?
+    /// The freeze window in force, if any (reported even when something else holds).
+    public var freezeWindow: FreezeWindow?
 
     /// The result label for telemetry: promote, rollback or hold.
     public var result: String {
@@ -99,13 +139,56 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     let manual = observation.controllerPercent.map { $0 != current } ?? false
     var verdict = Verdict(action: .hold, holdReason: nil, explanation: "", checks: [], alerts: [], manualChangeDetected: manual)
 
-    for check in policy.checks {
-        let value = observation.checkValues[check.name] ?? nil
-        let status: Verdict.CheckOutcome.Status
-        if let value { status = check.isViolated(by: value) ? .violated : .ok } else { status = .noData }
-        verdict.checks.append(Verdict.CheckOutcome(name: check.name, value: value, status: status, onViolation: check.onViolation))
+    // Every check's outcome, with its streak of consecutive violating runs.
+    func judge(_ name: String, _ value: Double?, violated: (Double) -> Bool, action: FeaturePolicy.Check.Action, consecutive: Int, limit: String) {
+        let previous = observation.streaks[name] ?? 0
+        var outcome = Verdict.CheckOutcome(name: name, value: value, status: .noData, onViolation: action, streak: previous, consecutive: consecutive, limit: limit)
+        if let value {
+            if violated(value) {
+                outcome.streak = previous + 1
+                outcome.status = outcome.streak >= consecutive ? .violated : .pending
+            } else {
+                outcome.streak = 0
+                outcome.status = .ok
+            }
+        }
+        verdict.checks.append(outcome)
     }
-    verdict.alerts = verdict.checks.filter { $0.status == .violated && $0.onViolation == .alert }.map(\.name)
+    for check in policy.checks {
+        let limit = [check.max.map { "max \(format($0))" }, check.min.map { "min \(format($0))" }].compactMap { $0 }.joined(separator: ", ")
+        judge(check.name, observation.checkValues[check.name] ?? nil, violated: check.isViolated, action: check.onViolation, consecutive: check.consecutive, limit: limit)
+    }
+    for check in policy.burnRateChecks {
+        let ratios = observation.windowValues[check.name] ?? [:]
+        for pair in check.windows {
+            // The pair burns at the slower of its two windows: both must exceed the factor.
+            var burn: Double?
+            if let long = ratios[pair.long] ?? nil, let short = ratios[pair.short] ?? nil {
+                burn = min(check.burnRate(errorRatio: long), check.burnRate(errorRatio: short))
+            }
+            judge(
+                "\(check.name)[\(pair.label)]", burn, violated: { $0 > pair.factor }, action: pair.onViolation, consecutive: check.consecutive,
+                limit: "burn \(format(pair.factor))x")
+        }
+    }
+    let burnNames = Set(policy.burnRateChecks.flatMap { check in check.windows.map { "\(check.name)[\($0.label)]" } })
+    // Alert checks report only; a burning error budget is always worth an alert too.
+    verdict.alerts = verdict.checks.filter { $0.status == .violated && ($0.onViolation == .alert || burnNames.contains($0.name)) }.map(\.name)
+    verdict.streaks = Dictionary(uniqueKeysWithValues: verdict.checks.map { ($0.name, $0.streak) })
+    verdict.healthy = !verdict.checks.isEmpty && verdict.checks.allSatisfy { $0.status == .ok }
+    verdict.freezeWindow = policy.freezeWindow(at: now)
+
+    // Bookkeeping, whatever the action: the guard's early release and the last known good.
+    if let guardLock = observation.guardLock, guardLock.origin == .rollback, verdict.healthy, let since = observation.healthySince,
+        now.duration(since: since) >= policy.stabilityWindow
+    {
+        verdict.releaseGuard = true
+    }
+    if verdict.healthy, !manual, current > .zero, current > (observation.lastGood ?? .zero), let changed = state.lastChangeTime,
+        now.duration(since: changed) >= policy.dwell
+    {
+        verdict.newLastGood = current
+    }
 
     func hold(_ reason: Verdict.HoldReason, _ explanation: String) -> Verdict {
         var held = verdict
@@ -116,14 +199,17 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     }
 
     // 2. A person's switches win over everything.
-    if state.paused { return hold(.paused, "paused: the controller leaves it alone until `rollout flags resume`") }
+    if state.paused {
+        let why = observation.pausedReason.map { " (\($0))" } ?? ""
+        return hold(.paused, "paused\(why): the controller leaves it alone until `rollout flags resume`")
+    }
     if !state.enabled { return hold(.disabled, "kill switch on (enabled is false): nothing to roll") }
 
-    // 5. Rollback first: it never waits for dwell or cooldown.
+    // 5. Rollback first: it never waits for dwell, cooldown, a guard or a freeze.
     let rollbackViolations = verdict.checks.filter { $0.status == .violated && $0.onViolation == .rollback }
     if !rollbackViolations.isEmpty {
         let names = rollbackViolations.map { "\($0.name)=\(format($0.value))" }.joined(separator: ", ")
-        let target = policy.rollbackTarget(from: current)
+        let target = policy.rollbackTarget(from: current, lastGood: observation.lastGood)
         if target < current {
             verdict.action = .rollback(to: target)
             verdict.explanation = "rollback: \(names) violated; \(current)% -> \(target)% (rollback_to \(policy.rollbackTo))"
@@ -140,6 +226,11 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     let holds = verdict.checks.filter { $0.status == .violated && $0.onViolation == .hold }
     if !holds.isEmpty {
         return hold(.checkViolated, "\(holds.map { "\($0.name)=\(format($0.value))" }.joined(separator: ", ")) violated: holding")
+    }
+    let pending = verdict.checks.filter { $0.status == .pending && $0.onViolation != .alert }
+    if !pending.isEmpty {
+        let names = pending.map { "\($0.name)=\(format($0.value)) (\($0.streak) of \($0.consecutive) runs)" }.joined(separator: ", ")
+        return hold(.violationPending, "\(names) violated, not yet for enough consecutive runs to act; no promotion meanwhile")
     }
     if let floor = policy.minRequests {
         switch observation.requests {
@@ -170,6 +261,14 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
             return hold(.dwell, "dwelling at \(current)%: \(formatDuration(waited)) of \(formatDuration(policy.dwell))")
         }
     }
+    // After cooldown and dwell, so that a file without guard settings holds with the same
+    // reasons as before (the default cooldown outlasts the default guard window).
+    if let guardLock = observation.guardLock, !verdict.releaseGuard {
+        return hold(.guardLocked, "guard \(guardLock)")
+    }
+    if let window = verdict.freezeWindow {
+        return hold(.frozen, "healthy, but promotions are frozen \(window)")
+    }
     verdict.action = .promote(to: next)
     verdict.explanation = "healthy: \(current)% -> \(next)%"
     return verdict
@@ -182,15 +281,3 @@ public func format(_ value: Double?) -> String {
     return String(format: "%.4g", value)
 }
 
-/// A duration as people write it: 4m30s, 1h, 15m.
-public func formatDuration(_ duration: Duration) -> String {
-    var seconds = duration.components.seconds
-    if seconds <= 0 { return "0s" }
-    var text = ""
-    for (unit, size) in [("d", Int64(86_400)), ("h", 3600), ("m", 60)] where seconds >= size {
-        text += "\(seconds / size)\(unit)"
-        seconds %= size
-    }
-    if seconds > 0 || text.isEmpty { text += "\(seconds)s" }
-    return text
-}

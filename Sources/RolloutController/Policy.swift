@@ -22,8 +22,17 @@ public struct ControllerPolicy: Sendable {
 
     /// Parses `yaml` (from `path`, for messages) with environment overrides. Every problem
     /// is collected, each naming its field.
-    public init(yaml: String, path: String = "rollout.yaml", environment: [String: String] = [:]) throws(PolicyError) {
-        let root: Node
+    /// The environment picked with `--env` (`ROLLOUT_ENV`), nil for the base settings.
+    public var environmentName: String?
+
+    /// Parses `yaml` (from `path`, for messages) with environment-variable overrides, and with
+    /// the overrides of `environmentName` (`environments:` at the top and in each feature)
+    /// merged over the base settings. Every problem is collected, each naming its field.
+    public init(
+        yaml: String, path: String = "rollout.yaml", environment: [String: String] = [:], environmentName: String? = nil
+    ) throws(PolicyError) {
+        self.environmentName = environmentName
+        var root: Node
         do {
             guard let node = try Yams.compose(yaml: yaml) else { throw PolicyError(path, ["the file is empty"]) }
             root = node
@@ -33,7 +42,10 @@ public struct ControllerPolicy: Sendable {
             throw PolicyError(path, ["it is not valid YAML: \(error)"])
         }
         var reader = NodeReader()
-        let top = reader.mapping(root, at: "", known: ["prometheus", "redis", "pushgateway", "audit_log", "query_timeout", "features"])
+        let knownTop: Set<String> = ["prometheus", "redis", "pushgateway", "audit_log", "query_timeout", "features", "freeze", "environments"]
+        let environments = EnvironmentOverrides(root: root, name: environmentName, reader: &reader)
+        root = environments.top(root)
+        let top = reader.mapping(root, at: "", known: knownTop)
 
         let prometheusText = environment["PROMETHEUS_BASE_URL"].nonEmpty ?? top?["prometheus"].flatMap { reader.string($0, at: "prometheus") }
         if let prometheusText {
@@ -71,13 +83,18 @@ public struct ControllerPolicy: Sendable {
             dryRun = false
         }
 
+        let freeze = top?["freeze"].flatMap { reader.freezeWindows($0, at: "freeze") } ?? []
         features = []
         if let featuresNode = top?["features"], let mapping = reader.pairs(featuresNode, at: "features") {
             for (key, value) in mapping {
                 guard let name = reader.string(key, at: "features") else { continue }
                 do {
                     let feature = try FeatureName(name)
-                    if let policy = FeaturePolicy(value, feature: feature, reader: &reader) { features.append(policy) }
+                    let node = environments.feature(name, value, reader: &reader)
+                    if var policy = FeaturePolicy(node, feature: feature, reader: &reader) {
+                        policy.freeze = freeze + policy.freeze
+                        features.append(policy)
+                    }
                 } catch {
                     reader.fail("features.\(name)", error.message)
                 }
@@ -106,6 +123,16 @@ public struct FeaturePolicy: Sendable, Hashable {
     public var minRequests: MinRequests?
     /// The SLO checks, all run for every decision.
     public var checks: [Check]
+    /// The error-budget checks (`type: burn_rate`), all run for every decision.
+    public var burnRateChecks: [BurnRateCheck]
+    /// After a rollback, no promotion for this long (`flags:<f>:guard`, a key with a TTL).
+    public var guardWindow: Duration
+    /// The guard is released early once every check has had data and been healthy this long.
+    public var stabilityWindow: Duration
+    /// At this many rollbacks within an hour the feature is paused for a person; 0 never pauses.
+    public var maxRollbacksPerHour: Int
+    /// When promotions wait (the file's top-level windows, then the feature's own).
+    public var freeze: [FreezeWindow]
 
     /// Where a rollback goes; never above the current percent.
     public enum RollbackTarget: Sendable, Hashable, CustomStringConvertible {
@@ -115,12 +142,16 @@ public struct FeaturePolicy: Sendable, Hashable {
         case previousStep
         /// 0%.
         case zero
+        /// The highest percent that stayed healthy through a full dwell (`flags:<f>:last_good`),
+        /// below the current one; 0 when none is recorded.
+        case lastGood
 
         public var description: String {
             switch self {
             case .percent(let percent): return "\(percent)"
             case .previousStep: return "previous_step"
             case .zero: return "zero"
+            case .lastGood: return "last_good"
             }
         }
     }
@@ -145,6 +176,8 @@ public struct FeaturePolicy: Sendable, Hashable {
         public var min: Double?
         /// What a violation does.
         public var onViolation: Action
+        /// A violation acts only after this many consecutive violating runs (counted in Redis).
+        public var consecutive: Int
 
         /// What a violation does.
         public enum Action: String, Sendable, Hashable {
@@ -162,13 +195,38 @@ public struct FeaturePolicy: Sendable, Hashable {
             if let min, value < min { return true }
             return false
         }
+
+        init?(_ item: Node, at place: String, reader: inout NodeReader) {
+            guard let check = reader.mapping(item, at: place, known: ["name", "type", "query", "max", "min", "on_violation", "consecutive"])
+            else { return nil }
+            let problemsBefore = reader.problems.count
+            let name = check["name"].flatMap { reader.string($0, at: "\(place).name") }
+            let query = check["query"].flatMap { reader.query($0, at: "\(place).query") }
+            max = check["max"].flatMap { reader.number($0, at: "\(place).max") }
+            min = check["min"].flatMap { reader.number($0, at: "\(place).min") }
+            onViolation = check["on_violation"].flatMap { reader.action($0, at: "\(place).on_violation") } ?? .rollback
+            consecutive = check["consecutive"].flatMap { reader.count($0, at: "\(place).consecutive", minimum: 1) } ?? 1
+            if check["name"] == nil { reader.fail("\(place).name", "is required") }
+            if check["query"] == nil { reader.fail("\(place).query", "is required") }
+            if max == nil && min == nil && check["max"] == nil && check["min"] == nil {
+                reader.fail(place, "needs max: or min: (or both): the bound that counts as a violation")
+            }
+            if let max, let min, min > max { reader.fail(place, "has min \(min) above max \(max): nothing could pass") }
+            guard let name, let query, reader.problems.count == problemsBefore else { return nil }
+            self.name = name
+            self.query = query
+        }
     }
 
     init?(_ node: Node, feature: FeatureName, reader: inout NodeReader) {
         let at = "features.\(feature)"
         guard
             let mapping = reader.mapping(
-                node, at: at, known: ["steps", "dwell", "cooldown_after_rollback", "rollback_to", "min_requests", "checks"])
+                node, at: at,
+                known: [
+                    "steps", "dwell", "cooldown_after_rollback", "rollback_to", "min_requests", "checks", "guard_window", "stability_window",
+                    "max_rollbacks_per_hour", "freeze", "environments",
+                ])
         else { return nil }
         self.feature = feature
         let problemsBefore = reader.problems.count
@@ -198,11 +256,12 @@ public struct FeaturePolicy: Sendable, Hashable {
             switch text {
             case "previous_step": rollbackTo = .previousStep
             case "zero": rollbackTo = .zero
+            case "last_good": rollbackTo = .lastGood
             default:
                 if let percent = RolloutPercent(parsing: text) {
                     rollbackTo = .percent(percent)
                 } else {
-                    reader.fail("\(at).rollback_to", "is \"\(text)\"; write a percent (e.g. 10), previous_step or zero")
+                    reader.fail("\(at).rollback_to", "is \"\(text)\"; write a percent (e.g. 10), previous_step, last_good or zero")
                 }
             }
         }
@@ -215,41 +274,39 @@ public struct FeaturePolicy: Sendable, Hashable {
             if let query, let atLeast { minRequests = MinRequests(query: query, atLeast: atLeast) }
         }
         checks = []
+        burnRateChecks = []
         if let node = mapping["checks"], let sequence = reader.sequence(node, at: "\(at).checks") {
             var names = Set<String>()
             for (index, item) in sequence.enumerated() {
                 let place = "\(at).checks[\(index)]"
-                guard let check = reader.mapping(item, at: place, known: ["name", "query", "max", "min", "on_violation"]) else { continue }
-                let name = check["name"].flatMap { reader.string($0, at: "\(place).name") }
-                let query = check["query"].flatMap { reader.query($0, at: "\(place).query") }
-                let max = check["max"].flatMap { reader.number($0, at: "\(place).max") }
-                let min = check["min"].flatMap { reader.number($0, at: "\(place).min") }
-                var action = Check.Action.rollback
-                if let node = check["on_violation"], let text = reader.string(node, at: "\(place).on_violation") {
-                    if let parsed = Check.Action(rawValue: text) { action = parsed } else {
-                        reader.fail("\(place).on_violation", "is \"\(text)\"; write rollback, hold or alert")
-                    }
+                guard let type = item.mapping?["type"].flatMap({ reader.string($0, at: "\(place).type") }) ?? (item.mapping == nil ? nil : "threshold")
+                else {
+                    _ = reader.mapping(item, at: place, known: nil)
+                    continue
                 }
-                if check["name"] == nil { reader.fail("\(place).name", "is required") }
-                if check["query"] == nil { reader.fail("\(place).query", "is required") }
-                if max == nil && min == nil && check["max"] == nil && check["min"] == nil {
-                    reader.fail(place, "needs max: or min: (or both): the bound that counts as a violation")
-                }
-                if let max, let min, min > max { reader.fail(place, "has min \(min) above max \(max): nothing could pass") }
-                if let name {
-                    if name == "min_requests" {
-                        reader.fail("\(place).name", "\"min_requests\" is reserved for the traffic query; choose another name")
-                    }
-                    if !names.insert(name).inserted { reader.fail("\(place).name", "\"\(name)\" is used twice in \(at)") }
-                    if let query, max != nil || min != nil {
-                        checks.append(Check(name: name, query: query, max: max, min: min, onViolation: action))
-                    }
+                let name = item.mapping?["name"].flatMap { reader.string($0, at: "\(place).name") }
+                if let name, !names.insert(name).inserted { reader.fail("\(place).name", "\"\(name)\" is used twice in \(at)") }
+                switch type {
+                case "threshold":
+                    if let check = Check(item, at: place, reader: &reader) { checks.append(check) }
+                case "burn_rate":
+                    if let check = BurnRateCheck(item, at: place, reader: &reader) { burnRateChecks.append(check) }
+                default:
+                    reader.fail("\(place).type", "is \"\(type)\"; write threshold (the default) or burn_rate")
                 }
             }
             if sequence.isEmpty { reader.fail("\(at).checks", "is empty: without a check the controller has no evidence and never promotes") }
         } else if mapping["checks"] == nil {
             reader.fail("\(at).checks", "is required: without a check the controller has no evidence and never promotes")
         }
+        guardWindow = mapping["guard_window"].flatMap { reader.duration($0, at: "\(at).guard_window", positive: false) } ?? .seconds(15 * 60)
+        stabilityWindow =
+            mapping["stability_window"].flatMap { reader.duration($0, at: "\(at).stability_window", positive: false) } ?? .seconds(15 * 60)
+        maxRollbacksPerHour = 3
+        if let node = mapping["max_rollbacks_per_hour"], let count = reader.count(node, at: "\(at).max_rollbacks_per_hour", minimum: 0) {
+            maxRollbacksPerHour = count
+        }
+        freeze = mapping["freeze"].flatMap { reader.freezeWindows($0, at: "\(at).freeze") } ?? []
         if reader.problems.count > problemsBefore { return nil }
     }
 
@@ -258,13 +315,22 @@ public struct FeaturePolicy: Sendable, Hashable {
         steps.first { $0 > current }
     }
 
-    /// Where a rollback from `current` goes; never above `current`.
-    public func rollbackTarget(from current: RolloutPercent) -> RolloutPercent {
+    /// Where a rollback from `current` goes; never above `current`. `lastGood` is the recorded
+    /// last known good percent, used by `rollback_to: last_good` when it is below `current`.
+    public func rollbackTarget(from current: RolloutPercent, lastGood: RolloutPercent? = nil) -> RolloutPercent {
         switch rollbackTo {
         case .zero: return .zero
         case .percent(let percent): return min(percent, current)
         case .previousStep: return steps.last { $0 < current } ?? .zero
+        case .lastGood:
+            guard let lastGood, lastGood < current else { return .zero }
+            return lastGood
         }
+    }
+
+    /// The freeze window `time` falls in, if any: promotions wait, rollbacks do not.
+    public func freezeWindow(at time: Timestamp) -> FreezeWindow? {
+        freeze.first { $0.contains(time) }
     }
 }
 
@@ -404,6 +470,24 @@ struct NodeReader {
             return nil
         }
         return duration
+    }
+
+    mutating func count(_ node: Node, at field: String, minimum: Int) -> Int? {
+        guard let text = string(node, at: field) else { return nil }
+        guard let value = Int(text.trimmingSpaces()), value >= minimum, value <= 1_000_000 else {
+            fail(field, "is \"\(text)\"; write a whole number from \(minimum)", node)
+            return nil
+        }
+        return value
+    }
+
+    mutating func action(_ node: Node, at field: String) -> FeaturePolicy.Check.Action? {
+        guard let text = string(node, at: field) else { return nil }
+        guard let action = FeaturePolicy.Check.Action(rawValue: text) else {
+            fail(field, "is \"\(text)\"; write rollback, hold or alert", node)
+            return nil
+        }
+        return action
     }
 
     mutating func endpoint(_ text: String, at field: String) -> HTTPEndpoint? {

@@ -1,3 +1,4 @@
+public import RolloutAdmin
 public import RolloutGate
 
 /// What the controller did with one feature.
@@ -22,6 +23,20 @@ public struct FeatureReport: Sendable {
     public var applied = false
     /// Whether a dry run recommended a change.
     public var recommended = false
+    /// The guard lock as read (nil after the run released it).
+    public var guardLock: GuardLock?
+    /// What the run did to the guard lock.
+    public var guardEvent: GuardEvent?
+    /// The rollback reached `max_rollbacks_per_hour`: the feature is now paused for a person.
+    public var pausedByFlapProtection = false
+
+    /// What a run did to the guard lock.
+    public enum GuardEvent: String, Sendable {
+        /// Set after a rollback.
+        case locked
+        /// Released early: every check healthy for the stability window.
+        case released
+    }
 
     init(feature: FeatureName) { self.feature = feature }
 

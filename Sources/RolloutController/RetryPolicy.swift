@@ -1,3 +1,5 @@
+import RolloutGate
+
 /// How to space retries: one policy type for every network call and for `rollout retry`.
 public struct RetryPolicy: Sendable, Hashable, CustomStringConvertible {
     /// How the delay grows from one retry to the next.

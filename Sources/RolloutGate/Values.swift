@@ -207,3 +207,23 @@ extension Int64 {
         return (quotient, remainder)
     }
 }
+
+/// A duration as people write it: 4m30s, 1h, 15m.
+public func formatDuration(_ duration: Duration) -> String {
+    var seconds = duration.components.seconds
+    if seconds <= 0 { return "0s" }
+    var text = ""
+    for (unit, size) in [("d", Int64(86_400)), ("h", 3600), ("m", 60)] where seconds >= size {
+        text += "\(seconds / size)\(unit)"
+        seconds %= size
+    }
+    if seconds > 0 || text.isEmpty { text += "\(seconds)s" }
+    return text
+}
+
+extension Duration {
+    /// The duration in whole milliseconds (rounded down), as Redis's PX and PTTL count.
+    public var wholeMilliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}

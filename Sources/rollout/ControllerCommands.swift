@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RolloutAdmin
 import RolloutController
 import RolloutGate
 
@@ -14,6 +15,8 @@ struct ControllerCommand: AsyncParsableCommand {
     struct PolicyOptions: ParsableArguments {
         @Option(name: .long, help: ArgumentHelp("The policy file. Default: $ROLLOUT_CONFIG, else ./rollout.yaml.", valueName: "path"))
         var config: String?
+        @Option(name: .long, help: ArgumentHelp("Apply this environment's overrides from the policy's environments: (also ROLLOUT_ENV).", valueName: "name"))
+        var env: String?
 
         func load(dryRun: Bool = false) throws -> ControllerPolicy {
             let environment = ProcessInfo.processInfo.environment
@@ -21,7 +24,9 @@ struct ControllerCommand: AsyncParsableCommand {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw ValidationError("Cannot read the policy file \(path): set --config or ROLLOUT_CONFIG.")
             }
-            var policy = try ControllerPolicy(yaml: String(decoding: data, as: UTF8.self), path: path, environment: environment)
+            var policy = try ControllerPolicy(
+                yaml: String(decoding: data, as: UTF8.self), path: path, environment: environment,
+                environmentName: env ?? environment["ROLLOUT_ENV"].flatMap { $0.isEmpty ? nil : $0 })
             if dryRun { policy.dryRun = true }
             return policy
         }
@@ -34,7 +39,8 @@ struct ControllerCommand: AsyncParsableCommand {
                 Exit codes: 0 ok (changes, holds, paused), 1 Prometheus or Redis unreachable, 2 invalid \
                 configuration, 3 corrupt state. Each hold carries a reason code: paused, disabled, dwell, \
                 cooldown, no_data, insufficient_sample, prom_unreachable, concurrent_change, locked, at_last_step, \
-                check_violated, at_rollback_target, redis_error, corrupt_state.
+                check_violated, at_rollback_target, redis_error, corrupt_state, guard_locked, frozen, \
+                violation_pending.
                 """
         )
         @OptionGroup var policyOptions: PolicyOptions
@@ -80,7 +86,11 @@ struct ControllerCommand: AsyncParsableCommand {
         func run() async throws {
             let policy = try policyOptions.load()
             let queries = policy.features.flatMap { feature in
-                feature.checks.map { ("\(feature.feature).\($0.name)", $0.query) } + (feature.minRequests.map { [("\(feature.feature).min_requests", $0.query)] } ?? [])
+                feature.checks.map { ("\(feature.feature).\($0.name)", $0.query) }
+                    + feature.burnRateChecks.flatMap { check in
+                        check.distinctWindows.map { ("\(feature.feature).\(check.name)[\(formatDuration($0))]", check.query(window: $0)) }
+                    }
+                    + (feature.minRequests.map { [("\(feature.feature).min_requests", $0.query)] } ?? [])
             }
             print("ok: \(policy.features.count) feature(s), \(queries.count) quer\(queries.count == 1 ? "y" : "ies")")
             guard online else { return }
@@ -127,8 +137,14 @@ func describe(_ report: RunReport) -> String {
             lines.append("  -> \(verb): \(verdict.explanation)")
         }
         if let alerts = feature.verdict?.alerts, !alerts.isEmpty {
-            lines.append("  alert: \(alerts.joined(separator: ", ")) violated (on_violation: alert)")
+            lines.append("  alert: \(alerts.joined(separator: ", ")) violated")
         }
+        switch feature.guardEvent {
+        case .locked?: lines.append("  guard: locked against promotion after the rollback")
+        case .released?: lines.append("  guard: released, every check healthy for the stability window")
+        case nil: break
+        }
+        if feature.pausedByFlapProtection { lines.append("  PAUSED by flap protection: too many rollbacks within an hour; a person must look") }
     }
     return lines.joined(separator: "\n")
 }
@@ -153,11 +169,20 @@ func render(_ report: RunReport) -> [String: Any] {
             }
             if let verdict = feature.verdict {
                 item["checks"] = verdict.checks.map {
-                    ["name": $0.name, "value": $0.value as Any, "status": $0.status.rawValue, "on_violation": $0.onViolation.rawValue]
+                    [
+                        "name": $0.name, "value": $0.value as Any, "status": $0.status.rawValue, "on_violation": $0.onViolation.rawValue,
+                        "limit": $0.limit, "streak": $0.streak, "consecutive": $0.consecutive,
+                    ]
                 }
                 item["alerts"] = verdict.alerts
                 item["manual_change_detected"] = verdict.manualChangeDetected
+                item["healthy"] = verdict.healthy
+                item["frozen"] = verdict.freezeWindow?.description as Any
+                item["new_last_good"] = verdict.newLastGood?.description as Any
             }
+            item["guard"] = feature.guardLock.map { ["value": $0.value, "remaining_ms": $0.remaining.map(\.wholeMilliseconds) as Any] } as Any
+            item["guard_event"] = feature.guardEvent?.rawValue as Any
+            item["paused_by_flap_protection"] = feature.pausedByFlapProtection
             if let requests = feature.requests { item["requests"] = requests }
             if !feature.queryErrors.isEmpty { item["query_errors"] = feature.queryErrors }
             return item

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RolloutController
+import RolloutGate
 
 struct RetryCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -75,7 +76,7 @@ struct RetryCommand: ParsableCommand {
     }
 
     private func formatDelay(_ delay: Duration) -> String {
-        let milliseconds = delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000
+        let milliseconds = delay.wholeMilliseconds
         return milliseconds < 1000 ? "\(milliseconds)ms" : formatDuration(delay)
     }
 }

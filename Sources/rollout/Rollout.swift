@@ -16,7 +16,10 @@ struct Rollout: AsyncParsableCommand {
             input, 3 corrupted state found.
             """,
         version: "0.1.0",
-        subcommands: [Flags.self, Check.self, SnapshotCommand.self, ControllerCommand.self, RetryCommand.self, DemoServiceCommand.self]
+        subcommands: [
+            Flags.self, Check.self, SnapshotCommand.self, ControllerCommand.self, WatchCommand.self, GuardCommand.self, BudgetCommand.self,
+            RetryCommand.self, DemoServiceCommand.self,
+        ]
     )
 
     /// Parses, runs, and maps every failure to the documented exit codes, in this one place.

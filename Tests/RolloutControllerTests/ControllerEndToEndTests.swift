@@ -40,33 +40,41 @@ final class ControllerWorld: @unchecked Sendable {
 
     /// Writes the policy: each feature's checks read demo_error_ratio and demo_latency_p95,
     /// its traffic demo_requests, all labelled with the feature.
+    /// `checks` replaces the two default checks (a YAML list, `{feature}` standing for the
+    /// feature's name); `top` adds top-level keys.
     func writePolicy(
-        _ features: [(name: String, extra: String)], queryTimeout: String = "2s", prometheusURL: String? = nil, pushgateway: String? = nil
+        _ features: [(name: String, extra: String)], queryTimeout: String = "2s", prometheusURL: String? = nil, pushgateway: String? = nil,
+        checks: String? = nil, top: String = "", rollbackTo: String = "10"
     ) throws {
         var yaml = "prometheus: \(prometheusURL ?? prometheus.url)\nredis: \(redis.urlString)\naudit_log: \(auditLogPath)\nquery_timeout: \(queryTimeout)\n"
         if let pushgateway { yaml += "pushgateway: \(pushgateway)\n" }
+        yaml += top.isEmpty ? "" : top + "\n"
         yaml += "features:\n"
         for (name, extra) in features {
             yaml += """
                   \(name):
                     steps: [10, 50, 100]
-                    rollback_to: 10
+                    rollback_to: \(rollbackTo)
                     min_requests:
                       query: sum(demo_requests{feature="\(name)"})
                       at_least: 100
                     checks:
-                      - name: error_rate
-                        query: max(demo_error_ratio{feature="\(name)"})
-                        max: 0.01
-                      - name: latency_p95
-                        query: max(demo_latency_p95{feature="\(name)"})
-                        max: 0.5
+                \((checks ?? defaultChecks).replacingOccurrences(of: "{feature}", with: name).split(separator: "\n").map { "      " + $0 }.joined(separator: "\n"))
                 \(extra.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n"))
 
                 """
         }
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
+
+    let defaultChecks = """
+        - name: error_rate
+          query: max(demo_error_ratio{feature="{feature}"})
+          max: 0.01
+        - name: latency_p95
+          query: max(demo_latency_p95{feature="{feature}"})
+          max: 0.5
+        """
 
     /// Serves the feature's metrics (nil leaves a series out: Prometheus then has no data)
     /// and waits until Prometheus has scraped them.

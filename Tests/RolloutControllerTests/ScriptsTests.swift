@@ -10,11 +10,21 @@ import Testing
 struct CompareAndSetTests {
     let keys = FeatureKeys("google")
 
-    func apply(_ redis: RedisClient, expected: (String, String, String), to percent: String, owner: String = "me") async throws -> RedisValue {
+    func apply(
+        _ redis: RedisClient, expected: (String, String, String), to percent: String, owner: String = "me", rollback: Bool = false,
+        expectedGuard: String = "", lastGood: String = "", nowMilliseconds: Int64 = 1_000_000_000, flapLimit: Int = 3
+    ) async throws -> RedisValue {
         try await redis.evaluate(
             Scripts.applyChange,
-            keys: [keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, "flags:google:lock"],
-            arguments: [expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00", owner])
+            keys: [
+                keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, "flags:google:lock",
+                keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince,
+            ],
+            arguments: [
+                expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00", owner, rollback ? "rollback" : "promote",
+                expectedGuard, lastGood, String(nowMilliseconds), String(nowMilliseconds - 3_600_000), "900000", "rollback guard value",
+                String(flapLimit), "flap protection: too many rollbacks",
+            ])
     }
 
     func lock(_ redis: RedisClient, owner: String = "me") async throws {
@@ -59,6 +69,58 @@ struct CompareAndSetTests {
         #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(-1))
         #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
         #expect(try await redis.send("EXISTS", keys.controllerPercent) == .integer(0))
+    }
+
+    @Test func aRollbackSetsTheGuardLowersLastGoodAndIsCounted() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.pipeline([
+            RedisCommand("SET", keys.rolloutPercent, "50"), RedisCommand("SET", keys.lastGood, "50"), RedisCommand("HSET", keys.streaks, "latency", "3"),
+            RedisCommand("SET", keys.healthySince, "2025-10-08T15:00:00Z"),
+        ])
+        try await lock(redis)
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .integer(1))
+        #expect(try await redis.send("GET", keys.guardLock).string == "rollback guard value")
+        let ttl = try await redis.send("PTTL", keys.guardLock)
+        #expect(ttl.integer.map { $0 > 890_000 && $0 <= 900_000 } == true)
+        #expect(try await redis.send("GET", keys.lastGood).string == "10")
+        #expect(try await redis.send("ZCARD", keys.rollbacks) == .integer(1))
+        #expect(try await redis.send("PTTL", keys.rollbacks).integer.map { $0 > 3_500_000 } == true)
+        #expect(try await redis.send("EXISTS", keys.streaks, keys.healthySince, keys.pausedReason) == .integer(0))
+        #expect(try await redis.send("GET", keys.paused).isNull)
+    }
+
+    @Test func theThirdRollbackWithinAnHourPausesButIsStillApplied() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        try await lock(redis)
+        // One rollback two hours ago is forgotten; two within the hour count.
+        _ = try await redis.send("ZADD", keys.rollbacks, String(1_000_000_000 - 7_200_000), "old")
+        _ = try await redis.send("ZADD", keys.rollbacks, String(1_000_000_000 - 600_000), "recent")
+        _ = try await redis.send("SET", keys.rolloutPercent, "100")
+        #expect(try await apply(redis, expected: ("100", "", ""), to: "50", rollback: true) == .integer(1))
+        #expect(try await redis.send("ZCARD", keys.rollbacks) == .integer(2))
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, nowMilliseconds: 1_000_060_000) == .integer(2))
+        #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
+        #expect(try await redis.send("GET", keys.paused).string == "true")
+        #expect(try await redis.send("GET", keys.pausedReason).string == "flap protection: too many rollbacks")
+    }
+
+    @Test func aPromotionRespectsAGuardSetDuringTheRun() async throws {
+        let server = try RedisServer()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        try await lock(redis)
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        _ = try await redis.send("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z deploy", "PX", "60000")
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(0))
+        #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
+        // The controller's own guard, released by this promotion because it read it: applied, and gone.
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50", expectedGuard: "operator 2025-10-08T15:00:00Z deploy", lastGood: "10") == .integer(1))
+        #expect(try await redis.send("EXISTS", keys.guardLock) == .integer(0))
+        #expect(try await redis.send("GET", keys.lastGood).string == "10")
     }
 
     @Test func acknowledgingADeletedPercentRecordsZeroNotAnEmptyString() async throws {

@@ -1,0 +1,102 @@
+public import RolloutGate
+package import RolloutRedis
+
+/// The keys the controller keeps beside a feature's. The gate never reads them.
+extension FeatureKeys {
+    /// `flags:<f>:controller_percent`: the percent the controller last wrote; a different
+    /// rollout_percent means a person changed it.
+    public var controllerPercent: String { "flags:\(feature.rawValue):controller_percent" }
+    /// `flags:<f>:guard`: while it exists, no promotion. A string with a TTL (see ``GuardLock``).
+    public var guardLock: String { "flags:\(feature.rawValue):guard" }
+    /// `flags:<f>:paused_reason`: why the controller paused the feature (flap protection).
+    public var pausedReason: String { "flags:\(feature.rawValue):paused_reason" }
+    /// `flags:<f>:rollbacks`: a sorted set of the last hour's rollbacks, scored by Unix milliseconds.
+    public var rollbacks: String { "flags:\(feature.rawValue):rollbacks" }
+    /// `flags:<f>:last_good`: the highest percent that stayed healthy through a full dwell.
+    public var lastGood: String { "flags:\(feature.rawValue):last_good" }
+    /// `flags:<f>:streaks`: a hash of check name → consecutive violating runs.
+    public var streaks: String { "flags:\(feature.rawValue):streaks" }
+    /// `flags:<f>:healthy_since`: ISO-8601 time since which every check had data and was healthy.
+    public var healthySince: String { "flags:\(feature.rawValue):healthy_since" }
+
+    /// Every controller key, for `rollout flags get`.
+    public var controllerKeys: [String] { [controllerPercent, guardLock, pausedReason, rollbacks, lastGood, streaks, healthySince] }
+}
+
+/// A guard lock: no promotion while `flags:<f>:guard` exists. Its value is plain text,
+/// `<origin> <ISO-8601 time> <reason>`, and its TTL is what is left of the window, so an
+/// expired lock cleans itself up. The controller releases early only the locks it set after a
+/// rollback (origin `rollback`), never an operator's.
+public struct GuardLock: Sendable, Hashable, CustomStringConvertible {
+    /// Who set it.
+    public enum Origin: String, Sendable, Hashable {
+        /// The controller, after a rollback.
+        case rollback
+        /// A person or a deploy pipeline (`rollout guard lock`).
+        case `operator`
+    }
+
+    /// The raw value.
+    public var value: String
+    /// What is left of the window; nil when the key has no TTL.
+    public var remaining: Duration?
+
+    /// A lock as read from Redis.
+    public init(value: String, remaining: Duration?) {
+        self.value = value
+        self.remaining = remaining
+    }
+
+    /// The value to write: `rollback 2026-11-23T05:00:00.000Z error_rate=0.2 at 50%`.
+    public static func value(origin: Origin, time: Timestamp, reason: String) -> String {
+        "\(origin.rawValue) \(time) \(reason)"
+    }
+
+    /// Who set it; nil when the value was written by hand in another form.
+    public var origin: Origin? {
+        value.split(separator: " ", maxSplits: 1).first.flatMap { Origin(rawValue: String($0)) }
+    }
+
+    /// `locked for 14m12s more: rollback ...`.
+    public var description: String {
+        let left = remaining.map { "for \(formatDuration($0)) more" } ?? "with no expiry (delete the key or run rollout guard unlock)"
+        return "locked \(left): \(value)"
+    }
+
+    /// The lock in `replies` (GET then PTTL of the guard key), nil when there is none.
+    package static func read(value: RedisValue, pttl: RedisValue) -> GuardLock? {
+        guard let text = value.string else { return nil }
+        let milliseconds: Int64? = if case .integer(let ms) = pttl, ms >= 0 { ms } else { nil }
+        return GuardLock(value: text, remaining: milliseconds.map { .milliseconds($0) })
+    }
+}
+
+extension FeatureStore {
+    /// Locks `feature` against promotion for `window` (replacing any lock), and records it.
+    public func lockGuard(_ feature: FeatureName, for window: Duration, reason: String) async throws(AdminError) {
+        let milliseconds = window.wholeMilliseconds
+        guard milliseconds > 0 else { throw AdminError(.invalidInput("--window must be more than 0, e.g. 15m")) }
+        let value = GuardLock.value(origin: .operator, time: now(), reason: reason)
+        _ = try await call { try await redis.send("SET", FeatureKeys(feature).guardLock, value, "PX", String(milliseconds)) }
+        try record(feature, "guard locked for \(formatDuration(window))", reason)
+    }
+
+    /// Removes the guard lock, whoever set it; records it. Returns the lock that was removed.
+    @discardableResult
+    public func unlockGuard(_ feature: FeatureName, reason: String) async throws(AdminError) -> GuardLock? {
+        let key = FeatureKeys(feature).guardLock
+        let replies = try await call {
+            try await redis.pipeline([RedisCommand("GET", key), RedisCommand("PTTL", key), RedisCommand("DEL", key)])
+        }
+        let removed = GuardLock.read(value: replies[0], pttl: replies[1])
+        try record(feature, removed == nil ? "guard unlock (was not locked)" : "guard unlocked", reason)
+        return removed
+    }
+
+    /// The guard lock of `feature`, nil when unlocked.
+    public func guardStatus(_ feature: FeatureName) async throws(AdminError) -> GuardLock? {
+        let key = FeatureKeys(feature).guardLock
+        let replies = try await call { try await redis.pipeline([RedisCommand("GET", key), RedisCommand("PTTL", key)]) }
+        return GuardLock.read(value: replies[0], pttl: replies[1])
+    }
+}

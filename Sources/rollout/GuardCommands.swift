@@ -1,0 +1,73 @@
+import ArgumentParser
+import RolloutAdmin
+import RolloutController
+import RolloutGate
+
+struct GuardCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "guard",
+        abstract: "Lock a feature against promotion, unlock it, or ask whether it is locked (for people and deploy pipelines).",
+        discussion: """
+            The lock is flags:<feature>:guard, a string with a TTL: it cleans itself up when the window \
+            ends. The controller sets one after every rollback (guard_window) and releases that one early \
+            once every check has been healthy for stability_window; it never releases an operator's lock. \
+            Rollbacks are never blocked. Every lock and unlock goes to the audit log.
+            """,
+        subcommands: [Lock.self, Unlock.self, Status.self]
+    )
+
+    struct Lock: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "No promotion of the feature until the window ends or it is unlocked.")
+        @OptionGroup var options: ConnectionOptions
+        @Argument(help: "The feature.") var feature: String
+        @Option(help: ArgumentHelp("How long the lock lasts, e.g. 15m, 2h.", valueName: "duration")) var window = "15m"
+        @Option(help: "Why, for the audit log and the lock's value.") var reason = ""
+
+        func validate() throws {
+            guard let duration = parsePolicyDuration(window), duration.wholeMilliseconds > 0 else {
+                throw ValidationError("--window \(window) is not a duration above 0 (e.g. 15m, 1h30m).")
+            }
+        }
+
+        func run() async throws {
+            let name = try featureName(feature)
+            let duration = parsePolicyDuration(window) ?? .seconds(900)
+            try await options.store().lockGuard(name, for: duration, reason: reason)
+            try report(options, name, "guard locked for \(formatDuration(duration))")
+        }
+    }
+
+    struct Unlock: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove the feature's guard lock, whoever set it.")
+        @OptionGroup var options: ConnectionOptions
+        @Argument(help: "The feature.") var feature: String
+        @Option(help: "Why, for the audit log.") var reason = ""
+
+        func run() async throws {
+            let name = try featureName(feature)
+            let removed = try await options.store().unlockGuard(name, reason: reason)
+            try report(options, name, removed == nil ? "was not locked" : "guard unlocked")
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Whether the feature is locked against promotion: exit 0 when unlocked, 1 when locked.")
+        @OptionGroup var options: ConnectionOptions
+        @Argument(help: "The feature.") var feature: String
+
+        func run() async throws {
+            let name = try featureName(feature)
+            let lock = try await options.store().guardStatus(name)
+            if options.json {
+                try printJSON([
+                    "feature": name.rawValue, "locked": lock != nil, "value": lock?.value as Any,
+                    "origin": lock?.origin?.rawValue as Any, "remaining_ms": lock?.remaining?.wholeMilliseconds as Any,
+                ])
+            } else {
+                print("\(name): \(lock.map(\.description) ?? "unlocked")")
+            }
+            if lock != nil { throw ExitCode(1) }
+        }
+    }
+}

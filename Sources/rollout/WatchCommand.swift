@@ -1,0 +1,147 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import RolloutController
+import RolloutGate
+
+struct WatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Watch one feature after a change: apply its rollback checks at every poll, promote nothing.",
+        discussion: """
+            Polls every --fast-interval for the first --fast-period, then every --slow-interval, until \
+            --for has passed. A violated rollback check rolls back at once, exactly as the controller would \
+            (compare-and-set, guard, flap protection, audit log). Exit codes: 0 the window passed clean, 1 \
+            it rolled back (or a poll could not reach Prometheus or Redis), 2 invalid input, 130 stopped by \
+            Ctrl-C (it says where it stood).
+            """
+    )
+    @OptionGroup var policyOptions: ControllerCommand.PolicyOptions
+    @Argument(help: "The feature.") var feature: String
+    @Option(name: .customLong("for"), help: ArgumentHelp("How long to watch, e.g. 60m.", valueName: "duration")) var window = "60m"
+    @Option(help: ArgumentHelp("The poll interval at first.", valueName: "duration")) var fastInterval = "30s"
+    @Option(help: ArgumentHelp("How long the fast interval lasts.", valueName: "duration")) var fastPeriod = "5m"
+    @Option(help: ArgumentHelp("The poll interval after that.", valueName: "duration")) var slowInterval = "2m"
+    @Flag(name: .long, help: "Evaluate, write nothing to Redis.") var dryRun = false
+
+    func validate() throws {
+        for (name, text) in [("--for", window), ("--fast-interval", fastInterval), ("--slow-interval", slowInterval)] {
+            guard let duration = parsePolicyDuration(text), duration > .zero else {
+                throw ValidationError("\(name) \(text) is not a duration above 0 (e.g. 30s, 2m, 1h).")
+            }
+        }
+        guard parsePolicyDuration(fastPeriod) != nil else {
+            throw ValidationError("--fast-period \(fastPeriod) is not a duration (e.g. 5m, or 0s for none).")
+        }
+    }
+
+    func run() async throws {
+        let name = try featureName(feature)
+        let policy = try policyOptions.load(dryRun: dryRun)
+        guard policy.features.contains(where: { $0.feature == name }) else {
+            throw ValidationError("\(name) is not a feature of the policy file; its features: \(policy.features.map(\.feature.rawValue).joined(separator: ", ")).")
+        }
+        let plan = WatchPlan(
+            window: parsePolicyDuration(window) ?? .seconds(3600), fastInterval: parsePolicyDuration(fastInterval) ?? .seconds(30),
+            fastPeriod: parsePolicyDuration(fastPeriod) ?? .seconds(300), slowInterval: parsePolicyDuration(slowInterval) ?? .seconds(120))
+        let controller = Controller(policy: policy, logger: Logger(label: "rollout-watch"))
+        defer { fflush(nil) }
+        print("watching \(name) for \(formatDuration(plan.window)): every \(formatDuration(plan.fastInterval)) for \(formatDuration(plan.fastPeriod)), then every \(formatDuration(plan.slowInterval))")
+
+        let watch = Task { await watchLoop(controller, name, plan) }
+        // Ctrl-C and SIGTERM stop the watch between polls; a poll in flight finishes first.
+        let signals = [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { watch.cancel() }
+            source.resume()
+            return source
+        }
+        let outcome = await watch.value
+        signals.forEach { $0.cancel() }
+        print(outcome.summary)
+        if outcome.exitCode != 0 { throw ExitCode(outcome.exitCode) }
+    }
+
+    private func watchLoop(_ controller: Controller, _ name: FeatureName, _ plan: WatchPlan) async -> WatchOutcome {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var outcome = WatchOutcome(feature: name, window: plan.window)
+        while true {
+            let report = await controller.run(features: [name], promotions: false)
+            let elapsed = start.duration(to: clock.now)
+            outcome.record(report.features.first, exitCode: report.exitCode, at: elapsed)
+            print(outcome.lastLine)
+            fflush(nil)  // a pipeline (or a person behind `tee`) sees each poll as it happens
+            if outcome.rolledBack { return outcome }
+            guard elapsed < plan.window else { return outcome }
+            let pause = min(plan.interval(at: elapsed), plan.window - elapsed)
+            do {
+                try await Task.sleep(for: pause)
+            } catch {
+                outcome.interrupted = true
+                outcome.elapsed = start.duration(to: clock.now)
+                return outcome
+            }
+        }
+    }
+}
+
+/// When `rollout watch` polls.
+struct WatchPlan {
+    var window: Duration
+    var fastInterval: Duration
+    var fastPeriod: Duration
+    var slowInterval: Duration
+
+    /// The wait after a poll made `elapsed` into the window.
+    func interval(at elapsed: Duration) -> Duration { elapsed < fastPeriod ? fastInterval : slowInterval }
+}
+
+/// What a watch has seen so far.
+struct WatchOutcome {
+    let feature: FeatureName
+    let window: Duration
+    var polls = 0
+    var failedPolls = 0
+    var rolledBack = false
+    var interrupted = false
+    var elapsed: Duration = .zero
+    var lastLine = ""
+    var percent: RolloutPercent?
+
+    mutating func record(_ report: FeatureReport?, exitCode: Int32, at elapsed: Duration) {
+        polls += 1
+        self.elapsed = elapsed
+        guard let report else {
+            failedPolls += 1
+            lastLine = "[+\(formatDuration(elapsed))] no report"
+            return
+        }
+        percent = report.targetPercent ?? percent
+        if exitCode != 0 { failedPolls += 1 }
+        let checks = report.verdict?.checks.map { "\($0.name)=\(format($0.value)) \($0.status.rawValue)" }.joined(separator: "  ") ?? ""
+        let action = report.holdReason.map { "hold [\($0.rawValue)]" } ?? report.result
+        lastLine = "[+\(formatDuration(elapsed))] \(report.state.map { "\($0.rolloutPercent)%" } ?? "?")  \(checks)  -> \(action): \(report.explanation.isEmpty ? report.verdict?.explanation ?? "" : report.explanation)"
+        if report.result == "rollback" && (report.applied || report.recommended) { rolledBack = true }
+    }
+
+    var exitCode: Int32 {
+        if interrupted { return 130 }
+        return rolledBack || failedPolls > 0 ? 1 : 0
+    }
+
+    var summary: String {
+        let at = percent.map { " at \($0)%" } ?? ""
+        if interrupted {
+            let state = rolledBack ? "rolled back" : (failedPolls > 0 ? "\(failedPolls) poll(s) could not evaluate" : "clean so far")
+            return "stopped by a signal after \(formatDuration(elapsed)) of \(formatDuration(window)): \(polls) poll(s), \(feature)\(at), \(state)"
+        }
+        if rolledBack { return "rolled back after \(formatDuration(elapsed)): \(feature) is now\(at)" }
+        if failedPolls > 0 {
+            return "not clean: \(failedPolls) of \(polls) poll(s) could not reach Prometheus or Redis; \(feature)\(at)"
+        }
+        return "clean: \(polls) poll(s) over \(formatDuration(window)), \(feature)\(at), no rollback"
+    }
+}

@@ -62,27 +62,15 @@ public struct AuditLog: Sendable {
 
     /// Appends `entry` as one line.
     public func append(_ entry: Entry) throws(AuditLogError) {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw AuditLogError("Cannot open the audit log \(path): \(String(cString: strerror(errno))). Set --audit-log or ROLLOUT_AUDIT_LOG to a writable path.")
-        }
-        defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            guard errno == EINTR else {
-                throw AuditLogError("Cannot lock the audit log \(path): \(String(cString: strerror(errno))).")
+        do {
+            try appendUnderLock(entry.description + "\n", to: path, prefixWhenEmpty: Self.header)
+        } catch {
+            switch error.step {
+            case .open:
+                throw AuditLogError("Cannot open the audit log \(path): \(error.reason). Set --audit-log or ROLLOUT_AUDIT_LOG to a writable path.")
+            case .lock: throw AuditLogError("Cannot lock the audit log \(path): \(error.reason).")
+            case .write: throw AuditLogError("Could not write the audit log \(path): \(error.reason).")
             }
-        }
-        defer { flock(fd, LOCK_UN) }
-        var text = ""
-        var info = stat()
-        if fstat(fd, &info) == 0 && info.st_size == 0 {
-            text = Self.header
-        }
-        text += entry.description + "\n"
-        let bytes = Array(text.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count else {
-            throw AuditLogError("Could not write the audit log \(path): \(String(cString: strerror(errno))).")
         }
     }
 

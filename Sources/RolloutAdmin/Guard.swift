@@ -19,8 +19,12 @@ extension FeatureKeys {
     /// `flags:<f>:healthy_since`: ISO-8601 time since which every check had data and was healthy.
     public var healthySince: String { "flags:\(feature.rawValue):healthy_since" }
 
+    /// `flags:<f>:notified`: the feature's condition last notified (`ok`, `hold:no_data`...), so
+    /// that a condition lasting hours sends one message when it starts and one when it ends.
+    public var notified: String { "flags:\(feature.rawValue):notified" }
+
     /// Every controller key, for `rollout flags get`.
-    public var controllerKeys: [String] { [controllerPercent, guardLock, pausedReason, rollbacks, lastGood, streaks, healthySince] }
+    public var controllerKeys: [String] { [controllerPercent, guardLock, pausedReason, rollbacks, lastGood, streaks, healthySince, notified] }
 }
 
 /// A guard lock: no promotion while `flags:<f>:guard` exists. Its value is plain text,

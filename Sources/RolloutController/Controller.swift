@@ -17,6 +17,7 @@ public struct Controller: Sendable {
     private let redis: RedisClient
     private let prometheus: PrometheusClient
     private let auditLog: AuditLog
+    private let notifier: Notifier?
     private let logger: Logger
     private let now: @Sendable () -> Timestamp
     /// At most this many Prometheus queries at once.
@@ -34,6 +35,7 @@ public struct Controller: Sendable {
         redis = RedisClient(url: policy.redis)
         prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)
         auditLog = AuditLog(path: policy.auditLog)
+        notifier = policy.notifications.map { Notifier(policy: $0, logger: logger) }
         var hostname = [CChar](repeating: 0, count: 256)
         gethostname(&hostname, hostname.count)
         let host = String(decoding: hostname.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -57,6 +59,36 @@ public struct Controller: Sendable {
         }
         // The connection stays open for the next pass (`--every`); it closes with the controller.
         return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
+    }
+
+    /// Sends what `report` tells people (``RunNotifications``) and stores each condition so it
+    /// is sent once; nil in a dry run or without `notifications:`. It never throws: what cannot
+    /// be delivered is in the fallback file, and a failure to store a condition only means it
+    /// may be sent again next run. Call it after the run's report is out, so it delays nothing.
+    public func notify(_ report: RunReport) async -> DeliveryReport? {
+        guard let notifier, !report.dryRun else { return nil }
+        let notifications = RunNotifications(report: report, servers: notifier.policy.readServerConditions(), time: now())
+        let delivery = notifications.events.isEmpty ? nil : await notifier.deliver(notifications.events)
+        if !notifications.featureConditions.isEmpty {
+            let writes = notifications.featureConditions.sorted { $0.key < $1.key }.map { RedisCommand("SET", FeatureKeys($0.key).notified, $0.value) }
+            do {
+                _ = try await redis.pipeline(writes)
+            } catch {
+                logger.warning("Cannot store the notified conditions; they may be sent again", metadata: ["error": "\(error)"])
+            }
+        }
+        if !notifications.serverConditions.isEmpty {
+            var servers = notifier.policy.readServerConditions()
+            servers.merge(notifications.serverConditions) { _, new in new }
+            do {
+                try notifier.policy.writeServerConditions(servers)
+            } catch {
+                logger.warning(
+                    "Cannot write the notification state file; server conditions may be sent again",
+                    metadata: ["path": "\(notifier.policy.stateFile)", "error": "\(error)"])
+            }
+        }
+        return delivery
     }
 
     private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore, promotions: Bool) async -> FeatureReport {
@@ -100,7 +132,7 @@ public struct Controller: Sendable {
                 keys.readCommands + [
                     RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
                     RedisCommand("GET", keys.healthySince), RedisCommand("GET", keys.lastGood), RedisCommand("GET", keys.pausedReason),
-                    RedisCommand("HGETALL", keys.streaks),
+                    RedisCommand("HGETALL", keys.streaks), RedisCommand("GET", keys.notified),
                 ])
         } catch {
             return report.held(.redisError, "Redis: \(error)")
@@ -129,6 +161,7 @@ public struct Controller: Sendable {
         observation.lastGood = replies[8].string.flatMap { RolloutPercent(parsing: $0) }
         observation.pausedReason = replies[9].string
         observation.streaks = streaks(from: replies[10])
+        report.notifiedCondition = replies[11].string
         report.guardLock = observation.guardLock
 
         // 2. A person's switches: no queries needed.
@@ -174,6 +207,7 @@ public struct Controller: Sendable {
                         arguments: [expected.percent, known.description, time.description])
                     if acknowledged == .integer(1) {
                         record(feature.feature, change, "changed outside the controller; the dwell restarts now", by: "manual (detected)", at: time)
+                        report.manualChange = change
                     } else {
                         return report.held(.concurrentChange, "rollout_percent changed again while the controller looked at it")
                     }

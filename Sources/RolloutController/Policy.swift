@@ -19,6 +19,8 @@ public struct ControllerPolicy: Sendable {
     public var dryRun: Bool
     /// The features, in file order.
     public var features: [FeaturePolicy]
+    /// Where events are sent (`notifications:`); nil when the file has no such section.
+    public var notifications: NotificationPolicy?
 
     /// Parses `yaml` (from `path`, for messages) with environment overrides. Every problem
     /// is collected, each naming its field.
@@ -42,7 +44,9 @@ public struct ControllerPolicy: Sendable {
             throw PolicyError(path, ["it is not valid YAML: \(error)"])
         }
         var reader = NodeReader()
-        let knownTop: Set<String> = ["prometheus", "redis", "pushgateway", "audit_log", "query_timeout", "features", "freeze", "environments"]
+        let knownTop: Set<String> = [
+            "prometheus", "redis", "pushgateway", "audit_log", "query_timeout", "features", "freeze", "environments", "notifications",
+        ]
         let environments = EnvironmentOverrides(root: root, name: environmentName, reader: &reader)
         root = environments.top(root)
         let top = reader.mapping(root, at: "", known: knownTop)
@@ -71,6 +75,7 @@ public struct ControllerPolicy: Sendable {
         }
         auditLog = environment["ROLLOUT_AUDIT_LOG"].nonEmpty ?? top?["audit_log"].flatMap { reader.string($0, at: "audit_log") } ?? "./rollout_log.md"
         queryTimeout = top?["query_timeout"].flatMap { reader.duration($0, at: "query_timeout", positive: true) } ?? .seconds(10)
+        notifications = top?["notifications"].flatMap { NotificationPolicy($0, environment: environment, reader: &reader) }
         if let flag = environment["ROLLOUT_DRY_RUN"].nonEmpty {
             guard let value = parseBool(flag) else {
                 reader.fail("ROLLOUT_DRY_RUN", "is \"\(flag)\"; write true or false")

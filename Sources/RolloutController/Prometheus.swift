@@ -54,7 +54,7 @@ public struct PrometheusClient: Sendable {
             let response = try await http.execute(request, timeout: .nanoseconds(Int64(timeout.nanoseconds)))
             status = response.status
             body = try await response.body.collect(upTo: 8 * 1024 * 1024)
-        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+        } catch where isTimeout(error) {
             throw PrometheusError(.timeout, "Prometheus at \(base) did not answer within \(timeout) (query: \(query.prefix(120))).")
         } catch {
             throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error). Is it running, and is prometheus: right?")
@@ -146,7 +146,7 @@ public struct PrometheusError: Error, Sendable, CustomStringConvertible {
     public var isTransient: Bool {
         switch code {
         case .unreachable, .timeout: return true
-        case .httpStatus: return [429, 502, 503, 504].contains(httpStatus ?? 0)
+        case .httpStatus: return httpStatus.map(RetryPolicy.transientHTTPStatuses.contains) ?? false
         case .badQuery, .unparsable, .ambiguous: return false
         }
     }
@@ -168,6 +168,12 @@ func formEncoded(_ text: String) -> String {
         }
     }
     return result
+}
+
+/// Whether an AsyncHTTPClient failure is a timeout (rather than a refused or broken connection).
+func isTimeout(_ error: any Error) -> Bool {
+    guard let error = error as? HTTPClientError else { return false }
+    return error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout
 }
 
 extension Duration {

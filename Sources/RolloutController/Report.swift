@@ -29,6 +29,10 @@ public struct FeatureReport: Sendable {
     public var guardEvent: GuardEvent?
     /// The rollback reached `max_rollbacks_per_hour`: the feature is now paused for a person.
     public var pausedByFlapProtection = false
+    /// A person's change, detected and recorded this run (`10% -> 25%`).
+    public var manualChange: String?
+    /// The condition last notified, as read (`flags:<f>:notified`).
+    public var notifiedCondition: String?
 
     /// What a run did to the guard lock.
     public enum GuardEvent: String, Sendable {

@@ -76,3 +76,10 @@ private func pow(_ base: Double, _ exponent: Int) -> Double {
     }
     return result
 }
+
+extension RetryPolicy {
+    /// The HTTP statuses worth another attempt, for every network call: rate limited (429) and a
+    /// gateway's passing failure (502, 503, 504). A 500 and every other status are final: the
+    /// server answered and would answer the same.
+    static let transientHTTPStatuses: Set<Int> = [429, 502, 503, 504]
+}

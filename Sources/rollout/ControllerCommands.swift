@@ -64,10 +64,16 @@ struct ControllerCommand: AsyncParsableCommand {
             while true {
                 let report = await controller.run()
                 await telemetry?.push(report, logger: logger)
+                let delivery = await controller.notify(report)
                 if json {
-                    try printJSON(render(report))
+                    var document = render(report)
+                    if let delivery { document["notifications"] = render(delivery) }
+                    try printJSON(document)
                 } else {
                     print(describe(report))
+                    if let delivery, delivery.failed > 0 {
+                        print("notifications: \(delivery.delivered) delivered, \(delivery.failed) failed (\(delivery.writtenToFallback) in the fallback file)")
+                    }
                 }
                 guard let interval else {
                     if report.exitCode != 0 { throw ExitCode(report.exitCode) }
@@ -147,6 +153,20 @@ func describe(_ report: RunReport) -> String {
         if feature.pausedByFlapProtection { lines.append("  PAUSED by flap protection: too many rollbacks within an hour; a person must look") }
     }
     return lines.joined(separator: "\n")
+}
+
+/// What the notifications of a run did, per channel.
+func render(_ delivery: DeliveryReport) -> [String: Any] {
+    [
+        "delivered": delivery.delivered, "failed": delivery.failed, "written_to_fallback": delivery.writtenToFallback, "lost": delivery.lost,
+        "elapsed_ms": delivery.elapsed.wholeMilliseconds,
+        "channels": delivery.channels.map {
+            [
+                "channel": $0.channel, "type": $0.format.rawValue, "delivered": $0.delivered, "failed": $0.failed, "attempts": $0.attempts,
+                "retries": $0.retries, "elapsed_ms": $0.elapsed.wholeMilliseconds, "errors": $0.errors,
+            ] as [String: Any]
+        },
+    ]
 }
 
 /// The JSON report.

@@ -70,6 +70,7 @@ struct WatchCommand: AsyncParsableCommand {
         var outcome = WatchOutcome(feature: name, window: plan.window)
         while true {
             let report = await controller.run(features: [name], promotions: false)
+            _ = await controller.notify(report)
             let elapsed = start.duration(to: clock.now)
             outcome.record(report.features.first, exitCode: report.exitCode, at: elapsed)
             print(outcome.lastLine)

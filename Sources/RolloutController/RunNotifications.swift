@@ -1,0 +1,92 @@
+import Foundation
+public import RolloutGate
+
+/// What a run tells people: the changes it made (rollback, promotion to 100%, flap pause, guard
+/// lock and release, a manual change found) as they happen, and the conditions that started or
+/// ended (a hold worth a message, Prometheus or Redis unreachable), once each.
+public struct RunNotifications: Sendable {
+    /// The events to send, features in policy order, then the servers.
+    public var events: [NotificationEvent] = []
+    /// Each feature's condition to store in `flags:<f>:notified`, where it changed.
+    public var featureConditions: [FeatureName: String] = [:]
+    /// The servers' conditions to store in the state file (`prometheus`, `redis`).
+    public var serverConditions: [String: String] = [:]
+
+    /// The events of `report`, given the servers' conditions as last stored. Pure: no I/O.
+    public init(report: RunReport, servers previous: [String: String], time: Timestamp) {
+        guard !report.dryRun else { return }
+        for feature in report.features {
+            let name = feature.feature.rawValue
+            let change = "\(feature.state?.rolloutPercent.description ?? "?")% -> \(feature.targetPercent?.description ?? "?")%"
+            let details = ["from": feature.state?.rolloutPercent.description ?? "", "to": feature.targetPercent?.description ?? ""]
+            func add(_ kind: NotificationEvent.Kind, _ summary: String, _ extra: [String: String] = details) {
+                events.append(NotificationEvent(kind: kind, feature: name, summary: summary, details: extra, time: time))
+            }
+            if let manual = feature.manualChange {
+                add(.manualChange, "\(name) was changed outside the controller: \(manual).", ["change": manual])
+            }
+            if feature.applied, let verdict = feature.verdict {
+                switch verdict.action {
+                case .rollback:
+                    add(.rollback, "\(name) rolled back \(change): \(verdict.explanation).")
+                case .promote(let to) where to == .full:
+                    add(.promotedToFull, "\(name) is at 100%: \(verdict.explanation).")
+                default: break
+                }
+            }
+            switch feature.guardEvent {
+            case .locked?: add(.guardLocked, "\(name) is locked against promotion after the rollback \(change).")
+            case .released?: add(.guardReleased, "\(name)'s guard is released: every check was healthy for the stability window.")
+            case nil: break
+            }
+            if feature.pausedByFlapProtection {
+                add(.flapPause, "\(name) is paused by flap protection: it rolled back too often within an hour. Look, then `rollout flags resume \(name)`.")
+            }
+            // Conditions: only where this run could read the feature (its last condition is
+            // in Redis) and judge it; the servers' own conditions are followed below.
+            guard feature.state != nil || feature.holdReason == .corruptState,
+                feature.holdReason != .promUnreachable, feature.holdReason != .redisError
+            else { continue }
+            let condition = NotificationCondition(holdReason: feature.holdReason)
+            let previous = feature.notifiedCondition ?? NotificationCondition.ok.description
+            events += condition.events(since: previous, feature: name, explanation: feature.explanation, time: time)
+            if condition.description != previous { featureConditions[feature.feature] = condition.description }
+        }
+        // The servers: a condition is known only when some feature got far enough to tell.
+        let reasons = report.features.map(\.holdReason)
+        let redis: NotificationCondition? =
+            reasons.contains(.redisError) ? .redisUnreachable : (report.features.contains { $0.state != nil } ? .ok : nil)
+        let prometheus: NotificationCondition? =
+            reasons.contains(.promUnreachable)
+            ? .prometheusUnreachable : (report.features.contains { !($0.verdict?.checks.isEmpty ?? true) } ? .ok : nil)
+        for (subject, condition, failing) in [("redis", redis, HoldReasonFilter.redis), ("prometheus", prometheus, .prometheus)] {
+            guard let condition else { continue }
+            let explanation = report.features.first { failing.matches($0.holdReason) }?.explanation
+            events += condition.events(since: previous[subject], feature: nil, explanation: explanation, time: time)
+            serverConditions[subject] = condition.description
+        }
+    }
+
+    private enum HoldReasonFilter {
+        case redis, prometheus
+        func matches(_ reason: Verdict.HoldReason?) -> Bool {
+            self == .redis ? reason == .redisError : reason == .promUnreachable
+        }
+    }
+}
+
+extension NotificationPolicy {
+    /// The servers' conditions as last stored; empty when the file is missing or unreadable.
+    func readServerConditions() -> [String: String] {
+        guard let data = FileManager.default.contents(atPath: stateFile),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: String]
+        else { return [:] }
+        return object
+    }
+
+    /// Stores the servers' conditions: a whole new file renamed into place.
+    func writeServerConditions(_ conditions: [String: String]) throws {
+        let data = try JSONSerialization.data(withJSONObject: conditions, options: [.sortedKeys])
+        try data.write(to: URL(fileURLWithPath: stateFile), options: .atomic)
+    }
+}

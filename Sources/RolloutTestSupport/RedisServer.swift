@@ -124,6 +124,15 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Starts redis-server with extra `arguments` (e.g. `["--requirepass", "s3cret"]`);
     /// `tls: true` adds a TLS port with certificates made by openssl for this server.
+    /// Starts a server off the cooperative pool: starting one blocks until it answers PING,
+    /// and a test suite starting many at once on the pool (two threads on a 2-core machine)
+    /// would starve every other test's timers and network I/O.
+    public static func start(
+        arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1"
+    ) async throws -> RedisServer {
+        try await offThePool { try RedisServer(arguments: arguments, tls: tls, configFile: configFile, tlsHostNames: tlsHostNames) }
+    }
+
     public init(arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1") throws {
         guard let binary = executablePath("redis-server") else {
             throw FixtureError("redis-server is not installed: run scripts/test.sh, or apt-get install redis-server")

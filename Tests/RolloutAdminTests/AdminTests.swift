@@ -89,8 +89,8 @@ struct FeatureStoreTests {
         let store: FeatureStore
         let directory: String
 
-        init() throws {
-            server = try RedisServer()
+        init() async throws {
+            server = try await RedisServer.start()
             redis = RedisClient(url: server.url())
             directory = try makeTemporaryDirectory("store")
             store = FeatureStore(redis: redis, auditLog: AuditLog(path: directory + "/log.md"), now: { fixedTime })
@@ -105,7 +105,7 @@ struct FeatureStoreTests {
     }
 
     @Test func initCreatesTheOriginalInitialStateAndNeverOverwrites() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         _ = try await fixture.redis.send("SET", "flags:google:rollout_percent", "25")
         let created = try await fixture.store.initialize("google", reason: "new")
         #expect(created == ["flags:google:enabled", "flags:google:internal_only", "flags:google:paused"])
@@ -116,7 +116,7 @@ struct FeatureStoreTests {
     }
 
     @Test func setPercentRecordsPreviousAndTimeAtomically() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         let ten = try #require(RolloutPercent(parsing: "10"))
         let previous = try await fixture.store.setPercent("google", to: ten, reason: "Initial canary")
         #expect(previous == nil)
@@ -137,7 +137,7 @@ struct FeatureStoreTests {
     }
 
     @Test func setPercentOverAnInvalidValueDropsItInsteadOfCopyingIt() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         _ = try await fixture.redis.send("SET", "flags:google:rollout_percent", "fifty")
         _ = try await fixture.store.setPercent("google", to: .zero, reason: "repair")
         #expect(try await fixture.get("flags:google:last_percent") == nil)
@@ -145,7 +145,7 @@ struct FeatureStoreTests {
     }
 
     @Test func switchesAndListsAreWrittenAndAudited() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         try await fixture.store.setPaused("google", true, reason: "3am page")
         try await fixture.store.setEnabled("google", false, reason: "hard kill")
         try await fixture.store.setInternalOnly("google", false, reason: "open up")
@@ -166,7 +166,7 @@ struct FeatureStoreTests {
     }
 
     @Test func longIdListsAreSummarisedInTheAuditLog() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         let ids = (0..<25).map { "a\($0)" }
         #expect(try await fixture.store.add(ids, to: .allow, of: "google", reason: "beta") == 25)
         #expect(try await fixture.redis.send("SCARD", "flags:google:allow") == .integer(25))
@@ -174,14 +174,14 @@ struct FeatureStoreTests {
     }
 
     @Test func emptyIdsAreRefusedAndNothingIsWritten() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         await #expect(throws: AdminError.self) { try await fixture.store.add(["ok", ""], to: .allow, of: "google", reason: "") }
         #expect(try await fixture.redis.send("EXISTS", "flags:google:allow") == .integer(0))
         #expect(try fixture.auditLines().isEmpty)
     }
 
     @Test func listFindsFeaturesWithScanAndReportsStrayKeys() async throws {
-        let fixture = try Fixture()
+        let fixture = try await Fixture()
         _ = try await fixture.redis.pipeline([
             RedisCommand("SET", "flags:google:enabled", "true"), RedisCommand("SADD", "flags:pay.v2:allow", "a"),
             RedisCommand("SET", "flags:Bad Name:enabled", "true"), RedisCommand("SET", "unrelated", "x"),

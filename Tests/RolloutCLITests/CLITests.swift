@@ -9,8 +9,8 @@ struct CLI {
     let directory: String
     let binary: String
 
-    init(arguments: [String] = []) throws {
-        server = try RedisServer(arguments: arguments)
+    init(arguments: [String] = []) async throws {
+        server = try await RedisServer.start(arguments: arguments)
         directory = try makeTemporaryDirectory("cli")
         binary = try rolloutBinary()
     }
@@ -35,7 +35,7 @@ struct CLI {
 @Suite("rollout CLI", .tags(.cli, .redis), .requiresRedis)
 struct CLITests {
     @Test func initThenRolloutThenCheck() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         #expect(try await cli.run("flags", "init", "google").status == 0)
         #expect(try await cli.run("flags", "internal-only", "google", "false", "--reason", "open").status == 0)
         let set = try await cli.run("flags", "set-percent", "google", "50", "--reason", "Half")
@@ -54,7 +54,7 @@ struct CLITests {
     }
 
     @Test func switchesListsAndWorkspacesThroughTheCLI() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
         let steps: [[String]] = [
@@ -80,7 +80,7 @@ struct CLITests {
     }
 
     @Test func invalidInputExitsTwoBeforeConnecting() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         // A URL nothing listens on: exit 2 proves validation happened before any connect.
         let unreachable = ["REDIS_URL": "redis://127.0.0.1:1"]
         for arguments in [
@@ -97,13 +97,13 @@ struct CLITests {
     }
 
     @Test func unreachableRedisExitsOneAndNeverPrintsThePassword() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let port = try freeLoopbackPort()
         let result = try await cli.run("flags", "pause", "google", environment: ["REDIS_URL": "redis://ops:hunter2@127.0.0.1:\(port)"])
         #expect(result.status == 1)
         #expect(result.stderr.contains("Connection refused"))
         #expect(!(result.stdout + result.stderr).contains("hunter2"))
-        let badAuth = try CLI(arguments: ["--requirepass", "right-password"])
+        let badAuth = try await CLI(arguments: ["--requirepass", "right-password"])
         let refused = try await badAuth.run("flags", "get", "google", environment: ["REDIS_URL": "redis://:wrong-password@127.0.0.1:\(badAuth.server.port)"])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("authentication"))
@@ -111,7 +111,7 @@ struct CLITests {
     }
 
     @Test func corruptStateExitsThreeNamingTheKey() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
         _ = try await redis.send("SET", "flags:google:last_change_time", "yesterday")
@@ -125,7 +125,7 @@ struct CLITests {
     }
 
     @Test func actorsFromFileAnswersEveryLineAndPreviewIsASuperset() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
         _ = try await redis.send("SET", "flags:google:rollout_percent", "10")
@@ -150,7 +150,7 @@ struct CLITests {
     }
 
     @Test func actorsFromStdinFollowsALiveKillSwitch() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
         _ = try await redis.send("SET", "flags:google:rollout_percent", "100")
@@ -171,7 +171,7 @@ struct CLITests {
     }
 
     @Test func fiftyConcurrentProcessesAppendWithoutLosingOrInterleaving() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let processes = try (0..<50).map { index in
             try ChildProcess(
                 cli.binary, ["flags", "allow", "add", "google", "user-\(index)", "--reason", "batch \(index) " + String(repeating: "r", count: 200)],

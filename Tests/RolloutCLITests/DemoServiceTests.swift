@@ -6,7 +6,7 @@ import Testing
 @Suite("rollout demo-service", .tags(.cli, .redis), .requiresRedis)
 struct DemoServiceTests {
     @Test func requestsGoThroughTheGateAndFaultsShowInTheMetrics() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", "flags:demo:rollout_percent", "100")

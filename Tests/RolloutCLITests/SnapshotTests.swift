@@ -6,7 +6,7 @@ import Testing
 @Suite("rollout snapshot", .tags(.cli, .redis), .requiresRedis)
 struct SnapshotTests {
     @Test func saveThenRestoreBringsEveryKeyBackAtomically() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
         _ = try await redis.pipeline([
@@ -51,7 +51,7 @@ struct SnapshotTests {
     }
 
     @Test func aWrongChecksumOrAMalformedSnapshotChangesNothing() async throws {
-        let cli = try CLI()
+        let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
         _ = try await redis.send("SET", "flags:google:rollout_percent", "10")

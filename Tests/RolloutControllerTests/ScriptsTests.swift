@@ -32,7 +32,7 @@ struct CompareAndSetTests {
     }
 
     @Test func appliesWhenNothingMoved() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
@@ -48,7 +48,7 @@ struct CompareAndSetTests {
         (RedisCommand("SET", "flags:google:enabled", "false"), "a person hit the kill switch"),
     ])
     func aPersonsChangeDuringTheRunWins(change: RedisCommand, what: String) async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
@@ -60,7 +60,7 @@ struct CompareAndSetTests {
     }
 
     @Test func nothingIsWrittenOnceTheLockIsLost() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
@@ -72,7 +72,7 @@ struct CompareAndSetTests {
     }
 
     @Test func aRollbackSetsTheGuardLowersLastGoodAndIsCounted() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.pipeline([
@@ -92,7 +92,7 @@ struct CompareAndSetTests {
     }
 
     @Test func theThirdRollbackWithinAnHourPausesButIsStillApplied() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         try await lock(redis)
@@ -109,7 +109,7 @@ struct CompareAndSetTests {
     }
 
     @Test func aPromotionRespectsAGuardSetDuringTheRun() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         try await lock(redis)
@@ -124,7 +124,7 @@ struct CompareAndSetTests {
     }
 
     @Test func acknowledgingADeletedPercentRecordsZeroNotAnEmptyString() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.controllerPercent, "10")  // then a person ran DEL rollout_percent
@@ -137,7 +137,7 @@ struct CompareAndSetTests {
     }
 
     @Test func lockIsReleasedByItsOwnerOnly() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", "flags:google:lock", "owner-a", "NX", "PX", "60000")

@@ -20,7 +20,7 @@ func whileRunning<Result>(_ gate: FeatureGate, _ body: () async throws -> Result
 @Suite("Feature gate against a real redis-server", .tags(.redis), .requiresRedis)
 struct FeatureGateTests {
     @Test func answersFromTheSnapshotAfterPrepare() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.pipeline([
@@ -38,7 +38,7 @@ struct FeatureGateTests {
     }
 
     @Test func handleFollowsEveryRefreshAndAgreesWithTheNamePath() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         let gate = FeatureGate(redisURL: server.url())
@@ -59,7 +59,7 @@ struct FeatureGateTests {
     }
 
     @Test func unknownFeatureIsFetchedInTheBackground() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.send("SET", "flags:late:rollout_percent", "100")
@@ -73,7 +73,7 @@ struct FeatureGateTests {
     }
 
     @Test func invalidValueTurnsTheFeatureOffAndIsReported() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.pipeline([
@@ -104,7 +104,7 @@ struct FeatureGateTests {
     }
 
     @Test func processOverrideKillsTheFeature() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.send("SET", "flags:pay.v2:rollout_percent", "100")
@@ -116,7 +116,7 @@ struct FeatureGateTests {
     }
 
     @Test func pushInvalidationFlipsTheKillSwitchWithoutWaitingForAPoll() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
@@ -135,7 +135,7 @@ struct FeatureGateTests {
     }
 
     @Test func fallsBackToPollingWhenTrackingIsRefused() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         // A gate user without CLIENT TRACKING: push is refused, polling must carry on.
@@ -155,7 +155,7 @@ struct FeatureGateTests {
     }
 
     @Test func staleThenClosedThenRecovers() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
@@ -178,7 +178,7 @@ struct FeatureGateTests {
     }
 
     @Test func gracefulShutdownEndsRun() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let gate = FeatureGate(redisURL: server.url(), features: ["google"])
         try await testGracefulShutdown { trigger in
             let task = Task { try await gate.run() }

@@ -10,14 +10,14 @@ private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
 /// (push invalidation included) and nothing more; the controller user can write flags only.
 @Suite("Shipped redis.conf and users.acl", .tags(.redis), .requiresRedis)
 struct ShippedRedisConfigTests {
-    func server() throws -> RedisServer {
-        try RedisServer(
+    func server() async throws -> RedisServer {
+        try await RedisServer.start(
             arguments: ["--aclfile", root.appendingPathComponent("redis/users.acl").path],
             configFile: root.appendingPathComponent("redis/redis.conf").path)
     }
 
     @Test func gateUserRunsTheGateWithPushInvalidationButCannotWrite() async throws {
-        let server = try server()
+        let server = try await server()
         let controller = RedisClient(url: server.url(username: "controller", password: "controller-change-me"))
         defer { controller.close() }
         _ = try await controller.send("SET", "flags:google:rollout_percent", "100")
@@ -44,7 +44,7 @@ struct ShippedRedisConfigTests {
     }
 
     @Test func controllerUserWritesFlagsOnlyAndRunsTheScripts() async throws {
-        let server = try server()
+        let server = try await server()
         let controller = RedisClient(url: server.url(username: "controller", password: "controller-change-me"))
         defer { controller.close() }
         let result = try await controller.evaluate(

@@ -5,7 +5,7 @@ import Testing
 @Suite("Redis client against a real redis-server", .tags(.redis), .requiresRedis)
 struct RedisClientTests {
     @Test func setGetIsBinarySafe() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         let value: [UInt8] = [0, 1, 2, 0xff, 13, 10, 0x24]
@@ -18,7 +18,7 @@ struct RedisClientTests {
     }
 
     @Test func pipelineKeepsOrderAndReportsEachError() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         let replies = try await client.pipeline([
@@ -38,7 +38,7 @@ struct RedisClientTests {
     }
 
     @Test func largePipelineIsOneCallAndComplete() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         let writes = (0..<5000).map { RedisCommand("SET", "key:\($0)", String(repeating: "v", count: $0 % 100)) }
@@ -49,7 +49,7 @@ struct RedisClientTests {
     }
 
     @Test func serverErrorCarriesItsPrefix() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         _ = try await client.send("SET", "s", "x")
@@ -64,7 +64,7 @@ struct RedisClientTests {
     }
 
     @Test func transactionRunsAtomicallyAndAbortsOnWatchedChange() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         let replies = try await client.transaction([RedisCommand("SET", "t", "1"), RedisCommand("INCR", "t")])
@@ -76,7 +76,7 @@ struct RedisClientTests {
     }
 
     @Test func evaluateFallsBackFromEvalshaToEval() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
@@ -89,7 +89,7 @@ struct RedisClientTests {
     }
 
     @Test func scanVisitsEveryMatchingKeyOnce() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         _ = try await client.pipeline((0..<2500).map { RedisCommand("SET", "flags:f\($0):enabled", "true") })
@@ -100,7 +100,7 @@ struct RedisClientTests {
     }
 
     @Test func subscriptionDeliversMessagesAndResubscribesAfterKill() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         let subscription = RedisSubscription(url: server.url(), channels: ["news"])
@@ -121,7 +121,7 @@ struct RedisClientTests {
     }
 
     @Test func concurrentCallersShareOneClient() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -137,7 +137,7 @@ struct RedisClientTests {
     }
 
     @Test func unixSocketURL() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: try RedisURL(parsing: "unix://\(server.unixSocketPath)?db=1"))
         defer { client.close() }
         _ = try await client.send("SET", "where", "db1")
@@ -174,7 +174,7 @@ struct RedisFailureTests {
     }
 
     @Test func requirepassAuthentication() async throws {
-        let server = try RedisServer(arguments: ["--requirepass", "s3cret-pass"])
+        let server = try await RedisServer.start(arguments: ["--requirepass", "s3cret-pass"])
         let good = RedisClient(url: server.url(password: "s3cret-pass"))
         defer { good.close() }
         #expect(try await good.send("PING") == .status("PONG"))
@@ -195,7 +195,7 @@ struct RedisFailureTests {
     }
 
     @Test func aclUserAuthentication() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
         defer { admin.close() }
         _ = try await admin.send("ACL", "SETUSER", "gate", "on", ">gate-pass", "%R~flags:*", "+@read", "+ping")
@@ -216,7 +216,7 @@ struct RedisFailureTests {
     }
 
     @Test func reconnectsAfterClientKill() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         let admin = RedisClient(url: server.url())
         defer {
@@ -232,7 +232,7 @@ struct RedisFailureTests {
     }
 
     @Test func reconnectsAfterServerRestart() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         defer { client.close() }
         _ = try await client.send("SET", "k", "v")
@@ -243,7 +243,7 @@ struct RedisFailureTests {
     }
 
     @Test func closedClientRefusesCalls() async throws {
-        let server = try RedisServer()
+        let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())
         _ = try await client.send("PING")
         client.close()
@@ -258,7 +258,7 @@ struct RedisFailureTests {
 @Suite("Redis over TLS", .tags(.redis), .requiresRedis)
 struct RedisTLSTests {
     @Test func verifiesTheServerAgainstTheGivenCA() async throws {
-        let server = try RedisServer(tls: true)
+        let server = try await RedisServer.start(tls: true)
         let certificates = try #require(server.certificates)
         let port = try #require(server.tlsPort)
         for host in ["127.0.0.1", "localhost"] {
@@ -273,7 +273,7 @@ struct RedisTLSTests {
     }
 
     @Test func rejectsACertificateFromAnUntrustedCA() async throws {
-        let server = try RedisServer(tls: true)
+        let server = try await RedisServer.start(tls: true)
         let certificates = try #require(server.certificates)
         let port = try #require(server.tlsPort)
         let url = try RedisURL(parsing: "rediss://127.0.0.1:\(port)?cacert=\(certificates.otherCACertificate)")
@@ -287,7 +287,7 @@ struct RedisTLSTests {
     }
 
     @Test func rejectsACertificateForAnotherHostName() async throws {
-        let server = try RedisServer(tls: true, tlsHostNames: "DNS:redis.example.com")
+        let server = try await RedisServer.start(tls: true, tlsHostNames: "DNS:redis.example.com")
         let certificates = try #require(server.certificates)
         let port = try #require(server.tlsPort)
         for host in ["127.0.0.1", "localhost"] {
@@ -302,7 +302,7 @@ struct RedisTLSTests {
     }
 
     @Test func rejectsTheSystemStoreForAPrivateCA() async throws {
-        let server = try RedisServer(tls: true)
+        let server = try await RedisServer.start(tls: true)
         let port = try #require(server.tlsPort)
         let client = RedisClient(url: try RedisURL(parsing: "rediss://127.0.0.1:\(port)"))
         await #expect {
@@ -313,7 +313,7 @@ struct RedisTLSTests {
     }
 
     @Test func insecureSkipsVerification() async throws {
-        let server = try RedisServer(tls: true)
+        let server = try await RedisServer.start(tls: true)
         let port = try #require(server.tlsPort)
         let client = RedisClient(url: try RedisURL(parsing: "rediss://127.0.0.1:\(port)?insecure=true"))
         defer { client.close() }
@@ -321,7 +321,7 @@ struct RedisTLSTests {
     }
 
     @Test func clientCertificateIsPresented() async throws {
-        let server = try RedisServer(arguments: ["--tls-auth-clients", "yes"], tls: true)
+        let server = try await RedisServer.start(arguments: ["--tls-auth-clients", "yes"], tls: true)
         let certificates = try #require(server.certificates)
         let port = try #require(server.tlsPort)
         // The server certificate doubles as a client certificate signed by the trusted CA.
@@ -337,7 +337,7 @@ struct RedisTLSTests {
     }
 
     @Test func plainClientOnTLSPortFailsClearly() async throws {
-        let server = try RedisServer(tls: true)
+        let server = try await RedisServer.start(tls: true)
         let port = try #require(server.tlsPort)
         let client = RedisClient(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port)), commandTimeout: .milliseconds(300))
         await #expect(throws: RedisError.self) { try await client.send("PING") }

@@ -2,7 +2,8 @@
 # Reproduces the figures in docs/performance.md: builds in release mode, starts its own
 # redis-server on a free loopback port, runs the benchmarks, compares `rollout check
 # --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
-# allocations per gate check. Stops what it started.
+# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller
+# runs one section (the controller section doubles as the release-build smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -17,10 +18,14 @@ echo "==> building (release)"
 swift build -c release --product rollout 2>&1 | tail -n 1
 swift build -c release --product rollout-bench 2>&1 | tail -n 1
 bin=$(swift build -c release --show-bin-path)
+want() { [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = "$1" ]; }
 
+if want gate; then
 echo
 "$bin/rollout-bench" "$url" "${BENCH_ITERATIONS:-2000000}"
+fi
 
+if want check; then
 echo
 echo "== rollout check --actors-from over 1,000,000 ids (best of 3)"
 seq -f "user-%.0f" 1 1000000 > "$work/ids.txt"
@@ -45,7 +50,9 @@ if cmp -s "$work/c.txt" "$work/out.txt"; then same="identical answers"; else sam
 echo "C (SHA256_Init/Update/Final, stdio): ${c_ms} ms"
 echo "rollout check --actors-from:         ${swift_ms} ms  ($same; budget: at most 2x the C time)"
 awk -v c="$c_ms" -v s="$swift_ms" 'BEGIN { printf "ratio rollout / C = %.2f\n", s / c }'
+fi
 
+if want allocations; then
 echo
 echo "== heap allocations per gate check (LD_PRELOAD counter)"
 cc -O2 -shared -fPIC -o "$work/count_mallocs.so" scripts/bench/count_mallocs.c
@@ -55,7 +62,9 @@ allocs() {
 small=$(allocs 1000)
 large=$(allocs 1001000)
 awk -v a="$small" -v b="$large" 'BEGIN { printf "allocations: %d for 1,000 checks, %d for 1,001,000: %.4f per check\n", a, b, (b - a) / 1000000 }'
+fi
 
+if want controller; then
 echo
 echo "== rollout controller run over 1,000 features x 3 checks (best of 3)"
 ensure_packages prometheus prometheus-pushgateway curl
@@ -105,9 +114,17 @@ done
 best_run=""
 for _ in 1 2 3; do
   start=$(date +%s%N)
-  "$bin/rollout" controller run --config "$work/bench.yaml" > "$work/run.txt" || true
+  status=0
+  "$bin/rollout" controller run --config "$work/bench.yaml" > "$work/run.txt" 2> "$work/run.err" || status=$?
   ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  if [ "$status" -ne 0 ]; then
+    # The release build once crashed here while every debug test passed: never hide it.
+    echo "FAILED: the release controller run exited $status" >&2
+    tail -n 20 "$work/run.err" >&2
+    exit 1
+  fi
   if [ -z "$best_run" ] || [ "$ms" -lt "$best_run" ]; then best_run=$ms; fi
 done
 echo "promotions in the last run: $(grep -c -- '-> promote' "$work/run.txt" || true) of 1000; holds: $(grep -c -- '-> hold' "$work/run.txt" || true)"
 echo "one run, 1000 features x 3 queries, locks and compare-and-set writes: ${best_run} ms (budget: within 5000 ms)"
+fi

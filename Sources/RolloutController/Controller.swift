@@ -33,7 +33,10 @@ public struct Controller: Sendable {
         self.now = now
         self.maxConcurrentQueries = max(1, maxConcurrentQueries)
         redis = RedisClient(url: policy.redis)
-        prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)
+        // The Prometheus client's bulkhead bounds the queries in flight across every feature.
+        prometheus = PrometheusClient(
+            base: policy.prometheus, timeout: policy.queryTimeout,
+            guards: EndpointGuard(name: "prometheus", maxConcurrentCalls: max(1, maxConcurrentQueries)))
         auditLog = AuditLog(path: policy.auditLog)
         notifier = policy.notifications.map { Notifier(policy: $0, logger: logger) }
         var hostname = [CChar](repeating: 0, count: 256)
@@ -48,17 +51,16 @@ public struct Controller: Sendable {
     /// and promotions are held with `watching`.
     public func run(features only: Set<FeatureName>? = nil, promotions: Bool = true) async -> RunReport {
         let started = now()
-        let limiter = AsyncSemaphore(limit: maxConcurrentQueries)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
             for (index, feature) in policy.features.enumerated() where only?.contains(feature.feature) ?? true {
-                group.addTask { (index, await evaluate(feature, limiter: limiter, promotions: promotions)) }
+                group.addTask { (index, await evaluate(feature, promotions: promotions)) }
             }
             var results: [(Int, FeatureReport)] = []
             for await result in group { results.append(result) }
             return results.sorted { $0.0 < $1.0 }.map(\.1)
         }
         // The connection stays open for the next pass (`--every`); it closes with the controller.
-        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results)
+        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results, network: networkStatistics)
     }
 
     /// Sends what `report` tells people (``RunNotifications``) and stores each condition so it
@@ -91,7 +93,14 @@ public struct Controller: Sendable {
         return delivery
     }
 
-    private func evaluate(_ feature: FeaturePolicy, limiter: AsyncSemaphore, promotions: Bool) async -> FeatureReport {
+    /// What the calls to each remote endpoint did so far: Prometheus, and each webhook channel.
+    public var networkStatistics: [String: CallStatistics] {
+        var statistics = ["prometheus": prometheus.guards.snapshot]
+        for (name, guards) in notifier?.guards ?? [:] { statistics["webhook:\(name)"] = guards.snapshot }
+        return statistics
+    }
+
+    private func evaluate(_ feature: FeaturePolicy, promotions: Bool) async -> FeatureReport {
         let lockKey = "flags:\(feature.feature):lock"
         let report = FeatureReport(feature: feature.feature)
 
@@ -111,7 +120,7 @@ public struct Controller: Sendable {
                 return report.held(.redisError, "Redis: \(error)")
             }
         }
-        let result = await evaluateHoldingLock(feature, report: report, limiter: limiter, promotions: promotions)
+        let result = await evaluateHoldingLock(feature, report: report, promotions: promotions)
         if !policy.dryRun {
             // Released by its owner only; the TTL frees it if this process dies first.
             _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
@@ -120,7 +129,7 @@ public struct Controller: Sendable {
     }
 
     private func evaluateHoldingLock(
-        _ feature: FeaturePolicy, report: FeatureReport, limiter: AsyncSemaphore, promotions: Bool
+        _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool
     ) async -> FeatureReport {
         var report = report
         let keys = FeatureKeys(feature.feature)
@@ -172,7 +181,7 @@ public struct Controller: Sendable {
         }
 
         // 3. Every query at once (bounded); any failure holds the feature.
-        let answers = await query(feature, limiter: limiter)
+        let answers = await query(feature)
         if !answers.failures.isEmpty {
             report.queryErrors = answers.failures
             return report.held(.promUnreachable, "Prometheus could not answer: " + answers.failures.joined(separator: "; "))
@@ -345,8 +354,8 @@ public struct Controller: Sendable {
         case minRequests
     }
 
-    /// Every query of `feature` at once, bounded by `limiter`; the failures sorted by name.
-    private func query(_ feature: FeaturePolicy, limiter: AsyncSemaphore) async -> (values: [QueryKey: Double?], failures: [String]) {
+    /// Every query of `feature` at once (the client's bulkhead bounds them); the failures sorted by name.
+    private func query(_ feature: FeaturePolicy) async -> (values: [QueryKey: Double?], failures: [String]) {
         var queries: [(QueryKey, String, String)] = feature.checks.map { (.check($0.name), $0.name, $0.query) }
         for check in feature.burnRateChecks {
             for window in check.distinctWindows {
@@ -359,14 +368,12 @@ public struct Controller: Sendable {
         await withTaskGroup(of: (QueryKey, String, Result<Double?, PrometheusError>).self) { group in
             for (key, label, query) in queries {
                 group.addTask {
-                    await limiter.acquire()
                     let result: Result<Double?, PrometheusError>
                     do throws(PrometheusError) {
                         result = .success(try await prometheus.value(of: query))
                     } catch {
                         result = .failure(error)
                     }
-                    await limiter.release()
                     return (key, label, result)
                 }
             }

@@ -16,6 +16,8 @@ public struct Notifier: Sendable {
     private let logger: Logger
     private let sleep: @Sendable (Duration) async -> Void
     private var http: HTTPClient { .shared }
+    /// Each channel's circuit breaker, bulkhead (4 requests at once) and statistics, by name.
+    public let guards: [String: EndpointGuard]
 
     /// A notifier over AsyncHTTPClient's shared client. `sleep` waits between retries
     /// (injected by tests).
@@ -26,6 +28,11 @@ public struct Notifier: Sendable {
         self.policy = policy
         self.logger = logger
         self.sleep = sleep
+        var guards: [String: EndpointGuard] = [:]
+        for channel in policy.channels where guards[channel.name] == nil {
+            guards[channel.name] = EndpointGuard(name: channel.name, maxConcurrentCalls: 4)
+        }
+        self.guards = guards
     }
 
     /// Sends every event to every channel that accepts its kind; returns when all are delivered
@@ -60,6 +67,8 @@ public struct Notifier: Sendable {
     private func send(_ event: NotificationEvent, to channel: NotificationChannel, deadline: ContinuousClock.Instant) async -> Outcome {
         let started = ContinuousClock.now
         let body = channel.format.payload(for: event)
+        let guards = self.guards[channel.name] ?? EndpointGuard(name: channel.name)
+        await guards.enter()
         var attempts = 0
         var failure: NotificationError
         while true {
@@ -68,11 +77,22 @@ public struct Notifier: Sendable {
                 failure = NotificationError(.deadline, "The notification deadline (\(shown(policy.deadline))) passed before an attempt to \(channel.name)")
                 break
             }
+            guard guards.allowAttempt(retry: attempts > 0) else {
+                failure = NotificationError(
+                    .circuitOpen, "\(channel.name) failed repeatedly; its circuit breaker is open, so nothing was sent"
+                        + (guards.lastFailureDescription.map { ". Last failure: \($0)" } ?? ""))
+                break
+            }
             attempts += 1
             do {
                 try await post(body, to: channel, timeout: min(policy.attemptTimeout, remaining))
+                guards.record(success: true)
+                await guards.leave(failed: false, took: started.duration(to: .now))
                 return Outcome(delivered: true, attempts: attempts, elapsed: started.duration(to: .now), error: nil, fallback: .notNeeded)
             } catch {
+                // A refused payload is our fault, not a sign of the receiver's health.
+                let endpointFailure = error.isTransient || error.code == .timeout || error.code == .unreachable || (error.httpStatus ?? 0) >= 500
+                guards.record(success: !endpointFailure, failure: endpointFailure ? error.message : nil)
                 failure = error
                 guard error.isTransient, attempts < policy.retry.maxAttempts, !Task.isCancelled else { break }
                 let wait = policy.retry.delay(afterAttempt: attempts)
@@ -84,6 +104,7 @@ public struct Notifier: Sendable {
                 await sleep(wait)
             }
         }
+        await guards.leave(failed: true, took: started.duration(to: .now))
         let fallback = writeFallback(event, channel: channel, error: failure, attempts: attempts)
         return Outcome(delivered: false, attempts: attempts, elapsed: started.duration(to: .now), error: failure.message, fallback: fallback)
     }
@@ -219,6 +240,8 @@ struct NotificationError: Error, Sendable, CustomStringConvertible {
         case httpStatus = "http_status"
         /// No time was left for an attempt.
         case deadline
+        /// The channel's circuit breaker is open: it failed repeatedly, nothing was sent.
+        case circuitOpen = "circuit_open"
     }
 
     let code: Code
@@ -235,7 +258,7 @@ struct NotificationError: Error, Sendable, CustomStringConvertible {
         switch code {
         case .unreachable, .timeout: return true
         case .httpStatus: return httpStatus.map(RetryPolicy.transientHTTPStatuses.contains) ?? false
-        case .deadline: return false
+        case .deadline, .circuitOpen: return false
         }
     }
 

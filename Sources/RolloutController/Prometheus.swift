@@ -15,31 +15,57 @@ public struct PrometheusClient: Sendable {
     public let timeout: Duration
     /// How transient failures are retried.
     public let retry: RetryPolicy
+    /// The endpoint's circuit breaker, bulkhead and call statistics.
+    public let guards: EndpointGuard
     private var http: HTTPClient { .shared }
 
     /// A client over AsyncHTTPClient's shared client (no lifecycle to manage). By default 3
-    /// attempts, 200 ms then 400 ms apart, with full jitter.
+    /// attempts, 200 ms then 400 ms apart, with full jitter; the breaker opens after 5
+    /// consecutive failed attempts for 30 s; at most 32 queries in flight.
     public init(
         base: HTTPEndpoint, timeout: Duration,
-        retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true)
+        retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true),
+        guards: EndpointGuard = EndpointGuard(name: "prometheus")
     ) {
         self.base = base
         self.timeout = timeout
         self.retry = retry
+        self.guards = guards
     }
 
     /// The value of an instant query: nil when Prometheus has no data (an empty result, NaN,
-    /// +Inf or -Inf); an error when the query could not be answered.
+    /// +Inf or -Inf); an error when the query could not be answered. While the endpoint's
+    /// breaker is open the query is not sent and fails at once.
     public func value(of query: String) async throws(PrometheusError) -> Double? {
+        await guards.enter()
+        let started = ContinuousClock.now
         var attempt = 1
+        var answer: Double?
+        var failure: PrometheusError?
         while true {
+            guard guards.allowAttempt(retry: attempt > 1) else {
+                let last = guards.lastFailureDescription.map { " Last failure: \($0)" } ?? ""
+                failure = PrometheusError(
+                    .unreachable, "Prometheus at \(base) failed repeatedly; its circuit breaker is open, so the query was not sent.\(last)")
+                break
+            }
             do {
-                return try await once(query)
-            } catch where error.isTransient && attempt < retry.maxAttempts {
+                answer = try await once(query)
+                guards.record(success: true)
+                failure = nil
+                break
+            } catch {
+                // A refused query is the policy's fault, not a sign of Prometheus's health.
+                guards.record(success: !error.isEndpointFailure, failure: error.isEndpointFailure ? error.message : nil)
+                failure = error
+                guard error.isTransient && attempt < retry.maxAttempts else { break }
                 try? await Task.sleep(for: retry.delay(afterAttempt: attempt))
                 attempt += 1
             }
         }
+        await guards.leave(failed: failure != nil, took: started.duration(to: .now))
+        if let failure { throw failure }
+        return answer
     }
 
     private func once(_ query: String) async throws(PrometheusError) -> Double? {
@@ -147,6 +173,15 @@ public struct PrometheusError: Error, Sendable, CustomStringConvertible {
         switch code {
         case .unreachable, .timeout: return true
         case .httpStatus: return httpStatus.map(RetryPolicy.transientHTTPStatuses.contains) ?? false
+        case .badQuery, .unparsable, .ambiguous: return false
+        }
+    }
+
+    /// Says something about Prometheus's health (for its circuit breaker): unreachable, timed
+    /// out, or an HTTP error; a refused or ambiguous query does not.
+    public var isEndpointFailure: Bool {
+        switch code {
+        case .unreachable, .timeout, .httpStatus: return true
         case .badQuery, .unparsable, .ambiguous: return false
         }
     }

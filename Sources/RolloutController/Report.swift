@@ -84,6 +84,8 @@ public struct RunReport: Sendable {
     public var dryRun: Bool
     /// Each feature, in policy order.
     public var features: [FeatureReport]
+    /// What the calls to each remote endpoint did: attempts, retries, breaker state.
+    public var network: [String: CallStatistics] = [:]
 
     /// The worst exit code across features: 3 corrupt state over 1 infrastructure over 0.
     public var exitCode: Int32 {

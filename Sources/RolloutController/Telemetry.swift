@@ -11,11 +11,19 @@ public struct Telemetry: Sendable {
     public let pushgateway: HTTPEndpoint
     /// The timeout of each request.
     public let timeout: Duration
+    /// How a failed push is retried: connection failures, timeouts and 429/502/503/504.
+    public let retry: RetryPolicy
+    /// The Pushgateway's circuit breaker, bulkhead and call statistics.
+    public let guards = EndpointGuard(name: "pushgateway", maxConcurrentCalls: 1)
 
-    /// Telemetry to `pushgateway`.
-    public init(pushgateway: HTTPEndpoint, timeout: Duration = .seconds(5)) {
+    /// Telemetry to `pushgateway`; by default 3 attempts, 500 ms then 1 s apart, with full jitter.
+    public init(
+        pushgateway: HTTPEndpoint, timeout: Duration = .seconds(5),
+        retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(500), maxDelay: .seconds(5), maxAttempts: 3, jitter: true)
+    ) {
         self.pushgateway = pushgateway
         self.timeout = timeout
+        self.retry = retry
     }
 
     static let job = "rollout_controller"
@@ -24,17 +32,40 @@ public struct Telemetry: Sendable {
     /// Pushes `report`; returns the error text when the push failed (already logged).
     @discardableResult
     public func push(_ report: RunReport, logger: Logger) async -> String? {
-        do {
-            // The Pushgateway stores what it is given: a counter across runs is the last value + 1.
-            let previous = try await currentRunCounts()
-            try await put(Self.exposition(report, previousRuns: previous))
-            return nil
-        } catch {
+        await guards.enter()
+        let started = ContinuousClock.now
+        var attempt = 1
+        var failure: String?
+        while true {
+            guard guards.allowAttempt(retry: attempt > 1) else {
+                failure = "the Pushgateway failed repeatedly; its circuit breaker is open, so nothing was pushed"
+                break
+            }
+            do {
+                // The Pushgateway stores what it is given: a counter across runs is the last value + 1.
+                let previous = try await currentRunCounts()
+                try await put(Self.exposition(report, previousRuns: previous))
+                guards.record(success: true)
+                failure = nil
+                break
+            } catch {
+                // Our HTTP errors carry their status; everything else is the connection or a timeout.
+                let status = (error as? TelemetryError)?.status
+                let transient = status.map(RetryPolicy.transientHTTPStatuses.contains) ?? true
+                guards.record(success: status.map { $0 < 500 } ?? false, failure: "\(error)")
+                failure = "\(error)"
+                guard transient && attempt < retry.maxAttempts else { break }
+                try? await Task.sleep(for: retry.delay(afterAttempt: attempt))
+                attempt += 1
+            }
+        }
+        await guards.leave(failed: failure != nil, took: started.duration(to: .now))
+        if let failure {
             logger.warning(
                 "Could not push telemetry to the Pushgateway; the run itself is unaffected",
-                metadata: ["pushgateway.url": "\(pushgateway)", "error": "\(error)"])
-            return "\(error)"
+                metadata: ["pushgateway.url": "\(pushgateway)", "error": "\(failure)", "attempts": "\(attempt)"])
         }
+        return failure
     }
 
     /// The text exposition of a run: gauges for the state, a counter of runs by status.
@@ -90,7 +121,9 @@ public struct Telemetry: Sendable {
         request.method = .GET
         let response = try await HTTPClient.shared.execute(request, timeout: .nanoseconds(timeout.nanoseconds))
         let body = try await response.body.collect(upTo: 16 * 1024 * 1024)
-        guard response.status == .ok else { throw TelemetryError("GET /metrics answered HTTP \(response.status.code)") }
+        guard response.status == .ok else {
+            throw TelemetryError("GET /metrics answered HTTP \(response.status.code)", status: Int(response.status.code))
+        }
         return Self.runCounts(in: String(buffer: body))
     }
 
@@ -113,12 +146,17 @@ public struct Telemetry: Sendable {
         let response = try await HTTPClient.shared.execute(request, timeout: .nanoseconds(timeout.nanoseconds))
         guard (200..<300).contains(Int(response.status.code)) else {
             let text = String(buffer: try await response.body.collect(upTo: 64 * 1024))
-            throw TelemetryError("PUT answered HTTP \(response.status.code): \(text.prefix(200))")
+            throw TelemetryError("PUT answered HTTP \(response.status.code): \(text.prefix(200))", status: Int(response.status.code))
         }
     }
 }
 
 struct TelemetryError: Error, CustomStringConvertible {
     let description: String
-    init(_ description: String) { self.description = description }
+    /// The HTTP status the Pushgateway answered.
+    let status: Int
+    init(_ description: String, status: Int) {
+        self.description = description
+        self.status = status
+    }
 }

@@ -68,6 +68,10 @@ struct ControllerCommand: AsyncParsableCommand {
                 if json {
                     var document = render(report)
                     if let delivery { document["notifications"] = render(delivery) }
+                    // Network statistics after the push and the notifications, which come after the run.
+                    var network = controller.networkStatistics
+                    if let telemetry { network["pushgateway"] = telemetry.guards.snapshot }
+                    document["network"] = network.mapValues(render)
                     try printJSON(document)
                 } else {
                     print(describe(report))
@@ -153,6 +157,14 @@ func describe(_ report: RunReport) -> String {
         if feature.pausedByFlapProtection { lines.append("  PAUSED by flap protection: too many rollbacks within an hour; a person must look") }
     }
     return lines.joined(separator: "\n")
+}
+
+/// What the calls to one endpoint did.
+func render(_ statistics: CallStatistics) -> [String: Any] {
+    [
+        "calls": statistics.calls, "attempts": statistics.attempts, "retries": statistics.retries, "short_circuited": statistics.shortCircuited,
+        "failures": statistics.failures, "breaker": statistics.breaker.rawValue, "time_ms": statistics.time.wholeMilliseconds,
+    ]
 }
 
 /// What the notifications of a run did, per channel.

@@ -1,0 +1,143 @@
+import RolloutGate
+import Synchronization
+
+/// A circuit breaker as a pure state machine (closed → open → half-open → closed), with the
+/// clock passed in: after `failureThreshold` consecutive failures it opens and refuses calls for
+/// `openDuration`; then one trial call is let through (half-open); its success closes it, its
+/// failure opens it again.
+public struct CircuitBreaker: Sendable, Hashable {
+    /// Where the breaker stands.
+    public enum State: String, Sendable, Hashable {
+        case closed
+        case open
+        case halfOpen = "half_open"
+    }
+
+    /// Consecutive failures that open the breaker.
+    public var failureThreshold: Int
+    /// How long it stays open before a trial call.
+    public var openDuration: Duration
+    /// Where it stands.
+    public private(set) var state: State = .closed
+    private var consecutiveFailures = 0
+    private var openedAt: ContinuousClock.Instant?
+    private var trialInFlight = false
+
+    /// A closed breaker.
+    public init(failureThreshold: Int = 5, openDuration: Duration = .seconds(30)) {
+        self.failureThreshold = max(1, failureThreshold)
+        self.openDuration = openDuration
+    }
+
+    /// Whether a call may go out now. When open and the time is up, lets one trial call through.
+    public mutating func allowsCall(at now: ContinuousClock.Instant) -> Bool {
+        switch state {
+        case .closed:
+            return true
+        case .open:
+            guard let openedAt, openedAt.duration(to: now) >= openDuration else { return false }
+            state = .halfOpen
+            trialInFlight = true
+            return true
+        case .halfOpen:
+            guard !trialInFlight else { return false }
+            trialInFlight = true
+            return true
+        }
+    }
+
+    /// Records a call's outcome.
+    public mutating func record(success: Bool, at now: ContinuousClock.Instant) {
+        trialInFlight = false
+        if success {
+            state = .closed
+            consecutiveFailures = 0
+            openedAt = nil
+            return
+        }
+        consecutiveFailures += 1
+        if state == .halfOpen || consecutiveFailures >= failureThreshold {
+            state = .open
+            openedAt = now
+        }
+    }
+}
+
+/// What the calls to one remote endpoint did since the process started (one run, unless
+/// `--every` keeps it running): for the `--json` report.
+public struct CallStatistics: Sendable, Hashable {
+    /// Calls asked for.
+    public var calls = 0
+    /// Attempts made on the network (a call may take several).
+    public var attempts = 0
+    /// Attempts after the first of a call.
+    public var retries = 0
+    /// Calls refused at once because the breaker was open.
+    public var shortCircuited = 0
+    /// Calls that failed in the end.
+    public var failures = 0
+    /// Time spent in calls, waits between retries included.
+    public var time: Duration = .zero
+    /// The breaker's state at the end.
+    public var breaker: CircuitBreaker.State = .closed
+}
+
+/// One remote endpoint's guards, shared by every call to it: a circuit breaker, a bound on
+/// concurrent calls (bulkhead) and the statistics.
+public final class EndpointGuard: Sendable {
+    /// The endpoint's name in reports: prometheus, pushgateway...
+    public let name: String
+    private let breaker: Mutex<CircuitBreaker>
+    private let statistics = Mutex(CallStatistics())
+    private let lastFailure = Mutex<String?>(nil)
+    private let bulkhead: AsyncSemaphore
+
+    /// Guards for `name`: the breaker's settings and the most calls in flight at once.
+    public init(name: String, breaker: CircuitBreaker = CircuitBreaker(), maxConcurrentCalls: Int = 32) {
+        self.name = name
+        self.breaker = Mutex(breaker)
+        bulkhead = AsyncSemaphore(limit: maxConcurrentCalls)
+    }
+
+    /// The statistics so far, with the breaker's current state.
+    public var snapshot: CallStatistics {
+        var copy = statistics.withLock { $0 }
+        copy.breaker = breaker.withLock { $0.state }
+        return copy
+    }
+
+    func enter() async {
+        await bulkhead.acquire()
+        statistics.withLock { $0.calls += 1 }
+    }
+
+    func leave(failed: Bool, took time: Duration) async {
+        statistics.withLock {
+            if failed { $0.failures += 1 }
+            $0.time += time
+        }
+        await bulkhead.release()
+    }
+
+    /// Asks the breaker for one attempt; false (and counted) when it is open.
+    func allowAttempt(retry: Bool) -> Bool {
+        let allowed = breaker.withLock { $0.allowsCall(at: .now) }
+        statistics.withLock {
+            if allowed {
+                $0.attempts += 1
+                if retry { $0.retries += 1 }
+            } else {
+                $0.shortCircuited += 1
+            }
+        }
+        return allowed
+    }
+
+    func record(success: Bool, failure: String? = nil) {
+        breaker.withLock { $0.record(success: success, at: .now) }
+        if let failure { lastFailure.withLock { $0 = failure } }
+    }
+
+    /// The last failure seen, for the message of a call the open breaker refused.
+    var lastFailureDescription: String? { lastFailure.withLock { $0 } }
+}

@@ -1,0 +1,85 @@
+import Foundation
+import RolloutTestSupport
+import Testing
+
+/// Every network call of the controller goes through a retry policy, a circuit breaker and a
+/// bulkhead per endpoint; the `--json` report shows what they did. Real servers throughout.
+@Suite("Resilient network calls end to end", .tags(.e2e, .prometheus, .redis), .requiresPrometheus)
+struct ResilienceEndToEndTests {
+    /// `controller run --json`: the exit status and the document.
+    func run(_ world: ControllerWorld, environment: [String: String] = [:]) async throws -> (Int32, [String: Any], CommandResult) {
+        let result = try await runCommand(world.binary, ["controller", "run", "--config", world.configPath, "--json"], environment: environment)
+        let document = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any] ?? [:]
+        return (result.status, document, result)
+    }
+
+    func network(_ document: [String: Any], _ endpoint: String) -> [String: Any] {
+        (document["network"] as? [String: Any])?[endpoint] as? [String: Any] ?? [:]
+    }
+
+    @Test func aDeadPrometheusOpensTheBreakerAndLaterQueriesAreNotSent() async throws {
+        let world = try await ControllerWorld.make()
+        let dead = try freeLoopbackPort()
+        try world.writePolicy((1...6).map { ("f\($0)", "dwell: 0s") }, queryTimeout: "1s", prometheusURL: "http://127.0.0.1:\(dead)")
+        let (status, document, output) = try await run(world)
+        #expect(status == 1, "\(output.stderr)")
+        let prometheus = network(document, "prometheus")
+        #expect(prometheus["breaker"] as? String == "open", "\(prometheus)")
+        #expect((prometheus["short_circuited"] as? Int ?? 0) > 0)
+        #expect((prometheus["attempts"] as? Int ?? 0) >= 5)
+        #expect((prometheus["failures"] as? Int ?? 0) == (prometheus["calls"] as? Int ?? -1))
+        let errors = (document["features"] as? [[String: Any]] ?? []).flatMap { $0["query_errors"] as? [String] ?? [] }
+        #expect(errors.contains { $0.contains("circuit breaker is open") })
+        for feature in 1...6 { #expect(try await world.get("flags:f\(feature):rollout_percent") == nil) }
+    }
+
+    @Test func aHealthyPrometheusShowsOneAttemptPerQueryAndAClosedBreaker() async throws {
+        let world = try await ControllerWorld.make()
+        let pushgateway = try await offThePool { try PushgatewayServer() }
+        try world.writePolicy([("calm", "dwell: 0s")], pushgateway: pushgateway.url)
+        try await world.serve("calm", errorRatio: 0.001)
+        let (status, document, _) = try await run(world)
+        #expect(status == 0)
+        let prometheus = network(document, "prometheus")
+        #expect(prometheus["calls"] as? Int == 3)  // two checks and min_requests
+        #expect(prometheus["attempts"] as? Int == 3 && prometheus["retries"] as? Int == 0)
+        #expect(prometheus["breaker"] as? String == "closed")
+        let push = network(document, "pushgateway")
+        #expect(push["attempts"] as? Int == 1 && push["failures"] as? Int == 0, "\(push)")
+    }
+
+    @Test func anUnreachablePushgatewayIsRetriedAndNeverFailsTheRun() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("pushed", "dwell: 0s")], pushgateway: "http://127.0.0.1:\(try freeLoopbackPort())")
+        try await world.serve("pushed", errorRatio: 0.001)
+        let (status, document, output) = try await run(world)
+        #expect(status == 0)
+        #expect(try await world.get("flags:pushed:rollout_percent") == "10")
+        let push = network(document, "pushgateway")
+        #expect(push["attempts"] as? Int == 3 && push["retries"] as? Int == 2 && push["failures"] as? Int == 1, "\(push)")
+        #expect(output.stderr.contains("Could not push telemetry"))
+    }
+
+    @Test func aWebhookChannelHasItsOwnStatistics() async throws {
+        let world = try await ControllerWorld.make()
+        let receiver = try WebhookReceiver(otherwise: .status(503))
+        let top = """
+            notifications:
+              timeout: 1s
+              fallback_file: \(world.directory)/fallback.jsonl
+              state_file: \(world.directory)/state.json
+              retry: {attempts: 3, base_delay: 50ms}
+              channels:
+                - {type: webhook, url_env: HOOK_URL, name: ops}
+            """
+        try world.writePolicy([("hooked", "dwell: 0s")], top: top)
+        try await world.serve("hooked", errorRatio: nil)  // no data: one hold_started event
+        let (status, document, _) = try await run(world, environment: ["HOOK_URL": receiver.url()])
+        #expect(status == 0)
+        let ops = network(document, "webhook:ops")
+        #expect(ops["calls"] as? Int == 1 && ops["attempts"] as? Int == 3 && ops["retries"] as? Int == 2, "\(document["network"] ?? "")")
+        #expect(receiver.requests.count == 3)
+        let notifications = document["notifications"] as? [String: Any] ?? [:]
+        #expect(notifications["written_to_fallback"] as? Int == 1)
+    }
+}

@@ -9,7 +9,8 @@
 --       11 rollbacks older than this (Unix ms) are forgotten, 12 the guard window in ms after a
 --       rollback (0 for none), 13 the guard's value, 14 rollbacks per hour that pause the
 --       feature (0 for never), 15 the pause reason.
--- Returns 1 when applied, 2 when a rollback was applied and flap protection paused the
+-- A promotion starts healthy_since; a rollback deletes it and sets the guard unless a longer
+-- one is there. Returns 1 when applied, 2 when a rollback was applied and flap protection paused the
 -- feature, 0 when any expected value changed (nothing written), -1 when the caller no
 -- longer holds the lock (it expired and another controller may be deciding; nothing written).
 if redis.call('GET', KEYS[7]) ~= ARGV[6] then
@@ -32,14 +33,22 @@ redis.call('SET', KEYS[4], previous)
 redis.call('SET', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[5], ARGV[5])
 redis.call('SET', KEYS[6], ARGV[4])
-redis.call('DEL', KEYS[12], KEYS[13])
+redis.call('DEL', KEYS[12])
 if ARGV[9] ~= '' then redis.call('SET', KEYS[11], ARGV[9]) end
 if ARGV[7] ~= 'rollback' then
+  -- The promotion run was healthy: the new percent's healthy time starts now.
+  redis.call('SET', KEYS[13], ARGV[5])
   return 1
 end
+redis.call('DEL', KEYS[13])
 local good = tonumber(redis.call('GET', KEYS[11]) or '')
 if good and good > tonumber(ARGV[4]) then redis.call('SET', KEYS[11], ARGV[4]) end
-if tonumber(ARGV[12]) > 0 then redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[12]) end
+-- A guard lasting longer (an operator's, or one without expiry) is kept as it is.
+local window = tonumber(ARGV[12])
+local left = redis.call('PTTL', KEYS[8])
+if window > 0 and (left == -2 or (left >= 0 and left < window)) then
+  redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[12])
+end
 redis.call('ZADD', KEYS[9], ARGV[10], ARGV[10] .. ' ' .. ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[11])
 redis.call('PEXPIRE', KEYS[9], 3600000)

@@ -76,13 +76,25 @@ public struct GuardLock: Sendable, Hashable, CustomStringConvertible {
 }
 
 extension FeatureStore {
-    /// Locks `feature` against promotion for `window` (replacing any lock), and records it.
-    public func lockGuard(_ feature: FeatureName, for window: Duration, reason: String) async throws(AdminError) {
-        let milliseconds = window.wholeMilliseconds
-        guard milliseconds > 0 else { throw AdminError(.invalidInput("--window must be more than 0, e.g. 15m")) }
+    /// Locks `feature` against promotion for `window`, and records it. An existing lock that
+    /// lasts longer keeps its end: a lock is never shortened (`unlock` ends one). Returns how
+    /// long the lock now lasts.
+    @discardableResult
+    public func lockGuard(_ feature: FeatureName, for window: Duration, reason: String) async throws(AdminError) -> Duration {
+        let requested = window.wholeMilliseconds
+        guard requested > 0 else { throw AdminError(.invalidInput("--window must be more than 0, e.g. 15m")) }
+        let key = FeatureKeys(feature).guardLock
+        let left = try await call { try await redis.send("PTTL", key) }.integer ?? -2
+        guard left != -1 else {
+            try record(feature, "guard lock kept (it has no expiry)", reason)
+            return .zero
+        }
+        let milliseconds = max(requested, left)
         let value = GuardLock.value(origin: .operator, time: now(), reason: reason)
-        _ = try await call { try await redis.send("SET", FeatureKeys(feature).guardLock, value, "PX", String(milliseconds)) }
-        try record(feature, "guard locked for \(formatDuration(window))", reason)
+        _ = try await call { try await redis.send("SET", key, value, "PX", String(milliseconds)) }
+        let lasts = Duration.milliseconds(milliseconds)
+        try record(feature, "guard locked for \(formatDuration(lasts))", reason)
+        return lasts
     }
 
     /// Removes the guard lock, whoever set it; records it. Returns the lock that was removed.

@@ -45,7 +45,8 @@ public enum Scripts {
         --       11 rollbacks older than this (Unix ms) are forgotten, 12 the guard window in ms after a
         --       rollback (0 for none), 13 the guard's value, 14 rollbacks per hour that pause the
         --       feature (0 for never), 15 the pause reason.
-        -- Returns 1 when applied, 2 when a rollback was applied and flap protection paused the
+        -- A promotion starts healthy_since; a rollback deletes it and sets the guard unless a longer
+        -- one is there. Returns 1 when applied, 2 when a rollback was applied and flap protection paused the
         -- feature, 0 when any expected value changed (nothing written), -1 when the caller no
         -- longer holds the lock (it expired and another controller may be deciding; nothing written).
         if redis.call('GET', KEYS[7]) ~= ARGV[6] then
@@ -68,14 +69,22 @@ public enum Scripts {
         redis.call('SET', KEYS[1], ARGV[4])
         redis.call('SET', KEYS[5], ARGV[5])
         redis.call('SET', KEYS[6], ARGV[4])
-        redis.call('DEL', KEYS[12], KEYS[13])
+        redis.call('DEL', KEYS[12])
         if ARGV[9] ~= '' then redis.call('SET', KEYS[11], ARGV[9]) end
         if ARGV[7] ~= 'rollback' then
+          -- The promotion run was healthy: the new percent's healthy time starts now.
+          redis.call('SET', KEYS[13], ARGV[5])
           return 1
         end
+        redis.call('DEL', KEYS[13])
         local good = tonumber(redis.call('GET', KEYS[11]) or '')
         if good and good > tonumber(ARGV[4]) then redis.call('SET', KEYS[11], ARGV[4]) end
-        if tonumber(ARGV[12]) > 0 then redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[12]) end
+        -- A guard lasting longer (an operator's, or one without expiry) is kept as it is.
+        local window = tonumber(ARGV[12])
+        local left = redis.call('PTTL', KEYS[8])
+        if window > 0 and (left == -2 or (left >= 0 and left < window)) then
+          redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[12])
+        end
         redis.call('ZADD', KEYS[9], ARGV[10], ARGV[10] .. ' ' .. ARGV[6])
         redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[11])
         redis.call('PEXPIRE', KEYS[9], 3600000)
@@ -96,9 +105,9 @@ public enum Scripts {
 
     static let acknowledgeManualChangeSource = """
         -- rollout-gate: the controller acknowledges a manual change (redis/acknowledge_manual_change.lua).
-        -- KEYS: rollout_percent, controller_percent, last_percent, last_change_time.
+        -- KEYS: rollout_percent, controller_percent, last_percent, last_change_time, healthy_since.
         -- ARGV: expected rollout_percent ('' for absent, which means 0), the percent the controller
-        -- last wrote, ISO-8601 time.
+        -- last wrote, ISO-8601 time. Health seen at the old percent says nothing of the new one.
         if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
           return 0
         end
@@ -107,6 +116,41 @@ public enum Scripts {
         redis.call('SET', KEYS[2], current)
         redis.call('SET', KEYS[3], ARGV[2])
         redis.call('SET', KEYS[4], ARGV[3])
+        redis.call('DEL', KEYS[5])
+        return 1
+
+        """
+
+    /// What a run that changes nothing records, only while it still holds the feature's lock
+    /// and rollout_percent is as it read it: each check's streak, since when the feature is
+    /// healthy, and a new last known good percent. Returns 1, 0 (the percent moved) or -1 (the
+    /// lock is lost); nothing is written unless 1.
+    public static let recordEvaluation = RedisScript(recordEvaluationSource)
+
+    static let recordEvaluationSource = """
+        -- rollout-gate: the controller's bookkeeping for a run without a change (redis/record_evaluation.lua).
+        -- KEYS: lock, rollout_percent, streaks, healthy_since, last_good.
+        -- ARGV: 1 the lock owner's token, 2 expected rollout_percent ('' for absent), 3 '1' when every
+        --       check is healthy with data, 4 ISO-8601 time, 5 a new last known good percent ('' for
+        --       none), then check name and streak pairs (non-zero streaks only).
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+          return -1
+        end
+        if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then
+          return 0
+        end
+        redis.call('DEL', KEYS[3])
+        if #ARGV > 5 then
+          redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+        end
+        if ARGV[3] == '1' then
+          redis.call('SET', KEYS[4], ARGV[4], 'NX')
+        else
+          redis.call('DEL', KEYS[4])
+        end
+        if ARGV[5] ~= '' then
+          redis.call('SET', KEYS[5], ARGV[5])
+        end
         return 1
 
         """
@@ -127,6 +171,7 @@ public enum Scripts {
     /// Every script with the file name it has in redis/.
     public static let all: [(file: String, source: String)] = [
         ("set_percent.lua", setPercentSource), ("apply_change.lua", applyChangeSource),
-        ("acknowledge_manual_change.lua", acknowledgeManualChangeSource), ("release_lock.lua", releaseLockSource),
+        ("acknowledge_manual_change.lua", acknowledgeManualChangeSource), ("record_evaluation.lua", recordEvaluationSource),
+        ("release_lock.lua", releaseLockSource),
     ]
 }

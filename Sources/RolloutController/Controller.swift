@@ -146,6 +146,7 @@ public struct Controller: Sendable {
         } catch {
             return report.held(.redisError, "Redis: \(error)")
         }
+        report.notifiedCondition = replies[11].string
         let state: FeatureState
         switch FeatureState.read(feature.feature, from: replies[0..<4]) {
         case .success(let parsed): state = parsed
@@ -170,7 +171,6 @@ public struct Controller: Sendable {
         observation.lastGood = replies[8].string.flatMap { RolloutPercent(parsing: $0) }
         observation.pausedReason = replies[9].string
         observation.streaks = streaks(from: replies[10])
-        report.notifiedCondition = replies[11].string
         report.guardLock = observation.guardLock
 
         // 2. A person's switches: no queries needed.
@@ -186,6 +186,7 @@ public struct Controller: Sendable {
             report.queryErrors = answers.failures
             return report.held(.promUnreachable, "Prometheus could not answer: " + answers.failures.joined(separator: "; "))
         }
+        report.prometheusAnswered = true
         for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }
         for check in feature.burnRateChecks {
             var ratios: [Duration: Double?] = [:]
@@ -212,7 +213,8 @@ public struct Controller: Sendable {
             } else {
                 do {
                     let acknowledged = try await redis.evaluate(
-                        Scripts.acknowledgeManualChange, keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime],
+                        Scripts.acknowledgeManualChange,
+                        keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince],
                         arguments: [expected.percent, known.description, time.description])
                     if acknowledged == .integer(1) {
                         record(feature.feature, change, "changed outside the controller; the dwell restarts now", by: "manual (detected)", at: time)
@@ -232,7 +234,9 @@ public struct Controller: Sendable {
         let target: RolloutPercent
         switch verdict.action {
         case .hold:
-            if !policy.dryRun { await keepBooks(feature, keys: keys, observation: observation, verdict: verdict, at: time, report: &report) }
+            if !policy.dryRun {
+                await keepBooks(feature, keys: keys, expectedPercent: expected.percent, observation: observation, verdict: verdict, at: time, report: &report)
+            }
             return report.held(verdict.holdReason ?? .noData, verdict.explanation)
         case .promote(let to), .rollback(let to):
             target = to
@@ -268,9 +272,11 @@ public struct Controller: Sendable {
         } catch {
             // A timeout or a broken connection after the script was sent: it may have run. Look,
             // so that an applied change is never left out of the audit log.
-            let confirmed = try? await redis.pipeline([RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent)])
+            let confirmed = try? await redis.pipeline([
+                RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.paused),
+            ])
             let values = confirmed?.map(\.string) ?? []
-            guard values.count == 2, values[0] == target.description, values[1] == target.description,
+            guard values.count == 3, values[0] == target.description, values[1] == target.description,
                 target.description != expected.percent
             else {
                 return report.held(.redisError, "Redis: \(error); the change was not confirmed")
@@ -278,7 +284,9 @@ public struct Controller: Sendable {
             logger.warning(
                 "Redis failed after the change was sent; it was applied (confirmed by reading it back)",
                 metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
-            outcome = .integer(1)
+            // Paused by this very script when it was not before: flap protection.
+            let pausedNow = isRollback && values[2] == "true" && expected.paused != "true"
+            outcome = .integer(pausedNow ? 2 : 1)
         }
         if outcome == .integer(-1) {
             verdict.action = .hold
@@ -311,27 +319,20 @@ public struct Controller: Sendable {
         return report
     }
 
-    /// What a run that changes nothing still records: each check's streak, since when the
-    /// feature is healthy, its last known good percent, and the guard's early release.
+    /// What a run that changes nothing still records (redis/record_evaluation.lua, only while
+    /// the run holds the lock and rollout_percent is as read): each check's streak, since when the
+    /// feature is healthy, its last known good percent; then the guard's early release.
     private func keepBooks(
-        _ feature: FeaturePolicy, keys: FeatureKeys, observation: Observation, verdict: Verdict, at time: Timestamp, report: inout FeatureReport
+        _ feature: FeaturePolicy, keys: FeatureKeys, expectedPercent: String, observation: Observation, verdict: Verdict, at time: Timestamp,
+        report: inout FeatureReport
     ) async {
-        var commands: [RedisCommand] = []
-        let streaks = verdict.streaks.filter { $0.value > 0 }
-        if streaks != observation.streaks.filter({ $0.value > 0 }) {
-            commands.append(RedisCommand("DEL", keys.streaks))
-            if !streaks.isEmpty {
-                commands.append(RedisCommand("HSET", [keys.streaks] + streaks.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }))
-            }
-        }
-        if verdict.healthy {
-            if observation.healthySince == nil { commands.append(RedisCommand("SET", keys.healthySince, time.description, "NX")) }
-        } else if observation.healthySince != nil {
-            commands.append(RedisCommand("DEL", keys.healthySince))
-        }
-        if let good = verdict.newLastGood { commands.append(RedisCommand("SET", keys.lastGood, good.description)) }
+        let streaks = verdict.streaks.filter { $0.value > 0 }.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }
+        let lockKey = "flags:\(feature.feature):lock"
         do {
-            if !commands.isEmpty { _ = try await redis.pipeline(commands) }
+            let recorded = try await redis.evaluate(
+                Scripts.recordEvaluation, keys: [lockKey, keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
+                arguments: [owner, expectedPercent, verdict.healthy ? "1" : "0", time.description, verdict.newLastGood?.description ?? ""] + streaks)
+            guard recorded == .integer(1) else { return }  // the lock or the percent moved: the next run looks again
             if verdict.releaseGuard, let lock = observation.guardLock,
                 try await redis.evaluate(Scripts.releaseLock, keys: [keys.guardLock], arguments: [lock.value]) == .integer(1)
             {

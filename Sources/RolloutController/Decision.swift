@@ -174,7 +174,8 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     let burnNames = Set(policy.burnRateChecks.flatMap { check in check.windows.map { "\(check.name)[\($0.label)]" } })
     // Alert checks report only; a burning error budget is always worth an alert too.
     verdict.alerts = verdict.checks.filter { $0.status == .violated && ($0.onViolation == .alert || burnNames.contains($0.name)) }.map(\.name)
-    verdict.streaks = Dictionary(uniqueKeysWithValues: verdict.checks.map { ($0.name, $0.streak) })
+    // Names are unique (the policy refuses duplicates); never trap on one all the same.
+    verdict.streaks = Dictionary(verdict.checks.map { ($0.name, $0.streak) }) { first, _ in first }
     verdict.healthy = !verdict.checks.isEmpty && verdict.checks.allSatisfy { $0.status == .ok }
     verdict.freezeWindow = policy.freezeWindow(at: now)
 
@@ -184,8 +185,10 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     {
         verdict.releaseGuard = true
     }
+    // Healthy through a full dwell: every run since at least `dwell` ago saw it healthy with data
+    // (healthy_since starts at the promotion and is cleared by any unhealthy run).
     if verdict.healthy, !manual, current > .zero, current > (observation.lastGood ?? .zero), let changed = state.lastChangeTime,
-        now.duration(since: changed) >= policy.dwell
+        now.duration(since: changed) >= policy.dwell, let since = observation.healthySince, now.duration(since: since) >= policy.dwell
     {
         verdict.newLastGood = current
     }

@@ -312,6 +312,12 @@ public struct FeaturePolicy: Sendable, Hashable {
             maxRollbacksPerHour = count
         }
         freeze = mapping["freeze"].flatMap { reader.freezeWindows($0, at: "\(at).freeze") } ?? []
+        // Each check outcome is named once: threshold checks by name, burn-rate pairs as name[long/short].
+        var outcomes = Set<String>()
+        let outcomeNames = checks.map(\.name) + burnRateChecks.flatMap { check in check.windows.map { "\(check.name)[\($0.label)]" } }
+        for name in outcomeNames where !outcomes.insert(name).inserted {
+            reader.fail("\(at).checks", "name \(name) twice: two checks or two window pairs with the same windows; each must be distinct")
+        }
         if reader.problems.count > problemsBefore { return nil }
     }
 
@@ -328,8 +334,11 @@ public struct FeaturePolicy: Sendable, Hashable {
         case .percent(let percent): return min(percent, current)
         case .previousStep: return steps.last { $0 < current } ?? .zero
         case .lastGood:
-            guard let lastGood, lastGood < current else { return .zero }
-            return lastGood
+            // The recorded percent, when below the current one; when the current one is the
+            // recorded one (it was good, and fails now), the step below it, which was promoted
+            // from after its own healthy dwell.
+            if let lastGood, lastGood < current { return lastGood }
+            return steps.last { $0 < current && $0 <= (lastGood ?? .zero) } ?? .zero
         }
     }
 

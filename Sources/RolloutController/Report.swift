@@ -31,6 +31,8 @@ public struct FeatureReport: Sendable {
     public var pausedByFlapProtection = false
     /// A person's change, detected and recorded this run (`10% -> 25%`).
     public var manualChange: String?
+    /// Every query of this feature was answered (no data included): Prometheus is up.
+    public var prometheusAnswered = false
     /// The condition last notified, as read (`flags:<f>:notified`).
     public var notifiedCondition: String?
 

@@ -58,7 +58,7 @@ public struct RunNotifications: Sendable {
             reasons.contains(.redisError) ? .redisUnreachable : (report.features.contains { $0.state != nil } ? .ok : nil)
         let prometheus: NotificationCondition? =
             reasons.contains(.promUnreachable)
-            ? .prometheusUnreachable : (report.features.contains { !($0.verdict?.checks.isEmpty ?? true) } ? .ok : nil)
+            ? .prometheusUnreachable : (report.features.contains(where: \.prometheusAnswered) ? .ok : nil)
         for (subject, condition, failing) in [("redis", redis, HoldReasonFilter.redis), ("prometheus", prometheus, .prometheus)] {
             guard let condition else { continue }
             let explanation = report.features.first { failing.matches($0.holdReason) }?.explanation

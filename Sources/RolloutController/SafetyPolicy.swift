@@ -187,7 +187,8 @@ extension NodeReader {
 
 /// `environments:` overrides, merged over the base settings before they are read: at the top
 /// (`environments.production.prometheus`) and in each feature (`features.f.environments.production.dwell`).
-/// Keys are replaced whole; a feature's own environment wins over the top-level one.
+/// Keys are replaced whole; the top-level environment's feature keys are merged last, so they
+/// win over the feature's own environment.
 struct EnvironmentOverrides {
     let name: String?
     private let top: [String: Node]
@@ -216,6 +217,11 @@ struct EnvironmentOverrides {
         }
         self.top = top
         topFeatures = top["features"]?.mapping.map { Dictionary($0.compactMap { key, value in key.scalar.map { ($0.string, value) } }) { a, _ in a } } ?? [:]
+        // A typo under an environment's features must not silently leave a guard unapplied.
+        let known = Set((root.mapping?["features"]?.mapping ?? Node.Mapping([])).compactMap { $0.key.scalar?.string })
+        for feature in topFeatures.keys.sorted() where !known.contains(feature) {
+            reader.fail("environments.\(name ?? "").features.\(feature)", "is not a feature of this file; features: \(known.sorted().joined(separator: ", "))")
+        }
     }
 
     /// The top-level mapping with the environment's keys (except `features`) merged in.

@@ -104,10 +104,21 @@ private func canBind(_ port: Int) -> Bool {
 
 /// A fresh temporary directory, removed by the caller.
 public func makeTemporaryDirectory(_ label: String) throws -> String {
-    let path = NSTemporaryDirectory() + "rollout-gate-\(label)-\(UUID().uuidString.prefix(8))"
+    let path = temporaryRoot + "/\(label)-\(UUID().uuidString.prefix(8))"
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
 }
+
+/// Every test directory of this process lives under one root, removed when the process exits
+/// (after the fixtures' servers are stopped), so test runs leave nothing in the temp directory.
+private let temporaryRoot: String = {
+    let root = temporaryRootPath()
+    try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    atexit { try? FileManager.default.removeItem(atPath: temporaryRootPath()) }
+    return root
+}()
+
+private func temporaryRootPath() -> String { NSTemporaryDirectory() + "rollout-gate-tests-\(getpid())" }
 
 /// A real redis-server on a free loopback port (and a Unix socket), started for one test and
 /// stopped by ``stop()`` or when released.

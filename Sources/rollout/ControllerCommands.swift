@@ -63,21 +63,23 @@ struct ControllerCommand: AsyncParsableCommand {
             let interval = every.flatMap(parsePolicyDuration)
             while true {
                 let report = await controller.run()
+                if !json {
+                    // The decisions are out before any network call that reports them.
+                    print(describe(report))
+                    fflush(nil)
+                }
                 await telemetry?.push(report, logger: logger)
                 let delivery = await controller.notify(report)
                 if json {
+                    // One document: it waits for the push and the notifications it reports on.
                     var document = render(report)
                     if let delivery { document["notifications"] = render(delivery) }
-                    // Network statistics after the push and the notifications, which come after the run.
                     var network = controller.networkStatistics
                     if let telemetry { network["pushgateway"] = telemetry.guards.snapshot }
                     document["network"] = network.mapValues(render)
                     try printJSON(document)
-                } else {
-                    print(describe(report))
-                    if let delivery, delivery.failed > 0 {
-                        print("notifications: \(delivery.delivered) delivered, \(delivery.failed) failed (\(delivery.writtenToFallback) in the fallback file)")
-                    }
+                } else if let delivery, delivery.failed > 0 {
+                    print("notifications: \(delivery.delivered) delivered, \(delivery.failed) failed (\(delivery.writtenToFallback) in the fallback file)")
                 }
                 guard let interval else {
                     if report.exitCode != 0 { throw ExitCode(report.exitCode) }

@@ -32,8 +32,12 @@ struct GuardCommand: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let duration = parsePolicyDuration(window) ?? .seconds(900)
-            try await options.store().lockGuard(name, for: duration, reason: reason)
-            try report(options, name, "guard locked for \(formatDuration(duration))")
+            let lasts = try await options.store().lockGuard(name, for: duration, reason: reason)
+            switch lasts {
+            case .zero: try report(options, name, "already locked with no expiry; kept")
+            case duration: try report(options, name, "guard locked for \(formatDuration(duration))")
+            default: try report(options, name, "guard locked for \(formatDuration(lasts)) (the longer lock already there is kept)")
+            }
         }
     }
 

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import RolloutController
+import Synchronization
 import RolloutGate
 
 struct WatchCommand: AsyncParsableCommand {
@@ -49,44 +50,61 @@ struct WatchCommand: AsyncParsableCommand {
         defer { fflush(nil) }
         print("watching \(name) for \(formatDuration(plan.window)): every \(formatDuration(plan.fastInterval)) for \(formatDuration(plan.fastPeriod)), then every \(formatDuration(plan.slowInterval))")
 
-        let watch = Task { await watchLoop(controller, name, plan) }
-        // Ctrl-C and SIGTERM stop the watch between polls; a poll in flight finishes first.
+        // Ctrl-C and SIGTERM stop the watch between polls: a poll in flight (and its rollback)
+        // always finishes; only the wait is cut short.
+        let stop = StopRequest()
         let signals = [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { watch.cancel() }
+            source.setEventHandler { stop.request() }
             source.resume()
             return source
         }
-        let outcome = await watch.value
+        let outcome = await watchLoop(controller, name, plan, stop: stop)
         signals.forEach { $0.cancel() }
         print(outcome.summary)
         if outcome.exitCode != 0 { throw ExitCode(outcome.exitCode) }
     }
 
-    private func watchLoop(_ controller: Controller, _ name: FeatureName, _ plan: WatchPlan) async -> WatchOutcome {
+    private func watchLoop(_ controller: Controller, _ name: FeatureName, _ plan: WatchPlan, stop: StopRequest) async -> WatchOutcome {
         let clock = ContinuousClock()
         let start = clock.now
         var outcome = WatchOutcome(feature: name, window: plan.window)
+        var notifying: Task<Void, Never>?
         while true {
             let report = await controller.run(features: [name], promotions: false)
-            _ = await controller.notify(report)
             let elapsed = start.duration(to: clock.now)
             outcome.record(report.features.first, exitCode: report.exitCode, at: elapsed)
             print(outcome.lastLine)
             fflush(nil)  // a pipeline (or a person behind `tee`) sees each poll as it happens
-            if outcome.rolledBack { return outcome }
-            guard elapsed < plan.window else { return outcome }
-            let pause = min(plan.interval(at: elapsed), plan.window - elapsed)
-            do {
-                try await Task.sleep(for: pause)
-            } catch {
+            // Notifications go out beside the next wait, one delivery after the other, so a slow
+            // webhook never delays the next rollback check.
+            let previous = notifying
+            notifying = Task {
+                await previous?.value
+                _ = await controller.notify(report)
+            }
+            if outcome.rolledBack || elapsed >= plan.window { break }
+            let until = clock.now.advanced(by: min(plan.interval(at: elapsed), plan.window - elapsed))
+            while clock.now < until && !stop.isRequested {
+                try? await Task.sleep(for: min(.milliseconds(100), clock.now.duration(to: until)))
+            }
+            if stop.isRequested {
                 outcome.interrupted = true
                 outcome.elapsed = start.duration(to: clock.now)
-                return outcome
+                break
             }
         }
+        await notifying?.value
+        return outcome
     }
+}
+
+/// Set by a signal handler, read by the watch loop between polls.
+final class StopRequest: Sendable {
+    private let requested = Atomic<Bool>(false)
+    func request() { requested.store(true, ordering: .relaxed) }
+    var isRequested: Bool { requested.load(ordering: .relaxed) }
 }
 
 /// When `rollout watch` polls.

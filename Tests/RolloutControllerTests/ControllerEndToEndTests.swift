@@ -290,7 +290,7 @@ struct ControllerEndToEndTests {
 
     @Test func telemetryReachesThePushgatewayAndItsFailureOnlyWarns() async throws {
         let world = try await ControllerWorld.make()
-        let pushgateway = try PushgatewayServer()
+        let pushgateway = try await offThePool { try PushgatewayServer() }
         try world.writePolicy([("pushed", "dwell: 1h"), ("silent", "dwell: 0s")], pushgateway: pushgateway.url)
         try await world.serve("pushed", errorRatio: 0.001)
         try await world.serve("silent", errorRatio: nil)

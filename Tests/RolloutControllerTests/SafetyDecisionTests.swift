@@ -142,18 +142,25 @@ struct SafetyDecisionTests {
     }
 
     @Test func theLastGoodPercentIsRecordedAfterAHealthyDwell() throws {
-        var seen = observation(at: "100", changedMinutesAgo: 16)
-        let verdict = decide(policy: try policy(), observation: seen, now: now)
+        func healthyFor(_ minutes: Int64, changedMinutesAgo: Int64 = 16, latency: Double = 0.1) -> Observation {
+            var seen = observation(at: "100", changedMinutesAgo: changedMinutesAgo, latency: latency)
+            seen.healthySince = now.advanced(by: .seconds(-minutes * 60))
+            return seen
+        }
+        let verdict = decide(policy: try policy(), observation: healthyFor(16), now: now)
         #expect(verdict.holdReason == .atLastStep)
         #expect(verdict.newLastGood == percent("100"))
         // Not before the dwell has passed, not when it is already recorded, not when unhealthy.
-        seen.state.lastChangeTime = now.advanced(by: .seconds(-60))
-        #expect(decide(policy: try policy(), observation: seen, now: now).newLastGood == nil)
-        seen = observation(at: "100", changedMinutesAgo: 16)
-        seen.lastGood = percent("100")
-        #expect(decide(policy: try policy(), observation: seen, now: now).newLastGood == nil)
-        seen = observation(at: "100", changedMinutesAgo: 16, latency: 0.6)
-        #expect(decide(policy: try policy(consecutive: 2), observation: seen, now: now).newLastGood == nil)
+        #expect(decide(policy: try policy(), observation: healthyFor(1, changedMinutesAgo: 1), now: now).newLastGood == nil)
+        var recorded = healthyFor(16)
+        recorded.lastGood = percent("100")
+        #expect(decide(policy: try policy(), observation: recorded, now: now).newLastGood == nil)
+        #expect(decide(policy: try policy(consecutive: 2), observation: healthyFor(16, latency: 0.6), now: now).newLastGood == nil)
+        // Healthy now, but a run 5 minutes ago was not (healthy_since restarted): not a full dwell.
+        #expect(decide(policy: try policy(), observation: healthyFor(5), now: now).newLastGood == nil)
+        var unknown = healthyFor(16)
+        unknown.healthySince = nil
+        #expect(decide(policy: try policy(), observation: unknown, now: now).newLastGood == nil)
     }
 
     @Test func rollbackToLastGood() throws {
@@ -163,6 +170,8 @@ struct SafetyDecisionTests {
         #expect(decide(policy: feature, observation: seen, now: now).action == .rollback(to: percent("50")))
         seen.lastGood = nil
         #expect(decide(policy: feature, observation: seen, now: now).action == .rollback(to: .zero))
+        seen.lastGood = percent("100")  // 100% was good, and fails now: the step below
+        #expect(decide(policy: feature, observation: seen, now: now).action == .rollback(to: percent("50")))
     }
 
     @Test func aFlapPauseSaysWhy() throws {

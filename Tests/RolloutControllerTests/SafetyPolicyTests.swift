@@ -127,11 +127,39 @@ struct SafetyPolicyTests {
         #expect(throws: Never.self) { try ControllerPolicy(yaml: yaml, environmentName: "staging") }
     }
 
+    @Test func twoChecksNamedAlikeAreRefusedRatherThanCrashingARun() {
+        let yaml = """
+            prometheus: http://p:9090
+            features:
+              f:
+                steps: [100]
+                checks:
+                  - {name: b, type: burn_rate, query: 'x[$window]', slo: 0.9, windows: [{long: 1h, short: 5m, factor: 14.4}, {long: 60m, short: 5m, factor: 6, on_violation: hold}]}
+            """
+        #expect {
+            try ControllerPolicy(yaml: yaml)
+        } throws: { error in
+            (error as? PolicyError)?.problems.contains { $0.contains("b[1h/5m] twice") } == true
+        }
+    }
+
+    @Test func aTypoUnderAnEnvironmentsFeaturesIsRefused() {
+        let yaml = safetyYAML.replacingOccurrences(of: "    features:\n      checkout:\n        dwell: 1m", with: "    features:\n      chekout:\n        dwell: 1m")
+        #expect(yaml != safetyYAML)
+        #expect {
+            try ControllerPolicy(yaml: yaml, environmentName: "staging")
+        } throws: { error in
+            (error as? PolicyError)?.problems.contains { $0.hasPrefix("environments.staging.features.chekout") } == true
+        }
+    }
+
     @Test func lastGoodRollsBackToTheRecordedPercentBelowTheCurrentOne() throws {
         var feature = try #require(try ControllerPolicy(yaml: safetyYAML).features.first)
         feature.rollbackTo = .lastGood
         #expect(feature.rollbackTarget(from: percent("100"), lastGood: percent("50")) == percent("50"))
-        #expect(feature.rollbackTarget(from: percent("50"), lastGood: percent("50")) == .zero)
+        // The current percent was the good one and fails now: the step below it.
+        #expect(feature.rollbackTarget(from: percent("100"), lastGood: percent("100")) == percent("50"))
+        #expect(feature.rollbackTarget(from: percent("50"), lastGood: percent("50")) == percent("10"))
         #expect(feature.rollbackTarget(from: percent("50"), lastGood: nil) == .zero)
     }
 

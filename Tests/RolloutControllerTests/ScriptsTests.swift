@@ -91,6 +91,59 @@ struct CompareAndSetTests {
         #expect(try await redis.send("GET", keys.paused).isNull)
     }
 
+    @Test func aRollbackKeepsALongerOperatorGuard() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        try await lock(redis)
+        _ = try await redis.send("SET", keys.rolloutPercent, "50")
+        _ = try await redis.send("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z deploy", "PX", "7200000")
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .integer(1))
+        #expect(try await redis.send("GET", keys.guardLock).string == "operator 2025-10-08T15:00:00Z deploy")
+        #expect(try await redis.send("PTTL", keys.guardLock).integer.map { $0 > 7_000_000 } == true)
+        // A shorter one is replaced by the rollback's window.
+        _ = try await redis.send("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z short", "PX", "60000")
+        _ = try await redis.send("SET", keys.rolloutPercent, "50")
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, nowMilliseconds: 1_000_001_000) == .integer(1))
+        #expect(try await redis.send("GET", keys.guardLock).string == "rollback guard value")
+    }
+
+    @Test func aPromotionStartsHealthySinceAndARollbackClearsIt() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        try await lock(redis)
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(1))
+        #expect(try await redis.send("GET", keys.healthySince).string == "2025-10-08T15:30:00.000000+00:00")
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .integer(1))
+        #expect(try await redis.send("EXISTS", keys.healthySince) == .integer(0))
+    }
+
+    @Test func bookkeepingIsWrittenOnlyWhileTheRunHoldsTheLockAndThePercentIsAsRead() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        func record(expected: String) async throws -> RedisValue {
+            try await redis.evaluate(
+                Scripts.recordEvaluation, keys: ["flags:google:lock", keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
+                arguments: ["me", expected, "0", "2025-10-08T15:30:00Z", "50", "latency", "2", "errors", "1"])
+        }
+        _ = try await redis.send("SET", keys.rolloutPercent, "50")
+        #expect(try await record(expected: "50") == .integer(-1))  // no lock
+        try await lock(redis, owner: "another controller")
+        #expect(try await record(expected: "50") == .integer(-1))
+        try await lock(redis)
+        #expect(try await record(expected: "10") == .integer(0))  // the percent moved
+        #expect(try await redis.send("EXISTS", keys.streaks, keys.lastGood) == .integer(0))
+        _ = try await redis.send("SET", keys.healthySince, "2025-10-08T15:00:00Z")
+        #expect(try await record(expected: "50") == .integer(1))
+        #expect(try await redis.send("HGET", keys.streaks, "latency").string == "2")
+        #expect(try await redis.send("HGET", keys.streaks, "errors").string == "1")
+        #expect(try await redis.send("GET", keys.lastGood).string == "50")
+        #expect(try await redis.send("EXISTS", keys.healthySince) == .integer(0))  // unhealthy run
+    }
+
     @Test func theThirdRollbackWithinAnHourPausesButIsStillApplied() async throws {
         let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
@@ -129,7 +182,7 @@ struct CompareAndSetTests {
         defer { redis.close() }
         _ = try await redis.send("SET", keys.controllerPercent, "10")  // then a person ran DEL rollout_percent
         let reply = try await redis.evaluate(
-            Scripts.acknowledgeManualChange, keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime],
+            Scripts.acknowledgeManualChange, keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince],
             arguments: ["", "10", "2025-10-08T15:30:00.000000+00:00"])
         #expect(reply == .integer(1))
         #expect(try await redis.send("GET", keys.controllerPercent).string == "0")

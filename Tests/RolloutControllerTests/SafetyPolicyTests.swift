@@ -1,4 +1,5 @@
 import Foundation
+import RolloutAdmin
 import RolloutController
 import RolloutGate
 import Testing
@@ -125,6 +126,25 @@ struct SafetyPolicyTests {
         let yaml = safetyYAML.replacingOccurrences(of: "dwell: 1h", with: "dwell: one hour")
         #expect(throws: PolicyError.self) { try ControllerPolicy(yaml: yaml, environmentName: "production") }
         #expect(throws: Never.self) { try ControllerPolicy(yaml: yaml, environmentName: "staging") }
+    }
+
+    @Test func aCheckMayBeNamedMinRequestsBesideTheTrafficFloor() throws {
+        // Queries are keyed by what they are for, so the name no longer collides.
+        let yaml = """
+            prometheus: http://p:9090
+            features:
+              f:
+                steps: [100]
+                min_requests: {query: sum(requests), at_least: 100}
+                checks: [{name: min_requests, query: min(requests_per_pod), min: 1}]
+            """
+        let feature = try #require(try ControllerPolicy(yaml: yaml).features.first)
+        var state = FeatureState.absent("f")
+        state.rolloutPercent = .zero
+        let starved = Observation(state: state, controllerPercent: .zero, checkValues: ["min_requests": 0], requests: .some(500))
+        #expect(decide(policy: feature, observation: starved, now: Timestamp.now()).action == .hold)
+        let fine = Observation(state: state, controllerPercent: .zero, checkValues: ["min_requests": 5], requests: .some(50))
+        #expect(decide(policy: feature, observation: fine, now: Timestamp.now()).holdReason == .insufficientSample)
     }
 
     @Test func twoChecksNamedAlikeAreRefusedRatherThanCrashingARun() {

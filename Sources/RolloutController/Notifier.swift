@@ -16,7 +16,8 @@ public struct Notifier: Sendable {
     private let logger: Logger
     private let sleep: @Sendable (Duration) async -> Void
     private var http: HTTPClient { .shared }
-    /// Each channel's circuit breaker, bulkhead (4 requests at once) and statistics, by name.
+    /// Each channel's circuit breaker, bulkhead (4 requests at once, across overlapping
+    /// deliveries) and statistics, by name.
     public let guards: [String: EndpointGuard]
 
     /// A notifier over AsyncHTTPClient's shared client. `sleep` waits between retries
@@ -35,21 +36,27 @@ public struct Notifier: Sendable {
         self.guards = guards
     }
 
-    /// Sends every event to every channel that accepts its kind; returns when all are delivered
-    /// or written to the fallback file, at the latest by the policy's deadline (plus the time to
-    /// append to the fallback file).
+    /// Sends every event to every channel that accepts its kind: the channels at once, each
+    /// channel's events one after the other in the order given (a rollback arrives before the
+    /// guard it set, and chat services' rate limits are respected). Returns when all are
+    /// delivered or written to the fallback file, at the latest by the policy's deadline (plus
+    /// the time to append to the fallback file).
     public func deliver(_ events: [NotificationEvent]) async -> DeliveryReport {
         let clock = ContinuousClock()
         let started = clock.now
         let deadline = started.advanced(by: policy.deadline)
-        let outcomes = await withTaskGroup(of: (Int, Outcome).self) { group in
+        let outcomes = await withTaskGroup(of: [(Int, Outcome)].self) { group in
             for (index, channel) in policy.channels.enumerated() {
-                for event in events where channel.accepts(event.kind) {
-                    group.addTask { (index, await send(event, to: channel, deadline: deadline)) }
+                let accepted = events.filter { channel.accepts($0.kind) }
+                guard !accepted.isEmpty else { continue }
+                group.addTask {
+                    var outcomes: [(Int, Outcome)] = []
+                    for event in accepted { outcomes.append((index, await send(event, to: channel, deadline: deadline))) }
+                    return outcomes
                 }
             }
             var outcomes: [(Int, Outcome)] = []
-            for await outcome in group { outcomes.append(outcome) }
+            for await channelOutcomes in group { outcomes += channelOutcomes }
             return outcomes
         }
         var report = DeliveryReport(

@@ -37,6 +37,7 @@ public struct Telemetry: Sendable {
         var attempt = 1
         var failure: String?
         while true {
+            var putSent = false
             guard guards.allowAttempt(retry: attempt > 1) else {
                 failure = "the Pushgateway failed repeatedly; its circuit breaker is open, so nothing was pushed"
                 break
@@ -44,14 +45,17 @@ public struct Telemetry: Sendable {
             do {
                 // The Pushgateway stores what it is given: a counter across runs is the last value + 1.
                 let previous = try await currentRunCounts()
+                putSent = true
                 try await put(Self.exposition(report, previousRuns: previous))
                 guards.record(success: true)
                 failure = nil
                 break
             } catch {
                 // Our HTTP errors carry their status; everything else is the connection or a timeout.
+                // A PUT that timed out may have been stored: sending it again would count the run twice.
                 let status = (error as? TelemetryError)?.status
-                let transient = status.map(RetryPolicy.transientHTTPStatuses.contains) ?? true
+                let ambiguous = putSent && status == nil && isTimeout(error)
+                let transient = !ambiguous && (status.map(RetryPolicy.transientHTTPStatuses.contains) ?? true)
                 guards.record(success: status.map { $0 < 500 } ?? false, failure: "\(error)")
                 failure = "\(error)"
                 guard transient && attempt < retry.maxAttempts else { break }

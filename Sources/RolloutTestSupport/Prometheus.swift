@@ -262,14 +262,8 @@ public final class SlowProxy: Sendable {
     public var url: String { "http://127.0.0.1:\(port)" }
 
     private func acceptLoop() {
-        while true {
-            let client = accept(listener, nil, nil)
-            if client < 0 { return }
-            guard let upstream = connectToLoopback(port: upstreamPort, receiveTimeoutSeconds: 0) else {
-                close(client)
-                continue
-            }
-            let delay = self.delay
+        let delay = self.delay
+        acceptProxied(listener, upstreamPort: upstreamPort) { client, upstream in
             Thread { Self.pump(from: client, to: upstream, delayFirst: nil) }.start()
             Thread { Self.pump(from: upstream, to: client, delayFirst: delay) }.start()
         }
@@ -289,5 +283,87 @@ public final class SlowProxy: Sendable {
         }
         shutdown(destination, Int32(SHUT_WR))
         shutdown(source, Int32(SHUT_RD))
+    }
+}
+
+/// Accepts on `listener` until it is closed, connecting each client to `upstreamPort` and
+/// handing both sockets to `start`.
+private func acceptProxied(_ listener: Int32, upstreamPort: Int, _ start: (_ client: Int32, _ upstream: Int32) -> Void) {
+    while true {
+        let client = accept(listener, nil, nil)
+        if client < 0 { return }
+        guard let upstream = connectToLoopback(port: upstreamPort, receiveTimeoutSeconds: 0) else {
+            close(client)
+            continue
+        }
+        start(client, upstream)
+    }
+}
+
+/// A TCP proxy to a local server that, the first time a client sends bytes containing
+/// `trigger`, forwards them, lets the server act on them, then closes both connections without
+/// relaying the reply: the client cannot know whether its command ran. Other connections, and
+/// the ones after, pass through untouched.
+public final class ReplyDroppingProxy: Sendable {
+    public let port: Int
+    private let listener: Int32
+    private let upstreamPort: Int
+    private let trigger: [UInt8]
+    private let fired = Atomic<Bool>(false)
+
+    public init(to upstreamPort: Int, trigger: String) throws {
+        (listener, port) = try listenOnLoopback()
+        self.upstreamPort = upstreamPort
+        self.trigger = Array(trigger.utf8)
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    deinit {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    /// Whether the trigger was seen (and its reply dropped).
+    public var hasFired: Bool { fired.load(ordering: .acquiring) }
+
+    private func acceptLoop() {
+        acceptProxied(listener, upstreamPort: upstreamPort) { [self] client, upstream in
+            Thread { [self] in pumpRequests(from: client, to: upstream) }.start()
+            Thread { Self.pumpReplies(from: upstream, to: client) }.start()
+        }
+    }
+
+    private func pumpRequests(from client: Int32, to upstream: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(client, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            let chunk = buffer[0..<count]
+            let triggers = !fired.load(ordering: .acquiring) && chunk.firstRange(of: trigger) != nil
+            if triggers {
+                // Cut the replies first, so not a byte of the answer reaches the client.
+                fired.store(true, ordering: .releasing)
+                shutdown(upstream, Int32(SHUT_RD))
+            }
+            _ = buffer.withUnsafeBytes { send(upstream, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+            if triggers {
+                usleep(300_000)  // the server runs the command
+                shutdown(client, Int32(SHUT_RDWR))
+                shutdown(upstream, Int32(SHUT_RDWR))
+                break
+            }
+        }
+        shutdown(upstream, Int32(SHUT_WR))
+        shutdown(client, Int32(SHUT_RD))
+    }
+
+    private static func pumpReplies(from upstream: Int32, to client: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(upstream, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            _ = buffer.withUnsafeBytes { send(client, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+        }
+        shutdown(client, Int32(SHUT_WR))
     }
 }

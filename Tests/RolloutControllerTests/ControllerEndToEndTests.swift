@@ -44,9 +44,9 @@ final class ControllerWorld: @unchecked Sendable {
     /// feature's name); `top` adds top-level keys.
     func writePolicy(
         _ features: [(name: String, extra: String)], queryTimeout: String = "2s", prometheusURL: String? = nil, pushgateway: String? = nil,
-        checks: String? = nil, top: String = "", rollbackTo: String = "10"
+        checks: String? = nil, top: String = "", rollbackTo: String = "10", redisURL: String? = nil
     ) throws {
-        var yaml = "prometheus: \(prometheusURL ?? prometheus.url)\nredis: \(redis.urlString)\naudit_log: \(auditLogPath)\nquery_timeout: \(queryTimeout)\n"
+        var yaml = "prometheus: \(prometheusURL ?? prometheus.url)\nredis: \(redisURL ?? redis.urlString)\naudit_log: \(auditLogPath)\nquery_timeout: \(queryTimeout)\n"
         if let pushgateway { yaml += "pushgateway: \(pushgateway)\n" }
         yaml += top.isEmpty ? "" : top + "\n"
         yaml += "features:\n"

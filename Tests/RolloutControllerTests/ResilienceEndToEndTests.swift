@@ -1,4 +1,6 @@
 import Foundation
+import RolloutAdmin
+import RolloutRedis
 import RolloutTestSupport
 import Testing
 
@@ -81,5 +83,45 @@ struct ResilienceEndToEndTests {
         #expect(receiver.requests.count == 3)
         let notifications = document["notifications"] as? [String: Any] ?? [:]
         #expect(notifications["written_to_fallback"] as? Int == 1)
+    }
+}
+
+/// Redis fails after the compare-and-set was sent: the controller cannot know whether it ran.
+/// It reads the keys back, and a change that was applied is reported and audited.
+@Suite("An applied change whose reply was lost", .tags(.e2e, .prometheus, .redis), .requiresPrometheus)
+struct LostReplyTests {
+    /// A world whose controller reaches Redis through a proxy that drops the reply to the first
+    /// compare-and-set (the script is loaded first, so that EVALSHA runs it).
+    func world(_ extra: String) async throws -> (ControllerWorld, ReplyDroppingProxy) {
+        let world = try await ControllerWorld.make()
+        _ = try await world.client.send("SCRIPT", "LOAD", Scripts.applyChange.source)
+        let proxy = try ReplyDroppingProxy(to: world.redis.port, trigger: Scripts.applyChange.sha1)
+        try world.writePolicy([("lost", extra)], redisURL: "redis://127.0.0.1:\(proxy.port)")
+        return (world, proxy)
+    }
+
+    @Test func aPromotionIsStillAudited() async throws {
+        let (world, proxy) = try await world("dwell: 0s")
+        try await world.serve("lost", errorRatio: 0.001)
+        let run = try await world.run()
+        #expect(proxy.hasFired)
+        #expect(run.status == 0, "\(run.output.stderr)")
+        #expect(run.features["lost"]?["applied"] as? Bool == true, "\(run.output.stdout)")
+        #expect(try await world.get("flags:lost:rollout_percent") == "10")
+        #expect(world.auditLines().contains { $0.contains("lost  0% -> 10%") && $0.contains("by=controller") })
+        #expect(run.output.stderr.contains("it was applied (confirmed by reading it back)"))
+    }
+
+    @Test func aRollbackThatPausedTheFeatureIsReportedAsAFlapPause() async throws {
+        let (world, proxy) = try await world("dwell: 0s\nmax_rollbacks_per_hour: 1")
+        _ = try await world.client.send("SET", "flags:lost:rollout_percent", "50")
+        _ = try await world.client.send("SET", "flags:lost:controller_percent", "50")
+        try await world.serve("lost", errorRatio: 0.5)
+        let run = try await world.run()
+        #expect(proxy.hasFired)
+        #expect(run.features["lost"]?["decision"] as? String == "rollback", "\(run.output.stdout)")
+        #expect(run.features["lost"]?["paused_by_flap_protection"] as? Bool == true)
+        #expect(try await world.get("flags:lost:paused") == "true")
+        #expect(world.auditLines().contains { $0.contains("lost  paused  reason=flap protection") })
     }
 }

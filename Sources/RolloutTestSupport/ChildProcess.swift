@@ -1,4 +1,5 @@
 public import Foundation
+import Synchronization
 
 /// A child process started with posix_spawn and reaped with waitpid. Foundation's `Process`
 /// waits by running a run loop, which can hang on a thread of Swift's cooperative pool.
@@ -152,7 +153,9 @@ public func runCommandBlocking(_ executable: String, _ arguments: [String], envi
 public final class PipedProcess: @unchecked Sendable {
     // @unchecked: the descriptors are used by one test task at a time.
     public let process: ChildProcess
-    private let toChild: Int32
+    /// -1 once closed: a descriptor number is closed exactly once, or a second close could hit
+    /// a socket that another test (or NIO, in this process) opened under the same number since.
+    private let toChild: Mutex<Int32>
     private let fromChild: Int32
     private var buffered: [UInt8] = []
 
@@ -169,12 +172,12 @@ public final class PipedProcess: @unchecked Sendable {
             closeInChild: [input[1], output[0]])
         close(input[0])
         close(output[1])
-        toChild = input[1]
+        toChild = Mutex(input[1])
         fromChild = output[0]
     }
 
     deinit {
-        close(toChild)
+        closeInput()
         close(fromChild)
         process.terminate(SIGKILL)
     }
@@ -182,11 +185,20 @@ public final class PipedProcess: @unchecked Sendable {
     /// Writes one line to the child's stdin.
     public func send(_ line: String) {
         let bytes = Array((line + "\n").utf8)
-        _ = bytes.withUnsafeBytes { write(toChild, $0.baseAddress, $0.count) }
+        toChild.withLock { fd in
+            guard fd >= 0 else { return }
+            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        }
     }
 
-    /// Closes the child's stdin.
-    public func closeInput() { close(toChild) }
+    /// Closes the child's stdin (once, however often it is called).
+    public func closeInput() {
+        toChild.withLock { fd in
+            guard fd >= 0 else { return }
+            close(fd)
+            fd = -1
+        }
+    }
 
     /// Reads one line from the child's stdout, off the cooperative pool.
     public func nextLine(timeout: Duration = .seconds(10)) async -> String? {

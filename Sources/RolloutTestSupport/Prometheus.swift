@@ -328,26 +328,30 @@ public final class ReplyDroppingProxy: Sendable {
 
     private func acceptLoop() {
         acceptProxied(listener, upstreamPort: upstreamPort) { [self] client, upstream in
-            Thread { [self] in pumpRequests(from: client, to: upstream) }.start()
-            Thread { Self.pumpReplies(from: upstream, to: client) }.start()
+            let cut = ConnectionCut()
+            Thread { [self] in pumpRequests(from: client, to: upstream, cut: cut) }.start()
+            Thread { Self.pumpReplies(from: upstream, to: client, cut: cut) }.start()
         }
     }
 
-    private func pumpRequests(from client: Int32, to upstream: Int32) {
+    /// Set on the one connection whose reply is dropped.
+    private final class ConnectionCut: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    private func pumpRequests(from client: Int32, to upstream: Int32, cut: ConnectionCut) {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = recv(client, &buffer, buffer.count, 0)
             if count <= 0 { break }
             let chunk = buffer[0..<count]
-            let triggers = !fired.load(ordering: .acquiring) && chunk.firstRange(of: trigger) != nil
-            if triggers {
-                // Cut the replies first, so not a byte of the answer reaches the client.
-                fired.store(true, ordering: .releasing)
-                shutdown(upstream, Int32(SHUT_RD))
-            }
+            let triggers = chunk.firstRange(of: trigger) != nil && fired.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+            // Mark the connection first: the reply pump drops the answer when it comes, which
+            // is after the server ran the command, and only then hangs up on the client.
+            if triggers { cut.value.store(true, ordering: .releasing) }
             _ = buffer.withUnsafeBytes { send(upstream, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
             if triggers {
-                usleep(300_000)  // the server runs the command
+                usleep(300_000)
                 shutdown(client, Int32(SHUT_RDWR))
                 shutdown(upstream, Int32(SHUT_RDWR))
                 break
@@ -357,11 +361,13 @@ public final class ReplyDroppingProxy: Sendable {
         shutdown(client, Int32(SHUT_RD))
     }
 
-    private static func pumpReplies(from upstream: Int32, to client: Int32) {
+    private static func pumpReplies(from upstream: Int32, to client: Int32, cut: ConnectionCut) {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = recv(upstream, &buffer, buffer.count, 0)
-            if count <= 0 { break }
+            // Clients wait for each reply before the next request, so once the connection is
+            // marked, what arrives is the dropped answer.
+            if count <= 0 || cut.value.load(ordering: .acquiring) { break }
             _ = buffer.withUnsafeBytes { send(client, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
         }
         shutdown(client, Int32(SHUT_WR))

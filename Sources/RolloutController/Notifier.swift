@@ -75,43 +75,34 @@ public struct Notifier: Sendable {
         let started = ContinuousClock.now
         let body = channel.format.payload(for: event)
         let guards = self.guards[channel.name] ?? EndpointGuard(name: channel.name)
-        await guards.enter()
-        var attempts = 0
-        var failure: NotificationError
-        while true {
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else {
-                failure = NotificationError(.deadline, "The notification deadline (\(shown(policy.deadline))) passed before an attempt to \(channel.name)")
-                break
+        let (failed, attempts) = await guards.call(
+            retry: policy.retry, deadline: deadline, sleep: sleep,
+            stopped: { stop in
+                switch stop {
+                case .deadlinePassed:
+                    return NotificationError(.deadline, "The notification deadline (\(shown(policy.deadline))) passed before an attempt to \(channel.name)")
+                case .circuitOpen(let last):
+                    return NotificationError(
+                        .circuitOpen, "\(channel.name) failed repeatedly; its circuit breaker is open, so nothing was sent" + (last.map { ". Last failure: \($0)" } ?? ""))
+                case .retryWouldCrossDeadline(let error):
+                    return NotificationError(
+                        error.code, error.message + "; no retry: the notification deadline (\(shown(policy.deadline))) comes first", httpStatus: error.httpStatus)
+                }
             }
-            guard guards.allowAttempt(retry: attempts > 0) else {
-                failure = NotificationError(
-                    .circuitOpen, "\(channel.name) failed repeatedly; its circuit breaker is open, so nothing was sent"
-                        + (guards.lastFailureDescription.map { ". Last failure: \($0)" } ?? ""))
-                break
-            }
-            attempts += 1
-            do {
-                try await post(body, to: channel, timeout: min(policy.attemptTimeout, remaining))
-                guards.record(success: true)
-                await guards.leave(failed: false, took: started.duration(to: .now))
-                return Outcome(delivered: true, attempts: attempts, elapsed: started.duration(to: .now), error: nil, fallback: .notNeeded)
+        ) { _, remaining -> AttemptOutcome<NotificationError> in
+            var outcome = AttemptOutcome<NotificationError>.succeeded
+            do throws(NotificationError) {
+                try await post(body, to: channel, timeout: min(policy.attemptTimeout, remaining ?? policy.attemptTimeout))
             } catch {
                 // A refused payload is our fault, not a sign of the receiver's health.
-                let endpointFailure = error.isTransient || error.code == .timeout || error.code == .unreachable || (error.httpStatus ?? 0) >= 500
-                guards.record(success: !endpointFailure, failure: endpointFailure ? error.message : nil)
-                failure = error
-                guard error.isTransient, attempts < policy.retry.maxAttempts, !Task.isCancelled else { break }
-                let wait = policy.retry.delay(afterAttempt: attempts)
-                guard ContinuousClock.now.advanced(by: wait) < deadline else {
-                    failure = NotificationError(
-                        error.code, error.message + "; no retry: the notification deadline (\(shown(policy.deadline))) comes first", httpStatus: error.httpStatus)
-                    break
-                }
-                await sleep(wait)
+                let endpointFault = error.isTransient || error.code == .timeout || error.code == .unreachable || (error.httpStatus ?? 0) >= 500
+                outcome = .failed(error, retryable: error.isTransient, endpointFault: endpointFault)
             }
+            return outcome
         }
-        await guards.leave(failed: true, took: started.duration(to: .now))
+        guard let failure = failed else {
+            return Outcome(delivered: true, attempts: attempts, elapsed: started.duration(to: .now), error: nil, fallback: .notNeeded)
+        }
         let fallback = writeFallback(event, channel: channel, error: failure, attempts: attempts)
         return Outcome(delivered: false, attempts: attempts, elapsed: started.duration(to: .now), error: failure.message, fallback: fallback)
     }

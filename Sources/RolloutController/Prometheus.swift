@@ -37,33 +37,27 @@ public struct PrometheusClient: Sendable {
     /// +Inf or -Inf); an error when the query could not be answered. While the endpoint's
     /// breaker is open the query is not sent and fails at once.
     public func value(of query: String) async throws(PrometheusError) -> Double? {
-        await guards.enter()
-        let started = ContinuousClock.now
-        var attempt = 1
         var answer: Double?
-        var failure: PrometheusError?
-        while true {
-            guard guards.allowAttempt(retry: attempt > 1) else {
-                let last = guards.lastFailureDescription.map { " Last failure: \($0)" } ?? ""
-                failure = PrometheusError(
+        let (failure, _) = await guards.call(
+            retry: retry,
+            stopped: { stop in
+                // Without a deadline, the only way to stop short is an open breaker.
+                var last = ""
+                if case .circuitOpen(let failure?) = stop { last = " Last failure: \(failure)" }
+                return PrometheusError(
                     .unreachable, "Prometheus at \(base) failed repeatedly; its circuit breaker is open, so the query was not sent.\(last)")
-                break
             }
-            do {
+        ) { _, _ -> AttemptOutcome<PrometheusError> in
+            // Assigned, then returned after the block: no return from inside a typed-throws
+            // `do` in an async closure (the pattern the reverted 571fc26 crashed with in release).
+            var outcome = AttemptOutcome<PrometheusError>.succeeded
+            do throws(PrometheusError) {
                 answer = try await once(query)
-                guards.record(success: true)
-                failure = nil
-                break
             } catch {
-                // A refused query is the policy's fault, not a sign of Prometheus's health.
-                guards.record(success: !error.isEndpointFailure, failure: error.isEndpointFailure ? error.message : nil)
-                failure = error
-                guard error.isTransient && attempt < retry.maxAttempts else { break }
-                try? await Task.sleep(for: retry.delay(afterAttempt: attempt))
-                attempt += 1
+                outcome = .failed(error, retryable: error.isTransient, endpointFault: error.isEndpointFailure)
             }
+            return outcome
         }
-        await guards.leave(failed: failure != nil, took: started.duration(to: .now))
         if let failure { throw failure }
         return answer
     }

@@ -106,12 +106,12 @@ public final class EndpointGuard: Sendable {
         return copy
     }
 
-    func enter() async {
+    private func enter() async {
         await bulkhead.acquire()
         statistics.withLock { $0.calls += 1 }
     }
 
-    func leave(failed: Bool, took time: Duration) async {
+    private func leave(failed: Bool, took time: Duration) async {
         statistics.withLock {
             if failed { $0.failures += 1 }
             $0.time += time
@@ -120,7 +120,7 @@ public final class EndpointGuard: Sendable {
     }
 
     /// Asks the breaker for one attempt; false (and counted) when it is open.
-    func allowAttempt(retry: Bool) -> Bool {
+    private func allowAttempt(retry: Bool) -> Bool {
         let allowed = breaker.withLock { $0.allowsCall(at: .now) }
         statistics.withLock {
             if allowed {
@@ -133,11 +133,80 @@ public final class EndpointGuard: Sendable {
         return allowed
     }
 
-    func record(success: Bool, failure: String? = nil) {
+    private func record(success: Bool, failure: String? = nil) {
         breaker.withLock { $0.record(success: success, at: .now) }
         if let failure { lastFailure.withLock { $0 = failure } }
     }
 
     /// The last failure seen, for the message of a call the open breaker refused.
-    var lastFailureDescription: String? { lastFailure.withLock { $0 } }
+    private var lastFailureDescription: String? { lastFailure.withLock { $0 } }
+}
+
+/// How one attempt of a guarded call ended.
+enum AttemptOutcome<Failure: Error> {
+    case succeeded
+    /// `retryable`: worth another attempt (connection failures, timeouts, 429/502/503/504);
+    /// `endpointFault`: it says the endpoint is unwell, so it counts against the breaker (a
+    /// refused query or payload is the caller's fault, not the endpoint's).
+    case failed(Failure, retryable: Bool, endpointFault: Bool)
+}
+
+/// Why a guarded call stopped before an attempt it would otherwise have made.
+enum CallStop<Failure: Error> {
+    /// The breaker is open; the last failure it saw, if any.
+    case circuitOpen(lastFailure: String?)
+    /// The deadline passed before the next attempt.
+    case deadlinePassed
+    /// The wait before the retry would cross the deadline; the failure it would have retried.
+    case retryWouldCrossDeadline(Failure)
+}
+
+extension EndpointGuard {
+    /// One call to the endpoint: inside its bulkhead, each attempt asked of its breaker and
+    /// recorded there, retried by `retry` while the attempt fails retryably (and, with a
+    /// `deadline`, while the wait leaves time). `attempt` gets its number (from 1) and the time
+    /// left before the deadline; `stopped` makes the failure for a call cut short. Returns the
+    /// last failure (nil when an attempt succeeded) and the attempts made. This is the one
+    /// place every network call of the controller gets its retries, breaker and bulkhead.
+    func call<Failure: Error>(
+        retry: RetryPolicy, deadline: ContinuousClock.Instant? = nil,
+        sleep: (Duration) async -> Void = { try? await Task.sleep(for: $0) },
+        stopped: (CallStop<Failure>) -> Failure,
+        _ attempt: (_ number: Int, _ remaining: Duration?) async -> AttemptOutcome<Failure>
+    ) async -> (failure: Failure?, attempts: Int) {
+        await enter()
+        let started = ContinuousClock.now
+        var attempts = 0
+        var failure: Failure?
+        attempting: while true {
+            let remaining = deadline.map { ContinuousClock.now.duration(to: $0) }
+            if let remaining, remaining <= .zero {
+                failure = stopped(.deadlinePassed)
+                break
+            }
+            guard allowAttempt(retry: attempts > 0) else {
+                failure = stopped(.circuitOpen(lastFailure: lastFailureDescription))
+                break
+            }
+            attempts += 1
+            switch await attempt(attempts, remaining) {
+            case .succeeded:
+                record(success: true)
+                failure = nil
+                break attempting
+            case .failed(let error, let retryable, let endpointFault):
+                record(success: !endpointFault, failure: endpointFault ? "\(error)" : nil)
+                failure = error
+                guard retryable, attempts < retry.maxAttempts, !Task.isCancelled else { break attempting }
+                let wait = retry.delay(afterAttempt: attempts)
+                if let deadline, ContinuousClock.now.advanced(by: wait) >= deadline {
+                    failure = stopped(.retryWouldCrossDeadline(error))
+                    break attempting
+                }
+                await sleep(wait)
+            }
+        }
+        await leave(failed: failure != nil, took: started.duration(to: .now))
+        return (failure, attempts)
+    }
 }

@@ -32,44 +32,33 @@ public struct Telemetry: Sendable {
     /// Pushes `report`; returns the error text when the push failed (already logged).
     @discardableResult
     public func push(_ report: RunReport, logger: Logger) async -> String? {
-        await guards.enter()
-        let started = ContinuousClock.now
-        var attempt = 1
-        var failure: String?
-        while true {
+        let (failure, attempts) = await guards.call(
+            retry: retry,
+            stopped: { _ in TelemetryError("the Pushgateway failed repeatedly; its circuit breaker is open, so nothing was pushed") }
+        ) { _, _ -> AttemptOutcome<TelemetryError> in
             var putSent = false
-            guard guards.allowAttempt(retry: attempt > 1) else {
-                failure = "the Pushgateway failed repeatedly; its circuit breaker is open, so nothing was pushed"
-                break
-            }
             do {
                 // The Pushgateway stores what it is given: a counter across runs is the last value + 1.
                 let previous = try await currentRunCounts()
                 putSent = true
                 try await put(Self.exposition(report, previousRuns: previous))
-                guards.record(success: true)
-                failure = nil
-                break
+                return .succeeded
             } catch {
                 // Our HTTP errors carry their status; everything else is the connection or a timeout.
                 // A PUT that timed out may have been stored: sending it again would count the run twice.
                 let status = (error as? TelemetryError)?.status
                 let ambiguous = putSent && status == nil && isTimeout(error)
-                let transient = !ambiguous && (status.map(RetryPolicy.transientHTTPStatuses.contains) ?? true)
-                guards.record(success: status.map { $0 < 500 } ?? false, failure: "\(error)")
-                failure = "\(error)"
-                guard transient && attempt < retry.maxAttempts else { break }
-                try? await Task.sleep(for: retry.delay(afterAttempt: attempt))
-                attempt += 1
+                return .failed(
+                    error as? TelemetryError ?? TelemetryError("\(error)"),
+                    retryable: !ambiguous && (status.map(RetryPolicy.transientHTTPStatuses.contains) ?? true),
+                    endpointFault: status.map { $0 >= 500 } ?? true)
             }
         }
-        await guards.leave(failed: failure != nil, took: started.duration(to: .now))
-        if let failure {
-            logger.warning(
-                "Could not push telemetry to the Pushgateway; the run itself is unaffected",
-                metadata: ["pushgateway.url": "\(pushgateway)", "error": "\(failure)", "attempts": "\(attempt)"])
-        }
-        return failure
+        guard let failure else { return nil }
+        logger.warning(
+            "Could not push telemetry to the Pushgateway; the run itself is unaffected",
+            metadata: ["pushgateway.url": "\(pushgateway)", "error": "\(failure)", "attempts": "\(attempts)"])
+        return failure.description
     }
 
     /// The text exposition of a run: gauges for the state, a counter of runs by status.
@@ -157,9 +146,9 @@ public struct Telemetry: Sendable {
 
 struct TelemetryError: Error, CustomStringConvertible {
     let description: String
-    /// The HTTP status the Pushgateway answered.
-    let status: Int
-    init(_ description: String, status: Int) {
+    /// The HTTP status the Pushgateway answered, if it answered.
+    let status: Int?
+    init(_ description: String, status: Int? = nil) {
         self.description = description
         self.status = status
     }

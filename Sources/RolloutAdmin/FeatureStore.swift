@@ -47,16 +47,7 @@ public struct FeatureStore: Sendable {
     public func rawKeys(of feature: FeatureName) async throws(RedisError) -> [(key: String, type: String, value: RedisValue)] {
         let keys = FeatureKeys(feature).all + FeatureKeys(feature).controllerKeys
         let types = try await redis.pipeline(keys.map { RedisCommand("TYPE", $0) })
-        var reads: [RedisCommand] = []
-        for (key, type) in zip(keys, types) {
-            switch type.string {
-            case "set": reads.append(RedisCommand("SMEMBERS", key))
-            case "hash": reads.append(RedisCommand("HGETALL", key))
-            case "string": reads.append(RedisCommand("GET", key))
-            default: reads.append(RedisCommand("EXISTS", key))
-            }
-        }
-        let values = try await redis.pipeline(reads)
+        let values = try await redis.pipeline(zip(keys, types).map { readWhole($0, type: $1.string) })
         return zip(keys, zip(types, values)).compactMap { key, pair in
             guard let type = pair.0.string, type != "none" else { return nil }
             return (key, type, pair.1)
@@ -109,7 +100,7 @@ public struct FeatureStore: Sendable {
         if paused {
             try await set(keys.paused, "true")
         } else {
-            _ = try await call { try await redis.pipeline([RedisCommand("SET", keys.paused, "false"), RedisCommand("DEL", keys.pausedReason)]) }
+            _ = try await call { try await redis.transaction([RedisCommand("SET", keys.paused, "false"), RedisCommand("DEL", keys.pausedReason)]) }
         }
         try record(feature, paused ? "paused" : "resumed", reason)
     }
@@ -300,5 +291,18 @@ extension FeatureStore {
         else {
             throw SnapshotError("Cannot write \(path) or \(path).sha256: check the directory exists and is writable.")
         }
+    }
+}
+
+/// The command that reads `key` whole, given its Redis `type`: a string's value, a set's
+/// members, a hash's fields and values, a sorted set's members with their scores; EXISTS for
+/// anything else (an absent key, or a type the keyspace does not use).
+func readWhole(_ key: String, type: String?) -> RedisCommand {
+    switch type {
+    case "string": return RedisCommand("GET", key)
+    case "set": return RedisCommand("SMEMBERS", key)
+    case "hash": return RedisCommand("HGETALL", key)
+    case "zset": return RedisCommand("ZRANGE", key, "0", "-1", "WITHSCORES")
+    default: return RedisCommand("EXISTS", key)
     }
 }

@@ -58,17 +58,7 @@ public struct FlagSnapshot: Codable, Sendable, Hashable {
         keys = Array(Set(keys.filter { !$0.hasSuffix(":lock") })).sorted()
         let types = try await redis.pipeline(keys.map { RedisCommand("TYPE", $0) })
         let ttls = try await redis.pipeline(keys.map { RedisCommand("PTTL", $0) })
-        var reads: [RedisCommand] = []
-        for (key, type) in zip(keys, types) {
-            switch type.string {
-            case "string": reads.append(RedisCommand("GET", key))
-            case "set": reads.append(RedisCommand("SMEMBERS", key))
-            case "hash": reads.append(RedisCommand("HGETALL", key))
-            case "zset": reads.append(RedisCommand("ZRANGE", key, "0", "-1", "WITHSCORES"))
-            default: reads.append(RedisCommand("TYPE", key))
-            }
-        }
-        let values = try await redis.pipeline(reads)
+        let values = try await redis.pipeline(zip(keys, types).map { readWhole($0, type: $1.string) })
         var entries: [Entry] = []
         for (index, key) in keys.enumerated() {
             guard let type = types[index].string, type != "none" else { continue }

@@ -6,6 +6,8 @@ extension FeatureKeys {
     /// `flags:<f>:controller_percent`: the percent the controller last wrote; a different
     /// rollout_percent means a person changed it.
     public var controllerPercent: String { "flags:\(feature.rawValue):controller_percent" }
+    /// `flags:<f>:lock`: the controller deciding the feature now (`SET NX PX`, its owner's token).
+    public var lock: String { "flags:\(feature.rawValue):lock" }
     /// `flags:<f>:guard`: while it exists, no promotion. A string with a TTL (see ``GuardLock``).
     public var guardLock: String { "flags:\(feature.rawValue):guard" }
     /// `flags:<f>:paused_reason`: why the controller paused the feature (flap protection).

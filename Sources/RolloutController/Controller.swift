@@ -101,7 +101,7 @@ public struct Controller: Sendable {
     }
 
     private func evaluate(_ feature: FeaturePolicy, promotions: Bool) async -> FeatureReport {
-        let lockKey = "flags:\(feature.feature):lock"
+        let lockKey = FeatureKeys(feature.feature).lock
         let report = FeatureReport(feature: feature.feature)
 
         // 7. One controller per feature at a time. A dry run writes nothing, not even a lock.
@@ -109,7 +109,7 @@ public struct Controller: Sendable {
             let lockTTL = max(Duration.seconds(60), policy.queryTimeout * 3 * 2 + .seconds(30))
             do {
                 let reply = try await redis.send(
-                    RedisCommand("SET", lockKey, owner, "NX", "PX", String(lockTTL.components.seconds * 1000)))
+                    RedisCommand("SET", lockKey, owner, "NX", "PX", String(lockTTL.wholeMilliseconds)))
                 if reply.isNull {
                     let holder = (try? await redis.send("GET", lockKey).string) ?? "another controller"
                     return report.held(.locked, "another controller (\(holder)) is deciding this feature now")
@@ -190,7 +190,7 @@ public struct Controller: Sendable {
         for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }
         for check in feature.burnRateChecks {
             var ratios: [Duration: Double?] = [:]
-            for window in check.distinctWindows { ratios[window] = answers.values[.window(check.name, window)] ?? nil }
+            for window in check.distinctWindows { ratios[window] = answers.values[.window(check: check.name, window)] ?? nil }
             observation.windowValues[check.name] = ratios
         }
         if feature.minRequests != nil { observation.requests = .some(answers.values[.minRequests] ?? nil) }
@@ -251,7 +251,6 @@ public struct Controller: Sendable {
         // 7. Compare-and-set: written only if rollout_percent, paused, enabled (and for a
         // promotion the guard) are as read, and only while this run still holds the lock. A
         // rollback sets the guard, is counted, and at the flap limit pauses, in the same step.
-        let lockKey = "flags:\(feature.feature):lock"
         let guardValue = GuardLock.value(origin: .rollback, time: time, reason: "after \(change): \(verdict.explanation)")
         let flapReason = "flap protection: \(feature.maxRollbacksPerHour) rollbacks within an hour (the last \(change)); look before resuming"
         let outcome: RedisValue
@@ -259,7 +258,7 @@ public struct Controller: Sendable {
             outcome = try await redis.evaluate(
                 Scripts.applyChange,
                 keys: [
-                    keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, lockKey,
+                    keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, keys.lock,
                     keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince,
                 ],
                 arguments: [
@@ -313,8 +312,7 @@ public struct Controller: Sendable {
                 logger.error("Feature paused by flap protection", metadata: ["feature.name": "\(feature.feature)", "rollout.reason": "\(flapReason)"])
             }
         } else if verdict.releaseGuard {
-            report.guardEvent = .released
-            record(feature.feature, "guard released", "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)", by: "controller", at: time)
+            guardReleased(feature, at: time, report: &report)
         }
         return report
     }
@@ -327,20 +325,15 @@ public struct Controller: Sendable {
         report: inout FeatureReport
     ) async {
         let streaks = verdict.streaks.filter { $0.value > 0 }.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }
-        let lockKey = "flags:\(feature.feature):lock"
         do {
             let recorded = try await redis.evaluate(
-                Scripts.recordEvaluation, keys: [lockKey, keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
+                Scripts.recordEvaluation, keys: [keys.lock, keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
                 arguments: [owner, expectedPercent, verdict.healthy ? "1" : "0", time.description, verdict.newLastGood?.description ?? ""] + streaks)
             guard recorded == .integer(1) else { return }  // the lock or the percent moved: the next run looks again
             if verdict.releaseGuard, let lock = observation.guardLock,
                 try await redis.evaluate(Scripts.releaseLock, keys: [keys.guardLock], arguments: [lock.value]) == .integer(1)
             {
-                report.guardEvent = .released
-                report.guardLock = nil
-                record(
-                    feature.feature, "guard released", "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)",
-                    by: "controller", at: time)
+                guardReleased(feature, at: time, report: &report)
             }
         } catch {
             // Bookkeeping only: the next run recomputes it. The decision stands.
@@ -348,34 +341,20 @@ public struct Controller: Sendable {
         }
     }
 
-    /// What one query is for.
-    private enum QueryKey: Hashable, Sendable {
-        case check(String)
-        case window(String, Duration)
-        case minRequests
-    }
-
     /// Every query of `feature` at once (the client's bulkhead bounds them); the failures sorted by name.
-    private func query(_ feature: FeaturePolicy) async -> (values: [QueryKey: Double?], failures: [String]) {
-        var queries: [(QueryKey, String, String)] = feature.checks.map { (.check($0.name), $0.name, $0.query) }
-        for check in feature.burnRateChecks {
-            for window in check.distinctWindows {
-                queries.append((.window(check.name, window), "\(check.name)[\(formatDuration(window))]", check.query(window: window)))
-            }
-        }
-        if let floor = feature.minRequests { queries.append((.minRequests, "min_requests", floor.query)) }
-        var values: [QueryKey: Double?] = [:]
+    private func query(_ feature: FeaturePolicy) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
+        var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
         var failures: [String] = []
-        await withTaskGroup(of: (QueryKey, String, Result<Double?, PrometheusError>).self) { group in
-            for (key, label, query) in queries {
+        await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<Double?, PrometheusError>).self) { group in
+            for query in feature.queries {
                 group.addTask {
                     let result: Result<Double?, PrometheusError>
                     do throws(PrometheusError) {
-                        result = .success(try await prometheus.value(of: query))
+                        result = .success(try await prometheus.value(of: query.query))
                     } catch {
                         result = .failure(error)
                     }
-                    return (key, label, result)
+                    return (query.purpose, query.label, result)
                 }
             }
             for await (key, label, result) in group {
@@ -395,6 +374,15 @@ public struct Controller: Sendable {
             if let count = Int(items[index + 1]), count > 0 { streaks[items[index]] = count }
         }
         return streaks
+    }
+
+    /// The controller released its guard early: reported and audited the same way from both paths.
+    private func guardReleased(_ feature: FeaturePolicy, at time: Timestamp, report: inout FeatureReport) {
+        report.guardEvent = .released
+        report.guardLock = nil
+        record(
+            feature.feature, "guard released", "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)",
+            by: "controller", at: time)
     }
 
     private func record(_ feature: FeatureName, _ change: String, _ reason: String, by: String, at time: Timestamp) {

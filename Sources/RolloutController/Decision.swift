@@ -158,20 +158,16 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
         let limit = [check.max.map { "max \(format($0))" }, check.min.map { "min \(format($0))" }].compactMap { $0 }.joined(separator: ", ")
         judge(check.name, observation.checkValues[check.name] ?? nil, violated: check.isViolated, action: check.onViolation, consecutive: check.consecutive, limit: limit)
     }
+    var burnNames = Set<String>()
     for check in policy.burnRateChecks {
         let ratios = observation.windowValues[check.name] ?? [:]
         for pair in check.windows {
-            // The pair burns at the slower of its two windows: both must exceed the factor.
-            var burn: Double?
-            if let long = ratios[pair.long] ?? nil, let short = ratios[pair.short] ?? nil {
-                burn = min(check.burnRate(errorRatio: long), check.burnRate(errorRatio: short))
-            }
+            burnNames.insert(check.outcomeName(of: pair))
             judge(
-                "\(check.name)[\(pair.label)]", burn, violated: { $0 > pair.factor }, action: pair.onViolation, consecutive: check.consecutive,
-                limit: "burn \(format(pair.factor))x")
+                check.outcomeName(of: pair), check.burnRate(of: pair, errorRatios: ratios), violated: { $0 > pair.factor },
+                action: pair.onViolation, consecutive: check.consecutive, limit: "burn \(format(pair.factor))x")
         }
     }
-    let burnNames = Set(policy.burnRateChecks.flatMap { check in check.windows.map { "\(check.name)[\($0.label)]" } })
     // Alert checks report only; a burning error budget is always worth an alert too.
     verdict.alerts = verdict.checks.filter { $0.status == .violated && ($0.onViolation == .alert || burnNames.contains($0.name)) }.map(\.name)
     // Names are unique (the policy refuses duplicates); never trap on one all the same.

@@ -314,7 +314,7 @@ public struct FeaturePolicy: Sendable, Hashable {
         freeze = mapping["freeze"].flatMap { reader.freezeWindows($0, at: "\(at).freeze") } ?? []
         // Each check outcome is named once: threshold checks by name, burn-rate pairs as name[long/short].
         var outcomes = Set<String>()
-        let outcomeNames = checks.map(\.name) + burnRateChecks.flatMap { check in check.windows.map { "\(check.name)[\($0.label)]" } }
+        let outcomeNames = checks.map(\.name) + burnRateChecks.flatMap { check in check.windows.map(check.outcomeName) }
         for name in outcomeNames where !outcomes.insert(name).inserted {
             reader.fail("\(at).checks", "name \(name) twice: two checks or two window pairs with the same windows; each must be distinct")
         }
@@ -340,6 +340,40 @@ public struct FeaturePolicy: Sendable, Hashable {
             if let lastGood, lastGood < current { return lastGood }
             return steps.last { $0 < current && $0 <= (lastGood ?? .zero) } ?? .zero
         }
+    }
+
+    /// One PromQL query the feature's evaluation sends, and what its answer is for.
+    public struct Query: Sendable, Hashable {
+        /// What the answer is for.
+        public enum Purpose: Sendable, Hashable {
+            /// A threshold check, by name.
+            case check(String)
+            /// One window of a burn-rate check: its error ratio.
+            case window(check: String, Duration)
+            /// The traffic floor.
+            case minRequests
+        }
+
+        /// What the answer is for; keys the answers, so no check name can collide with another query.
+        public let purpose: Purpose
+        /// Its name in messages: `error_rate`, `errors[5m]`, `min_requests`.
+        public let label: String
+        /// The PromQL.
+        public let query: String
+    }
+
+    /// Every query an evaluation sends: the threshold checks, each window of each burn-rate
+    /// check once, and the traffic floor.
+    public var queries: [Query] {
+        var queries = checks.map { Query(purpose: .check($0.name), label: $0.name, query: $0.query) }
+        for check in burnRateChecks {
+            for window in check.distinctWindows {
+                queries.append(
+                    Query(purpose: .window(check: check.name, window), label: "\(check.name)[\(formatDuration(window))]", query: check.query(window: window)))
+            }
+        }
+        if let floor = minRequests { queries.append(Query(purpose: .minRequests, label: "min_requests", query: floor.query)) }
+        return queries
     }
 
     /// The freeze window `time` falls in, if any: promotions wait, rollbacks do not.

@@ -59,20 +59,17 @@ public struct RunNotifications: Sendable {
         let prometheus: NotificationCondition? =
             reasons.contains(.promUnreachable)
             ? .prometheusUnreachable : (report.features.contains(where: \.prometheusAnswered) ? .ok : nil)
-        for (subject, condition, failing) in [("redis", redis, HoldReasonFilter.redis), ("prometheus", prometheus, .prometheus)] {
+        let servers: [(String, NotificationCondition?, Verdict.HoldReason)] = [
+            ("redis", redis, .redisError), ("prometheus", prometheus, .promUnreachable),
+        ]
+        for (subject, condition, failing) in servers {
             guard let condition else { continue }
-            let explanation = report.features.first { failing.matches($0.holdReason) }?.explanation
+            let explanation = report.features.first { $0.holdReason == failing }?.explanation
             events += condition.events(since: previous[subject], feature: nil, explanation: explanation, time: time)
             serverConditions[subject] = condition.description
         }
     }
 
-    private enum HoldReasonFilter {
-        case redis, prometheus
-        func matches(_ reason: Verdict.HoldReason?) -> Bool {
-            self == .redis ? reason == .redisError : reason == .promUnreachable
-        }
-    }
 }
 
 extension NotificationPolicy {

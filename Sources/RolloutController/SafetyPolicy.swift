@@ -66,6 +66,16 @@ public struct BurnRateCheck: Sendable, Hashable {
     /// The burn rate of an error ratio: how many times faster than the budget allows.
     public func burnRate(errorRatio: Double) -> Double { errorRatio / budget }
 
+    /// How fast `pair` burns, from the error ratio of each window: the slower of its two
+    /// windows, since both must exceed the factor; nil when either window has no data.
+    public func burnRate(of pair: WindowPair, errorRatios: [Duration: Double?]) -> Double? {
+        guard let long = errorRatios[pair.long] ?? nil, let short = errorRatios[pair.short] ?? nil else { return nil }
+        return min(burnRate(errorRatio: long), burnRate(errorRatio: short))
+    }
+
+    /// The name `pair` is judged under, in output, JSON, streaks and alerts: `errors[1h/5m]`.
+    public func outcomeName(of pair: WindowPair) -> String { "\(name)[\(pair.label)]" }
+
     init?(_ item: Node, at place: String, reader: inout NodeReader) {
         guard let check = reader.mapping(item, at: place, known: ["name", "type", "query", "slo", "period", "windows", "consecutive"])
         else { return nil }

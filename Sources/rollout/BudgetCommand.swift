@@ -52,21 +52,18 @@ struct BudgetCommand: AsyncParsableCommand {
                     lines.append("  budget left: unknown (no data over \(formatDuration(check.period)))")
                 }
             }
-            var burns: [Duration: Double?] = [:]
+            var errorRatios: [Duration: Double?] = [:]
             var windows: [[String: Any]] = []
             for window in check.distinctWindows {
                 guard case .some(let value) = await ratio(window) else { continue }
                 let burn = value.map(check.burnRate)
-                burns[window] = burn
+                errorRatios[window] = value
                 lines.append("  burn rate over \(formatDuration(window)): \(burn.map { format($0) + "x" } ?? "no data")")
                 windows.append(["window": formatDuration(window), "burn_rate": burn as Any, "error_ratio": value as Any])
             }
             var pairs: [[String: Any]] = []
             for pair in check.windows {
-                let long = burns[pair.long] ?? nil
-                let short = burns[pair.short] ?? nil
-                let status: String
-                if let long, let short { status = min(long, short) > pair.factor ? "violated" : "ok" } else { status = "no_data" }
+                let status = check.burnRate(of: pair, errorRatios: errorRatios).map { $0 > pair.factor ? "violated" : "ok" } ?? "no_data"
                 lines.append("  pair \(pair.label) above \(format(pair.factor))x -> \(status) (on_violation: \(pair.onViolation.rawValue))")
                 pairs.append(["pair": pair.label, "factor": pair.factor, "status": status, "on_violation": pair.onViolation.rawValue])
             }

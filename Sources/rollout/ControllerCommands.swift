@@ -97,13 +97,7 @@ struct ControllerCommand: AsyncParsableCommand {
 
         func run() async throws {
             let policy = try policyOptions.load()
-            let queries = policy.features.flatMap { feature in
-                feature.checks.map { ("\(feature.feature).\($0.name)", $0.query) }
-                    + feature.burnRateChecks.flatMap { check in
-                        check.distinctWindows.map { ("\(feature.feature).\(check.name)[\(formatDuration($0))]", check.query(window: $0)) }
-                    }
-                    + (feature.minRequests.map { [("\(feature.feature).min_requests", $0.query)] } ?? [])
-            }
+            let queries = policy.features.flatMap { feature in feature.queries.map { ("\(feature.feature).\($0.label)", $0.query) } }
             print("ok: \(policy.features.count) feature(s), \(queries.count) quer\(queries.count == 1 ? "y" : "ies")")
             guard online else { return }
             let prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)

@@ -130,6 +130,10 @@ struct SafetyEndToEndTests {
         #expect(try await world.get("flags:flappy:paused") == "true")
         #expect(try await world.get("flags:flappy:paused_reason")?.contains("flap protection") == true)
         #expect(try await world.client.send("ZCARD", "flags:flappy:rollbacks") == .integer(2))
+        // `flags get` shows the sorted set whole: each rollback with its time in Unix ms.
+        let get = try await runCommand(world.binary, ["flags", "get", "flappy", "--json", "--redis-url", world.redis.urlString])
+        let keys = ((try? JSONSerialization.jsonObject(with: Data(get.stdout.utf8))) as? [String: Any])?["keys"] as? [String: Any]
+        #expect((keys?["flags:flappy:rollbacks"] as? [String])?.count == 4, "\(get.stdout)")
         let paused = try await world.run()
         #expect(paused.features["flappy"]?["reason"] as? String == "paused")
         #expect((paused.features["flappy"]?["explanation"] as? String)?.contains("flap protection") == true)

@@ -1,3 +1,4 @@
+import Foundation
 public import RolloutGate
 
 /// Something an operator should hear about, sent once when it happens (never once per run).
@@ -71,12 +72,9 @@ public struct NotificationEvent: Sendable, Hashable, Encodable {
         try container.encode(time.description, forKey: .time)
     }
 
-    /// The same document as `encode(to:)`, for our own writer (sorted keys, no failure path).
-    var json: JSONValue {
-        .object([
-            "kind": .string(kind.rawValue), "feature": feature.map(JSONValue.string) ?? .null, "summary": .string(summary),
-            "details": .object(details.mapValues(JSONValue.string)), "time": .string(time.description),
-        ])
+    /// The same document as `encode(to:)`, as an object to embed in others (the fallback line).
+    var jsonObject: [String: Any] {
+        ["kind": kind.rawValue, "feature": feature ?? NSNull(), "summary": summary, "details": details, "time": time.description]
     }
 }
 
@@ -233,15 +231,15 @@ extension NotificationChannel.Format {
     public func payload(for event: NotificationEvent) -> String {
         switch self {
         case .webhook:
-            return event.json.text
+            return compactJSON(event.jsonObject)
         case .slack:
-            return JSONValue.object(["text": .string(chatText(event, bold: "*", escape: slackEscaped))]).text
+            return compactJSON(["text": chatText(event, bold: "*", escape: slackEscaped)])
         case .discord:
             // allowed_mentions: a summary that contains "@everyone" must not ping anyone.
             let content = truncated(chatText(event, bold: "**", escape: { $0 }), toUTF16: 2000)
-            return JSONValue.object(["content": .string(content), "allowed_mentions": .object(["parse": .array([])])]).text
+            return compactJSON(["content": content, "allowed_mentions": ["parse": [String]()]])
         case .teams:
-            return teamsCard(event).text
+            return compactJSON(teamsCard(event))
         }
     }
 
@@ -259,27 +257,26 @@ extension NotificationChannel.Format {
     /// Workflows app ("When a Teams webhook request is received"), which replaces the retired
     /// Office 365 connectors, accepts Adaptive Cards only, and the remaining connector webhooks
     /// accept this envelope too. Version 1.4 is the newest every Teams client renders.
-    private func teamsCard(_ event: NotificationEvent) -> JSONValue {
-        var body: [JSONValue] = [
-            .object([
-                "type": .string("TextBlock"), "text": .string(event.kind.title + (event.feature.map { ": \($0)" } ?? "")),
-                "weight": .string("Bolder"), "size": .string("Medium"), "wrap": .bool(true),
-            ]),
-            .object(["type": .string("TextBlock"), "text": .string(event.summary), "wrap": .bool(true)]),
+    private func teamsCard(_ event: NotificationEvent) -> [String: Any] {
+        var body: [[String: Any]] = [
+            [
+                "type": "TextBlock", "text": event.kind.title + (event.feature.map { ": \($0)" } ?? ""), "weight": "Bolder", "size": "Medium",
+                "wrap": true,
+            ],
+            ["type": "TextBlock", "text": event.summary, "wrap": true],
         ]
         if !event.details.isEmpty {
-            let facts = event.details.sorted { $0.key < $1.key }.map { JSONValue.object(["title": .string($0.key), "value": .string($0.value)]) }
-            body.append(.object(["type": .string("FactSet"), "facts": .array(facts)]))
+            let facts = event.details.sorted { $0.key < $1.key }.map { ["title": $0.key, "value": $0.value] }
+            body.append(["type": "FactSet", "facts": facts])
         }
-        body.append(.object(["type": .string("TextBlock"), "text": .string(event.time.secondsDescription), "isSubtle": .bool(true), "wrap": .bool(true)]))
-        let card = JSONValue.object([
-            "$schema": .string("http://adaptivecards.io/schemas/adaptive-card.json"), "type": .string("AdaptiveCard"),
-            "version": .string("1.4"), "body": .array(body),
-        ])
-        return .object([
-            "type": .string("message"),
-            "attachments": .array([.object(["contentType": .string("application/vnd.microsoft.card.adaptive"), "contentUrl": .null, "content": card])]),
-        ])
+        body.append(["type": "TextBlock", "text": event.time.secondsDescription, "isSubtle": true, "wrap": true])
+        let card: [String: Any] = [
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard", "version": "1.4", "body": body,
+        ]
+        return [
+            "type": "message",
+            "attachments": [["contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": NSNull(), "content": card]],
+        ]
     }
 }
 
@@ -315,68 +312,10 @@ func truncated(_ text: String, toUTF16 limit: Int) -> String {
 
 // MARK: - JSON
 
-/// A JSON document, written with sorted keys and without escaping "/", so payloads are
-/// byte-for-byte predictable (and tests can compare them exactly).
-indirect enum JSONValue: Sendable, Hashable {
-    case string(String)
-    case int(Int)
-    case bool(Bool)
-    case null
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    /// The compact JSON text.
-    var text: String {
-        var output = ""
-        write(to: &output)
-        return output
-    }
-
-    private func write(to output: inout String) {
-        switch self {
-        case .string(let value): Self.writeString(value, to: &output)
-        case .int(let value): output += String(value)
-        case .bool(let value): output += value ? "true" : "false"
-        case .null: output += "null"
-        case .array(let values):
-            output += "["
-            for (index, value) in values.enumerated() {
-                if index > 0 { output += "," }
-                value.write(to: &output)
-            }
-            output += "]"
-        case .object(let members):
-            output += "{"
-            for (index, key) in members.keys.sorted().enumerated() {
-                if index > 0 { output += "," }
-                Self.writeString(key, to: &output)
-                output += ":"
-                members[key]?.write(to: &output)
-            }
-            output += "}"
-        }
-    }
-
-    private static func writeString(_ value: String, to output: inout String) {
-        output += "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": output += "\\\""
-            case "\\": output += "\\\\"
-            case "\n": output += "\\n"
-            case "\r": output += "\\r"
-            case "\t": output += "\\t"
-            case "\u{2028}": output += "\\u2028"  // valid JSON, but not valid JavaScript in a string
-            case "\u{2029}": output += "\\u2029"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    output.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        output += "\""
-    }
+/// `object` as compact JSON with sorted keys and "/" unescaped, so payloads are byte-for-byte
+/// predictable (tests compare them exactly). The payloads hold only strings, numbers, booleans,
+/// NSNull, arrays and dictionaries, which JSONSerialization always writes.
+func compactJSON(_ object: [String: Any]) -> String {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    return String(decoding: data, as: UTF8.self)
 }

@@ -140,10 +140,10 @@ public struct Notifier: Sendable {
 
     /// Appends the event, the channel and the error as one JSON line.
     private func writeFallback(_ event: NotificationEvent, channel: NotificationChannel, error: NotificationError, attempts: Int) -> Outcome.Fallback {
-        let line = JSONValue.object([
-            "failed_at": .string(Timestamp.now().description), "channel": .string(channel.name), "type": .string(channel.format.rawValue),
-            "error": .string(error.message), "error_code": .string(error.code.rawValue), "attempts": .int(attempts), "event": event.json,
-        ]).text
+        let line = compactJSON([
+            "failed_at": Timestamp.now().description, "channel": channel.name, "type": channel.format.rawValue, "error": error.message,
+            "error_code": error.code.rawValue, "attempts": attempts, "event": event.jsonObject,
+        ])
         var metadata: Logger.Metadata = [
             "notification.channel": "\(channel.name)", "notification.kind": "\(event.kind.rawValue)", "notification.attempts": "\(attempts)",
             "error": "\(error.message)", "notification.fallback_file": "\(policy.fallbackFile)",
@@ -155,7 +155,7 @@ public struct Notifier: Sendable {
             return .written
         } catch {
             // The last place the event can go is the log itself.
-            metadata["notification.event"] = "\(event.json.text)"
+            metadata["notification.event"] = "\(compactJSON(event.jsonObject))"
             metadata["fallback.error"] = "\(error.reason)"
             logger.error("Notification not delivered and the fallback file cannot be written: the event is only in this log", metadata: metadata)
             return .failed

@@ -69,7 +69,8 @@ public struct Controller: Sendable {
     /// may be sent again next run. Call it after the run's report is out, so it delays nothing.
     public func notify(_ report: RunReport) async -> DeliveryReport? {
         guard let notifier, !report.dryRun else { return nil }
-        let notifications = RunNotifications(report: report, servers: notifier.policy.readServerConditions(), time: now())
+        var servers = notifier.policy.readServerConditions()
+        let notifications = RunNotifications(report: report, servers: servers, time: now())
         let delivery = notifications.events.isEmpty ? nil : await notifier.deliver(notifications.events)
         if !notifications.featureConditions.isEmpty {
             let writes = notifications.featureConditions.sorted { $0.key < $1.key }.map { RedisCommand("SET", FeatureKeys($0.key).notified, $0.value) }
@@ -80,7 +81,6 @@ public struct Controller: Sendable {
             }
         }
         if !notifications.serverConditions.isEmpty {
-            var servers = notifier.policy.readServerConditions()
             servers.merge(notifications.serverConditions) { _, new in new }
             do {
                 try notifier.policy.writeServerConditions(servers)

@@ -123,12 +123,10 @@ extension NotificationPolicy {
             stateFile = path
         }
         if let node = mapping["retry"], let retryMapping = reader.mapping(node, at: "\(at).retry", known: ["attempts", "base_delay", "max_delay"]) {
-            if let node = retryMapping["attempts"], let text = reader.string(node, at: "\(at).retry.attempts") {
-                if let attempts = Int(text.trimmingSpaces()), (1...20).contains(attempts) {
-                    retry.maxAttempts = attempts
-                } else {
-                    reader.fail("\(at).retry.attempts", "is \"\(text)\"; write a whole number from 1 to 20 (attempts in all, the first included)", node)
-                }
+            if let node = retryMapping["attempts"],
+                let attempts = reader.count(node, at: "\(at).retry.attempts", minimum: 1, maximum: 20, meaning: " (attempts in all, the first included)")
+            {
+                retry.maxAttempts = attempts
             }
             if let node = retryMapping["base_delay"], let value = reader.duration(node, at: "\(at).retry.base_delay", positive: false) { retry.baseDelay = value }
             if let node = retryMapping["max_delay"], let value = reader.duration(node, at: "\(at).retry.max_delay", positive: false) { retry.maxDelay = value }

@@ -520,10 +520,11 @@ struct NodeReader {
         return duration
     }
 
-    mutating func count(_ node: Node, at field: String, minimum: Int) -> Int? {
+    /// A whole number in `minimum...maximum`; `meaning` follows the range in the message.
+    mutating func count(_ node: Node, at field: String, minimum: Int, maximum: Int? = nil, meaning: String = "") -> Int? {
         guard let text = string(node, at: field) else { return nil }
-        guard let value = Int(text.trimmingSpaces()), value >= minimum, value <= 1_000_000 else {
-            fail(field, "is \"\(text)\"; write a whole number from \(minimum)", node)
+        guard let value = Int(text.trimmingSpaces()), value >= minimum, value <= (maximum ?? 1_000_000) else {
+            fail(field, "is \"\(text)\"; write a whole number from \(minimum)\(maximum.map { " to \($0)" } ?? "")\(meaning)", node)
             return nil
         }
         return value

@@ -55,9 +55,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The audit trail: records in a Redis stream, written by the scripts that change
+        // features, and their Markdown projection with its catch-up.
+        .target(
+            name: "RolloutAudit",
+            dependencies: ["RolloutGate", "RolloutRedis"],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "RolloutAdmin",
             dependencies: [
+                "RolloutAudit",
                 "RolloutGate",
                 "RolloutRedis",
                 "CRolloutCrypto",
@@ -70,6 +78,7 @@ let package = Package(
             name: "RolloutController",
             dependencies: [
                 "RolloutAdmin",
+                "RolloutAudit",
                 "RolloutGate",
                 "RolloutRedis",
                 .product(name: "Logging", package: "swift-log"),
@@ -94,6 +103,7 @@ let package = Package(
                 "RolloutDemo",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 "RolloutAdmin",
+                "RolloutAudit",
                 "RolloutController",
                 "RolloutGate",
                 "RolloutRedis",
@@ -134,13 +144,13 @@ let package = Package(
         ),
         .testTarget(
             name: "RolloutAdminTests",
-            dependencies: ["RolloutAdmin", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
+            dependencies: ["RolloutAdmin", "RolloutAudit", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RolloutControllerTests",
             dependencies: [
-                "RolloutAdmin", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                "RolloutAdmin", "RolloutAudit", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

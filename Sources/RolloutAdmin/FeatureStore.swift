@@ -1,4 +1,5 @@
 import Foundation
+public import RolloutAudit
 public import RolloutGate
 public import RolloutRedis
 
@@ -57,39 +58,48 @@ public struct FeatureStore: Sendable {
     // MARK: Writing
 
     /// Creates the original system's initial state (enabled true, internal_only true,
-    /// rollout_percent 0, paused false) with SET NX: an existing key is never overwritten.
+    /// rollout_percent 0, paused false): only the keys that are absent, never overwriting one.
     /// Returns the keys created.
     @discardableResult
     public func initialize(_ feature: FeatureName, reason: String) async throws(AdminError) -> [String] {
         let keys = FeatureKeys(feature)
         let initial = [(keys.enabled, "true"), (keys.internalOnly, "true"), (keys.rolloutPercent, "0"), (keys.paused, "false")]
-        let replies = try await call { try await redis.pipeline(initial.map { RedisCommand("SET", $0.0, $0.1, "NX") }) }
-        var created: [String] = []
-        for ((key, _), reply) in zip(initial, replies) {
-            if case .error(let text) = reply { throw AdminError(.redis(RedisError.fromServer(text, context: key))) }
-            if reply == .status("OK") { created.append(key) }
+        let (time, replies) = try await readWithServerTime(initial.map { RedisCommand("EXISTS", $0.0) })
+        let missing = zip(initial, replies).filter { $0.1 == .integer(0) }.map(\.0)
+        guard !missing.isEmpty else { return [] }
+        var change = OperatorChange()
+        for (key, value) in missing {
+            change.expect(key, equals: nil)
+            change.step("SET", key, [value])
         }
-        if !created.isEmpty {
-            try record(feature, "initialized (\(created.map { $0.split(separator: ":").last.map(String.init) ?? $0 }.joined(separator: ", ")))", reason)
-        }
-        return created
+        let names = missing.map { $0.0.split(separator: ":").last.map(String.init) ?? $0.0 }
+        change.records = [record(feature, "initialized (\(names.joined(separator: ", ")))", reason)]
+        try await apply(change, time: time)
+        return missing.map(\.0)
     }
 
-    /// Sets rollout_percent, recording the previous value in last_percent and the time in
-    /// last_change_time, atomically (one Lua script). Returns the previous percent.
+    /// Sets rollout_percent, recording the previous value in last_percent (an invalid one is
+    /// dropped so it cannot poison the gate) and the time in last_change_time, atomically with
+    /// its audit record; refused when rollout_percent moved meanwhile. Returns the previous percent.
     @discardableResult
     public func setPercent(_ feature: FeatureName, to percent: RolloutPercent, reason: String) async throws(AdminError) -> RolloutPercent? {
         let keys = FeatureKeys(feature)
-        let time = now()
-        let reply = try await call {
-            try await redis.evaluate(
-                Scripts.setPercent, keys: [keys.rolloutPercent, keys.lastPercent, keys.lastChangeTime],
-                arguments: [percent.description, time.description])
-        }
-        let previousText = reply.string
+        let (time, replies) = try await readWithServerTime([RedisCommand("GET", keys.rolloutPercent)])
+        let previousText = try stringValue(replies[0], of: keys.rolloutPercent)
         let previous = previousText.flatMap { RolloutPercent(parsing: $0) }
+        let moment = now()
+        var change = OperatorChange()
+        change.expect(keys.rolloutPercent, equals: previousText)
+        change.step("SET", keys.rolloutPercent, [percent.description])
+        switch (previousText, previous) {
+        case (nil, _): change.step("SET", keys.lastPercent, ["0"])
+        case (_?, let valid?): change.step("SET", keys.lastPercent, [valid.description])
+        case (_?, nil): change.step("DEL", keys.lastPercent)
+        }
+        change.step("SET", keys.lastChangeTime, [moment.description])
         let before = previousText.map { previous == nil ? "\"\($0)\" (invalid)" : "\($0)%" } ?? "0%"
-        try record(feature, "\(before) -> \(percent)%", reason, at: time)
+        change.records = [record(feature, "\(before) -> \(percent)%", reason, at: moment)]
+        try await apply(change, time: time)
         return previous
     }
 
@@ -97,24 +107,27 @@ public struct FeatureStore: Sendable {
     /// Resuming also clears `paused_reason` (set when flap protection paused the feature).
     public func setPaused(_ feature: FeatureName, _ paused: Bool, reason: String) async throws(AdminError) {
         let keys = FeatureKeys(feature)
-        if paused {
-            try await set(keys.paused, "true")
-        } else {
-            _ = try await call { try await redis.transaction([RedisCommand("SET", keys.paused, "false"), RedisCommand("DEL", keys.pausedReason)]) }
-        }
-        try record(feature, paused ? "paused" : "resumed", reason)
+        var change = OperatorChange()
+        change.step("SET", keys.paused, [paused ? "true" : "false"])
+        if !paused { change.step("DEL", keys.pausedReason) }
+        change.records = [record(feature, paused ? "paused" : "resumed", reason)]
+        try await apply(change)
     }
 
     /// Sets `enabled`; false is the kill switch: off for everyone at once.
     public func setEnabled(_ feature: FeatureName, _ enabled: Bool, reason: String) async throws(AdminError) {
-        try await set(FeatureKeys(feature).enabled, enabled ? "true" : "false")
-        try record(feature, enabled ? "kill switch off (enabled)" : "kill switch on (disabled)", reason)
+        var change = OperatorChange()
+        change.step("SET", FeatureKeys(feature).enabled, [enabled ? "true" : "false"])
+        change.records = [record(feature, enabled ? "kill switch off (enabled)" : "kill switch on (disabled)", reason)]
+        try await apply(change)
     }
 
     /// Sets `internal_only`.
     public func setInternalOnly(_ feature: FeatureName, _ internalOnly: Bool, reason: String) async throws(AdminError) {
-        try await set(FeatureKeys(feature).internalOnly, internalOnly ? "true" : "false")
-        try record(feature, "internal_only \(internalOnly)", reason)
+        var change = OperatorChange()
+        change.step("SET", FeatureKeys(feature).internalOnly, [internalOnly ? "true" : "false"])
+        change.records = [record(feature, "internal_only \(internalOnly)", reason)]
+        try await apply(change)
     }
 
     /// Which member list a change is about.
@@ -140,14 +153,30 @@ public struct FeatureStore: Sendable {
     /// Sets a workspace's own percent.
     public func setWorkspace(_ workspace: String, of feature: FeatureName, to percent: RolloutPercent, reason: String) async throws(AdminError) {
         guard !workspace.isEmpty else { throw AdminError(.invalidInput("The workspace id cannot be empty.")) }
-        _ = try await call { try await redis.send("HSET", FeatureKeys(feature).workspaces, workspace, percent.description) }
-        try record(feature, "workspace \(workspace) -> \(percent)%", reason)
+        var change = OperatorChange()
+        change.step("HSET", FeatureKeys(feature).workspaces, [workspace, percent.description])
+        change.records = [record(feature, "workspace \(workspace) -> \(percent)%", reason)]
+        try await apply(change)
     }
 
     /// Removes a workspace's own percent; its actors follow rollout_percent again.
     public func unsetWorkspace(_ workspace: String, of feature: FeatureName, reason: String) async throws(AdminError) {
-        _ = try await call { try await redis.send("HDEL", FeatureKeys(feature).workspaces, workspace) }
-        try record(feature, "workspace \(workspace) unset", reason)
+        var change = OperatorChange()
+        change.step("HDEL", FeatureKeys(feature).workspaces, [workspace])
+        change.records = [record(feature, "workspace \(workspace) unset", reason)]
+        try await apply(change)
+    }
+
+    /// Writes to the audit log every record of the audit stream it does not have yet (records
+    /// of changes whose process died, or could not write the file, before it wrote them).
+    /// Returns them.
+    @discardableResult
+    public func syncAuditLog() async throws(AdminError) -> [AuditRecord] {
+        do {
+            return try await AuditTrail(redis: redis).project(into: auditLog)
+        } catch {
+            throw AdminError(.auditLog(error))
+        }
     }
 
     private func changeMembers(
@@ -158,24 +187,89 @@ public struct FeatureStore: Sendable {
             throw AdminError(.invalidInput("Id number \(empty + 1) is empty; ids are stickiness keys like alice or acme:alice."))
         }
         let keys = FeatureKeys(feature)
-        let key = list == .allow ? keys.allow : keys.deny
-        let reply = try await call { try await redis.send(RedisCommand(command, [key] + ids)) }
+        var change = OperatorChange()
+        change.step(command, list == .allow ? keys.allow : keys.deny, ids)
         // A long list is summarised: the log stays one readable line per change.
         let shown = ids.count <= 20 ? ids.joined(separator: ",") : "\(ids.count) ids (\(ids.prefix(3).joined(separator: ",")) … \(ids.last ?? ""))"
-        try record(feature, "\(list.rawValue) \(sign)\(shown)", reason)
-        return Int(reply.integer ?? 0)
+        change.records = [record(feature, "\(list.rawValue) \(sign)\(shown)", reason)]
+        return Int(try await apply(change).first ?? 0)
     }
 
-    private func set(_ key: String, _ value: String) async throws(AdminError) {
-        _ = try await call { try await redis.send("SET", key, value) }
+    /// An audit record of this store's author and process.
+    func record(_ feature: FeatureName, _ change: String, _ reason: String, at time: Timestamp? = nil) -> AuditRecord {
+        AuditRecord(time: time ?? now(), feature: feature, change: change, reason: reason, by: author, run: processRunName)
     }
 
-    func record(_ feature: FeatureName, _ change: String, _ reason: String, at time: Timestamp? = nil) throws(AdminError) {
+    /// Runs `commands` in one round trip after Redis's `TIME`, whose answer dates the deadline
+    /// of the write that depends on them.
+    /// Every write starts here, so the audit log is checked before Redis is touched.
+    func readWithServerTime(_ commands: [RedisCommand]) async throws(AdminError) -> (RedisServerTime, [RedisValue]) {
         do {
-            try auditLog.append(AuditLog.Entry(time: time ?? now(), feature: feature, change: change, reason: reason, by: author))
+            try await auditLog.preflight()
         } catch {
             throw AdminError(.auditLog(error))
         }
+        let replies = try await call { try await redis.pipeline([RedisServerTime.command] + commands) }
+        do {
+            return (try RedisServerTime(reply: replies[0]), Array(replies.dropFirst()))
+        } catch {
+            throw AdminError(.redis(error))
+        }
+    }
+
+    /// A string key's value from a GET reply: nil when absent, an error for a key of another type.
+    func stringValue(_ reply: RedisValue, of key: String) throws(AdminError) -> String? {
+        if case .error(let text) = reply {
+            if text.hasPrefix("WRONGTYPE") {
+                throw AdminError(.corruptState("\(key) is not a string, which the keyspace requires there: nothing was changed. Look with `rollout flags get`, then fix or delete the key."))
+            }
+            throw AdminError(.redis(RedisError.fromServer(text, context: key)))
+        }
+        return reply.string
+    }
+
+    /// Applies `change` with redis/operator_change.lua (the audit log was checked by
+    /// ``readWithServerTime(_:)``, which dates it)
+    /// (its records in the audit stream in the same atomic step; refused after its deadline, so
+    /// a change this process gave up on never lands later), then writes the log from the stream.
+    /// Returns one result per step (SADD's count of new members...).
+    @discardableResult
+    func apply(_ change: OperatorChange, time: RedisServerTime? = nil) async throws(AdminError) -> [Int64] {
+        let serverTime: RedisServerTime
+        if let time {
+            serverTime = time
+        } else {
+            serverTime = try await readWithServerTime([]).0
+        }
+        let reply: RedisValue
+        let deadline = serverTime.writeDeadline()
+        do {
+            reply = try await redis.evaluate(
+                Scripts.operatorChange, keys: [AuditTrail.streamKey] + change.keys, arguments: change.arguments(deadline: deadline.serverMilliseconds),
+                waitingUntil: deadline.waitUntil)
+        } catch {
+            throw AdminError(.unconfirmed(error))
+        }
+        if let refusal = ScriptRefusal(reply) {
+            switch refusal {
+            case .tooLate: throw AdminError(.unconfirmed(RedisError(.timeout, refusal.message)))
+            case .wrongType: throw AdminError(.corruptState(refusal.message))
+            }
+        }
+        guard let parts = reply.array, let code = parts.first?.integer else {
+            throw AdminError(.redis(RedisError(.protocolError, "Redis answered the change script with \(reply).")))
+        }
+        guard code == 1, parts.count == 3 else {
+            let key = parts.count > 1 ? parts[1].string ?? "a key" : "a key"
+            throw AdminError(.conflict("\(key) changed while this command ran, so nothing was changed: look again, then run it again."))
+        }
+        let results = parts[1].array?.compactMap(\.integer) ?? []
+        do {
+            try await AuditTrail(redis: redis).project(into: auditLog)
+        } catch {
+            throw AdminError(.recordedNotLogged(error))
+        }
+        return results
     }
 
     func call<Result>(_ body: () async throws -> Result) async throws(AdminError) -> Result {
@@ -189,15 +283,24 @@ public struct FeatureStore: Sendable {
     }
 }
 
-/// Why an operator change failed; nothing was changed unless the cause is `.auditLog`
-/// (then Redis was changed and the log could not record it).
+/// Why an operator change failed. Only `.recordedNotLogged` comes after a change: it was made
+/// and recorded in Redis, and the Markdown log will catch up; `.unconfirmed` may have been
+/// made before Redis stopped answering (then its record is in the stream), never later.
 public struct AdminError: Error, Sendable, CustomStringConvertible {
     /// The cause.
     public enum Cause: Sendable {
-        /// Redis could not be reached or refused the change.
+        /// Redis could not be reached or refused the request; nothing was changed.
         case redis(RedisError)
-        /// The change was made but could not be recorded.
+        /// The audit log cannot be written (checked first: nothing was changed) or read.
         case auditLog(AuditLogError)
+        /// The change was sent but not confirmed: made before Redis stopped answering, or not at all.
+        case unconfirmed(RedisError)
+        /// The change was made and recorded in the audit stream; writing the Markdown log failed.
+        case recordedNotLogged(AuditLogError)
+        /// A key has a type or value the keyspace does not allow; nothing was changed.
+        case corruptState(String)
+        /// A value the change depends on moved while the command ran; nothing was changed.
+        case conflict(String)
         /// The request itself is wrong.
         case invalidInput(String)
     }
@@ -210,8 +313,12 @@ public struct AdminError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch cause {
         case .redis(let error): return error.description
-        case .auditLog(let error): return "The change was made in Redis, but the audit log was not written: \(error)"
-        case .invalidInput(let text): return text
+        case .auditLog(let error): return error.description
+        case .unconfirmed(let error):
+            return "\(error) The change was not confirmed: if Redis made it before it stopped answering, its record is in \(AuditTrail.streamKey) and the next rollout command writes it to the audit log; it cannot be made later, since the change refuses itself after its deadline. Look with `rollout flags get` before running it again."
+        case .recordedNotLogged(let error):
+            return "The change was made and recorded in Redis (\(AuditTrail.streamKey)), but the audit log file was not written: \(error) The next rollout command, controller run or `rollout audit sync` writes it."
+        case .corruptState(let text), .conflict(let text), .invalidInput(let text): return text
         }
     }
 }
@@ -250,7 +357,7 @@ extension FeatureStore {
 
     /// Restores `path`: checks its SHA-256 first and refuses a mismatch, saves the current state
     /// to `path.pre-restore-<time>.json`, then replaces every key in the snapshot's scope in one
-    /// MULTI/EXEC. Each restored feature gets an audit entry. A dry run only computes the changes.
+    /// atomic script, with an audit record for each restored feature. A dry run only computes the changes.
     public func restoreSnapshot(from path: String, dryRun: Bool) async throws -> RestoreResult {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw SnapshotError("Cannot read the snapshot \(path).")
@@ -273,13 +380,22 @@ extension FeatureStore {
         let stamp = now().secondsDescription.replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")
         let preRestorePath = "\(path).pre-restore-\(stamp).json"
         try write(current, to: preRestorePath)
-        guard try await redis.transaction(snapshot.restoreCommands(replacing: current.keys.map(\.key))) != nil else {
-            throw RedisError(.serverError, "Redis aborted the restore transaction; nothing was changed.")
+        // One atomic script: every key of the scope replaced, with each feature's audit record.
+        var change = OperatorChange()
+        for command in snapshot.restoreCommands(replacing: current.keys.map(\.key)) {
+            let arguments = command.arguments.map { String(decoding: $0, as: UTF8.self) }
+            guard arguments.count >= 2 else { continue }
+            if command.name == "DEL" {
+                for key in arguments.dropFirst() { change.step("DEL", key) }
+            } else {
+                change.step(command.name, arguments[1], Array(arguments.dropFirst(2)))
+            }
         }
         let touched = Set((snapshot.keys + current.keys).compactMap { FeatureKeys.feature(ofKey: $0.key) })
-        for feature in touched.sorted() {
-            try record(feature, "restored from snapshot \(path) (sha256 \(actual.prefix(12)))", "snapshot restore; previous state in \(preRestorePath)")
+        change.records = touched.sorted().map {
+            record($0, "restored from snapshot \(path) (sha256 \(actual.prefix(12)))", "snapshot restore; previous state in \(preRestorePath)")
         }
+        try await apply(change)
         return RestoreResult(changes: changes, preRestorePath: preRestorePath)
     }
 

@@ -86,16 +86,19 @@ extension FeatureStore {
         let requested = window.wholeMilliseconds
         guard requested > 0 else { throw AdminError(.invalidInput("--window must be more than 0, e.g. 15m")) }
         let key = FeatureKeys(feature).guardLock
-        let left = try await call { try await redis.send("PTTL", key) }.integer ?? -2
+        let (time, replies) = try await readWithServerTime([RedisCommand("PTTL", key)])
+        let left = replies[0].integer ?? -2
+        var change = OperatorChange()
         guard left != -1 else {
-            try record(feature, "guard lock kept (it has no expiry)", reason)
+            change.records = [record(feature, "guard lock kept (it has no expiry)", reason)]
+            try await apply(change, time: time)
             return .zero
         }
         let milliseconds = max(requested, left)
-        let value = GuardLock.value(origin: .operator, time: now(), reason: reason)
-        _ = try await call { try await redis.send("SET", key, value, "PX", String(milliseconds)) }
+        change.step("SET", key, [GuardLock.value(origin: .operator, time: now(), reason: reason), "PX", String(milliseconds)])
         let lasts = Duration.milliseconds(milliseconds)
-        try record(feature, "guard locked for \(formatDuration(lasts))", reason)
+        change.records = [record(feature, "guard locked for \(formatDuration(lasts))", reason)]
+        try await apply(change, time: time)
         return lasts
     }
 
@@ -103,11 +106,14 @@ extension FeatureStore {
     @discardableResult
     public func unlockGuard(_ feature: FeatureName, reason: String) async throws(AdminError) -> GuardLock? {
         let key = FeatureKeys(feature).guardLock
-        let replies = try await call {
-            try await redis.pipeline([RedisCommand("GET", key), RedisCommand("PTTL", key), RedisCommand("DEL", key)])
-        }
-        let removed = GuardLock.read(value: replies[0], pttl: replies[1])
-        try record(feature, removed == nil ? "guard unlock (was not locked)" : "guard unlocked", reason)
+        let (time, replies) = try await readWithServerTime([RedisCommand("GET", key), RedisCommand("PTTL", key)])
+        let value = try stringValue(replies[0], of: key)
+        let removed = value.flatMap { GuardLock.read(value: .bulkString(Array($0.utf8)), pttl: replies[1]) }
+        var change = OperatorChange()
+        change.expect(key, equals: value)
+        change.step("DEL", key)
+        change.records = [record(feature, removed == nil ? "guard unlock (was not locked)" : "guard unlocked", reason)]
+        try await apply(change, time: time)
         return removed
     }
 

@@ -3,6 +3,7 @@ import Glibc
 #endif
 public import Logging
 public import RolloutAdmin
+import RolloutAudit
 public import RolloutGate
 import RolloutRedis
 
@@ -59,8 +60,20 @@ public struct Controller: Sendable {
             for await result in group { results.append(result) }
             return results.sorted { $0.0 < $1.0 }.map(\.1)
         }
+        var report = RunReport(startedAt: started, dryRun: policy.dryRun, features: results, network: networkStatistics)
+        if !policy.dryRun {
+            // Every change of the run is in the audit stream already (each script recorded its
+            // own); the Markdown log is written from it now, with whatever earlier runs left.
+            do {
+                let written = try await AuditTrail(redis: redis).project(into: auditLog)
+                report.auditRecordsCaughtUp = written.filter { $0.run != owner }
+            } catch {
+                report.auditLogError = error.description
+                logger.error("Cannot write the audit log; its records are safe in Redis", metadata: ["error": "\(error)"])
+            }
+        }
         // The connection stays open for the next pass (`--every`); it closes with the controller.
-        return RunReport(startedAt: started, dryRun: policy.dryRun, features: results, network: networkStatistics)
+        return report
     }
 
     /// Sends what `report` tells people (``RunNotifications``) and stores each condition so it
@@ -141,8 +154,14 @@ public struct Controller: Sendable {
                 keys.readCommands + [
                     RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
                     RedisCommand("GET", keys.healthySince), RedisCommand("GET", keys.lastGood), RedisCommand("GET", keys.pausedReason),
-                    RedisCommand("HGETALL", keys.streaks), RedisCommand("GET", keys.notified),
+                    RedisCommand("HGETALL", keys.streaks), RedisCommand("GET", keys.notified), RedisServerTime.command,
                 ])
+        } catch {
+            return report.held(.redisError, "Redis: \(error)")
+        }
+        let serverTime: RedisServerTime
+        do {
+            serverTime = try RedisServerTime(reply: replies[replies.count - 1])
         } catch {
             return report.held(.redisError, "Redis: \(error)")
         }
@@ -205,37 +224,47 @@ public struct Controller: Sendable {
         report.verdict = verdict
         report.requests = observation.requests ?? nil
 
-        // 8. A person changed the percent: record it once, and restart the dwell from now.
-        if verdict.manualChangeDetected, let known = controllerPercent {
-            let change = "\(known)% -> \(state.rolloutPercent)%"
+        // 8. A percent the controller did not write: a person's change, or a feature it has never
+        // recorded (adopted, never promoted at first sight). Recorded once, the dwell restarts now.
+        if verdict.manualChangeDetected || verdict.firstSight {
+            let known = controllerPercent
+            let change = known.map { "\($0)% -> \(state.rolloutPercent)%" } ?? "adopted at \(state.rolloutPercent)%"
+            let why = known == nil
+                ? "first sight: the controller had never recorded this feature; the dwell starts now"
+                : "changed outside the controller; the dwell restarts now"
+            let by = known == nil ? "controller" : "manual (detected)"
             if policy.dryRun {
-                record(feature.feature, "[dry-run] \(change)", "changed outside the controller; the dwell would restart now", by: "manual (detected)", at: time)
+                await recordDryRun(feature.feature, change, why, by: by, at: time)
             } else {
+                let record = AuditRecord(time: time, feature: feature.feature, change: change, reason: why, by: by, run: owner)
+                let deadline = serverTime.writeDeadline()
                 do {
                     let acknowledged = try await redis.evaluate(
-                        Scripts.acknowledgeManualChange,
-                        keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince],
-                        arguments: [expected.percent, known.description, time.description])
-                    if acknowledged == .integer(1) {
-                        record(feature.feature, change, "changed outside the controller; the dwell restarts now", by: "manual (detected)", at: time)
-                        report.manualChange = change
-                    } else {
-                        return report.held(.concurrentChange, "rollout_percent changed again while the controller looked at it")
+                        Scripts.acknowledgePercent,
+                        keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince, AuditTrail.streamKey],
+                        arguments: [expected.percent, known?.description ?? "", time.description, String(deadline.serverMilliseconds), String(AuditTrail.maxLength)]
+                            + record.scriptArguments, waitingUntil: deadline.waitUntil)
+                    if let refusal = ScriptRefusal(acknowledged) { return report.refused(refusal) }
+                    guard acknowledged == .integer(1) else {
+                        return report.held(.concurrentChange, "rollout_percent changed again (or another controller adopted the feature) while the controller looked at it")
                     }
+                    if known != nil { report.manualChange = change } else { report.adopted = true }
                 } catch {
                     return report.held(.redisError, "Redis: \(error)")
                 }
             }
-        } else if controllerPercent == nil && !policy.dryRun {
-            // First sight of this feature: remember the percent so a later hand-made change shows.
-            _ = try? await redis.send("SET", keys.controllerPercent, state.rolloutPercent.description, "NX")
         }
 
         let target: RolloutPercent
         switch verdict.action {
         case .hold:
             if !policy.dryRun {
-                await keepBooks(feature, keys: keys, expectedPercent: expected.percent, observation: observation, verdict: verdict, at: time, report: &report)
+                if let refusal = await keepBooks(
+                    feature, keys: keys, expectedPercent: expected.percent, observation: observation, verdict: verdict, at: time,
+                    deadline: serverTime.writeDeadline(), report: &report)
+                {
+                    return report.refused(refusal)
+                }
             }
             return report.held(verdict.holdReason ?? .noData, verdict.explanation)
         case .promote(let to), .rollback(let to):
@@ -244,7 +273,7 @@ public struct Controller: Sendable {
         let isRollback = verdict.result == "rollback"
         let change = "\(state.rolloutPercent)% -> \(target)%"
         if policy.dryRun {
-            record(feature.feature, "[dry-run] \(change)", verdict.explanation, by: "controller", at: time)
+            await recordDryRun(feature.feature, change, verdict.explanation, by: "controller", at: time)
             report.recommended = true
             return report
         }
@@ -253,24 +282,36 @@ public struct Controller: Sendable {
         // rollback sets the guard, is counted, and at the flap limit pauses, in the same step.
         let guardValue = GuardLock.value(origin: .rollback, time: time, reason: "after \(change): \(verdict.explanation)")
         let flapReason = "flap protection: \(feature.maxRollbacksPerHour) rollbacks within an hour (the last \(change)); look before resuming"
+        let guarded = isRollback && feature.guardWindow > .zero
+        let reason = verdict.explanation + (guarded ? "; guard locked for \(formatDuration(feature.guardWindow))" : "")
+        let records = [
+            AuditRecord(time: time, feature: feature.feature, change: change, reason: reason, by: "controller", run: owner),
+            AuditRecord(time: time, feature: feature.feature, change: "paused", reason: flapReason, by: "controller", run: owner),
+            guardReleaseRecord(feature, at: time),
+        ]
         let outcome: RedisValue
+        let deadline = serverTime.writeDeadline()
         do {
             outcome = try await redis.evaluate(
                 Scripts.applyChange,
                 keys: [
                     keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, keys.lock,
-                    keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince,
+                    keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince, AuditTrail.streamKey,
                 ],
                 arguments: [
                     expected.percent, expected.paused, expected.enabled, target.description, time.description, owner,
                     isRollback ? "rollback" : "promote", verdict.releaseGuard ? observation.guardLock?.value ?? "" : "",
                     verdict.newLastGood?.description ?? "", String(time.microsecondsSinceEpoch / 1000),
                     String(time.microsecondsSinceEpoch / 1000 - 3_600_000), String(feature.guardWindow.wholeMilliseconds), guardValue,
-                    String(feature.maxRollbacksPerHour), flapReason,
-                ])
+                    String(feature.maxRollbacksPerHour), flapReason, String(deadline.serverMilliseconds), String(AuditTrail.maxLength),
+                ] + records.flatMap(\.scriptArguments), waitingUntil: deadline.waitUntil)
+        } catch where error.code == .serverError {
+            // The script itself failed (a key it could not handle): Redis ran nothing of it.
+            return report.held(.corruptState, "Redis refused the change: \(error); nothing was written")
         } catch {
-            // A timeout or a broken connection after the script was sent: it may have run. Look,
-            // so that an applied change is never left out of the audit log.
+            // A timeout or a broken connection after the script was sent: it may have run before
+            // its deadline (then its audit record is in the stream, and the log catches up from
+            // it), never after. Look, so the report says what happened.
             let confirmed = try? await redis.pipeline([
                 RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.paused),
             ])
@@ -287,6 +328,11 @@ public struct Controller: Sendable {
             let pausedNow = isRollback && values[2] == "true" && expected.paused != "true"
             outcome = .integer(pausedNow ? 2 : 1)
         }
+        if let refusal = ScriptRefusal(outcome) {
+            verdict.action = .hold
+            report.verdict = verdict
+            return report.refused(refusal)
+        }
         if outcome == .integer(-1) {
             verdict.action = .hold
             report.verdict = verdict
@@ -298,9 +344,6 @@ public struct Controller: Sendable {
             return report.held(.concurrentChange, "a person changed the feature (or its guard) during the run; their change wins")
         }
         report.applied = true
-        let guarded = isRollback && feature.guardWindow > .zero
-        let reason = verdict.explanation + (guarded ? "; guard locked for \(formatDuration(feature.guardWindow))" : "")
-        record(feature.feature, change, reason, by: "controller", at: time)
         logger.notice(
             "Feature \(isRollback ? "rolled back" : "promoted")",
             metadata: ["feature.name": "\(feature.feature)", "rollout.change": "\(change)", "rollout.reason": "\(verdict.explanation)"])
@@ -308,11 +351,10 @@ public struct Controller: Sendable {
             if guarded { report.guardEvent = .locked }
             if outcome == .integer(2) {
                 report.pausedByFlapProtection = true
-                record(feature.feature, "paused", flapReason, by: "controller", at: time)
                 logger.error("Feature paused by flap protection", metadata: ["feature.name": "\(feature.feature)", "rollout.reason": "\(flapReason)"])
             }
         } else if verdict.releaseGuard {
-            guardReleased(feature, at: time, report: &report)
+            guardReleased(&report)
         }
         return report
     }
@@ -320,25 +362,31 @@ public struct Controller: Sendable {
     /// What a run that changes nothing still records (redis/record_evaluation.lua, only while
     /// the run holds the lock and rollout_percent is as read): each check's streak, since when the
     /// feature is healthy, its last known good percent; then the guard's early release.
+    /// A key of the wrong type is returned as a refusal (the feature holds with corrupt_state).
     private func keepBooks(
         _ feature: FeaturePolicy, keys: FeatureKeys, expectedPercent: String, observation: Observation, verdict: Verdict, at time: Timestamp,
-        report: inout FeatureReport
-    ) async {
+        deadline: RedisServerTime.WriteDeadline, report: inout FeatureReport
+    ) async -> ScriptRefusal? {
         let streaks = verdict.streaks.filter { $0.value > 0 }.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }
         do {
             let recorded = try await redis.evaluate(
                 Scripts.recordEvaluation, keys: [keys.lock, keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
-                arguments: [owner, expectedPercent, verdict.healthy ? "1" : "0", time.description, verdict.newLastGood?.description ?? ""] + streaks)
-            guard recorded == .integer(1) else { return }  // the lock or the percent moved: the next run looks again
-            if verdict.releaseGuard, let lock = observation.guardLock,
-                try await redis.evaluate(Scripts.releaseLock, keys: [keys.guardLock], arguments: [lock.value]) == .integer(1)
-            {
-                guardReleased(feature, at: time, report: &report)
+                arguments: [owner, expectedPercent, verdict.healthy ? "1" : "0", time.description, verdict.newLastGood?.description ?? "", String(deadline.serverMilliseconds)]
+                    + streaks, waitingUntil: deadline.waitUntil)
+            if let refusal = ScriptRefusal(recorded), case .wrongType = refusal { return refusal }
+            guard recorded == .integer(1) else { return nil }  // the lock or the percent moved, or too late: the next run looks again
+            if verdict.releaseGuard, let lock = observation.guardLock {
+                let released = try await redis.evaluate(
+                    Scripts.releaseGuard, keys: [keys.guardLock, AuditTrail.streamKey],
+                    arguments: [lock.value, String(deadline.serverMilliseconds), String(AuditTrail.maxLength)] + guardReleaseRecord(feature, at: time).scriptArguments,
+                    waitingUntil: deadline.waitUntil)
+                if released == .integer(1) { guardReleased(&report) }
             }
         } catch {
             // Bookkeeping only: the next run recomputes it. The decision stands.
             logger.warning("Cannot record the run's bookkeeping", metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
         }
+        return nil
     }
 
     /// Every query of `feature` at once (the client's bulkhead bounds them); the failures sorted by name.
@@ -376,18 +424,24 @@ public struct Controller: Sendable {
         return streaks
     }
 
-    /// The controller released its guard early: reported and audited the same way from both paths.
-    private func guardReleased(_ feature: FeaturePolicy, at time: Timestamp, report: inout FeatureReport) {
+    /// The controller released its guard early: reported the same way from both paths (the
+    /// scripts recorded it).
+    private func guardReleased(_ report: inout FeatureReport) {
         report.guardEvent = .released
         report.guardLock = nil
-        record(
-            feature.feature, "guard released", "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)",
-            by: "controller", at: time)
     }
 
-    private func record(_ feature: FeatureName, _ change: String, _ reason: String, by: String, at time: Timestamp) {
+    /// The audit record of the guard's early release, the same from both paths.
+    private func guardReleaseRecord(_ feature: FeaturePolicy, at time: Timestamp) -> AuditRecord {
+        AuditRecord(
+            time: time, feature: feature.feature, change: "guard released",
+            reason: "every check healthy for \(formatDuration(feature.stabilityWindow)) (stability_window)", by: "controller", run: owner)
+    }
+
+    /// A dry run's line: written straight to the Markdown log (nothing is in Redis to record).
+    private func recordDryRun(_ feature: FeatureName, _ change: String, _ reason: String, by: String, at time: Timestamp) async {
         do {
-            try auditLog.append(AuditLog.Entry(time: time, feature: feature, change: change, reason: reason, by: by))
+            try await auditLog.appendUnrecorded(AuditRecord(time: time, feature: feature, change: "[dry-run] \(change)", reason: reason, by: by))
         } catch {
             logger.error("Cannot write the audit log", metadata: ["error": "\(error)", "feature.name": "\(feature)"])
         }

@@ -69,6 +69,9 @@ public struct Verdict: Sendable, Hashable {
         case violationPending = "violation_pending"
         /// `rollout watch`: healthy, and promotions are left to the controller.
         case watching
+        /// First sight of a feature (no `controller_percent`): its percent is adopted and the
+        /// dwell starts now; never a promotion at first sight.
+        case adopted
     }
 
     /// One check as judged.
@@ -109,6 +112,9 @@ public struct Verdict: Sendable, Hashable {
     public var alerts: [String]
     /// A person changed rollout_percent since the controller last wrote it.
     public var manualChangeDetected: Bool
+    /// The controller has never recorded this feature (`controller_percent` absent): it adopts
+    /// the current percent and restarts the dwell from now.
+    public var firstSight = false
     /// Every check had data and none was violated (not even pending or alert-only).
     public var healthy = false
     /// The streaks to store: outcome name → consecutive violating runs.
@@ -138,6 +144,7 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     let current = state.rolloutPercent
     let manual = observation.controllerPercent.map { $0 != current } ?? false
     var verdict = Verdict(action: .hold, holdReason: nil, explanation: "", checks: [], alerts: [], manualChangeDetected: manual)
+    verdict.firstSight = observation.controllerPercent == nil
 
     // Every check's outcome, with its streak of consecutive violating runs.
     func judge(_ name: String, _ value: Double?, violated: (Double) -> Bool, action: FeaturePolicy.Check.Action, consecutive: Int, limit: String) {
@@ -183,7 +190,7 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     }
     // Healthy through a full dwell: every run since at least `dwell` ago saw it healthy with data
     // (healthy_since starts at the promotion and is cleared by any unhealthy run).
-    if verdict.healthy, !manual, current > .zero, current > (observation.lastGood ?? .zero), let changed = state.lastChangeTime,
+    if verdict.healthy, !manual, !verdict.firstSight, current > .zero, current > (observation.lastGood ?? .zero), let changed = state.lastChangeTime,
         now.duration(since: changed) >= policy.dwell, let since = observation.healthySince, now.duration(since: since) >= policy.dwell
     {
         verdict.newLastGood = current
@@ -249,6 +256,11 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     if manual {
         // Counted from now: the controller records the detection as the last change.
         return hold(.dwell, "rollout_percent was changed by hand to \(current)%; the dwell restarts now")
+    }
+    if verdict.firstSight {
+        // Whoever set the percent, and whenever, the controller has not watched it: it records
+        // the percent with the time as its last change and waits a full dwell.
+        return hold(.adopted, "first sight: the controller adopts \(current)% and waits a full dwell (\(formatDuration(policy.dwell))) before any promotion")
     }
     if let changed = state.lastChangeTime {
         let waited = now.duration(since: changed)

@@ -104,7 +104,7 @@ public enum NotificationCondition: Sendable, Hashable, LosslessStringConvertible
     /// of a rollout; an unreachable server is its own condition.
     public init(holdReason: Verdict.HoldReason?) {
         switch holdReason {
-        case nil, .dwell?, .cooldown?, .atLastStep?, .paused?, .disabled?, .locked?, .concurrentChange?, .watching?: self = .ok
+        case nil, .dwell?, .cooldown?, .atLastStep?, .paused?, .disabled?, .locked?, .concurrentChange?, .watching?, .adopted?: self = .ok
         // Its start and end are sent as they happen (guard_locked, guard_released).
         case .guardLocked?: self = .ok
         case .promUnreachable?: self = .prometheusUnreachable

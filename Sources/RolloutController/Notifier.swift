@@ -3,6 +3,7 @@ public import Logging
 import NIOCore
 import NIOHTTP1
 import RolloutAdmin
+import RolloutAudit
 import RolloutGate
 
 /// Sends events to the policy's channels. Every (event, channel) pair is delivered
@@ -103,7 +104,7 @@ public struct Notifier: Sendable {
         guard let failure = failed else {
             return Outcome(delivered: true, attempts: attempts, elapsed: started.duration(to: .now), error: nil, fallback: .notNeeded)
         }
-        let fallback = writeFallback(event, channel: channel, error: failure, attempts: attempts)
+        let fallback = await writeFallback(event, channel: channel, error: failure, attempts: attempts)
         return Outcome(delivered: false, attempts: attempts, elapsed: started.duration(to: .now), error: failure.message, fallback: fallback)
     }
 
@@ -139,7 +140,7 @@ public struct Notifier: Sendable {
     }
 
     /// Appends the event, the channel and the error as one JSON line.
-    private func writeFallback(_ event: NotificationEvent, channel: NotificationChannel, error: NotificationError, attempts: Int) -> Outcome.Fallback {
+    private func writeFallback(_ event: NotificationEvent, channel: NotificationChannel, error: NotificationError, attempts: Int) async -> Outcome.Fallback {
         let line = compactJSON([
             "failed_at": Timestamp.now().description, "channel": channel.name, "type": channel.format.rawValue, "error": error.message,
             "error_code": error.code.rawValue, "attempts": attempts, "event": event.jsonObject,
@@ -149,17 +150,24 @@ public struct Notifier: Sendable {
             "error": "\(error.message)", "notification.fallback_file": "\(policy.fallbackFile)",
         ]
         if let feature = event.feature { metadata["feature.name"] = "\(feature)" }
-        do {
-            try appendUnderLock(line + "\n", to: policy.fallbackFile)
-            logger.warning("Notification not delivered; written to the fallback file", metadata: metadata)
-            return .written
-        } catch {
+        let path = policy.fallbackFile
+        let failure = await onFileQueue { () -> AppendFailure? in
+            do throws(AppendFailure) {
+                try appendUnderLock(line + "\n", to: path)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure {
             // The last place the event can go is the log itself.
             metadata["notification.event"] = "\(compactJSON(event.jsonObject))"
-            metadata["fallback.error"] = "\(error.reason)"
+            metadata["fallback.error"] = "\(failure.reason)"
             logger.error("Notification not delivered and the fallback file cannot be written: the event is only in this log", metadata: metadata)
             return .failed
         }
+        logger.warning("Notification not delivered; written to the fallback file", metadata: metadata)
+        return .written
     }
 }
 

@@ -1,4 +1,5 @@
 public import RolloutAdmin
+public import RolloutAudit
 public import RolloutGate
 
 /// What the controller did with one feature.
@@ -31,6 +32,8 @@ public struct FeatureReport: Sendable {
     public var pausedByFlapProtection = false
     /// A person's change, detected and recorded this run (`10% -> 25%`).
     public var manualChange: String?
+    /// The feature was seen for the first time and its percent adopted this run.
+    public var adopted = false
     /// Every query of this feature was answered (no data included): Prometheus is up.
     public var prometheusAnswered = false
     /// The condition last notified, as read (`flags:<f>:notified`).
@@ -51,6 +54,14 @@ public struct FeatureReport: Sendable {
         copy.holdReason = reason
         copy.explanation = explanation
         return copy
+    }
+
+    /// Held because a script refused: too late (nothing written), or a key of the wrong type.
+    func refused(_ refusal: ScriptRefusal) -> FeatureReport {
+        switch refusal {
+        case .tooLate: return held(.redisError, "Redis: \(refusal.message)")
+        case .wrongType: return held(.corruptState, refusal.message)
+        }
     }
 
     /// promote, rollback or hold: what happened (a recommendation in a dry run).
@@ -88,12 +99,18 @@ public struct RunReport: Sendable {
     public var features: [FeatureReport]
     /// What the calls to each remote endpoint did: attempts, retries, breaker state.
     public var network: [String: CallStatistics] = [:]
+    /// Records of earlier (or other) runs that this run wrote to the Markdown log: changes
+    /// whose process died, or could not write the file, before it wrote them.
+    public var auditRecordsCaughtUp: [AuditRecord] = []
+    /// Why the Markdown log could not be written after the run (its records are safe in Redis).
+    public var auditLogError: String?
 
-    /// The worst exit code across features: 3 corrupt state over 1 infrastructure over 0.
+    /// The worst exit code across features: 3 corrupt state over 1 infrastructure (an audit
+    /// log that could not be written included) over 0.
     public var exitCode: Int32 {
         let codes = features.map(\.exitCode)
         if codes.contains(3) { return 3 }
-        if codes.contains(1) { return 1 }
+        if codes.contains(1) || auditLogError != nil { return 1 }
         return 0
     }
 

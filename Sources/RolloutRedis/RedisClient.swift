@@ -26,9 +26,10 @@ public final class RedisClient: Sendable {
         self.queue = DispatchQueue(label: "rollout-gate.redis")
     }
 
-    /// Sends one command; an error reply throws ``RedisError`` with code `.serverError`.
-    public func send(_ command: RedisCommand) async throws(RedisError) -> RedisValue {
-        let replies = try await run { connection throws(RedisError) in try connection.send([command]) }
+    /// Sends one command; an error reply throws ``RedisError`` with code `.serverError`. With
+    /// `waitingUntil`, the reply is awaited until then instead of for the command timeout.
+    public func send(_ command: RedisCommand, waitingUntil: ContinuousClock.Instant? = nil) async throws(RedisError) -> RedisValue {
+        let replies = try await run { connection throws(RedisError) in try connection.send([command], deadline: waitingUntil) }
         guard let reply = replies.first else {
             throw RedisError(.protocolError, "Redis sent no reply to \(command.name).")
         }
@@ -78,12 +79,16 @@ public final class RedisClient: Sendable {
 
     /// Runs a Lua script by its SHA-1 (EVALSHA), sending the source (EVAL) only when the
     /// server does not have it cached yet.
-    public func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws(RedisError) -> RedisValue {
+    /// With `waitingUntil`, each reply is awaited until then (a write whose script checks a
+    /// ``RedisServerTime/WriteDeadline``: wait until its `waitUntil`).
+    public func evaluate(
+        _ script: RedisScript, keys: [String], arguments: [String], waitingUntil: ContinuousClock.Instant? = nil
+    ) async throws(RedisError) -> RedisValue {
         let tail = [String(keys.count)] + keys + arguments
         do {
-            return try await send(RedisCommand("EVALSHA", [script.sha1] + tail))
+            return try await send(RedisCommand("EVALSHA", [script.sha1] + tail), waitingUntil: waitingUntil)
         } catch where error.serverErrorPrefix == "NOSCRIPT" {
-            return try await send(RedisCommand("EVAL", [script.source] + tail))
+            return try await send(RedisCommand("EVAL", [script.source] + tail), waitingUntil: waitingUntil)
         }
     }
 

@@ -59,17 +59,18 @@ final class RedisConnection {
 
     /// Sends every command in one write and reads as many replies: a pipeline. Error replies
     /// stay in the result as `.error` values; an I/O failure throws.
-    func send(_ commands: [RedisCommand]) throws(RedisError) -> [RedisValue] {
+    /// `deadline` replaces the command timeout when given.
+    func send(_ commands: [RedisCommand], deadline: Deadline? = nil) throws(RedisError) -> [RedisValue] {
         var output: [UInt8] = []
         for command in commands {
             try appendFormatted(command, to: &output)
         }
-        return try send(encoded: output, count: commands.count)
+        return try send(encoded: output, count: commands.count, deadline: deadline)
     }
 
     /// Sends `count` commands already encoded as RESP and reads as many replies.
-    func send(encoded output: [UInt8], count: Int) throws(RedisError) -> [RedisValue] {
-        let deadline = ContinuousClock.now.advanced(by: commandTimeout)
+    func send(encoded output: [UInt8], count: Int, deadline: Deadline? = nil) throws(RedisError) -> [RedisValue] {
+        let deadline = deadline ?? ContinuousClock.now.advanced(by: commandTimeout)
         try writeAll(output, deadline: deadline)
         var replies: [RedisValue] = []
         replies.reserveCapacity(count)

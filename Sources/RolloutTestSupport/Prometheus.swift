@@ -301,6 +301,57 @@ private func acceptProxied(_ listener: Int32, upstreamPort: Int, _ start: (_ cli
 }
 
 /// A TCP proxy to a local server that, the first time a client sends bytes containing
+/// `trigger`, runs `action` (freezing the server, say) before it forwards them; everything else
+/// passes through untouched.
+public final class TriggeredProxy: Sendable {
+    public let port: Int
+    private let listener: Int32
+    private let upstreamPort: Int
+    private let trigger: [UInt8]
+    private let action: @Sendable () -> Void
+    private let fired = Atomic<Bool>(false)
+
+    public init(to upstreamPort: Int, trigger: String, action: @escaping @Sendable () -> Void) throws {
+        (listener, port) = try listenOnLoopback()
+        self.upstreamPort = upstreamPort
+        self.trigger = Array(trigger.utf8)
+        self.action = action
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    deinit {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    /// Whether the trigger was seen (and the action run).
+    public var hasFired: Bool { fired.load(ordering: .acquiring) }
+
+    private func acceptLoop() {
+        acceptProxied(listener, upstreamPort: upstreamPort) { [self] client, upstream in
+            Thread { [self] in pump(from: client, to: upstream, watching: true) }.start()
+            Thread { [self] in pump(from: upstream, to: client, watching: false) }.start()
+        }
+    }
+
+    private func pump(from source: Int32, to destination: Int32, watching: Bool) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(source, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            if watching, buffer[0..<count].firstRange(of: trigger) != nil,
+                fired.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+            {
+                action()
+            }
+            _ = buffer.withUnsafeBytes { send(destination, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+        }
+        shutdown(destination, Int32(SHUT_WR))
+        shutdown(source, Int32(SHUT_RD))
+    }
+}
+
+/// A TCP proxy to a local server that, the first time a client sends bytes containing
 /// `trigger`, forwards them, lets the server act on them, then closes both connections without
 /// relaying the reply: the client cannot know whether its command ran. Other connections, and
 /// the ones after, pass through untouched.

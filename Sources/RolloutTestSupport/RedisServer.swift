@@ -239,6 +239,17 @@ public final class RedisServer: @unchecked Sendable {
         signal(SIGKILL)
     }
 
+    /// Freezes the server (SIGSTOP): it holds every connection open and answers nothing, and
+    /// whatever clients send waits in the socket until ``thaw()``.
+    public func freeze() {
+        if let pid = lock.withLock({ process?.pid }) { Glibc.kill(pid, SIGSTOP) }
+    }
+
+    /// Lets a frozen server run again (SIGCONT): it then reads and runs what was sent meanwhile.
+    public func thaw() {
+        if let pid = lock.withLock({ process?.pid }) { Glibc.kill(pid, SIGCONT) }
+    }
+
     private func signal(_ signal: Int32) {
         let process = lock.withLock { () -> ChildProcess? in
             defer { self.process = nil }
@@ -305,4 +316,11 @@ public final class SilentServer: Sendable {
     deinit { close(fd) }
 
     public var url: RedisURL { RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port)) }
+}
+
+/// An audit log line without its trailing `  id=<stream id>` field, for comparing lines whose
+/// record ids differ from run to run.
+public func withoutRecordID(_ line: String) -> String {
+    guard let marker = line.range(of: "  id=", options: .backwards) else { return line }
+    return String(line[..<marker.lowerBound])
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import RolloutAdmin
+import RolloutAudit
 import RolloutController
 import RolloutGate
 
@@ -40,7 +41,8 @@ struct ControllerCommand: AsyncParsableCommand {
                 configuration, 3 corrupt state. Each hold carries a reason code: paused, disabled, dwell, \
                 cooldown, no_data, insufficient_sample, prom_unreachable, concurrent_change, locked, at_last_step, \
                 check_violated, at_rollback_target, redis_error, corrupt_state, guard_locked, frozen, \
-                violation_pending.
+                violation_pending, adopted. An audit log that cannot be written is exit 2 before anything \
+                changes.
                 """
         )
         @OptionGroup var policyOptions: PolicyOptions
@@ -58,6 +60,8 @@ struct ControllerCommand: AsyncParsableCommand {
         func run() async throws {
             let policy = try policyOptions.load(dryRun: dryRun)
             let logger = Logger(label: "rollout-controller")
+            // Before anything changes: a change must never exist without its line in the log.
+            if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
             let controller = Controller(policy: policy, logger: logger)
             let telemetry = policy.pushgateway.map { Telemetry(pushgateway: $0) }
             let interval = every.flatMap(parsePolicyDuration)
@@ -151,7 +155,13 @@ func describe(_ report: RunReport) -> String {
         case nil: break
         }
         if feature.pausedByFlapProtection { lines.append("  PAUSED by flap protection: too many rollbacks within an hour; a person must look") }
+        if feature.adopted { lines.append("  adopted: first sight of this feature; its percent is recorded and the dwell starts now") }
     }
+    if !report.auditRecordsCaughtUp.isEmpty {
+        lines.append("audit log: \(report.auditRecordsCaughtUp.count) record(s) of earlier runs written now (they had been recorded in Redis only):")
+        for record in report.auditRecordsCaughtUp { lines.append("  \(record)") }
+    }
+    if let error = report.auditLogError { lines.append("audit log NOT written (the records are safe in Redis; the next run writes them): \(error)") }
     return lines.joined(separator: "\n")
 }
 
@@ -181,6 +191,7 @@ func render(_ delivery: DeliveryReport) -> [String: Any] {
 func render(_ report: RunReport) -> [String: Any] {
     [
         "started_at": report.startedAt.description, "dry_run": report.dryRun, "exit_code": Int(report.exitCode), "status": report.status,
+        "audit_records_caught_up": report.auditRecordsCaughtUp.map(\.description), "audit_log_error": report.auditLogError as Any,
         "features": report.features.map { feature -> [String: Any] in
             var item: [String: Any] = [
                 "feature": feature.feature.rawValue, "decision": feature.result, "applied": feature.applied,
@@ -211,6 +222,7 @@ func render(_ report: RunReport) -> [String: Any] {
             item["guard"] = feature.guardLock.map { ["value": $0.value, "remaining_ms": $0.remaining.map(\.wholeMilliseconds) as Any] } as Any
             item["guard_event"] = feature.guardEvent?.rawValue as Any
             item["paused_by_flap_protection"] = feature.pausedByFlapProtection
+            item["adopted"] = feature.adopted
             if let requests = feature.requests { item["requests"] = requests }
             if !feature.queryErrors.isEmpty { item["query_errors"] = feature.queryErrors }
             return item

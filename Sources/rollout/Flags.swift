@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RolloutAdmin
+import RolloutAudit
 import RolloutGate
 import RolloutRedis
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import RolloutAdmin
+import RolloutAudit
 import RolloutController
 import RolloutGate
 import RolloutRedis
@@ -13,11 +14,12 @@ struct Rollout: AsyncParsableCommand {
         abstract: "Operate rollout-gate feature flags in Redis.",
         discussion: """
             Exit codes: 0 success, 1 Redis or other infrastructure failure, 2 usage or invalid \
-            input, 3 corrupted state found.
+            input (an audit log that cannot be written included: nothing is changed), 3 corrupted \
+            state found.
             """,
         version: "0.1.0",
         subcommands: [
-            Flags.self, Check.self, SnapshotCommand.self, ControllerCommand.self, WatchCommand.self, GuardCommand.self, BudgetCommand.self,
+            Flags.self, Check.self, AuditCommand.self, SnapshotCommand.self, ControllerCommand.self, WatchCommand.self, GuardCommand.self, BudgetCommand.self,
             RetryCommand.self, DemoServiceCommand.self,
         ]
     )
@@ -48,10 +50,17 @@ struct Rollout: AsyncParsableCommand {
         switch error {
         case let error as ExitCode:
             Foundation.exit(error.rawValue)
-        case is RedisError, is AuditLogError:
+        case is RedisError:
             code = 1
+        case let error as AuditLogError:
+            code = error.code == .unwritable ? 2 : 1
         case let error as AdminError:
-            if case .invalidInput = error.cause { code = 2 } else { code = 1 }
+            switch error.cause {
+            case .invalidInput: code = 2
+            case .auditLog(let audit) where audit.code == .unwritable: code = 2
+            case .corruptState: code = 3
+            default: code = 1
+            }
         case is KeyspaceError:
             code = 2
         case is CorruptStateFound:

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import RolloutAudit
 import RolloutController
 import Synchronization
 import RolloutGate
@@ -46,6 +47,7 @@ struct WatchCommand: AsyncParsableCommand {
         let plan = WatchPlan(
             window: parsePolicyDuration(window) ?? .seconds(3600), fastInterval: parsePolicyDuration(fastInterval) ?? .seconds(30),
             fastPeriod: parsePolicyDuration(fastPeriod) ?? .seconds(300), slowInterval: parsePolicyDuration(slowInterval) ?? .seconds(120))
+        if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
         let controller = Controller(policy: policy, logger: Logger(label: "rollout-watch"))
         defer { fflush(nil) }
         print("watching \(name) for \(formatDuration(plan.window)): every \(formatDuration(plan.fastInterval)) for \(formatDuration(plan.fastPeriod)), then every \(formatDuration(plan.slowInterval))")

@@ -1,5 +1,6 @@
 import Foundation
 import RolloutAdmin
+import RolloutAudit
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
@@ -10,8 +11,10 @@ private let fixedTime = Timestamp(parsing: "2025-10-08T15:00:00.250000Z") ?? Tim
 @Suite("Audit log")
 struct AuditLogTests {
     @Test func entryHasTheOriginalFormat() throws {
-        let entry = AuditLog.Entry(time: fixedTime, feature: "google", change: "0% -> 10%", reason: "Initial canary", by: "manual")
+        var entry = AuditRecord(time: fixedTime, feature: "google", change: "0% -> 10%", reason: "Initial canary", by: "manual")
         #expect(entry.description == "2025-10-08T15:00:00Z  google  0% -> 10%  reason=Initial canary  by=manual")
+        entry.id = "1759935600250-0"
+        #expect(entry.description == "2025-10-08T15:00:00Z  google  0% -> 10%  reason=Initial canary  by=manual  id=1759935600250-0")
     }
 
     @Test(arguments: [
@@ -27,12 +30,12 @@ struct AuditLogTests {
         #expect(AuditLog.singleLine(input) == expected)
     }
 
-    @Test func headerIsWrittenOnceAndEntriesAppend() throws {
+    @Test func headerIsWrittenOnceAndEntriesAppend() async throws {
         let directory = try makeTemporaryDirectory("audit")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let log = AuditLog(path: directory + "/log.md")
         for index in 0..<3 {
-            try log.append(AuditLog.Entry(time: fixedTime, feature: "google", change: "paused", reason: "r\(index)\nforged", by: "manual"))
+            try await log.appendUnrecorded(AuditRecord(time: fixedTime, feature: "google", change: "paused", reason: "r\(index)\nforged", by: "manual"))
         }
         let text = try String(contentsOfFile: log.path, encoding: .utf8)
         #expect(text.hasPrefix(AuditLog.header))
@@ -40,10 +43,10 @@ struct AuditLogTests {
         #expect(lines == (0..<3).map { "2025-10-08T15:00:00Z  google  paused  reason=r\($0) forged  by=manual" })
     }
 
-    @Test func unwritablePathSaysWhatToDo() {
+    @Test func unwritablePathSaysWhatToDo() async {
         let log = AuditLog(path: "/nonexistent-dir/log.md")
-        #expect {
-            try log.append(AuditLog.Entry(time: fixedTime, feature: "google", change: "paused", reason: "", by: "manual"))
+        await #expect {
+            try await log.appendUnrecorded(AuditRecord(time: fixedTime, feature: "google", change: "paused", reason: "", by: "manual"))
         } throws: { error in
             "\(error)".contains("ROLLOUT_AUDIT_LOG")
         }
@@ -57,8 +60,8 @@ struct AuditLogTests {
             for writer in 0..<20 {
                 group.addTask {
                     for index in 0..<50 {
-                        try? log.append(
-                            AuditLog.Entry(time: fixedTime, feature: "google", change: "w\(writer) e\(index)", reason: String(repeating: "x", count: 300), by: "manual"))
+                        try? await log.appendUnrecorded(
+                            AuditRecord(time: fixedTime, feature: "google", change: "w\(writer) e\(index)", reason: String(repeating: "x", count: 300), by: "manual"))
                     }
                 }
             }
@@ -96,9 +99,10 @@ struct FeatureStoreTests {
             store = FeatureStore(redis: redis, auditLog: AuditLog(path: directory + "/log.md"), now: { fixedTime })
         }
 
+        /// The log's lines without their `  id=` field (the stream's ids differ run to run).
         func auditLines() throws -> [String] {
             let text = (try? String(contentsOfFile: directory + "/log.md", encoding: .utf8)) ?? AuditLog.header
-            return text.dropFirst(AuditLog.header.count).split(separator: "\n").map(String.init)
+            return text.dropFirst(AuditLog.header.count).split(separator: "\n").map { withoutRecordID(String($0)) }
         }
 
         func get(_ key: String) async throws -> String? { try await redis.send("GET", key).string }

@@ -19,6 +19,11 @@ struct CLI {
 
     @discardableResult
     func run(_ arguments: String..., input: String = "", environment: [String: String] = [:]) async throws -> CommandResult {
+        try await run(arguments, input: input, environment: environment)
+    }
+
+    @discardableResult
+    func run(_ arguments: [String], input: String = "", environment: [String: String] = [:]) async throws -> CommandResult {
         try await runCommand(
             binary, arguments, environment: ["REDIS_URL": server.urlString, "ROLLOUT_AUDIT_LOG": auditLogPath].merging(environment) { $1 },
             input: input)
@@ -26,7 +31,7 @@ struct CLI {
 
     func auditLines() -> [String] {
         let text = (try? String(contentsOfFile: auditLogPath, encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").filter { $0.hasPrefix("20") }.map(String.init)
+        return text.split(separator: "\n").filter { $0.hasPrefix("20") }.map { withoutRecordID(String($0)) }
     }
 
     func redis() -> RedisClient { RedisClient(url: server.url()) }

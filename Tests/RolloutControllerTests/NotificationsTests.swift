@@ -426,15 +426,11 @@ struct NotificationDeliveryTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // Five attempts of one second each would take five seconds; the deadline allows 1.5.
         let policy = try deliveryPolicy(receiver.url(), directory: directory, attempts: 5, timeout: .seconds(1), deadline: .milliseconds(1500))
-        let started = ContinuousClock.now
         let report = await Notifier(policy: policy).deliver([rollbackEvent, rollbackEvent])
-        let elapsed = started.duration(to: .now)
-        // Without the deadline this takes over 5 s; the margin is for a loaded CI machine (the
-        // timeouts fire on NIO's event loop), not a speed assertion.
-        #expect(elapsed < .milliseconds(1500) + .milliseconds(2500), "took \(elapsed)")
         #expect(report.failed == 2 && report.writtenToFallback == 2)
-        // How many attempts fit depends on the machine's load; never more than the policy allows.
-        #expect((report.channels.first?.attempts ?? 0) <= 10)
+        // Without the deadline both events would use all 5 attempts (10). How many fit before it
+        // depends on the machine's load, so no time is asserted: only that it cut them short.
+        #expect((report.channels.first?.attempts ?? 0) < 10)
         #expect(try fallbackLines(directory).count == 2)
     }
 

@@ -53,6 +53,7 @@ struct ResilienceEndToEndTests {
     @Test func anUnreachablePushgatewayIsRetriedAndNeverFailsTheRun() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("pushed", "dwell: 0s")], pushgateway: "http://127.0.0.1:\(try freeLoopbackPort())")
+        try await world.known(["pushed"])
         try await world.serve("pushed", errorRatio: 0.001)
         let (status, document, output) = try await run(world)
         #expect(status == 0)
@@ -97,6 +98,7 @@ struct LostReplyTests {
         _ = try await world.client.send("SCRIPT", "LOAD", Scripts.applyChange.source)
         let proxy = try ReplyDroppingProxy(to: world.redis.port, trigger: Scripts.applyChange.sha1)
         try world.writePolicy([("lost", extra)], redisURL: "redis://127.0.0.1:\(proxy.port)")
+        try await world.known(["lost"])
         return (world, proxy)
     }
 

@@ -20,6 +20,7 @@ struct SafetyEndToEndTests {
     @Test func burnRateHoldsOnASlowBurnRollsBackOnAFastOneAndBudgetReportsIt() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("burn", "dwell: 0s\ncooldown_after_rollback: 0s\nguard_window: 0s")], checks: Self.burnChecks)
+        try await world.known(["burn"])
         try await world.serve("burn", errorRatio: 0.001)
         for target in ["10", "50"] {
             let run = try await world.run()
@@ -53,6 +54,7 @@ struct SafetyEndToEndTests {
     @Test func aRollbackLocksTheGuardWhichIsReleasedAfterTheStabilityWindow() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("guarded", "dwell: 0s\ncooldown_after_rollback: 0s\nguard_window: 10m\nstability_window: 2s")])
+        try await world.known(["guarded"])
         try await world.serve("guarded", errorRatio: 0.001)
         _ = try await world.run()
         _ = try await world.run()
@@ -85,6 +87,7 @@ struct SafetyEndToEndTests {
     @Test func anOperatorsGuardLockHoldsPromotionUntilUnlocked() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("deploying", "dwell: 0s")])
+        try await world.known(["deploying"])
         try await world.serve("deploying", errorRatio: 0.001)
         let redisURL = ["--redis-url", world.redis.urlString, "--audit-log", world.auditLogPath]
         let lock = try await runCommand(world.binary, ["guard", "lock", "deploying", "--window", "10m", "--reason", "deploy 1234"] + redisURL)
@@ -115,6 +118,7 @@ struct SafetyEndToEndTests {
         let world = try await ControllerWorld.make()
         try world.writePolicy(
             [("flappy", "dwell: 0s\ncooldown_after_rollback: 0s\nguard_window: 0s\nmax_rollbacks_per_hour: 2")], rollbackTo: "previous_step")
+        try await world.known(["flappy"])
         for round in 1...2 {
             try await world.serve("flappy", errorRatio: 0.001)
             while try await world.get("flags:flappy:rollout_percent") != "50" {
@@ -154,6 +158,7 @@ struct SafetyEndToEndTests {
               consecutive: 2
             """
         try world.writePolicy([("patient", "dwell: 0s")], checks: checks)
+        try await world.known(["patient"])
         try await world.serve("patient", errorRatio: 0.001)
         _ = try await world.run()
         _ = try await world.run()
@@ -171,6 +176,7 @@ struct SafetyEndToEndTests {
     @Test func lastGoodIsRecordedAndRolledBackTo() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("known", "dwell: 0s")], rollbackTo: "last_good")
+        try await world.known(["known"])
         try await world.serve("known", errorRatio: 0.001)
         for _ in 0..<3 { _ = try await world.run() }
         #expect(try await world.get("flags:known:rollout_percent") == "100")
@@ -195,6 +201,7 @@ struct SafetyEndToEndTests {
         let hour = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC") ?? .current, from: Date()).hour ?? 0
         let window = String(format: "{from: '%02d:00', to: '%02d:00', time_zone: UTC}", (hour + 23) % 24, (hour + 2) % 24)
         try world.writePolicy([("frozen", "dwell: 0s\nfreeze: [\(window)]")])
+        try await world.known(["frozen"])
         try await world.serve("frozen", errorRatio: 0.001)
         let held = try await world.run()
         #expect(held.features["frozen"]?["reason"] as? String == "frozen", "\(held.output.stdout)")
@@ -210,6 +217,7 @@ struct SafetyEndToEndTests {
     @Test func environmentsPickTheirOverridesWithEnv() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("staged", "dwell: 0s\nenvironments:\n  staging:\n    steps: [25, 100]")])
+        try await world.known(["staged"])
         try await world.serve("staged", errorRatio: 0.001)
         let staging = try await world.run("--env", "staging")
         #expect(staging.features["staged"]?["to"] as? String == "25", "\(staging.output.stdout) \(staging.output.stderr)")

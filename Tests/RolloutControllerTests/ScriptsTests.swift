@@ -1,8 +1,12 @@
 import RolloutAdmin
+import RolloutAudit
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
 import Testing
+
+/// A deadline no test run reaches (Unix ms, year 2286).
+let farFuture: Int64 = 9_999_999_999_999
 
 /// The controller's Lua scripts against a real redis-server: a person's change made between
 /// the controller's read and its write always wins, and nothing is half-written.
@@ -12,19 +16,33 @@ struct CompareAndSetTests {
 
     func apply(
         _ redis: RedisClient, expected: (String, String, String), to percent: String, owner: String = "me", rollback: Bool = false,
-        expectedGuard: String = "", lastGood: String = "", nowMilliseconds: Int64 = 1_000_000_000, flapLimit: Int = 3
+        expectedGuard: String = "", lastGood: String = "", nowMilliseconds: Int64 = 1_000_000_000, flapLimit: Int = 3,
+        deadline: Int64 = farFuture
     ) async throws -> RedisValue {
         try await redis.evaluate(
             Scripts.applyChange,
             keys: [
                 keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, "flags:google:lock",
-                keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince,
+                keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince, AuditTrail.streamKey,
             ],
             arguments: [
                 expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00", owner, rollback ? "rollback" : "promote",
                 expectedGuard, lastGood, String(nowMilliseconds), String(nowMilliseconds - 3_600_000), "900000", "rollback guard value",
-                String(flapLimit), "flap protection: too many rollbacks",
-            ])
+                String(flapLimit), "flap protection: too many rollbacks", String(deadline), "1000",
+            ] + [record("\(expected.0)% -> \(percent)%"), record("paused"), record("guard released")].flatMap(\.scriptArguments))
+    }
+
+    func record(_ change: String) -> AuditRecord {
+        AuditRecord(time: Timestamp(microsecondsSinceEpoch: 1_759_937_400_000_000), feature: "google", change: change, reason: "test", by: "controller", run: "me")
+    }
+
+    /// The changes recorded in the audit stream, oldest first.
+    func recorded(_ redis: RedisClient) async throws -> [String] {
+        let entries = try await redis.send("XRANGE", AuditTrail.streamKey, "-", "+").array ?? []
+        return entries.compactMap { entry in
+            let fields = entry.array?.last?.array?.compactMap(\.string) ?? []
+            return fields.firstIndex(of: "change").flatMap { $0 + 1 < fields.count ? fields[$0 + 1] : nil }
+        }
     }
 
     func lock(_ redis: RedisClient, owner: String = "me") async throws {
@@ -127,7 +145,7 @@ struct CompareAndSetTests {
         func record(expected: String) async throws -> RedisValue {
             try await redis.evaluate(
                 Scripts.recordEvaluation, keys: ["flags:google:lock", keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
-                arguments: ["me", expected, "0", "2025-10-08T15:30:00Z", "50", "latency", "2", "errors", "1"])
+                arguments: ["me", expected, "0", "2025-10-08T15:30:00Z", "50", String(farFuture), "latency", "2", "errors", "1"])
         }
         _ = try await redis.send("SET", keys.rolloutPercent, "50")
         #expect(try await record(expected: "50") == .integer(-1))  // no lock
@@ -182,11 +200,13 @@ struct CompareAndSetTests {
         defer { redis.close() }
         _ = try await redis.send("SET", keys.controllerPercent, "10")  // then a person ran DEL rollout_percent
         let reply = try await redis.evaluate(
-            Scripts.acknowledgeManualChange, keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince],
-            arguments: ["", "10", "2025-10-08T15:30:00.000000+00:00"])
+            Scripts.acknowledgePercent,
+            keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince, AuditTrail.streamKey],
+            arguments: ["", "10", "2025-10-08T15:30:00.000000+00:00", String(farFuture), "1000"] + record("10% -> 0%").scriptArguments)
         #expect(reply == .integer(1))
         #expect(try await redis.send("GET", keys.controllerPercent).string == "0")
         #expect(try await redis.send("GET", keys.lastPercent).string == "10")
+        #expect(try await recorded(redis) == ["10% -> 0%"])
     }
 
     @Test func lockIsReleasedByItsOwnerOnly() async throws {
@@ -198,5 +218,86 @@ struct CompareAndSetTests {
         #expect(try await redis.send("GET", "flags:google:lock").string == "owner-a")
         #expect(try await redis.evaluate(Scripts.releaseLock, keys: ["flags:google:lock"], arguments: ["owner-a"]) == .integer(1))
         #expect(try await redis.send("EXISTS", "flags:google:lock") == .integer(0))
+    }
+}
+
+/// The scripts' own guards (issue: keep the promises under faults): a deadline by Redis's clock,
+/// keys of the wrong type, and the audit record written in the same step as the change.
+@Suite("Scripts refuse as a whole", .tags(.redis), .requiresRedis)
+struct ScriptRefusalTests {
+    let scripts = CompareAndSetTests()
+    var keys: FeatureKeys { scripts.keys }
+
+    /// Every key of the feature and the audit stream, with its type and content, to compare.
+    func everything(_ redis: RedisClient) async throws -> [String] {
+        let all = try await redis.scan(matching: "*").sorted()
+        var lines: [String] = []
+        for key in all {
+            let type = try await redis.send("TYPE", key).string ?? "?"
+            let content: RedisValue
+            switch type {
+            case "string": content = try await redis.send("GET", key)
+            case "list": content = try await redis.send("LRANGE", key, "0", "-1")
+            case "set": content = try await redis.send("SMEMBERS", key)
+            case "hash": content = try await redis.send("HGETALL", key)
+            case "zset": content = try await redis.send("ZRANGE", key, "0", "-1", "WITHSCORES")
+            default: content = try await redis.send("XLEN", key)
+            }
+            lines.append("\(key) \(type) \(content)")
+        }
+        return lines
+    }
+
+    @Test(arguments: [
+        (RedisCommand("SET", "flags:google:rollbacks", "3"), "flags:google:rollbacks"),
+        (RedisCommand("RPUSH", "flags:google:last_good", "50"), "flags:google:last_good"),
+        (RedisCommand("SET", "flags:google:streaks", "x"), "flags:google:streaks"),
+        (RedisCommand("SADD", "flags:google:guard", "x"), "flags:google:guard"),
+        (RedisCommand("HSET", "flags:google:healthy_since", "a", "b"), "flags:google:healthy_since"),
+        (RedisCommand("ZADD", "flags:google:last_change_time", "1", "x"), "flags:google:last_change_time"),
+        (RedisCommand("SET", "rollout:audit", "not a stream"), "rollout:audit"),
+    ])
+    func aRollbackOverABookkeepingKeyOfTheWrongTypeWritesNothing(corrupt: RedisCommand, key: String) async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", keys.rolloutPercent, "50")
+        try await scripts.lock(redis)
+        _ = try await redis.send(corrupt)
+        let before = try await everything(redis)
+        let reply = try await scripts.apply(redis, expected: ("50", "", ""), to: "10", rollback: true, flapLimit: 1)
+        #expect(ScriptRefusal(reply) == .wrongType(key: key, found: try await redis.send("TYPE", key).string ?? ""))
+        #expect(try await everything(redis) == before)
+    }
+
+    @Test func aChangeRunAfterItsDeadlineWritesNothing() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        try await scripts.lock(redis)
+        let time = try RedisServerTime(reply: try await redis.send(RedisServerTime.command))
+        let before = try await everything(redis)
+        // A deadline one second before the server's clock: as if the server had been frozen.
+        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", deadline: time.milliseconds - 1000) == .integer(-2))
+        #expect(try await everything(redis) == before)
+        // The deadline the controller computes lets a prompt server run it.
+        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", deadline: time.writeDeadline().serverMilliseconds) == .integer(1))
+    }
+
+    @Test func everyChangeIsRecordedInTheSameStep() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        try await scripts.lock(redis)
+        _ = try await redis.send("SET", keys.rolloutPercent, "10")
+        _ = try await redis.send("SET", keys.guardLock, "rollback earlier", "PX", "60000")
+        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", expectedGuard: "rollback earlier") == .integer(1))
+        #expect(try await scripts.recorded(redis) == ["10% -> 50%", "guard released"])
+        #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "10", rollback: true, flapLimit: 1) == .integer(2))
+        #expect(try await scripts.recorded(redis) == ["10% -> 50%", "guard released", "50% -> 10%", "paused"])
+        // A refused change records nothing.
+        #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "100") == .integer(0))
+        #expect(try await scripts.recorded(redis).count == 4)
     }
 }

@@ -47,11 +47,14 @@ struct ShippedRedisConfigTests {
         let server = try await server()
         let controller = RedisClient(url: server.url(username: "controller", password: "controller-change-me"))
         defer { controller.close() }
+        // One SET of rollout_percent with its audit record, as the CLI sends it.
+        let record = ["2025-10-08T15:30:00.000000+00:00", "g", "0% -> 10%", "test", "manual", "test"]
         let result = try await controller.evaluate(
-            RedisScript(Scripts_setPercentSourceForTest), keys: ["flags:g:rollout_percent", "flags:g:last_percent", "flags:g:last_change_time"],
-            arguments: ["10", "2025-10-08T15:30:00.000000+00:00"])
-        #expect(result == .null)
+            RedisScript(operatorChangeSourceForTest), keys: ["rollout:audit", "flags:g:rollout_percent"],
+            arguments: ["99999999999999", "1000", "1"] + record + ["0", "2", "SET", "1", "10"])
+        #expect(result.array?.first == .integer(1))
         #expect(try await controller.send("GET", "flags:g:rollout_percent").string == "10")
+        #expect(try await controller.send("XLEN", "rollout:audit") == .integer(1))
         await #expect {
             try await controller.send("SET", "unrelated", "x")
         } throws: { error in
@@ -63,6 +66,6 @@ struct ShippedRedisConfigTests {
     }
 }
 
-/// The set-percent script as shipped in redis/.
-let Scripts_setPercentSourceForTest: String =
-    (try? String(contentsOf: root.appendingPathComponent("redis/set_percent.lua"), encoding: .utf8)) ?? ""
+/// The operators' change script as shipped in redis/.
+let operatorChangeSourceForTest: String =
+    (try? String(contentsOf: root.appendingPathComponent("redis/operator_change.lua"), encoding: .utf8)) ?? ""

@@ -1,0 +1,109 @@
+import Foundation
+public import RolloutRedis
+
+/// The audit trail's source of truth: the Redis stream `rollout:audit`, to which every script
+/// that changes a feature appends its record (`XADD ... MAXLEN ~ 100000`) in the same atomic
+/// step, so no change can exist without its record. ``project(into:)`` writes the records the
+/// Markdown log does not have yet, in stream order, idempotently by record id.
+public struct AuditTrail: Sendable {
+    /// The stream's key. Outside `flags:` on purpose: gates track `flags:` for invalidations,
+    /// and an audit record is not a flag.
+    public static let streamKey = "rollout:audit"
+    /// The stream is trimmed to about this many records (`MAXLEN ~`): months of changes.
+    public static let maxLength = 100_000
+
+    /// The client that reads the stream.
+    public let redis: RedisClient
+
+    /// A trail read through `redis`.
+    public init(redis: RedisClient) {
+        self.redis = redis
+    }
+
+    /// Writes to `log` every record of the stream that comes after the last one it holds (the
+    /// `id=` of its last such line), under the log's lock, and returns them. A run calls it
+    /// after its changes and any later call catches up what an earlier one could not write (a
+    /// killed process, a full disk): the log always ends with every record up to its last id.
+    @discardableResult
+    public func project(into log: AuditLog) async throws(AuditLogError) -> [AuditRecord] {
+        let path = log.path
+        let opened = await onFileQueue { () -> Result<(LockedFile, StreamID?), AppendFailure> in
+            do throws(AppendFailure) {
+                let file = try LockedFile(path: path)
+                do throws(AppendFailure) {
+                    return .success((file, try lastRecordID(in: file)))
+                } catch {
+                    file.close()
+                    throw error
+                }
+            } catch {
+                return .failure(error)
+            }
+        }
+        let (file, last): (LockedFile, StreamID?)
+        switch opened {
+        case .success(let value): (file, last) = value
+        case .failure(let failure): throw AuditLogError(writing: path, failure)
+        }
+        var written: [AuditRecord] = []
+        var start = last.map { "(" + $0.description } ?? "-"
+        do {
+            while true {
+                let batch = try await redis.send(RedisCommand("XRANGE", Self.streamKey, start, "+", "COUNT", "500"))
+                guard let entries = batch.array else {
+                    throw AuditLogError(.stream, "Redis answered XRANGE \(Self.streamKey) with \(batch), not a list of records.")
+                }
+                let records = entries.compactMap(AuditRecord.init(streamEntry:))
+                if !records.isEmpty {
+                    let text = records.map { $0.description + "\n" }.joined()
+                    let failure = await onFileQueue { () -> AppendFailure? in
+                        do throws(AppendFailure) {
+                            try file.append(text, prefixWhenEmpty: AuditLog.header)
+                            return nil
+                        } catch {
+                            return error
+                        }
+                    }
+                    if let failure { throw AuditLogError(writing: path, failure) }
+                    written += records
+                }
+                guard entries.count == 500, let lastID = entries.last?.array?.first?.string else { break }
+                start = "(" + lastID
+            }
+        } catch let error as AuditLogError {
+            await onFileQueue { file.close() }
+            throw error
+        } catch {
+            await onFileQueue { file.close() }
+            throw AuditLogError(
+                .stream, "Cannot read the audit stream \(Self.streamKey) to write \(path): \(error). The records are safe in Redis; the next run writes them.")
+        }
+        await onFileQueue { file.close() }
+        return written
+    }
+}
+
+/// The id of the last line of `file` that carries one (`  id=<ms>-<seq>`), reading backwards
+/// from the end in growing chunks (a log older than the trail has lines without ids).
+private func lastRecordID(in file: LockedFile) throws(AppendFailure) -> StreamID? {
+    let size = try file.size()
+    var chunk = 64 * 1024
+    while true {
+        let start = max(0, size - chunk)
+        let bytes = try file.read(start..<size)
+        var lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+        if start > 0, !lines.isEmpty { lines.removeFirst() }  // may be cut
+        for line in lines.reversed() {
+            if let id = recordID(inLine: String(decoding: line, as: UTF8.self)) { return id }
+        }
+        if start == 0 { return nil }
+        chunk *= 4
+    }
+}
+
+/// The `id=` field of one log line.
+func recordID(inLine line: String) -> StreamID? {
+    guard let marker = line.range(of: "  id=", options: .backwards) else { return nil }
+    let token = line[marker.upperBound...].prefix { $0 != " " }
+    return StreamID(token)
+}

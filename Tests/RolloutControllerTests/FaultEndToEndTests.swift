@@ -1,0 +1,139 @@
+import Foundation
+import RolloutAdmin
+import RolloutAudit
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+extension ControllerWorld {
+    /// Marks features as known to the controller at their current percent (as if it had run
+    /// before), so the next run may promote them instead of adopting them; `at` sets the percent first.
+    func known(_ features: [String], at percent: String? = nil) async throws {
+        for feature in features {
+            if let percent { _ = try await client.send("SET", "flags:\(feature):rollout_percent", percent) }
+            let current = try await client.send("GET", "flags:\(feature):rollout_percent").string ?? "0"
+            _ = try await client.send("SET", "flags:\(feature):controller_percent", current, "NX")
+        }
+    }
+
+    /// The audit stream's records as (feature, change), oldest first.
+    func streamRecords() async throws -> [(feature: String, change: String)] {
+        var records: [(String, String)] = []
+        for entry in try await client.send("XRANGE", AuditTrail.streamKey, "-", "+").array ?? [] {
+            let flat = entry.array?.last?.array?.compactMap(\.string) ?? []
+            var fields: [String: String] = [:]
+            for index in stride(from: 0, to: flat.count - 1, by: 2) { fields[flat[index]] = flat[index + 1] }
+            records.append((fields["feature"] ?? "", fields["change"] ?? ""))
+        }
+        return records
+    }
+}
+
+/// The controller's promises under faults, through the binary against real servers.
+@Suite("Controller under faults", .tags(.e2e, .prometheus, .redis), .requiresPrometheus)
+struct FaultEndToEndTests {
+    @Test func firstSightAdoptsThePercentAndHoldsForTheDwell() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("new", "dwell: 15m")])
+        _ = try await world.client.send("SET", "flags:new:rollout_percent", "50")  // redis-cli, moments ago
+        try await world.serve("new", errorRatio: 0.001)
+        let before = Timestamp.now()
+        let first = try await world.run()
+        #expect(first.status == 0, "\(first.output.stderr)")
+        #expect(first.features["new"]?["reason"] as? String == "adopted")
+        #expect(first.features["new"]?["adopted"] as? Bool == true)
+        #expect(try await world.get("flags:new:rollout_percent") == "50")
+        #expect(try await world.get("flags:new:controller_percent") == "50")
+        let adoptedAt = try #require(Timestamp(parsing: try await world.get("flags:new:last_change_time") ?? ""))
+        #expect(adoptedAt >= Timestamp(microsecondsSinceEpoch: before.microsecondsSinceEpoch - 1_000_000))
+        #expect(world.auditLines().count == 1)
+        #expect(world.auditLines().first?.contains("  new  adopted at 50%  reason=first sight") == true)
+        let second = try await world.run()
+        #expect(second.features["new"]?["reason"] as? String == "dwell")
+        #expect(second.features["new"]?["adopted"] as? Bool == false)
+        #expect(try await world.get("flags:new:rollout_percent") == "50")
+        #expect(world.auditLines().count == 1)
+    }
+
+    @Test(arguments: ["directory", "/dev/full", "missing folder"])
+    func anUnwritableAuditLogIsExitTwoBeforeAnyChange(kind: String) async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("logged", "dwell: 0s")])
+        try await world.known(["logged"], at: "0")
+        try await world.serve("logged", errorRatio: 0.001)
+        let path: String
+        switch kind {
+        case "directory":
+            path = world.directory + "/a-directory"
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        case "missing folder": path = world.directory + "/no/such/folder/log.md"
+        default: path = kind
+        }
+        let yaml = try String(contentsOfFile: world.configPath, encoding: .utf8).replacingOccurrences(of: world.auditLogPath, with: path)
+        try yaml.write(toFile: world.configPath, atomically: true, encoding: .utf8)
+        let run = try await world.run()
+        #expect(run.status == 2, "\(run.output.stderr)")
+        #expect(run.output.stderr.contains(path))
+        #expect(try await world.get("flags:logged:rollout_percent") == "0")
+        #expect(try await world.client.send("EXISTS", "flags:logged:lock", AuditTrail.streamKey) == .integer(0))
+    }
+
+    @Test func aPromotionSentToAFrozenRedisNeverLandsAfterTheRunGaveUp() async throws {
+        let world = try await ControllerWorld.make()
+        for (_, source) in Scripts.all { _ = try await world.client.send("SCRIPT", "LOAD", source) }
+        let server = world.redis
+        let proxy = try TriggeredProxy(to: server.port, trigger: Scripts.applyChange.sha1) { server.freeze() }
+        try world.writePolicy([("frozen", "dwell: 0s")], redisURL: "redis://127.0.0.1:\(proxy.port)")
+        try await world.known(["frozen"], at: "10")
+        try await world.serve("frozen", errorRatio: 0.001)
+        let run = try await world.run()
+        #expect(proxy.hasFired)
+        #expect(run.status == 1, "\(run.output.stdout)")
+        #expect(run.features["frozen"]?["reason"] as? String == "redis_error")
+        server.thaw()
+        // The queued compare-and-set runs now (then the lock's release), past its deadline.
+        #expect(await eventually(within: .seconds(30)) { ((try? await world.client.send("INFO", "commandstats").string) ?? "").contains("cmdstat_evalsha:calls=2") })
+        #expect(try await world.get("flags:frozen:rollout_percent") == "10")
+        #expect(try await world.get("flags:frozen:controller_percent") == "10")
+        #expect(try await world.client.send("EXISTS", AuditTrail.streamKey) == .integer(0))
+        #expect(world.auditLines().isEmpty)
+    }
+
+    /// Runs killed at random moments (SIGKILL), then one that finishes: every change in Redis
+    /// has its record, each record has exactly one line, and each feature's records chain from
+    /// adoption to 100% with no gap (a change without a record would break the chain).
+    @Test func controllerRunsKilledAtRandomMomentsLoseNoAuditRecord() async throws {
+        let world = try await ControllerWorld.make()
+        let features = (0..<12).map { "killed\($0)" }
+        try world.writePolicy(features.map { ($0, "dwell: 0s") })
+        for feature in features { try await world.serve(feature, errorRatio: 0.001) }
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<16 {
+            let process = try ChildProcess(
+                world.binary, ["controller", "run", "--config", world.configPath], stdout: world.directory + "/out\(round).txt",
+                stderr: world.directory + "/err\(round).txt")
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0...400, using: &generator)))
+            process.terminate(SIGKILL)
+            _ = await process.exitStatus()
+            // A killed run's locks expire by themselves; here, at once.
+            let locks = try await world.client.scan(matching: "flags:*:lock")
+            if !locks.isEmpty { _ = try await world.client.send(RedisCommand("DEL", locks)) }
+        }
+        for _ in 0..<5 { _ = try await world.run() }
+        let sync = try await runCommand(world.binary, ["audit", "sync", "--audit-log", world.auditLogPath, "--redis-url", world.redis.urlString])
+        #expect(sync.status == 0, "\(sync.stderr)")
+
+        let records = try await world.streamRecords()
+        let text = try String(contentsOfFile: world.auditLogPath, encoding: .utf8)
+        let lines = text.split(separator: "\n").filter { $0.hasPrefix("20") }
+        #expect(lines.count == records.count, "every record has exactly one line")
+        let ids = try await world.client.send("XRANGE", AuditTrail.streamKey, "-", "+").array?.compactMap { $0.array?.first?.string } ?? []
+        #expect(Set(lines.compactMap { line in line.range(of: "  id=").map { String(line[$0.upperBound...]) } }) == Set(ids))
+        for feature in features {
+            let changes = records.filter { $0.feature == feature }.map(\.change)
+            #expect(changes == ["adopted at 0%", "0% -> 10%", "10% -> 50%", "50% -> 100%"], "\(feature): \(changes)")
+            #expect(try await world.get("flags:\(feature):rollout_percent") == "100")
+        }
+    }
+}

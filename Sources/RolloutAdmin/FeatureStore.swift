@@ -35,11 +35,21 @@ public struct FeatureStore: Sendable {
         return (features.sorted(), stray.sorted())
     }
 
-    /// The parsed state of each feature, one pipelined round trip for all.
+    /// The parsed state of each feature, one pipelined round trip for all (two when a key
+    /// holds the wrong Redis type: TYPE then names the type it holds).
     public func read(_ features: [FeatureName]) async throws(RedisError) -> [Result<FeatureState, InvalidFeatureState>] {
+        let count = FeatureKeys.readCommandCount
         let replies = try await redis.pipeline(features.flatMap { FeatureKeys($0).readCommands })
+        let refused = replies.indices.compactMap { index in
+            if case .error = replies[index] { FeatureKeys(features[index / count]).all[index % count] } else { nil }
+        }
+        var keyTypes: [String: String] = [:]
+        if !refused.isEmpty {
+            let types = try await redis.pipeline(refused.map { RedisCommand("TYPE", $0) })
+            for (key, type) in zip(refused, types) { keyTypes[key] = type.string }
+        }
         return features.enumerated().map { index, feature in
-            FeatureState.read(feature, from: replies[(index * 4)..<(index * 4 + 4)])
+            FeatureState.read(feature, from: replies[(index * count)..<((index + 1) * count)], keyTypes: keyTypes)
         }
     }
 

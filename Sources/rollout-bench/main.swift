@@ -128,8 +128,9 @@ for _ in 0..<20 {
     let start = ContinuousClock.now
     let replies = try await client.pipeline(readCommands)
     let middle = ContinuousClock.now
+    let count = FeatureKeys.readCommandCount
     for (index, feature) in many.enumerated() {
-        if case .success = FeatureState.read(feature, from: replies[(index * 4)..<(index * 4 + 4)]) { sink &+= 1 }
+        if case .success = FeatureState.read(feature, from: replies[(index * count)..<((index + 1) * count)]) { sink &+= 1 }
     }
     wireTimes.append(nanoseconds(middle - start) / 1e6)
     parseTimes.append(nanoseconds(ContinuousClock.now - middle) / 1e6)

@@ -114,6 +114,9 @@ public struct FeatureState: Sendable, Hashable {
         read(feature, from: replies, keyTypes: [:])
     }
 
+    /// The type of each key, in the order of ``FeatureKeys/readCommands``.
+    private static let readTypes: [KeyType] = Array(repeating: .string, count: 7) + [.set, .set, .hash]
+
     /// ``read(_:from:)``, naming in a wrong-type error the type `keyTypes` gives for the key
     /// (TYPE's answer), since WRONGTYPE does not say it.
     package static func read(
@@ -127,17 +130,18 @@ public struct FeatureState: Sendable, Hashable {
         guard replies.count == count else {
             return .failure(InvalidFeatureState(feature: feature, problems: [KeyspaceError("Redis sent \(replies.count) replies for \(count) reads.")]))
         }
+        // Key names are built only for an error: most reads find nothing wrong.
         var contents: [KeyContent] = []
-        for (index, key) in keys.all.enumerated() {
-            let type: KeyType = index < keys.stringKeys.count ? .string : (key == keys.workspaces ? .hash : .set)
+        contents.reserveCapacity(count)
+        for (index, type) in FeatureState.readTypes.enumerated() {
             do throws(KeyspaceError) {
-                contents.append(try KeyContent(replies[index], key: key, type: type, actualType: keyTypes[key]))
+                contents.append(try KeyContent(replies[index], key: keys.all[index], type: type, actualType: keyTypes[keys.all[index]]))
             } catch {
                 problems.append(error)
                 contents.append(.absent)
             }
         }
-        state.exists = contents.contains { $0 != .absent }
+        state.exists = contents.contains { if case .absent = $0 { false } else { true } }
         func reject(_ key: String, _ value: String, _ expected: String) {
             let shown = value.count > 40 ? String(value.prefix(40)) + "…" : value
             problems.append(KeyspaceError("\(key) holds \"\(shown)\", which is not \(expected).", key: key))
@@ -214,23 +218,28 @@ package enum KeyContent: Sendable, Hashable {
     case string(String)
     case elements([RedisValue])
 
-    /// The content of `key`, which must be a `type`, from the reply of its read. An error
+    /// The content of the key `name`, which must be a `type`, from the reply of its read. An error
     /// reply (WRONGTYPE: the key holds another type) is an error naming the key and, when
     /// known (`actualType`, TYPE's answer), the type it holds.
-    package init(_ reply: RedisValue, key: String, type: KeyType, actualType: String? = nil) throws(KeyspaceError) {
+    package init(
+        _ reply: RedisValue, key name: @autoclosure () -> String, type: KeyType, actualType: @autoclosure () -> String? = nil
+    ) throws(KeyspaceError) {
         switch (reply, type) {
         case (.null, _): self = .absent
         case (.bulkString, .string): self = .string(reply.string ?? "")
         case (.array(let items), .set), (.array(let items), .hash): self = items.isEmpty ? .absent : .elements(items)
         case (.error(let text), _) where text.hasPrefix("WRONGTYPE"):
-            let holds = actualType.map { "holds a \($0)" } ?? "holds another Redis type"
+            let key = name()
+            let holds = actualType().map { "holds a \($0)" } ?? "holds another Redis type"
             throw KeyspaceError(
                 "\(key) \(holds), not a \(type.rawValue) (Redis answered \(type.command) with WRONGTYPE). Look with `redis-cli TYPE \(key)`, "
                     + "then delete the key and write it again as a \(type.rawValue).",
                 key: key)
         case (.error(let text), _):
+            let key = name()
             throw KeyspaceError("\(key) cannot be read (Redis answered \(type.command) with: \(text)).", key: key)
         default:
+            let key = name()
             throw KeyspaceError("\(key): Redis answered \(type.command) with an unexpected reply; it should be a \(type.rawValue).", key: key)
         }
     }

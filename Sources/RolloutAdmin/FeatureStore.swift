@@ -36,11 +36,21 @@ public struct FeatureStore: Sendable {
         return (features.sorted(), stray.sorted())
     }
 
-    /// The parsed state of each feature, one pipelined round trip for all.
+    /// The parsed state of each feature, one pipelined round trip for all (two when a key
+    /// holds the wrong Redis type: TYPE then names the type it holds).
     public func read(_ features: [FeatureName]) async throws(RedisError) -> [Result<FeatureState, InvalidFeatureState>] {
+        let count = FeatureKeys.readCommandCount
         let replies = try await redis.pipeline(features.flatMap { FeatureKeys($0).readCommands })
+        let refused = replies.indices.compactMap { index in
+            if case .error = replies[index] { FeatureKeys(features[index / count]).all[index % count] } else { nil }
+        }
+        var keyTypes: [String: String] = [:]
+        if !refused.isEmpty {
+            let types = try await redis.pipeline(refused.map { RedisCommand("TYPE", $0) })
+            for (key, type) in zip(refused, types) { keyTypes[key] = type.string }
+        }
         return features.enumerated().map { index, feature in
-            FeatureState.read(feature, from: replies[(index * 4)..<(index * 4 + 4)])
+            FeatureState.read(feature, from: replies[(index * count)..<((index + 1) * count)], keyTypes: keyTypes)
         }
     }
 
@@ -219,13 +229,12 @@ public struct FeatureStore: Sendable {
 
     /// A string key's value from a GET reply: nil when absent, an error for a key of another type.
     func stringValue(_ reply: RedisValue, of key: String) throws(AdminError) -> String? {
-        if case .error(let text) = reply {
-            if text.hasPrefix("WRONGTYPE") {
-                throw AdminError(.corruptState("\(key) is not a string, which the keyspace requires there: nothing was changed. Look with `rollout flags get`, then fix or delete the key."))
-            }
-            throw AdminError(.redis(RedisError.fromServer(text, context: key)))
+        do throws(KeyspaceError) {
+            if case .string(let text) = try KeyContent(reply, key: key, type: .string) { return text }
+            return nil
+        } catch {
+            throw AdminError(.corruptState(error.message + " Nothing was changed."))
         }
-        return reply.string
     }
 
     /// Applies `change` with redis/operator_change.lua (the audit log was checked by

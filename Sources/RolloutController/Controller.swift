@@ -165,31 +165,41 @@ public struct Controller: Sendable {
         } catch {
             return report.held(.redisError, "Redis: \(error)")
         }
-        report.notifiedCondition = replies[11].string
+        let base = FeatureKeys.readCommandCount
+        report.notifiedCondition = replies[base + 7].string
         let state: FeatureState
-        switch FeatureState.read(feature.feature, from: replies[0..<4]) {
+        switch FeatureState.read(feature.feature, from: replies[0..<base]) {
         case .success(let parsed): state = parsed
         case .failure(let invalid):
             return report.held(.corruptState, invalid.problems.map(\.message).joined(separator: " "))
         }
+        // The controller's own keys: one of another Redis type is corrupt, never absent.
+        let bookkeeping: [(String, Int, KeyType)] = [
+            (keys.controllerPercent, 0, .string), (keys.guardLock, 1, .string), (keys.healthySince, 3, .string), (keys.lastGood, 4, .string),
+            (keys.pausedReason, 5, .string), (keys.streaks, 6, .hash), (keys.notified, 7, .string),
+        ]
+        for (key, offset, type) in bookkeeping {
+            do throws(KeyspaceError) { _ = try KeyContent(replies[base + offset], key: key, type: type) } catch {
+                return report.held(.corruptState, error.message)
+            }
+        }
         var controllerPercent: RolloutPercent?
-        if let text = replies[4].string {
+        if let text = replies[base].string {
             guard let percent = RolloutPercent(parsing: text) else {
                 return report.held(.corruptState, "\(keys.controllerPercent) holds \"\(text)\", which is not a percent.")
             }
             controllerPercent = percent
         }
-        let raw = replies[0].array?.map(\.string) ?? []
-        let expected = (percent: raw.count > 1 ? raw[1] ?? "" : "", paused: raw.count > 3 ? raw[3] ?? "" : "", enabled: raw.first.flatMap { $0 } ?? "")
+        let expected = (percent: replies[1].string ?? "", paused: replies[3].string ?? "", enabled: replies[0].string ?? "")
         report.state = state
         report.controllerPercent = controllerPercent
         var observation = Observation(state: state, controllerPercent: controllerPercent, checkValues: [:])
-        observation.guardLock = GuardLock.read(value: replies[5], pttl: replies[6])
+        observation.guardLock = GuardLock.read(value: replies[base + 1], pttl: replies[base + 2])
         // The controller's own bookkeeping: a value it cannot read is dropped, never acted on.
-        observation.healthySince = replies[7].string.flatMap { Timestamp(parsing: $0) }
-        observation.lastGood = replies[8].string.flatMap { RolloutPercent(parsing: $0) }
-        observation.pausedReason = replies[9].string
-        observation.streaks = streaks(from: replies[10])
+        observation.healthySince = replies[base + 3].string.flatMap { Timestamp(parsing: $0) }
+        observation.lastGood = replies[base + 4].string.flatMap { RolloutPercent(parsing: $0) }
+        observation.pausedReason = replies[base + 5].string
+        observation.streaks = streaks(from: replies[base + 6])
         report.guardLock = observation.guardLock
 
         // 2. A person's switches: no queries needed.

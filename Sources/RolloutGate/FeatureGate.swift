@@ -251,8 +251,9 @@ public final class FeatureGate: Service, Sendable {
         // current entry was built from keeps that entry (no parsing, no allocation).
         let current = snapshot.withLock { $0 }
         var fresh: [FeatureName: Entry] = [:]
+        let count = FeatureKeys.readCommandCount
         for (index, feature) in ordered.enumerated() {
-            let raw = replies[(index * 4)..<(index * 4 + 4)]
+            let raw = replies[(index * count)..<(index * count + count)]
             let override = overrideVariable(for: feature, named: tally(for: feature).variableName)
             if let existing = current[feature], existing.overrideVariable == override, existing.raw.elementsEqual(raw) {
                 continue

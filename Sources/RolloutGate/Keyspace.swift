@@ -32,18 +32,23 @@ public struct FeatureKeys: Sendable, Hashable {
     /// `flags:<f>:workspaces`: HASH of workspace id → percent.
     public var workspaces: String { key("workspaces") }
 
-    /// The string keys, in the order ``FeatureState/read(from:)`` expects them from MGET.
+    /// The string keys, in the order ``FeatureState/read(_:from:)`` expects their GET replies.
     public var stringKeys: [String] {
         [enabled, rolloutPercent, internalOnly, paused, lastChangeTime, lastPercent, bucketing]
     }
 
-    /// Every key of the feature.
+    /// Every key of the feature, in the order ``readCommands`` reads them.
     public var all: [String] { stringKeys + [allow, deny, workspaces] }
 
-    /// The commands that read the whole feature: one pipeline, one round trip.
+    /// How many commands ``readCommands`` sends (and replies it gets), to slice a pipeline
+    /// that reads several features.
+    public static let readCommandCount = 10
+
+    /// The commands that read the whole feature, one per key, in one round trip. GET, not MGET:
+    /// MGET answers nil for a key of another type, which would read a kill switch written as a
+    /// list as absent; GET answers WRONGTYPE.
     public var readCommands: [RedisCommand] {
-        [
-            RedisCommand("MGET", stringKeys),
+        stringKeys.map { RedisCommand("GET", $0) } + [
             RedisCommand("SMEMBERS", allow),
             RedisCommand("SMEMBERS", deny),
             RedisCommand("HGETALL", workspaces),
@@ -103,88 +108,152 @@ public struct FeatureState: Sendable, Hashable {
     }
 
     /// Parses the replies of ``FeatureKeys/readCommands`` (in order). Every value that breaks
-    /// the contract is listed in the error, each naming its key.
+    /// the contract, and every key of another Redis type, is listed in the error, each naming
+    /// its key.
     public static func read(_ feature: FeatureName, from replies: some Collection<RedisValue>) -> Result<FeatureState, InvalidFeatureState> {
+        read(feature, from: replies, keyTypes: [:])
+    }
+
+    /// The type of each key, in the order of ``FeatureKeys/readCommands``.
+    private static let readTypes: [KeyType] = Array(repeating: .string, count: 7) + [.set, .set, .hash]
+
+    /// ``read(_:from:)``, naming in a wrong-type error the type `keyTypes` gives for the key
+    /// (TYPE's answer), since WRONGTYPE does not say it.
+    package static func read(
+        _ feature: FeatureName, from replies: some Collection<RedisValue>, keyTypes: [String: String]
+    ) -> Result<FeatureState, InvalidFeatureState> {
         let keys = FeatureKeys(feature)
         var problems: [KeyspaceError] = []
         var state = FeatureState.absent(feature)
         let replies = Array(replies)
-        guard replies.count == 4 else {
-            return .failure(InvalidFeatureState(feature: feature, problems: [KeyspaceError("Redis sent \(replies.count) replies for 4 reads.")]))
+        let count = FeatureKeys.readCommandCount
+        guard replies.count == count else {
+            return .failure(InvalidFeatureState(feature: feature, problems: [KeyspaceError("Redis sent \(replies.count) replies for \(count) reads.")]))
         }
+        // Key names are built only for an error: most reads find nothing wrong.
+        var contents: [KeyContent] = []
+        contents.reserveCapacity(count)
+        for (index, type) in FeatureState.readTypes.enumerated() {
+            do throws(KeyspaceError) {
+                contents.append(try KeyContent(replies[index], key: keys.all[index], type: type, actualType: keyTypes[keys.all[index]]))
+            } catch {
+                problems.append(error)
+                contents.append(.absent)
+            }
+        }
+        state.exists = contents.contains { if case .absent = $0 { false } else { true } }
         func reject(_ key: String, _ value: String, _ expected: String) {
             let shown = value.count > 40 ? String(value.prefix(40)) + "…" : value
             problems.append(KeyspaceError("\(key) holds \"\(shown)\", which is not \(expected).", key: key))
         }
-        func typeError(_ reply: RedisValue, _ key: String, _ expected: String) -> Bool {
-            if case .error(let text) = reply {
-                problems.append(KeyspaceError("\(key) cannot be read as \(expected): \(text)", key: key))
-                return true
-            }
-            return false
-        }
 
-        // MGET answers nil for a key of another type: check those with TYPE only when needed,
-        // which `rollout flags get` does; here nil means absent.
-        if !typeError(replies[0], "flags:\(feature):*", "strings"), let values = replies[0].array, values.count == 7 {
-            let text = values.map(\.string)
-            state.exists = text.contains { $0 != nil }
-            if let value = text[0] {
-                if let flag = parseBool(value) { state.enabled = flag } else { reject(keys.enabled, value, "a boolean (true/false, 1/0, yes/no, on/off)") }
-            }
-            if let value = text[1] {
-                if let percent = RolloutPercent(parsing: value) { state.rolloutPercent = percent } else {
-                    reject(keys.rolloutPercent, value, "a percent from 0 to 100 with at most three decimals")
-                }
-            }
-            if let value = text[2] {
-                if let flag = parseBool(value) { state.internalOnly = flag } else { reject(keys.internalOnly, value, "a boolean") }
-            }
-            if let value = text[3] {
-                if let flag = parseBool(value) { state.paused = flag } else { reject(keys.paused, value, "a boolean") }
-            }
-            if let value = text[4], !value.trimmingSpaces().isEmpty {
-                if let time = Timestamp(parsing: value) { state.lastChangeTime = time } else {
-                    reject(keys.lastChangeTime, value, "an ISO-8601 UTC time like 2025-10-08T15:30:00.123456+00:00")
-                }
-            }
-            if let value = text[5], !value.trimmingSpaces().isEmpty {
-                if let percent = RolloutPercent(parsing: value) { state.lastPercent = percent } else {
-                    reject(keys.lastPercent, value, "a percent from 0 to 100 with at most three decimals")
-                }
-            }
-            if let value = text[6] {
-                if let scheme = BucketingScheme(rawValue: value.trimmingSpaces().lowercased()) { state.bucketing = scheme } else {
-                    reject(keys.bucketing, value, "v1 or v2")
-                }
-            }
-        } else if problems.isEmpty {
-            problems.append(KeyspaceError("Redis answered MGET for \(feature) with an unexpected shape."))
+        let text = contents.map(\.text)
+        if let value = text[0] {
+            if let flag = parseBool(value) { state.enabled = flag } else { reject(keys.enabled, value, "a boolean (true/false, 1/0, yes/no, on/off)") }
         }
-        if !typeError(replies[1], keys.allow, "a SET"), let members = replies[1].array {
-            state.allow = Set(members.compactMap(\.string))
-            state.exists = state.exists || !members.isEmpty
-        }
-        if !typeError(replies[2], keys.deny, "a SET"), let members = replies[2].array {
-            state.deny = Set(members.compactMap(\.string))
-            state.exists = state.exists || !members.isEmpty
-        }
-        if !typeError(replies[3], keys.workspaces, "a HASH"), let fields = replies[3].array {
-            var index = 0
-            while index + 1 < fields.count {
-                let workspace = fields[index].string ?? ""
-                let value = fields[index + 1].string ?? ""
-                if let percent = RolloutPercent(parsing: value) {
-                    state.workspaces[workspace] = percent
-                } else {
-                    reject("\(keys.workspaces) field \(workspace)", value, "a percent from 0 to 100 with at most three decimals")
-                }
-                index += 2
+        if let value = text[1] {
+            if let percent = RolloutPercent(parsing: value) { state.rolloutPercent = percent } else {
+                reject(keys.rolloutPercent, value, "a percent from 0 to 100 with at most three decimals")
             }
-            state.exists = state.exists || !fields.isEmpty
+        }
+        if let value = text[2] {
+            if let flag = parseBool(value) { state.internalOnly = flag } else { reject(keys.internalOnly, value, "a boolean") }
+        }
+        if let value = text[3] {
+            if let flag = parseBool(value) { state.paused = flag } else { reject(keys.paused, value, "a boolean") }
+        }
+        if let value = text[4], !value.trimmingSpaces().isEmpty {
+            if let time = Timestamp(parsing: value) { state.lastChangeTime = time } else {
+                reject(keys.lastChangeTime, value, "an ISO-8601 UTC time like 2025-10-08T15:30:00.123456+00:00")
+            }
+        }
+        if let value = text[5], !value.trimmingSpaces().isEmpty {
+            if let percent = RolloutPercent(parsing: value) { state.lastPercent = percent } else {
+                reject(keys.lastPercent, value, "a percent from 0 to 100 with at most three decimals")
+            }
+        }
+        if let value = text[6] {
+            if let scheme = BucketingScheme(rawValue: value.trimmingSpaces().lowercased()) { state.bucketing = scheme } else {
+                reject(keys.bucketing, value, "v1 or v2")
+            }
+        }
+        state.allow = Set(contents[7].elements.compactMap(\.string))
+        state.deny = Set(contents[8].elements.compactMap(\.string))
+        let fields = contents[9].elements
+        var index = 0
+        while index + 1 < fields.count {
+            let workspace = fields[index].string ?? ""
+            let value = fields[index + 1].string ?? ""
+            if let percent = RolloutPercent(parsing: value) {
+                state.workspaces[workspace] = percent
+            } else {
+                reject("\(keys.workspaces) field \(workspace)", value, "a percent from 0 to 100 with at most three decimals")
+            }
+            index += 2
         }
         if !problems.isEmpty { return .failure(InvalidFeatureState(feature: feature, problems: problems)) }
         return .success(state)
+    }
+}
+
+/// The Redis type a key of the contract must have.
+package enum KeyType: String, Sendable {
+    case string, set, hash
+
+    /// The command that reads a whole key of this type.
+    var command: String {
+        switch self {
+        case .string: "GET"
+        case .set: "SMEMBERS"
+        case .hash: "HGETALL"
+        }
+    }
+}
+
+/// What one read of a key (GET, SMEMBERS, HGETALL) found: nothing, a string, or a set's
+/// members or a hash's fields and values. The one place a reply becomes a key's content, so
+/// that a key of another type is an error naming it, never absent.
+package enum KeyContent: Sendable, Hashable {
+    case absent
+    case string(String)
+    case elements([RedisValue])
+
+    /// The content of the key `name`, which must be a `type`, from the reply of its read. An error
+    /// reply (WRONGTYPE: the key holds another type) is an error naming the key and, when
+    /// known (`actualType`, TYPE's answer), the type it holds.
+    package init(
+        _ reply: RedisValue, key name: @autoclosure () -> String, type: KeyType, actualType: @autoclosure () -> String? = nil
+    ) throws(KeyspaceError) {
+        switch (reply, type) {
+        case (.null, _): self = .absent
+        case (.bulkString, .string): self = .string(reply.string ?? "")
+        case (.array(let items), .set), (.array(let items), .hash): self = items.isEmpty ? .absent : .elements(items)
+        case (.error(let text), _) where text.hasPrefix("WRONGTYPE"):
+            let key = name()
+            let holds = actualType().map { "holds a \($0)" } ?? "holds another Redis type"
+            throw KeyspaceError(
+                "\(key) \(holds), not a \(type.rawValue) (Redis answered \(type.command) with WRONGTYPE). Look with `redis-cli TYPE \(key)`, "
+                    + "then delete the key and write it again as a \(type.rawValue).",
+                key: key)
+        case (.error(let text), _):
+            let key = name()
+            throw KeyspaceError("\(key) cannot be read (Redis answered \(type.command) with: \(text)).", key: key)
+        default:
+            let key = name()
+            throw KeyspaceError("\(key): Redis answered \(type.command) with an unexpected reply; it should be a \(type.rawValue).", key: key)
+        }
+    }
+
+    /// The string, when the key holds one.
+    package var text: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    /// The members or fields and values, when the key holds a set or a hash; else none.
+    package var elements: [RedisValue] {
+        if case .elements(let items) = self { return items }
+        return []
     }
 }
 

@@ -129,6 +129,24 @@ struct CLITests {
         #expect(check.stdout.contains("invalid state in flags:google:last_change_time"))
     }
 
+    @Test func aKeyOfTheWrongTypeExitsThreeNamingTheKeyAndItsType() async throws {
+        let cli = try await CLI()
+        let redis = cli.redis()
+        defer { redis.close() }
+        for (index, wrong) in WrongTypeCase.all.enumerated() {
+            let feature = "wrong-\(index)"
+            let key = "flags:\(feature):\(wrong.suffix)"
+            _ = try await redis.pipeline(wrong.setUp(feature))
+            let check = try await cli.run("check", feature, "--actor", "a")
+            #expect(check.status == 3, "\(wrong): \(check.stderr)")
+            #expect(check.stdout.hasPrefix("off: invalid state in \(key):"), "\(wrong): \(check.stdout)")
+            let get = try await cli.run("flags", "get", feature)
+            #expect(get.status == 3, "\(wrong): \(get.stderr)")
+            #expect(get.stdout.contains("state: INVALID"), "\(wrong): \(get.stdout)")
+            #expect(get.stdout.contains("- \(key) holds a \(wrong.written), not a \(wrong.expected)"), "\(wrong): \(get.stdout)")
+        }
+    }
+
     @Test func actorsFromFileAnswersEveryLineAndPreviewIsASuperset() async throws {
         let cli = try await CLI()
         let redis = cli.redis()

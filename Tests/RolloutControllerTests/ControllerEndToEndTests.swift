@@ -293,6 +293,43 @@ struct ControllerEndToEndTests {
         #expect(run.features["fine"]?["decision"] as? String == "promote")
     }
 
+    @Test func aKeyOfTheWrongTypeHoldsWithCorruptStateAndWritesNothing() async throws {
+        let world = try await ControllerWorld.make()
+        let wrong: [(feature: String, suffix: String, type: RedisKeyType, value: String)] = [
+            ("wt-change", "last_change_time", .zset, "2025-10-08T15:30:00Z"), ("wt-percent", "controller_percent", .list, "10"),
+            ("wt-healthy", "healthy_since", .hash, "2025-10-08T15:30:00Z"), ("wt-streaks", "streaks", .string, "error_rate"),
+            ("wt-guard", "guard", .set, "operator 2025-10-08T15:30:00Z hold"),
+        ]
+        try world.writePolicy((wrong.map(\.feature) + ["fine"]).map { ($0, "dwell: 0s") })
+        for (feature, suffix, type, value) in wrong {
+            _ = try await world.client.pipeline([
+                RedisCommand("SET", "flags:\(feature):rollout_percent", "10"), RedisCommand("SET", "flags:\(feature):internal_only", "false"),
+                type.write("flags:\(feature):\(suffix)", value),
+            ])
+            try await world.serve(feature, errorRatio: 0.001)
+        }
+        try await world.serve("fine", errorRatio: 0.001)
+        /// Every key of the feature, each with its serialized value and TTL.
+        func everyKey(_ feature: String) async throws -> [String: [RedisValue]] {
+            let keys = try await world.client.send("KEYS", "flags:\(feature):*").array?.compactMap(\.string) ?? []
+            var dump: [String: [RedisValue]] = [:]
+            for key in keys { dump[key] = try await world.client.pipeline([RedisCommand("DUMP", key), RedisCommand("PTTL", key)]) }
+            return dump
+        }
+        var before: [String: [String: [RedisValue]]] = [:]
+        for (feature, _, _, _) in wrong { before[feature] = try await everyKey(feature) }
+        let run = try await world.run()
+        #expect(run.status == 3)
+        for (feature, suffix, type, _) in wrong {
+            let key = "flags:\(feature):\(suffix)"
+            #expect(run.features[feature]?["reason"] as? String == "corrupt_state", "\(suffix) as a \(type)")
+            #expect((run.features[feature]?["explanation"] as? String)?.contains("\(key) holds another Redis type") == true, "\(suffix) as a \(type)")
+            #expect(try await everyKey(feature) == before[feature], "\(suffix) as a \(type): a key was written")
+        }
+        #expect(run.features["fine"]?["decision"] as? String == "promote")
+        #expect(world.auditLines().allSatisfy { $0.contains("  fine  ") })
+    }
+
     @Test func telemetryReachesThePushgatewayAndItsFailureOnlyWarns() async throws {
         let world = try await ControllerWorld.make()
         let pushgateway = try await offThePool { try PushgatewayServer() }

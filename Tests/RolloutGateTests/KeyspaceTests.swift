@@ -84,8 +84,7 @@ func replies(
     lastPercent: String? = nil, bucketing: String? = nil, allow: [String] = [], deny: [String] = [], workspaces: [String: String] = [:]
 ) -> [RedisValue] {
     func bulk(_ text: String?) -> RedisValue { text.map { .bulkString(Array($0.utf8)) } ?? .null }
-    return [
-        .array([enabled, percent, internalOnly, paused, lastChange, lastPercent, bucketing].map(bulk)),
+    return [enabled, percent, internalOnly, paused, lastChange, lastPercent, bucketing].map(bulk) + [
         .array(allow.map(bulk)), .array(deny.map(bulk)),
         .array(workspaces.sorted { $0.key < $1.key }.flatMap { [bulk($0.key), bulk($0.value)] }),
     ]
@@ -133,7 +132,7 @@ struct FeatureStateTests {
 
     @Test func wrongTypeIsInvalidState() {
         var values = replies()
-        values[1] = .error("WRONGTYPE Operation against a key holding the wrong kind of value")
+        values[7] = .error("WRONGTYPE Operation against a key holding the wrong kind of value")
         guard case .failure(let invalid) = FeatureState.read("f", from: values) else {
             Issue.record("expected invalid state")
             return

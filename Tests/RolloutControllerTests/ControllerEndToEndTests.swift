@@ -309,6 +309,7 @@ struct ControllerEndToEndTests {
             try await world.serve(feature, errorRatio: 0.001)
         }
         try await world.serve("fine", errorRatio: 0.001)
+        try await world.known(["fine"])
         /// Every key of the feature, each with its serialized value and TTL.
         func everyKey(_ feature: String) async throws -> [String: [RedisValue]] {
             let keys = try await world.client.send("KEYS", "flags:\(feature):*").array?.compactMap(\.string) ?? []
@@ -383,7 +384,7 @@ struct ControllerEndToEndTests {
         // Prometheus answers after 3 s: the person's change lands while the run waits for it.
         let slow = try SlowProxy(to: world.prometheus.port, delay: .seconds(3))
         try world.writePolicy([("during", "dwell: 0s")], queryTimeout: "10s", prometheusURL: slow.url)
-        _ = try await world.client.send("SET", "flags:during:rollout_percent", "10")
+        try await world.known(["during"], at: "10")
         async let run = world.run()
         try await Task.sleep(for: .milliseconds(1500))
         _ = try await world.client.send("SET", "flags:during:rollout_percent", "0")  // redis-cli, by a person

@@ -1,6 +1,7 @@
 import Foundation
 import RolloutAdmin
 import RolloutAudit
+import RolloutController
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
@@ -135,5 +136,30 @@ struct FaultEndToEndTests {
             #expect(changes == ["adopted at 0%", "0% -> 10%", "10% -> 50%", "50% -> 100%"], "\(feature): \(changes)")
             #expect(try await world.get("flags:\(feature):rollout_percent") == "100")
         }
+    }
+
+    /// The disk fills between the check and the write: the change stands, recorded in Redis; the
+    /// run says the log was not written and exits 1; the next sync writes the line.
+    @Test func aLogThatFailsAfterTheChangeIsExitOneAndCaughtUpLater() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("late", "dwell: 0s")])
+        try await world.known(["late"])
+        try await world.serve("late", errorRatio: 0.001)
+        // In process, past the executable's check: the log's path is a directory by the time
+        // the run writes it.
+        let unwritable = world.directory + "/became-a-directory"
+        try FileManager.default.createDirectory(atPath: unwritable, withIntermediateDirectories: true)
+        let yaml = try String(contentsOfFile: world.configPath, encoding: .utf8).replacingOccurrences(of: world.auditLogPath, with: unwritable)
+        let controller = Controller(policy: try ControllerPolicy(yaml: yaml))
+        let report = await controller.run()
+        #expect(report.features.first?.applied == true)
+        #expect(report.auditLogError?.contains(unwritable) == true)
+        #expect(report.exitCode == 1)
+        #expect(try await world.get("flags:late:rollout_percent") == "10")
+        #expect(try await world.streamRecords().map(\.change) == ["0% -> 10%"])
+        let sync = try await runCommand(world.binary, ["audit", "sync", "--audit-log", world.auditLogPath, "--redis-url", world.redis.urlString])
+        #expect(sync.status == 0, "\(sync.stderr)")
+        #expect(world.auditLines().count == 1)
+        #expect(world.auditLines().first?.contains("  late  0% -> 10%  ") == true)
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import RolloutAdmin
-import RolloutAudit
+@testable import RolloutAudit
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
@@ -193,5 +193,39 @@ struct FeatureStoreTests {
         let (features, stray) = try await fixture.store.listFeatures()
         #expect(features == ["google", "pay.v2"])
         #expect(stray == ["flags:Bad Name:enabled"])
+    }
+}
+
+/// The pure parts of the audit trail and the write deadline.
+@Suite("Audit trail values")
+struct AuditTrailValueTests {
+    @Test(arguments: [
+        ("2025-10-08T15:00:00Z  google  paused  reason=r  by=manual  id=1759935600250-3", "1759935600250-3"),
+        ("2025-10-08T15:00:00Z  google  paused  reason=x  id=1-1 in a reason  by=manual  id=2-0", "2-0"),
+        ("2025-10-08T15:00:00Z  google  paused  reason=r  by=manual", nil),
+        ("2025-10-08T15:00:00Z  google  paused  reason=r  by=manual  id=garbage", nil),
+    ] as [(String, String?)])
+    func theRecordIdIsTheLastIdField(line: String, id: String?) {
+        #expect(recordID(inLine: line)?.description == id)
+    }
+
+    @Test func streamIdsCompareAsNumbersNotText() throws {
+        let small = try #require(StreamID("999-0"))
+        let large = try #require(StreamID("1000-0"))
+        #expect(small < large)
+        #expect(try #require(StreamID("1000-2")) < (try #require(StreamID("1000-10"))))
+        #expect(StreamID("1000") == nil && StreamID("a-b") == nil)
+    }
+
+    @Test func serverTimeParsesTimeAndTheClientWaitsPastTheServerDeadline() throws {
+        let read = ContinuousClock.now
+        let time = try RedisServerTime(reply: .array([.bulkString(Array("1759935600".utf8)), .bulkString(Array("250999".utf8))]), readAt: read)
+        #expect(time.milliseconds == 1_759_935_600_250)
+        let deadline = time.writeDeadline(within: .seconds(3))
+        // The server may run the write until about 3 s after TIME answered; the client waits
+        // until at least as late by its own clock, so it never stops waiting while the write may still run.
+        #expect(deadline.serverMilliseconds >= time.milliseconds + 3000)
+        #expect(deadline.waitUntil - read >= .milliseconds(deadline.serverMilliseconds - time.milliseconds))
+        #expect(throws: RedisError.self) { try RedisServerTime(reply: .array([.bulkString(Array("x".utf8))])) }
     }
 }

@@ -25,12 +25,13 @@ end
 if ARGV[2] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
+-- The record is the first write: if Redis refuses it (ACL, out of memory), nothing is written.
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[6], 'feature', ARGV[7],
+  'change', ARGV[8], 'reason', ARGV[9], 'by', ARGV[10], 'run', ARGV[11])
 local current = ARGV[1]
 if current == '' then current = '0' end
 redis.call('SET', KEYS[2], current)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2]) end
 redis.call('SET', KEYS[4], ARGV[3])
 redis.call('DEL', KEYS[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[6], 'feature', ARGV[7],
-  'change', ARGV[8], 'reason', ARGV[9], 'by', ARGV[10], 'run', ARGV[11])
 return 1

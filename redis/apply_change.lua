@@ -40,13 +40,14 @@ local function record(at)
   redis.call('XADD', KEYS[14], 'MAXLEN', '~', ARGV[17], '*', 'time', ARGV[at], 'feature', ARGV[at + 1],
     'change', ARGV[at + 2], 'reason', ARGV[at + 3], 'by', ARGV[at + 4], 'run', ARGV[at + 5])
 end
-if ARGV[7] == 'promote' then
-  if (redis.call('GET', KEYS[8]) or '') ~= ARGV[8] then
-    return 0
-  end
-  if ARGV[8] ~= '' then
-    redis.call('DEL', KEYS[8])
-  end
+if ARGV[7] == 'promote' and (redis.call('GET', KEYS[8]) or '') ~= ARGV[8] then
+  return 0
+end
+-- The record is the first write: if Redis refuses it (ACL, out of memory), nothing is written.
+record(18)
+if ARGV[7] == 'promote' and ARGV[8] ~= '' then
+  redis.call('DEL', KEYS[8])
+  record(30)
 end
 local previous = ARGV[1]
 if previous == '' then previous = '0' end
@@ -56,9 +57,7 @@ redis.call('SET', KEYS[5], ARGV[5])
 redis.call('SET', KEYS[6], ARGV[4])
 redis.call('DEL', KEYS[12])
 if ARGV[9] ~= '' then redis.call('SET', KEYS[11], ARGV[9]) end
-record(18)
 if ARGV[7] ~= 'rollback' then
-  if ARGV[8] ~= '' then record(30) end
   -- The promotion run was healthy: the new percent's healthy time starts now.
   redis.call('SET', KEYS[13], ARGV[5])
   return 1

@@ -45,6 +45,13 @@ while i <= #ARGV do
   steps[#steps + 1] = {key, command, i + 3, count}
   i = i + 3 + count
 end
+-- The records are the first writes: if Redis refuses them (ACL, out of memory), nothing is written.
+local ids = {}
+for r = 0, records - 1 do
+  local at = 4 + r * 6
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'time', ARGV[at], 'feature', ARGV[at + 1],
+    'change', ARGV[at + 2], 'reason', ARGV[at + 3], 'by', ARGV[at + 4], 'run', ARGV[at + 5])
+end
 local results = {}
 for _, step in ipairs(steps) do
   local key, command, first, count = step[1], step[2], step[3], step[4]
@@ -57,11 +64,5 @@ for _, step in ipairs(steps) do
     first = last + 1
   until first > step[3] + count - 1
   results[#results + 1] = total
-end
-local ids = {}
-for r = 0, records - 1 do
-  local at = 4 + r * 6
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'time', ARGV[at], 'feature', ARGV[at + 1],
-    'change', ARGV[at + 2], 'reason', ARGV[at + 3], 'by', ARGV[at + 4], 'run', ARGV[at + 5])
 end
 return {1, results, ids}

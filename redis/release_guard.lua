@@ -14,7 +14,7 @@ if found ~= 'none' and found ~= 'stream' then return {-3, KEYS[2], found} end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('DEL', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'time', ARGV[4], 'feature', ARGV[5],
   'change', ARGV[6], 'reason', ARGV[7], 'by', ARGV[8], 'run', ARGV[9])
+redis.call('DEL', KEYS[1])
 return 1

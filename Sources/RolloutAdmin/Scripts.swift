@@ -55,6 +55,13 @@ public enum Scripts {
           steps[#steps + 1] = {key, command, i + 3, count}
           i = i + 3 + count
         end
+        -- The records are the first writes: if Redis refuses them (ACL, out of memory), nothing is written.
+        local ids = {}
+        for r = 0, records - 1 do
+          local at = 4 + r * 6
+          ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'time', ARGV[at], 'feature', ARGV[at + 1],
+            'change', ARGV[at + 2], 'reason', ARGV[at + 3], 'by', ARGV[at + 4], 'run', ARGV[at + 5])
+        end
         local results = {}
         for _, step in ipairs(steps) do
           local key, command, first, count = step[1], step[2], step[3], step[4]
@@ -67,12 +74,6 @@ public enum Scripts {
             first = last + 1
           until first > step[3] + count - 1
           results[#results + 1] = total
-        end
-        local ids = {}
-        for r = 0, records - 1 do
-          local at = 4 + r * 6
-          ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'time', ARGV[at], 'feature', ARGV[at + 1],
-            'change', ARGV[at + 2], 'reason', ARGV[at + 3], 'by', ARGV[at + 4], 'run', ARGV[at + 5])
         end
         return {1, results, ids}
 
@@ -129,13 +130,14 @@ public enum Scripts {
           redis.call('XADD', KEYS[14], 'MAXLEN', '~', ARGV[17], '*', 'time', ARGV[at], 'feature', ARGV[at + 1],
             'change', ARGV[at + 2], 'reason', ARGV[at + 3], 'by', ARGV[at + 4], 'run', ARGV[at + 5])
         end
-        if ARGV[7] == 'promote' then
-          if (redis.call('GET', KEYS[8]) or '') ~= ARGV[8] then
-            return 0
-          end
-          if ARGV[8] ~= '' then
-            redis.call('DEL', KEYS[8])
-          end
+        if ARGV[7] == 'promote' and (redis.call('GET', KEYS[8]) or '') ~= ARGV[8] then
+          return 0
+        end
+        -- The record is the first write: if Redis refuses it (ACL, out of memory), nothing is written.
+        record(18)
+        if ARGV[7] == 'promote' and ARGV[8] ~= '' then
+          redis.call('DEL', KEYS[8])
+          record(30)
         end
         local previous = ARGV[1]
         if previous == '' then previous = '0' end
@@ -145,9 +147,7 @@ public enum Scripts {
         redis.call('SET', KEYS[6], ARGV[4])
         redis.call('DEL', KEYS[12])
         if ARGV[9] ~= '' then redis.call('SET', KEYS[11], ARGV[9]) end
-        record(18)
         if ARGV[7] ~= 'rollback' then
-          if ARGV[8] ~= '' then record(30) end
           -- The promotion run was healthy: the new percent's healthy time starts now.
           redis.call('SET', KEYS[13], ARGV[5])
           return 1
@@ -208,14 +208,15 @@ public enum Scripts {
         if ARGV[2] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
           return 0
         end
+        -- The record is the first write: if Redis refuses it (ACL, out of memory), nothing is written.
+        redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[6], 'feature', ARGV[7],
+          'change', ARGV[8], 'reason', ARGV[9], 'by', ARGV[10], 'run', ARGV[11])
         local current = ARGV[1]
         if current == '' then current = '0' end
         redis.call('SET', KEYS[2], current)
         if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2]) end
         redis.call('SET', KEYS[4], ARGV[3])
         redis.call('DEL', KEYS[5])
-        redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[6], 'feature', ARGV[7],
-          'change', ARGV[8], 'reason', ARGV[9], 'by', ARGV[10], 'run', ARGV[11])
         return 1
 
         """
@@ -285,9 +286,9 @@ public enum Scripts {
         if redis.call('GET', KEYS[1]) ~= ARGV[1] then
           return 0
         end
-        redis.call('DEL', KEYS[1])
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'time', ARGV[4], 'feature', ARGV[5],
           'change', ARGV[6], 'reason', ARGV[7], 'by', ARGV[8], 'run', ARGV[9])
+        redis.call('DEL', KEYS[1])
         return 1
 
         """

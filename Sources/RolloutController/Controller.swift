@@ -316,8 +316,9 @@ public struct Controller: Sendable {
                     String(feature.maxRollbacksPerHour), flapReason, String(deadline.serverMilliseconds), String(AuditTrail.maxLength),
                 ] + records.flatMap(\.scriptArguments), waitingUntil: deadline.waitUntil)
         } catch where error.code == .serverError {
-            // The script itself failed (a key it could not handle): Redis ran nothing of it.
-            return report.held(.corruptState, "Redis refused the change: \(error); nothing was written")
+            // Redis refused the script (an ACL without XADD, out of memory): its first write is
+            // the audit record, so a refusal writes nothing.
+            return report.held(.redisError, "Redis refused the change: \(error); nothing was written")
         } catch {
             // A timeout or a broken connection after the script was sent: it may have run before
             // its deadline (then its audit record is in the stream, and the log catches up from

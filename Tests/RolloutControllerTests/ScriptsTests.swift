@@ -300,4 +300,19 @@ struct ScriptRefusalTests {
         #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "100") == .integer(0))
         #expect(try await scripts.recorded(redis).count == 4)
     }
+
+    @Test func aServerThatRefusesTheRecordWritesNothingOfTheChange() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        // An ACL from before the audit trail: everything on flags:*, no XADD.
+        _ = try await admin.send(RedisCommand("ACL", ["SETUSER", "old", "on", ">old", "~flags:*", "~rollout:audit", "+@all", "-xadd"]))
+        let old = RedisClient(url: server.url(username: "old", password: "old"))
+        defer { old.close() }
+        _ = try await admin.send("SET", keys.rolloutPercent, "10")
+        try await scripts.lock(admin)
+        let before = try await everything(admin)
+        await #expect(throws: RedisError.self) { try await scripts.apply(old, expected: ("10", "", ""), to: "50") }
+        #expect(try await everything(admin) == before)
+    }
 }

@@ -119,7 +119,7 @@ public struct Controller: Sendable {
 
         // 7. One controller per feature at a time. A dry run writes nothing, not even a lock.
         if !policy.dryRun {
-            let lockTTL = max(Duration.seconds(60), policy.queryTimeout * 3 * 2 + .seconds(30))
+            let lockTTL = EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL
             do {
                 let reply = try await redis.send(
                     RedisCommand("SET", lockKey, owner, "NX", "PX", String(lockTTL.wholeMilliseconds)))
@@ -400,8 +400,10 @@ public struct Controller: Sendable {
         return nil
     }
 
-    /// Every query of `feature` at once (the client's bulkhead bounds them); the failures sorted by name.
+    /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
+    /// phase's deadline, well inside the lock's TTL; the failures sorted by name.
     private func query(_ feature: FeaturePolicy) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
+        let deadline = EvaluationBudget(prometheus: prometheus, redis: redis).prometheusDeadline()
         var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
         var failures: [String] = []
         await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<Double?, PrometheusError>).self) { group in
@@ -409,7 +411,7 @@ public struct Controller: Sendable {
                 group.addTask {
                     let result: Result<Double?, PrometheusError>
                     do throws(PrometheusError) {
-                        result = .success(try await prometheus.value(of: query.query))
+                        result = .success(try await prometheus.value(of: query.query, deadline: deadline))
                     } catch {
                         result = .failure(error)
                     }

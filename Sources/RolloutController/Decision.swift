@@ -50,6 +50,9 @@ public struct Verdict: Sendable, Hashable {
     public enum HoldReason: String, Sendable, Hashable, CaseIterable {
         case paused, disabled, dwell, cooldown
         case noData = "no_data"
+        /// A value no query of a policy can give: negative (a ratio, count, latency or burn
+        /// rate never is). A broken query or exporter, not evidence: no promotion, no rollback.
+        case invalidData = "invalid_data"
         case insufficientSample = "insufficient_sample"
         case promUnreachable = "prom_unreachable"
         case concurrentChange = "concurrent_change"
@@ -80,7 +83,7 @@ public struct Verdict: Sendable, Hashable {
         public var name: String
         /// Its value; nil for no data.
         public var value: Double?
-        /// ok, violated, pending or no_data.
+        /// ok, violated, pending, no_data or invalid_data.
         public var status: Status
         /// What a violation does.
         public var onViolation: FeaturePolicy.Check.Action
@@ -97,6 +100,8 @@ public struct Verdict: Sendable, Hashable {
             /// Violated, but for fewer consecutive runs than `consecutive`: holds promotions only.
             case pending
             case noData = "no_data"
+            /// A negative value: not judged against the bound, and never healthy.
+            case invalidData = "invalid_data"
         }
     }
 
@@ -146,11 +151,17 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     var verdict = Verdict(action: .hold, holdReason: nil, explanation: "", checks: [], alerts: [], manualChangeDetected: manual)
     verdict.firstSight = observation.controllerPercent == nil
 
-    // Every check's outcome, with its streak of consecutive violating runs.
-    func judge(_ name: String, _ value: Double?, violated: (Double) -> Bool, action: FeaturePolicy.Check.Action, consecutive: Int, limit: String) {
+    // Every check's outcome, with its streak of consecutive violating runs (kept, like no data,
+    // through a run whose data is invalid).
+    func judge(
+        _ name: String, _ value: Double?, invalid: Bool, violated: (Double) -> Bool, action: FeaturePolicy.Check.Action, consecutive: Int,
+        limit: String
+    ) {
         let previous = observation.streaks[name] ?? 0
         var outcome = Verdict.CheckOutcome(name: name, value: value, status: .noData, onViolation: action, streak: previous, consecutive: consecutive, limit: limit)
-        if let value {
+        if invalid {
+            outcome.status = .invalidData
+        } else if let value {
             if violated(value) {
                 outcome.streak = previous + 1
                 outcome.status = outcome.streak >= consecutive ? .violated : .pending
@@ -163,23 +174,32 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     }
     for check in policy.checks {
         let limit = [check.max.map { "max \(format($0))" }, check.min.map { "min \(format($0))" }].compactMap { $0 }.joined(separator: ", ")
-        judge(check.name, observation.checkValues[check.name] ?? nil, violated: check.isViolated, action: check.onViolation, consecutive: check.consecutive, limit: limit)
+        let value = observation.checkValues[check.name] ?? nil
+        judge(
+            check.name, value, invalid: value.map(isInvalid) ?? false, violated: check.isViolated, action: check.onViolation,
+            consecutive: check.consecutive, limit: limit)
     }
     var burnNames = Set<String>()
     for check in policy.burnRateChecks {
         let ratios = observation.windowValues[check.name] ?? [:]
         for pair in check.windows {
             burnNames.insert(check.outcomeName(of: pair))
+            // A negative window is invalid even when the other window has no data; shown as
+            // the burn rate it gives.
+            let negative = [pair.long, pair.short].compactMap { ratios[$0] ?? nil }.filter(isInvalid).min()
             judge(
-                check.outcomeName(of: pair), check.burnRate(of: pair, errorRatios: ratios), violated: { $0 > pair.factor },
-                action: pair.onViolation, consecutive: check.consecutive, limit: "burn \(format(pair.factor))x")
+                check.outcomeName(of: pair), negative.map(check.burnRate(errorRatio:)) ?? check.burnRate(of: pair, errorRatios: ratios),
+                invalid: negative != nil, violated: { $0 > pair.factor }, action: pair.onViolation, consecutive: check.consecutive,
+                limit: "burn \(format(pair.factor))x")
         }
     }
     // Alert checks report only; a burning error budget is always worth an alert too.
     verdict.alerts = verdict.checks.filter { $0.status == .violated && ($0.onViolation == .alert || burnNames.contains($0.name)) }.map(\.name)
     // Names are unique (the policy refuses duplicates); never trap on one all the same.
     verdict.streaks = Dictionary(verdict.checks.map { ($0.name, $0.streak) }) { first, _ in first }
-    verdict.healthy = !verdict.checks.isEmpty && verdict.checks.allSatisfy { $0.status == .ok }
+    var invalidRequests: Double?
+    if case .some(.some(let requests)) = observation.requests, isInvalid(requests) { invalidRequests = requests }
+    verdict.healthy = !verdict.checks.isEmpty && verdict.checks.allSatisfy { $0.status == .ok } && invalidRequests == nil
     verdict.freezeWindow = policy.freezeWindow(at: now)
 
     // Bookkeeping, whatever the action: the guard's early release and the last known good.
@@ -222,6 +242,16 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
             return verdict
         }
         return hold(.atRollbackTarget, "\(names) violated, but \(current)% is already at or below the rollback target")
+    }
+
+    // 4. Invalid data is no evidence: never healthy, no promotion (and, above, no rollback).
+    var invalid = verdict.checks.filter { $0.status == .invalidData }.map { "\($0.name)=\(format($0.value))" }
+    if let invalidRequests { invalid.append("min_requests=\(format(invalidRequests))") }
+    if !invalid.isEmpty {
+        return hold(
+            .invalidData,
+            "invalid data, negative where no ratio, count, latency or burn rate can be: \(invalid.joined(separator: ", ")). "
+                + "Check the query and its exporter; no promotion, and no rollback on it")
     }
 
     // 4. No data is never healthy.
@@ -284,6 +314,11 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
     verdict.explanation = "healthy: \(current)% -> \(next)%"
     return verdict
 }
+
+/// Whether a query's value is impossible for what every check measures (a ratio, a count, a
+/// latency, a burn rate): below zero. -0.0 is zero (IEEE 754 compares it equal to 0; PromQL
+/// gives it for `-1 * 0`, as for a rate of nothing negated), so it is valid.
+func isInvalid(_ value: Double) -> Bool { value < 0 }
 
 /// A check value as printed: integers without a fraction, others to four significant digits.
 public func format(_ value: Double?) -> String {

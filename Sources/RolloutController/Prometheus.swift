@@ -3,20 +3,23 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import RolloutGate
 
 /// Instant queries against Prometheus's HTTP API (`POST /api/v1/query`), with a timeout per
-/// attempt and retries with exponential backoff for transient failures. A failed query is an
-/// error, never a number: the original controller turned failures into 0.0 and could promote
-/// during an outage.
+/// attempt (the whole answer, headers to last byte) and retries with exponential backoff for
+/// transient failures, all within a total deadline. A failed query is an error, never a
+/// number: the original controller turned failures into 0.0 and could promote during an outage.
 public struct PrometheusClient: Sendable {
     /// Prometheus's base URL.
     public let base: HTTPEndpoint
-    /// The timeout of one attempt.
+    /// The timeout of one attempt: from sending the query to the answer's last byte.
     public let timeout: Duration
     /// How transient failures are retried.
     public let retry: RetryPolicy
     /// The endpoint's circuit breaker, bulkhead and call statistics.
     public let guards: EndpointGuard
+    /// What an attempt's timeout is measured on (injected so a test can move time itself).
+    public let clock: any Clock<Duration>
     private var http: HTTPClient { .shared }
 
     /// A client over AsyncHTTPClient's shared client (no lifecycle to manage). By default 3
@@ -25,34 +28,54 @@ public struct PrometheusClient: Sendable {
     public init(
         base: HTTPEndpoint, timeout: Duration,
         retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true),
-        guards: EndpointGuard = EndpointGuard(name: "prometheus")
+        guards: EndpointGuard = EndpointGuard(name: "prometheus"), clock: any Clock<Duration> = ContinuousClock()
     ) {
         self.base = base
         self.timeout = timeout
         self.retry = retry
         self.guards = guards
+        self.clock = clock
+    }
+
+    /// The longest one query can take: every attempt's timeout and the longest wait between
+    /// attempts (jitter only shortens them). A query never outlasts it.
+    public var longestQuery: Duration {
+        (1..<retry.maxAttempts).reduce(timeout * retry.maxAttempts) { total, attempt in
+            total + retry.delay(afterAttempt: attempt, random: { 1 })
+        }
     }
 
     /// The value of an instant query: nil when Prometheus has no data (an empty result, NaN,
     /// +Inf or -Inf); an error when the query could not be answered. While the endpoint's
-    /// breaker is open the query is not sent and fails at once.
-    public func value(of query: String) async throws(PrometheusError) -> Double? {
+    /// breaker is open the query is not sent and fails at once. Every attempt and wait ends by
+    /// `deadline` (by default ``longestQuery`` from now): no retry starts that would cross it.
+    public func value(of query: String, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> Double? {
         var answer: Double?
+        let deadline = deadline ?? ContinuousClock.now.advanced(by: longestQuery)
         let (failure, _) = await guards.call(
-            retry: retry,
+            retry: retry, deadline: deadline,
             stopped: { stop in
-                // Without a deadline, the only way to stop short is an open breaker.
-                var last = ""
-                if case .circuitOpen(let failure?) = stop { last = " Last failure: \(failure)" }
-                return PrometheusError(
-                    .unreachable, "Prometheus at \(base) failed repeatedly; its circuit breaker is open, so the query was not sent.\(last)")
+                switch stop {
+                case .circuitOpen(let last):
+                    return PrometheusError(
+                        .unreachable,
+                        "Prometheus at \(base) failed repeatedly; its circuit breaker is open, so the query was not sent."
+                            + (last.map { " Last failure: \($0)" } ?? ""))
+                case .deadlinePassed:
+                    return PrometheusError(
+                        .timeout,
+                        "The run's time for Prometheus at \(base) ran out before the query was sent (query: \(query.prefix(120))). "
+                            + "Prometheus is slow or too many queries wait; check it, or raise query_timeout.")
+                case .retryWouldCrossDeadline(let error):
+                    return PrometheusError(error.code, error.message + " Not retried: the run's time for Prometheus ends first.", httpStatus: error.httpStatus)
+                }
             }
-        ) { _, _ -> AttemptOutcome<PrometheusError> in
+        ) { _, remaining -> AttemptOutcome<PrometheusError> in
             // Assigned, then returned after the block: no return from inside a typed-throws
             // `do` in an async closure (the pattern the reverted 571fc26 crashed with in release).
             var outcome = AttemptOutcome<PrometheusError>.succeeded
             do throws(PrometheusError) {
-                answer = try await once(query)
+                answer = try await once(query, within: min(timeout, remaining ?? timeout))
             } catch {
                 outcome = .failed(error, retryable: error.isTransient, endpointFault: error.isEndpointFailure)
             }
@@ -62,24 +85,32 @@ public struct PrometheusClient: Sendable {
         return answer
     }
 
-    private func once(_ query: String) async throws(PrometheusError) -> Double? {
+    /// One attempt, its whole answer (head and body) within `limit`: AsyncHTTPClient's own
+    /// deadline ends when the head arrives, so the body is raced against the clock too, and the
+    /// loser is cancelled (which closes the connection of a stalled or trickling answer).
+    private func once(_ query: String, within limit: Duration) async throws(PrometheusError) -> Double? {
         var request = HTTPClientRequest(url: base.url + "/api/v1/query")
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
         request.headers.add(name: "Accept", value: "application/json")
         request.body = .bytes(ByteBuffer(string: "query=" + formEncoded(query)))
-        let body: ByteBuffer
-        let status: HTTPResponseStatus
-        do {
-            let response = try await http.execute(request, timeout: .nanoseconds(Int64(timeout.nanoseconds)))
-            status = response.status
-            body = try await response.body.collect(upTo: 8 * 1024 * 1024)
-        } catch where isTimeout(error) {
-            throw PrometheusError(.timeout, "Prometheus at \(base) did not answer within \(timeout) (query: \(query.prefix(120))).")
-        } catch {
-            throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error). Is it running, and is prometheus: right?")
+        let http = self.http
+        let answer = await withTimeLimit(limit, clock: clock) { [request] () async throws -> (HTTPResponseStatus, ByteBuffer) in
+            let response = try await http.execute(request, timeout: .nanoseconds(limit.nanoseconds))
+            return (response.status, try await response.body.collect(upTo: 8 * 1024 * 1024))
         }
-        return try parse(body: Data(body.readableBytesView), status: status, query: query)
+        switch answer {
+        case .success(let (status, body))?:
+            return try parse(body: Data(body.readableBytesView), status: status, query: query)
+        case .failure(let error)? where !isTimeout(error):
+            throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error). Is it running, and is prometheus: right?")
+        case .failure?, nil:
+            let bound = limit == timeout ? "query_timeout \(formatDuration(timeout))" : "\(limit.wholeMilliseconds) ms, what was left of the run's time"
+            throw PrometheusError(
+                .timeout,
+                "Prometheus at \(base) did not answer within \(bound), headers to last byte (query: \(query.prefix(120))). "
+                    + "Is it overloaded, or is a proxy in between stalling?")
+        }
     }
 
     func parse(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> Double? {
@@ -197,6 +228,30 @@ func formEncoded(_ text: String) -> String {
         }
     }
     return result
+}
+
+/// What `operation` gave, or nil when `clock` moved `limit` on first; the loser is cancelled,
+/// and both have ended when it returns.
+func withTimeLimit<Value: Sendable>(
+    _ limit: Duration, clock: any Clock<Duration>, _ operation: @escaping @Sendable () async throws -> Value
+) async -> Result<Value, any Error>? {
+    await withTaskGroup(of: Result<Value, any Error>?.self) { group in
+        group.addTask {
+            do {
+                return .success(try await operation())
+            } catch {
+                return .failure(error)
+            }
+        }
+        group.addTask {
+            // Cancelled only once the operation has finished (or the caller was cancelled).
+            try? await clock.sleep(for: limit)
+            return nil
+        }
+        let first = await group.next() ?? nil
+        group.cancelAll()
+        return first
+    }
 }
 
 /// Whether an AsyncHTTPClient failure is a timeout (rather than a refused or broken connection).

@@ -7,7 +7,7 @@ extension Tag {
     @Tag public static var webhook: Self
 }
 
-/// A webhook endpoint the test controls: a real HTTP/1.1 server on a free loopback port, on
+/// A webhook endpoint (or a hostile Prometheus) the test controls: a real HTTP/1.1 server on a free loopback port, on
 /// threads of its own (never Swift's cooperative pool). It records every request and answers
 /// each by the next scripted ``Behaviour``, then by `otherwise`. Keep-alive connections are
 /// served request after request; `Connection: close` is honoured. Stopped by ``stop()`` or
@@ -21,6 +21,12 @@ public final class WebhookReceiver: Sendable {
         case hang
         /// Close the connection without answering.
         case close
+        /// Send a 200 head promising a body, then nothing: hold the connection until the client
+        /// gives up or the receiver stops.
+        case stallAfterHead
+        /// Send a 200 head promising a large body, then one byte of it every `interval`, never
+        /// finishing, until the client gives up or the receiver stops.
+        case trickle(every: Duration)
     }
 
     /// One request as received.
@@ -65,6 +71,11 @@ public final class WebhookReceiver: Sendable {
     /// The requests received so far, in order of arrival.
     public var requests: [Request] { server.state.withLock { $0.requests } }
 
+    /// How many connections the client closed while this receiver was holding an answer back
+    /// (``Behaviour/hang``, ``Behaviour/stallAfterHead``, ``Behaviour/trickle(every:)``); a
+    /// connection ended by ``stop()`` does not count.
+    public var closedByClient: Int { server.state.withLock { $0.closedByClient } }
+
     /// Stops accepting, ends every connection (hanging ones included) and waits for their
     /// threads to finish.
     public func stop() { server.stop() }
@@ -75,6 +86,7 @@ private final class Server: Sendable {
         var requests: [WebhookReceiver.Request] = []
         var script: [WebhookReceiver.Behaviour]
         var connections: Set<Int32> = []
+        var closedByClient = 0
         var listening = true
         var stopped = false
     }
@@ -151,9 +163,15 @@ private final class Server: Sendable {
             case .close:
                 return
             case .hang:
-                // Wait until the client closes (recv returns 0) or stop() shuts the socket down.
-                var scratch = [UInt8](repeating: 0, count: 1024)
-                while recv(fd, &scratch, scratch.count, 0) > 0 {}
+                holdUntilClosed(fd)
+                return
+            case .stallAfterHead:
+                guard sendAll(fd, Array(Self.longHead.utf8)) else { return }
+                holdUntilClosed(fd)
+                return
+            case .trickle(let interval):
+                guard sendAll(fd, Array(Self.longHead.utf8)) else { return }
+                holdUntilClosed(fd, tricklingEvery: interval)
                 return
             case .status(let code):
                 let closing = request.header("connection")?.lowercased() == "close"
@@ -164,6 +182,30 @@ private final class Server: Sendable {
                 let bytes = Array((head + body).utf8)
                 guard sendAll(fd, bytes), !closing else { return }
             }
+        }
+    }
+
+    /// A 200 head whose body never comes in full.
+    static let longHead = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+
+    /// Waits until the client closes (or stop() shuts the socket down), sending one byte (a
+    /// JSON space) every `interval` meanwhile if given; a close by the client is counted.
+    private func holdUntilClosed(_ fd: Int32, tricklingEvery interval: Duration? = nil) {
+        let timeout = interval.map { Int32(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
+        var scratch = [UInt8](repeating: 0, count: 1024)
+        while true {
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&poller, 1, timeout)
+            if ready < 0 && errno == EINTR { continue }
+            if ready > 0 {
+                // Readable: the client closed (0) or reset (-1); extra bytes are ignored.
+                if recv(fd, &scratch, scratch.count, 0) > 0 { continue }
+                break
+            }
+            if ready < 0 || !sendAll(fd, [UInt8(ascii: " ")]) { break }
+        }
+        state.withLock { state in
+            if !state.stopped { state.closedByClient += 1 }
         }
     }
 

@@ -207,6 +207,27 @@ struct ControllerEndToEndTests {
         #expect(world.auditLines().count == 1)
     }
 
+    @Test func aNegativeErrorRateFromPrometheusHoldsWithInvalidDataAndWritesNothing() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("negative", "dwell: 0s")])
+        _ = try await world.client.pipeline([
+            RedisCommand("SET", "flags:negative:rollout_percent", "50"), RedisCommand("SET", "flags:negative:controller_percent", "50"),
+        ])
+        try await world.serve("negative", errorRatio: -0.5)
+        let run = try await world.run()
+        #expect(run.status == 0, "\(run.output.stderr)")
+        let feature = try #require(run.features["negative"], "\(run.output.stdout)")
+        #expect(feature["decision"] as? String == "hold")
+        #expect(feature["reason"] as? String == "invalid_data")
+        #expect((feature["explanation"] as? String)?.contains("error_rate=-0.5") == true, "\(feature)")
+        let checks = feature["checks"] as? [[String: Any]] ?? []
+        #expect(checks.first { $0["name"] as? String == "error_rate" }?["status"] as? String == "invalid_data", "\(checks)")
+        #expect(try await world.get("flags:negative:rollout_percent") == "50")
+        #expect(try await world.get("flags:negative:last_change_time") == nil)
+        #expect(try await world.get("flags:negative:healthy_since") == nil)
+        #expect(world.auditLines().isEmpty)
+    }
+
     @Test func prometheusDownOrSlowChangesNothingAndExitsOne() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("steady", "dwell: 0s")], queryTimeout: "1s")

@@ -139,6 +139,57 @@ struct DecisionTests {
         #expect(later.action == .promote(to: percent("50")))
     }
 
+    /// A negative ratio, latency or count is a broken query or exporter: it holds with
+    /// invalid_data, is never healthy, and a rollback check does not roll back on it.
+    @Test(arguments: [-0.5, -1e-9, -Double.leastNonzeroMagnitude])
+    func aNegativeValueIsInvalidDataNotHealth(value: Double) throws {
+        let low = decide(policy: try policy(), observation: observation(percent: "50", errorRate: value), now: t0)
+        #expect(low.action == .hold && low.holdReason == .invalidData)
+        #expect(low.checks.map(\.status) == [.invalidData, .ok])
+        #expect(!low.healthy)
+        #expect(low.explanation.contains("error_rate=\(format(value))"))
+        // Below a `min:` bound it would be a violation: it is invalid all the same, not a rollback.
+        var floor = try policy()
+        floor.checks[1].max = nil
+        floor.checks[1].min = 0.01
+        let below = decide(policy: floor, observation: observation(percent: "50", latency: value), now: t0)
+        #expect(below.holdReason == .invalidData)
+        #expect(below.checks[1].status == .invalidData)
+    }
+
+    @Test func negativeZeroIsZeroAndValid() throws {
+        // IEEE 754: -0.0 == 0. A rate of nothing, negated, is no error, not a broken query.
+        let verdict = decide(policy: try policy(), observation: observation(errorRate: -0.0), now: t0)
+        #expect(verdict.action == .promote(to: percent("50")))
+        #expect(verdict.healthy)
+        #expect(format(-0.0) == "0")
+    }
+
+    @Test func aNegativeValueDoesNotHideAnotherChecksViolation() throws {
+        let verdict = decide(policy: try policy(), observation: observation(percent: "50", errorRate: -0.5, latency: 2), now: t0)
+        #expect(verdict.action == .rollback(to: percent("10")))
+        #expect(verdict.checks.map(\.status) == [.invalidData, .violated])
+    }
+
+    @Test func aNegativeValueKeepsTheStreak() throws {
+        var seen = observation(percent: "50", errorRate: -0.5)
+        seen.streaks = ["error_rate": 2]
+        #expect(decide(policy: try policy(), observation: seen, now: t0).streaks["error_rate"] == 2)
+    }
+
+    @Test(arguments: [-1.0, -1e-9])
+    func aNegativeRequestCountIsInvalidData(requests: Double) throws {
+        let verdict = decide(policy: try policy(), observation: observation(requests: .some(requests)), now: t0)
+        #expect(verdict.action == .hold && verdict.holdReason == .invalidData)
+        #expect(verdict.explanation.contains("min_requests=\(format(requests))"))
+        #expect(!verdict.healthy)
+        // It blocks no rollback: traffic is not what a rollback needs.
+        let burning = decide(policy: try policy(), observation: observation(percent: "50", errorRate: 0.2, requests: .some(requests)), now: t0)
+        #expect(burning.action == .rollback(to: percent("10")))
+        // Zero requests are a count, too small: insufficient_sample as before.
+        #expect(decide(policy: try policy(), observation: observation(requests: .some(-0.0)), now: t0).holdReason == .insufficientSample)
+    }
+
     @Test func manualChangeNeverBlocksARollback() throws {
         let verdict = decide(policy: try policy(), observation: observation(percent: "100", controller: "50", errorRate: 0.2), now: t0)
         #expect(verdict.action == .rollback(to: percent("10")))

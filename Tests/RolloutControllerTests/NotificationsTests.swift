@@ -142,6 +142,7 @@ struct NotificationPayloadTests {
         #expect(NotificationCondition(holdReason: .dwell) == .ok)
         #expect(NotificationCondition(holdReason: .atLastStep) == .ok)
         #expect(NotificationCondition(holdReason: .noData) == .held(reason: "no_data"))
+        #expect(NotificationCondition(holdReason: .invalidData) == .held(reason: "invalid_data"))
         #expect(NotificationCondition(holdReason: .checkViolated) == .held(reason: "check_violated"))
         #expect(NotificationCondition(holdReason: .promUnreachable) == .prometheusUnreachable)
         #expect(NotificationCondition(holdReason: .redisError) == .redisUnreachable)

@@ -127,3 +127,29 @@ struct LostReplyTests {
         #expect(world.auditLines().contains { $0.contains("lost  paused  reason=flap protection") })
     }
 }
+
+/// A Prometheus that sends its headers and then stalls, or trickles its body a byte at a time:
+/// query_timeout bounds the whole answer, the feature holds, and the run releases its lock.
+@Suite("A stalled Prometheus answer", .tags(.e2e, .prometheus, .redis, .webhook), .requiresPrometheus)
+struct StalledPrometheusTests {
+    @Test(arguments: [WebhookReceiver.Behaviour.stallAfterHead, .trickle(every: .milliseconds(200))])
+    func aStalledAnswerTimesOutHoldsAndTheLockIsReleased(behaviour: WebhookReceiver.Behaviour) async throws {
+        let world = try await ControllerWorld.make()
+        let stand = try WebhookReceiver(otherwise: behaviour)
+        defer { stand.stop() }
+        try world.writePolicy([("stalled", "dwell: 0s")], queryTimeout: "1s", prometheusURL: stand.url(""))
+        let run = try await world.run()
+        #expect(run.status == 1, "\(run.output.stderr)")
+        let feature = try #require(run.features["stalled"], "\(run.output.stdout)")
+        #expect(feature["reason"] as? String == "prom_unreachable")
+        let errors = feature["query_errors"] as? [String] ?? []
+        #expect(errors.count == 3, "\(errors)")  // error_rate, latency_p95, min_requests
+        #expect(errors.allSatisfy { $0.contains("did not answer within query_timeout 1s, headers to last byte") }, "\(errors)")
+        #expect(try await world.get("flags:stalled:lock") == nil)
+        #expect(try await world.get("flags:stalled:rollout_percent") == nil)
+        #expect(world.auditLines().isEmpty)
+        // Every answer it held back was given up by the client, which closed the connection.
+        #expect(stand.requests.count >= 3)
+        #expect(await eventually { stand.closedByClient == stand.requests.count }, "\(stand.closedByClient) of \(stand.requests.count)")
+    }
+}

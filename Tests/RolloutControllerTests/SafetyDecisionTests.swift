@@ -78,6 +78,22 @@ struct SafetyDecisionTests {
         #expect(verdict.checks[2].status == .noData)
     }
 
+    @Test func aNegativeWindowRatioIsInvalidDataForItsPairs() throws {
+        // The 5m window is negative: the fast pair is invalid, the slow pair (6h/30m) is fine.
+        let verdict = decide(policy: try policy(), observation: observation(at: "50", ratios: (-0.5, 0.001, 0.2, 0.001)), now: now)
+        #expect(verdict.action == .hold && verdict.holdReason == .invalidData)
+        #expect(verdict.checks.map(\.status) == [.ok, .invalidData, .ok])
+        #expect(verdict.checks[1].value.map { $0 < 0 } == true)
+        #expect(verdict.alerts.isEmpty && !verdict.healthy)
+        // Invalid even when the other window of the pair has no data; -1e-9 too.
+        let tiny = decide(policy: try policy(), observation: observation(ratios: (0.001, -1e-9, 0.001, nil)), now: now)
+        #expect(tiny.holdReason == .invalidData)
+        #expect(tiny.checks[2].status == .invalidData)
+        // A negative long window of a burning pair does not roll back.
+        let long = decide(policy: try policy(), observation: observation(at: "50", ratios: (0.2, 0.001, -0.2, 0.001)), now: now)
+        #expect(long.holdReason == .invalidData)
+    }
+
     @Test func consecutiveViolationsActOnlyAtTheNthRun() throws {
         let feature = try policy(consecutive: 3)
         var seen = observation(at: "50", latency: 0.9)

@@ -8,8 +8,8 @@ struct EvaluationBudget: Sendable, Hashable {
     /// The Prometheus phase: every query at once, each with all its attempts and the longest
     /// waits between them (``PrometheusClient/longestQuery``).
     var prometheus: Duration
-    /// The Redis round trips of one evaluation, each within the client's connect and command
-    /// timeouts.
+    /// The Redis round trips of one evaluation, each within the client's connect timeout and its
+    /// command timeout or a write's deadline.
     var redis: Duration
     /// Slack for a busy machine: half of the rest, at least 10 s.
     var margin: Duration
@@ -22,7 +22,8 @@ struct EvaluationBudget: Sendable, Hashable {
 
     init(prometheus: PrometheusClient, redis: RedisClient) {
         self.prometheus = prometheus.longestQuery
-        self.redis = (redis.connectTimeout + redis.commandTimeout) * Self.redisRoundTrips
+        // A write waits for its reply as long as its deadline allows (RedisServerTime.writeBudget).
+        self.redis = (redis.connectTimeout + max(redis.commandTimeout, RedisServerTime.writeBudget)) * Self.redisRoundTrips
         margin = max(.seconds(10), (self.prometheus + self.redis) / 2)
     }
 

@@ -21,6 +21,10 @@ public struct RedisServerTime: Sendable {
         self.readAt = readAt
     }
 
+    /// How long a write may take by default, from the call to its reply: longer than a
+    /// command's timeout, so that a busy machine does not turn every write into a refusal.
+    public static let writeBudget: Duration = .seconds(3)
+
     /// When a write that depends on the state read with this time must have run: by the
     /// server's clock for the script to check, and by ours for the client to stop waiting.
     public struct WriteDeadline: Sendable {
@@ -34,7 +38,7 @@ public struct RedisServerTime: Sendable {
     /// moved at least as far as ours since `TIME` answered, so by the time the client stops
     /// waiting the server's clock is past ``WriteDeadline/serverMilliseconds``, and a script
     /// still queued (a frozen server that wakes up later) refuses to write.
-    public func writeDeadline(within budget: Duration = .seconds(3)) -> WriteDeadline {
+    public func writeDeadline(within budget: Duration = Self.writeBudget) -> WriteDeadline {
         let now = ContinuousClock.now
         let window = (now - readAt) + budget
         let server = milliseconds + window.components.seconds * 1000 + window.components.attoseconds / 1_000_000_000_000_000

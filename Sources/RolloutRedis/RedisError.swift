@@ -11,6 +11,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
             case serverError = "server_error"
             case connectionClosed = "connection_closed"
             case protocolError = "protocol_error"
+            case replyTooLarge = "reply_too_large"
             case tls
             case io
             case clientClosed = "client_closed"
@@ -34,6 +35,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let connectionClosed = Code(.connectionClosed)
         /// The bytes from the server were not valid RESP.
         public static let protocolError = Code(.protocolError)
+        /// The server announced or sent a reply larger than the client accepts.
+        public static let replyTooLarge = Code(.replyTooLarge)
         /// The TLS handshake or certificate check failed.
         public static let tls = Code(.tls)
         /// A socket call failed.

@@ -324,3 +324,85 @@ public func withoutRecordID(_ line: String) -> String {
     guard let marker = line.range(of: "  id=", options: .backwards) else { return line }
     return String(line[..<marker.lowerBound])
 }
+
+/// A hostile "Redis" on loopback: it answers the first bytes of every connection with `header`
+/// (`$1073741824\r\n`, `*100000000\r\n`), then sends filler until the client hangs up, counting
+/// what it managed to send. It gives up on its own after `giveUpAfterBytes`.
+public final class HostileServer: Sendable {
+    /// How the filler after the header comes.
+    public enum Tail: Sendable {
+        /// As fast as the socket takes it, 64 KiB at a time.
+        case flood
+        /// One byte at a time, a millisecond apart.
+        case trickle
+    }
+
+    public let port: Int
+    private let fd: Int32
+    private let header: [UInt8]
+    private let tail: Tail
+    private let giveUpAfterBytes: Int
+    private let sent = Atomic<Int>(0)
+    private let hungUp = Atomic<Int>(0)
+
+    public init(header: String, tail: Tail, giveUpAfterBytes: Int = 512 * 1024 * 1024) throws {
+        (fd, port) = try listenOnLoopback(backlog: 16)
+        self.header = Array(header.utf8)
+        self.tail = tail
+        self.giveUpAfterBytes = giveUpAfterBytes
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    deinit {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    public var url: RedisURL { RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port)) }
+    public var urlString: String { "redis://127.0.0.1:\(port)" }
+
+    /// Bytes sent on every connection so far, header included.
+    public var bytesSent: Int { sent.load(ordering: .acquiring) }
+    /// Connections whose client hung up (a send failed), as opposed to the server giving up.
+    public var hangUps: Int { hungUp.load(ordering: .acquiring) }
+
+    /// Waits until a client has hung up, polling; false if none did within `attempts` × 10 ms.
+    public func waitForHangUp(attempts: Int = 6000) async -> Bool {
+        for _ in 0..<attempts {
+            if hangUps > 0 { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return hangUps > 0
+    }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 { return }
+            Thread { [self] in answer(client) }.start()
+        }
+    }
+
+    private func answer(_ client: Int32) {
+        defer { close(client) }
+        var request = [UInt8](repeating: 0, count: 4096)
+        guard recv(client, &request, request.count, 0) > 0, push(header, to: client) else { return }
+        let filler = [UInt8](repeating: UInt8(ascii: "x"), count: tail == .flood ? 65536 : 1)
+        var total = header.count
+        while total < giveUpAfterBytes {
+            guard push(filler, to: client) else {
+                hungUp.add(1, ordering: .releasing)
+                return
+            }
+            total += filler.count
+            if tail == .trickle { usleep(1000) }
+        }
+    }
+
+    private func push(_ bytes: [UInt8], to client: Int32) -> Bool {
+        let count = bytes.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard count > 0 else { return false }
+        sent.add(count, ordering: .releasing)
+        return true
+    }
+}

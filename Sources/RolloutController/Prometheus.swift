@@ -105,10 +105,11 @@ public struct PrometheusClient: Sendable {
         case .failure(let error)? where !isTimeout(error):
             throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error). Is it running, and is prometheus: right?")
         case .failure?, nil:
-            let bound = limit == timeout ? "query_timeout \(formatDuration(timeout))" : "\(limit.wholeMilliseconds) ms, what was left of the run's time"
+            let cut = limit < timeout ? " (cut to the \(limit.wholeMilliseconds) ms left of the run's time for Prometheus)" : ""
             throw PrometheusError(
                 .timeout,
-                "Prometheus at \(base) did not answer within \(bound), headers to last byte (query: \(query.prefix(120))). "
+                "Prometheus at \(base) did not answer within query_timeout \(formatDuration(timeout))\(cut), headers to last byte "
+                    + "(query: \(query.prefix(120))). "
                     + "Is it overloaded, or is a proxy in between stalling?")
         }
     }

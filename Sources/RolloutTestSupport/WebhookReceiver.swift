@@ -166,12 +166,10 @@ private final class Server: Sendable {
                 holdUntilClosed(fd)
                 return
             case .stallAfterHead:
-                guard sendAll(fd, Array(Self.longHead.utf8)) else { return }
-                holdUntilClosed(fd)
+                holdUntilClosed(fd, head: Self.longHead)
                 return
             case .trickle(let interval):
-                guard sendAll(fd, Array(Self.longHead.utf8)) else { return }
-                holdUntilClosed(fd, tricklingEvery: interval)
+                holdUntilClosed(fd, head: Self.longHead, tricklingEvery: interval)
                 return
             case .status(let code):
                 let closing = request.header("connection")?.lowercased() == "close"
@@ -188,9 +186,16 @@ private final class Server: Sendable {
     /// A 200 head whose body never comes in full.
     static let longHead = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
 
-    /// Waits until the client closes (or stop() shuts the socket down), sending one byte (a
-    /// JSON space) every `interval` meanwhile if given; a close by the client is counted.
-    private func holdUntilClosed(_ fd: Int32, tricklingEvery interval: Duration? = nil) {
+    /// Sends `head`, then waits until the client closes (or stop() shuts the socket down),
+    /// sending one byte (a JSON space) every `interval` meanwhile if given; a close by the
+    /// client is counted, even one that came before the head could be sent.
+    private func holdUntilClosed(_ fd: Int32, head: String = "", tricklingEvery interval: Duration? = nil) {
+        defer {
+            state.withLock { state in
+                if !state.stopped { state.closedByClient += 1 }
+            }
+        }
+        guard sendAll(fd, Array(head.utf8)) else { return }
         let timeout = interval.map { Int32(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
         var scratch = [UInt8](repeating: 0, count: 1024)
         while true {
@@ -203,9 +208,6 @@ private final class Server: Sendable {
                 break
             }
             if ready < 0 || !sendAll(fd, [UInt8(ascii: " ")]) { break }
-        }
-        state.withLock { state in
-            if !state.stopped { state.closedByClient += 1 }
         }
     }
 

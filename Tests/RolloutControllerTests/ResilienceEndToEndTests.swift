@@ -144,7 +144,7 @@ struct StalledPrometheusTests {
         #expect(feature["reason"] as? String == "prom_unreachable")
         let errors = feature["query_errors"] as? [String] ?? []
         #expect(errors.count == 3, "\(errors)")  // error_rate, latency_p95, min_requests
-        #expect(errors.allSatisfy { $0.contains("did not answer within query_timeout 1s, headers to last byte") }, "\(errors)")
+        #expect(errors.allSatisfy { $0.contains("did not answer within query_timeout 1s") && $0.contains("headers to last byte") }, "\(errors)")
         #expect(try await world.get("flags:stalled:lock") == nil)
         #expect(try await world.get("flags:stalled:rollout_percent") == nil)
         #expect(world.auditLines().isEmpty)

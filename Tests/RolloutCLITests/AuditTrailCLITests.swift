@@ -38,27 +38,21 @@ struct AuditTrailCLITests {
         #expect(cli.auditLines().isEmpty)
     }
 
-    @Test(arguments: ["directory", "missing folder", "/dev/full", "dangling symlink"])
-    func anUnwritableAuditLogIsExitTwoAndNothingChanges(kind: String) async throws {
+    @Test func anUnwritableAuditLogIsExitTwoAndNothingChanges() async throws {
         let cli = try await CLI()
         let redis = cli.redis()
         defer { redis.close() }
-        let path: String
-        switch kind {
-        case "directory":
-            path = cli.directory + "/a-directory"
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        case "missing folder": path = cli.directory + "/no/such/folder/log.md"
-        case "/dev/full": path = "/dev/full"
-        default:
-            path = cli.directory + "/link.md"
-            try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: cli.directory + "/gone/log.md")
-        }
-        for arguments in [["flags", "set-percent", "f", "50", "--reason", "r"], ["flags", "disable", "f", "--reason", "r"], ["flags", "allow", "add", "f", "alice"]] {
-            let result = try await cli.run(arguments, environment: ["ROLLOUT_AUDIT_LOG": path])
-            #expect(result.status == 2, "\(arguments) with \(kind): \(result.stderr)")
-            #expect(result.stderr.contains(path), "\(result.stderr)")
-            #expect(result.stderr.contains("Nothing was changed"), "\(result.stderr)")
+        let directory = cli.directory + "/a-directory"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let dangling = cli.directory + "/link.md"
+        try FileManager.default.createSymbolicLink(atPath: dangling, withDestinationPath: cli.directory + "/gone/log.md")
+        for path in [directory, cli.directory + "/no/such/folder/log.md", "/dev/full", dangling] {
+            for arguments in [["flags", "set-percent", "f", "50", "--reason", "r"], ["flags", "disable", "f", "--reason", "r"], ["flags", "allow", "add", "f", "alice"]] {
+                let result = try await cli.run(arguments, environment: ["ROLLOUT_AUDIT_LOG": path])
+                #expect(result.status == 2, "\(arguments) with \(path): \(result.stderr)")
+                #expect(result.stderr.contains(path), "\(result.stderr)")
+                #expect(result.stderr.contains("Nothing was changed"), "\(result.stderr)")
+            }
         }
         #expect(try await redis.scan(matching: "*").isEmpty)
     }

@@ -32,7 +32,8 @@ extension ControllerWorld {
 }
 
 /// The controller's promises under faults, through the binary against real servers.
-@Suite("Controller under faults", .tags(.e2e, .prometheus, .redis), .requiresPrometheus)
+// Serialized: each test runs its own Prometheus; several at once starve a 2-core machine.
+@Suite("Controller under faults", .tags(.e2e, .prometheus, .redis), .requiresPrometheus, .serialized)
 struct FaultEndToEndTests {
     @Test func firstSightAdoptsThePercentAndHoldsForTheDwell() async throws {
         let world = try await ControllerWorld.make()
@@ -57,27 +58,22 @@ struct FaultEndToEndTests {
         #expect(world.auditLines().count == 1)
     }
 
-    @Test(arguments: ["directory", "/dev/full", "missing folder"])
-    func anUnwritableAuditLogIsExitTwoBeforeAnyChange(kind: String) async throws {
+    @Test func anUnwritableAuditLogIsExitTwoBeforeAnyChange() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("logged", "dwell: 0s")])
         try await world.known(["logged"], at: "0")
         try await world.serve("logged", errorRatio: 0.001)
-        let path: String
-        switch kind {
-        case "directory":
-            path = world.directory + "/a-directory"
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        case "missing folder": path = world.directory + "/no/such/folder/log.md"
-        default: path = kind
+        let directory = world.directory + "/a-directory"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let policy = try String(contentsOfFile: world.configPath, encoding: .utf8)
+        for path in [directory, "/dev/full", world.directory + "/no/such/folder/log.md"] {
+            try policy.replacingOccurrences(of: world.auditLogPath, with: path).write(toFile: world.configPath, atomically: true, encoding: .utf8)
+            let run = try await world.run()
+            #expect(run.status == 2, "\(path): \(run.output.stderr)")
+            #expect(run.output.stderr.contains(path))
+            #expect(try await world.get("flags:logged:rollout_percent") == "0")
+            #expect(try await world.client.send("EXISTS", "flags:logged:lock", AuditTrail.streamKey) == .integer(0))
         }
-        let yaml = try String(contentsOfFile: world.configPath, encoding: .utf8).replacingOccurrences(of: world.auditLogPath, with: path)
-        try yaml.write(toFile: world.configPath, atomically: true, encoding: .utf8)
-        let run = try await world.run()
-        #expect(run.status == 2, "\(run.output.stderr)")
-        #expect(run.output.stderr.contains(path))
-        #expect(try await world.get("flags:logged:rollout_percent") == "0")
-        #expect(try await world.client.send("EXISTS", "flags:logged:lock", AuditTrail.streamKey) == .integer(0))
     }
 
     @Test func aPromotionSentToAFrozenRedisNeverLandsAfterTheRunGaveUp() async throws {

@@ -414,8 +414,8 @@ struct NotificationDeliveryTests {
         let elapsed = started.duration(to: .now)
         let channel = try #require(report.channels.first)
         #expect(channel.failed == 1 && channel.attempts == 3 && channel.retries == 2)
-        // Bounds for a loaded 2-core CI machine, not a speed assertion.
-        #expect(elapsed >= .milliseconds(850) && elapsed < .seconds(10))
+        // Each attempt waited for its timeout; no upper bound: a busy machine only makes it slower.
+        #expect(elapsed >= .milliseconds(850))
         #expect(receiver.requests.count == 3)
         #expect(channel.errors.first?.contains("did not answer within") == true)
         #expect(try fallbackLines(directory).first?["error_code"] as? String == "timeout")

@@ -112,8 +112,8 @@ extension NotificationPolicy {
         guard let mapping = reader.mapping(node, at: at, known: ["timeout", "deadline", "fallback_file", "state_file", "retry", "channels"]) else { return nil }
         let problemsBefore = reader.problems.count
         self.init(channels: [])
-        if let node = mapping["timeout"], let value = reader.duration(node, at: "\(at).timeout", positive: true) { attemptTimeout = value }
-        if let node = mapping["deadline"], let value = reader.duration(node, at: "\(at).deadline", positive: true) { deadline = value }
+        if let node = mapping["timeout"], let value = reader.duration(node, at: "\(at).timeout", in: PolicyDurationRange.timeout) { attemptTimeout = value }
+        if let node = mapping["deadline"], let value = reader.duration(node, at: "\(at).deadline", in: PolicyDurationRange.deadline) { deadline = value }
         if let node = mapping["fallback_file"], let path = reader.string(node, at: "\(at).fallback_file") {
             if path.trimmingSpaces().isEmpty { reader.fail("\(at).fallback_file", "is empty; leave it out for notifications_fallback.jsonl") }
             fallbackFile = path
@@ -128,8 +128,8 @@ extension NotificationPolicy {
             {
                 retry.maxAttempts = attempts
             }
-            if let node = retryMapping["base_delay"], let value = reader.duration(node, at: "\(at).retry.base_delay", positive: false) { retry.baseDelay = value }
-            if let node = retryMapping["max_delay"], let value = reader.duration(node, at: "\(at).retry.max_delay", positive: false) { retry.maxDelay = value }
+            if let node = retryMapping["base_delay"], let value = reader.duration(node, at: "\(at).retry.base_delay", in: PolicyDurationRange.retryDelay) { retry.baseDelay = value }
+            if let node = retryMapping["max_delay"], let value = reader.duration(node, at: "\(at).retry.max_delay", in: PolicyDurationRange.retryDelay) { retry.maxDelay = value }
             if let maxDelay = retry.maxDelay, maxDelay < retry.baseDelay {
                 reader.fail("\(at).retry", "has max_delay below base_delay: every retry would wait max_delay")
             }

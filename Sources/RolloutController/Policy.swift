@@ -74,7 +74,7 @@ public struct ControllerPolicy: Sendable {
             pushgateway = nil
         }
         auditLog = environment["ROLLOUT_AUDIT_LOG"].nonEmpty ?? top?["audit_log"].flatMap { reader.string($0, at: "audit_log") } ?? "./rollout_log.md"
-        queryTimeout = top?["query_timeout"].flatMap { reader.duration($0, at: "query_timeout", positive: true) } ?? .seconds(10)
+        queryTimeout = top?["query_timeout"].flatMap { reader.duration($0, at: "query_timeout", in: PolicyDurationRange.timeout) } ?? .seconds(10)
         notifications = top?["notifications"].flatMap { NotificationPolicy($0, environment: environment, reader: &reader) }
         if let flag = environment["ROLLOUT_DRY_RUN"].nonEmpty {
             guard let value = parseBool(flag) else {
@@ -252,9 +252,9 @@ public struct FeaturePolicy: Sendable, Hashable {
         } else if mapping["steps"] == nil {
             reader.fail("\(at).steps", "is required, e.g. [10, 50, 100]")
         }
-        dwell = mapping["dwell"].flatMap { reader.duration($0, at: "\(at).dwell", positive: false) } ?? .seconds(15 * 60)
+        dwell = mapping["dwell"].flatMap { reader.duration($0, at: "\(at).dwell", in: PolicyDurationRange.wait) } ?? .seconds(15 * 60)
         cooldownAfterRollback =
-            mapping["cooldown_after_rollback"].flatMap { reader.duration($0, at: "\(at).cooldown_after_rollback", positive: false) }
+            mapping["cooldown_after_rollback"].flatMap { reader.duration($0, at: "\(at).cooldown_after_rollback", in: PolicyDurationRange.wait) }
             ?? .seconds(3600)
         rollbackTo = .previousStep
         if let node = mapping["rollback_to"], let text = reader.string(node, at: "\(at).rollback_to") {
@@ -304,9 +304,9 @@ public struct FeaturePolicy: Sendable, Hashable {
         } else if mapping["checks"] == nil {
             reader.fail("\(at).checks", "is required: without a check the controller has no evidence and never promotes")
         }
-        guardWindow = mapping["guard_window"].flatMap { reader.duration($0, at: "\(at).guard_window", positive: false) } ?? .seconds(15 * 60)
+        guardWindow = mapping["guard_window"].flatMap { reader.duration($0, at: "\(at).guard_window", in: PolicyDurationRange.window) } ?? .seconds(15 * 60)
         stabilityWindow =
-            mapping["stability_window"].flatMap { reader.duration($0, at: "\(at).stability_window", positive: false) } ?? .seconds(15 * 60)
+            mapping["stability_window"].flatMap { reader.duration($0, at: "\(at).stability_window", in: PolicyDurationRange.window) } ?? .seconds(15 * 60)
         maxRollbacksPerHour = 3
         if let node = mapping["max_rollbacks_per_hour"], let count = reader.count(node, at: "\(at).max_rollbacks_per_hour", minimum: 0) {
             maxRollbacksPerHour = count
@@ -507,14 +507,15 @@ struct NodeReader {
         return percent
     }
 
-    mutating func duration(_ node: Node, at field: String, positive: Bool) -> Duration? {
+    /// A duration inside `range` (see ``PolicyDurationRange``); the message names the range.
+    mutating func duration(_ node: Node, at field: String, in range: ClosedRange<Duration>) -> Duration? {
         guard let text = string(node, at: field) else { return nil }
         guard let duration = parsePolicyDuration(text) else {
             fail(field, "is \"\(text)\", not a duration; write e.g. 30s, 15m, 1h or 1h30m", node)
             return nil
         }
-        if positive && duration <= .zero {
-            fail(field, "must be more than 0", node)
+        guard range.contains(duration) else {
+            fail(field, "is \"\(text)\", outside the allowed \(describeRange(range))", node)
             return nil
         }
         return duration
@@ -547,6 +548,32 @@ struct NodeReader {
             return nil
         }
     }
+}
+
+/// The ranges a policy's durations must fall in (docs/controller.md lists them): wide enough for
+/// a demanding operator, narrow enough that no arithmetic on them (lock TTLs, deadlines,
+/// windows added to now) can overflow.
+public enum PolicyDurationRange {
+    /// query_timeout, notifications.timeout.
+    public static let timeout = Duration.milliseconds(100)...Duration.seconds(300)
+    /// notifications.deadline.
+    public static let deadline = Duration.milliseconds(100)...Duration.seconds(3600)
+    /// dwell, cooldown_after_rollback.
+    public static let wait = Duration.zero...Duration.seconds(30 * 86_400)
+    /// guard_window, stability_window.
+    public static let window = Duration.zero...Duration.seconds(90 * 86_400)
+    /// A burn-rate check's period and window pairs.
+    public static let burnWindow = Duration.seconds(1)...Duration.seconds(90 * 86_400)
+    /// Retry delays (base_delay, max_delay).
+    public static let retryDelay = Duration.zero...Duration.seconds(3600)
+}
+
+/// `100ms to 5m`: a range as the messages and docs write it.
+public func describeRange(_ range: ClosedRange<Duration>) -> String {
+    func shown(_ duration: Duration) -> String {
+        duration < .seconds(1) && duration > .zero ? "\(duration.wholeMilliseconds)ms" : formatDuration(duration)
+    }
+    return "\(shown(range.lowerBound)) to \(shown(range.upperBound))"
 }
 
 /// Parses `30s`, `15m`, `1h`, `1h30m`, `2d`, `500ms`, `0s`: units in descending order, each once.

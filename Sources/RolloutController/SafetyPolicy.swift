@@ -90,7 +90,7 @@ public struct BurnRateCheck: Sendable, Hashable {
         }
         if check["slo"] == nil { reader.fail("\(place).slo", "is required: the SLO target, e.g. 0.99 for a 1% error budget") }
         if let slo, !(slo > 0 && slo < 1) { reader.fail("\(place).slo", "is \(slo); write a target between 0 and 1, e.g. 0.999") }
-        period = check["period"].flatMap { reader.duration($0, at: "\(place).period", positive: true) } ?? .seconds(30 * 86_400)
+        period = check["period"].flatMap { reader.duration($0, at: "\(place).period", in: PolicyDurationRange.burnWindow) } ?? .seconds(30 * 86_400)
         consecutive = check["consecutive"].flatMap { reader.count($0, at: "\(place).consecutive", minimum: 1) } ?? 1
         windows = Self.defaultWindows
         if let node = check["windows"], let sequence = reader.sequence(node, at: "\(place).windows") {
@@ -98,8 +98,8 @@ public struct BurnRateCheck: Sendable, Hashable {
             for (index, pairNode) in sequence.enumerated() {
                 let at = "\(place).windows[\(index)]"
                 guard let pair = reader.mapping(pairNode, at: at, known: ["long", "short", "factor", "on_violation"]) else { continue }
-                let long = pair["long"].flatMap { reader.duration($0, at: "\(at).long", positive: true) }
-                let short = pair["short"].flatMap { reader.duration($0, at: "\(at).short", positive: true) }
+                let long = pair["long"].flatMap { reader.duration($0, at: "\(at).long", in: PolicyDurationRange.burnWindow) }
+                let short = pair["short"].flatMap { reader.duration($0, at: "\(at).short", in: PolicyDurationRange.burnWindow) }
                 let factor = pair["factor"].flatMap { reader.number($0, at: "\(at).factor") }
                 let action = pair["on_violation"].flatMap { reader.action($0, at: "\(at).on_violation") } ?? .rollback
                 for key in ["long", "short", "factor"] where pair[key] == nil { reader.fail("\(at).\(key)", "is required") }

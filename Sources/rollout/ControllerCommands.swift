@@ -52,9 +52,7 @@ struct ControllerCommand: AsyncParsableCommand {
         var every: String?
 
         func validate() throws {
-            if let every, parsePolicyDuration(every).map({ $0 > .zero }) != true {
-                throw ValidationError("--every \(every) is not a duration above 0 (e.g. 30s, 10m, 1h).")
-            }
+            if let every { _ = try boundedDuration("--every", every, in: .seconds(1)...(.seconds(86_400))) }
         }
 
         func run() async throws {

@@ -24,9 +24,7 @@ struct GuardCommand: AsyncParsableCommand {
         @Option(help: "Why, for the audit log and the lock's value.") var reason = ""
 
         func validate() throws {
-            guard let duration = parsePolicyDuration(window), duration.wholeMilliseconds > 0 else {
-                throw ValidationError("--window \(window) is not a duration above 0 (e.g. 15m, 1h30m).")
-            }
+            _ = try boundedDuration("--window", window, in: .milliseconds(1)...PolicyDurationRange.window.upperBound)
         }
 
         func run() async throws {

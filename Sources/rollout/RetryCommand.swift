@@ -25,16 +25,13 @@ struct RetryCommand: ParsableCommand {
 
     func retryPolicy() throws -> RetryPolicy {
         guard attempts >= 1 else { throw ValidationError("--attempts must be 1 or more, not \(attempts).") }
-        guard let base = parsePolicyDuration(baseDelay) else {
-            throw ValidationError("--base-delay \(baseDelay) is not a duration of 0 or more (e.g. 500ms, 5s, 1m).")
-        }
+        let base = try boundedDuration("--base-delay", baseDelay, in: PolicyDurationRange.retryDelay)
         guard let backoff = RetryPolicy.Backoff(rawValue: policy) else {
             throw ValidationError("--policy \(policy) is not exponential, linear or fixed.")
         }
         var cap: Duration?
         if let maxDelay {
-            guard let parsed = parsePolicyDuration(maxDelay) else { throw ValidationError("--max-delay \(maxDelay) is not a duration (e.g. 5m).") }
-            cap = parsed
+            cap = try boundedDuration("--max-delay", maxDelay, in: PolicyDurationRange.retryDelay)
         }
         return RetryPolicy(backoff: backoff, baseDelay: base, maxDelay: cap, maxAttempts: attempts, jitter: jitter)
     }

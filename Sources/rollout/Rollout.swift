@@ -80,6 +80,17 @@ struct Rollout: AsyncParsableCommand {
     }
 }
 
+/// A duration option inside `range`, or a ValidationError (exit 2) naming the option and the range.
+func boundedDuration(_ option: String, _ text: String, in range: ClosedRange<Duration>) throws -> Duration {
+    guard let duration = parsePolicyDuration(text) else {
+        throw ValidationError("\(option) \(text) is not a duration (e.g. 500ms, 30s, 15m, 1h30m, 2d).")
+    }
+    guard range.contains(duration) else {
+        throw ValidationError("\(option) \(text) is outside the allowed \(describeRange(range)).")
+    }
+    return duration
+}
+
 /// Options every command shares.
 struct ConnectionOptions: ParsableArguments {
     @Option(

@@ -28,13 +28,10 @@ struct WatchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Evaluate, write nothing to Redis.") var dryRun = false
 
     func validate() throws {
-        for (name, text) in [("--for", window), ("--fast-interval", fastInterval), ("--slow-interval", slowInterval)] {
-            guard let duration = parsePolicyDuration(text), duration > .zero else {
-                throw ValidationError("\(name) \(text) is not a duration above 0 (e.g. 30s, 2m, 1h).")
-            }
-        }
-        guard parsePolicyDuration(fastPeriod) != nil else {
-            throw ValidationError("--fast-period \(fastPeriod) is not a duration (e.g. 5m, or 0s for none).")
+        _ = try boundedDuration("--for", window, in: .seconds(1)...PolicyDurationRange.wait.upperBound)
+        _ = try boundedDuration("--fast-period", fastPeriod, in: PolicyDurationRange.wait)
+        for (name, text) in [("--fast-interval", fastInterval), ("--slow-interval", slowInterval)] {
+            _ = try boundedDuration(name, text, in: .seconds(1)...(.seconds(86_400)))
         }
     }
 

@@ -150,3 +150,40 @@ struct PolicyTests {
         #expect(policy.nextStep(after: .full) == nil)
     }
 }
+
+@Suite("Policy durations are bounded")
+struct PolicyDurationBoundsTests {
+    static let checks = "    checks: [{name: e, query: up, max: 1}]"
+
+    @Test(arguments: [
+        ("query_timeout: 106752d\nfeatures:\n  google:\n    steps: [10]\n" + checks, "query_timeout", "100ms to 5m"),
+        ("query_timeout: 50ms\nfeatures:\n  google:\n    steps: [10]\n" + checks, "query_timeout", "100ms to 5m"),
+        ("features:\n  google:\n    steps: [10]\n    dwell: 31d\n" + checks, "features.google.dwell", "0s to 30d"),
+        ("features:\n  google:\n    steps: [10]\n    cooldown_after_rollback: 999999999d\n" + checks, "features.google.cooldown_after_rollback", "0s to 30d"),
+        ("features:\n  google:\n    steps: [10]\n    guard_window: 91d\n" + checks, "features.google.guard_window", "0s to 90d"),
+        ("features:\n  google:\n    steps: [10]\n    stability_window: 106752d\n" + checks, "features.google.stability_window", "0s to 90d"),
+        (
+            "features:\n  google:\n    steps: [10]\n    checks: [{name: b, type: burn_rate, query: 'e[$window]', slo: 0.9, period: 365d}]",
+            "features.google.checks[0].period", "1s to 90d"
+        ),
+        (
+            "notifications:\n  timeout: 1h\n  channels: [{type: generic, url: 'http://127.0.0.1:1/x'}]\nfeatures:\n  google:\n    steps: [10]\n" + checks,
+            "notifications.timeout", "100ms to 5m"
+        ),
+    ])
+    func absurdDurationIsRefusedNamingItsFieldAndRange(yaml: String, field: String, range: String) {
+        #expect {
+            try ControllerPolicy(yaml: "prometheus: http://127.0.0.1:9090\n" + yaml, path: "test.yaml")
+        } throws: { error in
+            guard let error = error as? PolicyError else { return false }
+            return error.problems.contains { $0.hasPrefix(field) && $0.contains("outside the allowed \(range)") }
+        }
+    }
+
+    @Test func boundsThemselvesAreAccepted() throws {
+        let policy = try ControllerPolicy(
+            yaml: "prometheus: http://127.0.0.1:9090\nquery_timeout: 5m\nfeatures:\n  google:\n    steps: [10]\n    dwell: 30d\n    guard_window: 90d\n"
+                + Self.checks)
+        #expect(policy.queryTimeout == .seconds(300))
+    }
+}

@@ -1,3 +1,4 @@
+import Foundation
 import RolloutRedis
 import Yams
 
@@ -103,6 +104,25 @@ public struct WebhookURL: Sendable, Hashable, CustomStringConvertible, CustomDeb
 
     public var debugDescription: String { description }
     public var customMirror: Mirror { Mirror(self, children: ["redacted": description]) }
+
+    /// `text` (an error, a receiver's answer) with every part of the secret URL replaced by `…`:
+    /// the whole URL, what follows the host, and each path segment and query value of four or
+    /// more characters (a receiver may echo its token alone, e.g. `invalid token T0KEN`). The
+    /// one place where anything that may hold the secret is made safe to show.
+    public func redacting(_ text: String) -> String {
+        var result = text.replacing(secret, with: description + "/…")
+        let afterHost = secret.dropFirst(description.count)
+        if afterHost.count > 1 { result = result.replacing(afterHost, with: "/…") }
+        let path = afterHost.prefix { $0 != "?" && $0 != "#" }
+        let query = afterHost.dropFirst(path.count + 1).prefix { $0 != "#" }
+        let values = query.split(separator: "&").compactMap { $0.split(separator: "=", maxSplits: 1).dropFirst().first }
+        let pieces = (path.split(separator: "/") + values).map(String.init).filter { $0.count >= 4 }
+        for piece in pieces.sorted(by: { $0.count > $1.count }) {
+            result = result.replacing(piece, with: "…")
+            if let decoded = piece.removingPercentEncoding, decoded != piece { result = result.replacing(decoded, with: "…") }
+        }
+        return result
+    }
 }
 
 extension NotificationPolicy {

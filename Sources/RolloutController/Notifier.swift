@@ -124,7 +124,7 @@ public struct Notifier: Sendable {
         } catch where isTimeout(error) {
             throw NotificationError(.timeout, "\(channel.name) (\(channel.url)) did not answer within \(shown(timeout))")
         } catch {
-            throw NotificationError(.unreachable, "Cannot reach \(channel.name) (\(channel.url)): " + scrubbed("\(error)", channel.url))
+            throw NotificationError(.unreachable, "Cannot reach \(channel.name) (\(channel.url)): " + channel.url.redacting("\(error)"))
         }
         guard !(200..<300).contains(status) else { return }
         var message = "\(channel.name) (\(channel.url)) answered HTTP \(status)"
@@ -134,7 +134,7 @@ public struct Notifier: Sendable {
         case 400, 413, 422: message += ": the service refused the payload; check that type: matches the service"
         default: break
         }
-        let shown = AuditLog.singleLine(scrubbed(answer, channel.url))
+        let shown = AuditLog.singleLine(channel.url.redacting(answer))
         if !shown.isEmpty { message += " (answer: \(truncated(shown, toUTF16: 200)))" }
         throw NotificationError(.httpStatus, message, httpStatus: status)
     }
@@ -273,13 +273,6 @@ struct NotificationError: Error, Sendable, CustomStringConvertible {
 
 /// `text` without the webhook's secret: the full URL becomes its scheme and host, and its path
 /// and query (where services put the token) become "…".
-private func scrubbed(_ text: String, _ url: WebhookURL) -> String {
-    var result = text.replacing(url.secret, with: url.description)
-    let rest = url.secret.dropFirst(url.description.count)
-    if rest.count > 1 { result = result.replacing(rest, with: "/…") }
-    return result
-}
-
 /// `1m30s` for whole seconds, `250ms` otherwise: as durations are written in the policy file.
 private func shown(_ duration: Duration) -> String {
     duration.components.attoseconds == 0 ? formatDuration(duration) : "\(duration.nanoseconds / 1_000_000)ms"

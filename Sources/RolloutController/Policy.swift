@@ -393,15 +393,19 @@ public struct HTTPEndpoint: Sendable, Hashable, CustomStringConvertible {
 
     /// Checks `text`; nil with a reason when it is not an http:// or https:// URL.
     public static func parse(_ text: String) -> Result<HTTPEndpoint, KeyspaceError> {
+        // The text is never echoed: a URL that cannot be parsed may carry credentials anywhere.
         let trimmed = text.trimmingSpaces()
         guard trimmed.hasPrefix("http://") || trimmed.hasPrefix("https://") else {
-            return .failure(KeyspaceError("\"\(trimmed)\" is not an http:// or https:// URL"))
+            return .failure(KeyspaceError("is not an http:// or https:// URL"))
         }
         let rest = trimmed.drop { $0 != "/" }.dropFirst(2)
-        guard let host = rest.split(separator: "/").first, !host.isEmpty, !host.hasPrefix(":") else {
-            return .failure(KeyspaceError("\"\(trimmed)\" has no host"))
+        let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        if authority.contains("@") || rest.contains("@") {
+            return .failure(KeyspaceError("carries credentials (user:password@); put them in the environment, not in the URL"))
         }
-        if host.contains("@") { return .failure(KeyspaceError("put credentials in the environment, not in the URL")) }
+        guard let host = authority.split(separator: ":").first, !host.isEmpty, !authority.hasPrefix(":") else {
+            return .failure(KeyspaceError("has no host"))
+        }
         var url = trimmed
         while url.hasSuffix("/") { url.removeLast() }
         return .success(HTTPEndpoint(checked: url))

@@ -47,7 +47,8 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         self.tls = tls
     }
 
-    /// Parses a URL; the error names what is wrong and never echoes the password.
+    /// Parses a URL; the error names what is wrong and never echoes any part of the URL but its
+    /// scheme: without an '@', a password cannot be told from a host, port or option.
     public init(parsing text: String) throws(RedisError) {
         let trimmed = text.trimmingSpaces()
         guard let schemeEnd = trimmed.firstRange(of: "://") else {
@@ -56,17 +57,9 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         let scheme = trimmed[..<schemeEnd.lowerBound].lowercased()
         var rest = Substring(trimmed[schemeEnd.upperBound...])
 
-        var query: [(String, String)] = []
-        if let questionMark = rest.firstIndex(of: "?") {
-            for pair in rest[rest.index(after: questionMark)...].split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let name = Self.percentDecoded(parts[0]).lowercased()
-                let value = parts.count > 1 ? Self.percentDecoded(parts[1]) : ""
-                query.append((name, value))
-            }
-            rest = rest[..<questionMark]
-        }
-
+        // The user info ends at the LAST '@', whatever the password holds (':', '?', '/', '#',
+        // '@', '%'): nothing from it is ever echoed in an error. A literal '@' elsewhere (in a
+        // query value) must be written %40.
         var username: String?
         var password: String?
         if let at = rest.lastIndex(of: "@") {
@@ -81,6 +74,22 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                 password = Self.percentDecoded(userInfo)
             }
         }
+        guard ["redis", "rediss", "unix"].contains(scheme) else {
+            // The text before "://" is shown only when it looks like a scheme: it could be a password.
+            let isSchemeLike = scheme.first?.isLetter == true && scheme.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+.-".contains($0)) }
+            throw Self.invalid("the scheme \(isSchemeLike ? "'\(scheme)' " : "")is not redis, rediss or unix")
+        }
+
+        var query: [(String, String)] = []
+        if let questionMark = rest.firstIndex(of: "?") {
+            for pair in rest[rest.index(after: questionMark)...].split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = Self.percentDecoded(parts[0]).lowercased()
+                let value = parts.count > 1 ? Self.percentDecoded(parts[1]) : ""
+                query.append((name, value))
+            }
+            rest = rest[..<questionMark]
+        }
 
         var database = 0
         var tls: TLS?
@@ -93,7 +102,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                 let dbText = rest[rest.index(after: slash)...]
                 if !dbText.isEmpty {
                     guard let db = Int(dbText), db >= 0 else {
-                        throw Self.invalid("the database '\(dbText)' after the '/' is not a number from 0 up")
+                        throw Self.invalid("the database after the '/' is not a number from 0 up")
                     }
                     database = db
                 }
@@ -107,13 +116,13 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             }
             endpoint = .unix(path: String(rest))
         default:
-            throw Self.invalid("the scheme '\(scheme)' is not redis, rediss or unix")
+            throw Self.invalid("the scheme is not redis, rediss or unix")
         }
 
         for (name, value) in query {
             switch name {
             case "db":
-                guard let db = Int(value), db >= 0 else { throw Self.invalid("db=\(value) is not a number from 0 up") }
+                guard let db = Int(value), db >= 0 else { throw Self.invalid("db= is not a number from 0 up") }
                 database = db
             case "password":
                 password = value
@@ -126,11 +135,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                 case "cert": tls?.certificatePath = value
                 case "key": tls?.keyPath = value
                 default:
-                    guard let flag = parseBool(value) else { throw Self.invalid("insecure=\(value) is not true or false") }
+                    guard let flag = parseBool(value) else { throw Self.invalid("insecure= is not true or false") }
                     tls?.insecure = flag
                 }
             default:
-                throw Self.invalid("the option '\(name)' is unknown; known: db, user, password, cacert, cert, key, insecure")
+                throw Self.invalid("it has an unknown option after the '?'; known: db, user, password, cacert, cert, key, insecure")
             }
         }
         if let tls, (tls.certificatePath == nil) != (tls.keyPath == nil) {
@@ -168,7 +177,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             host = text[text.index(after: text.startIndex)..<close]
             let after = text[text.index(after: close)...]
             if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty {
-                throw invalid("unexpected '\(after)' after the IPv6 address")
+                throw invalid("unexpected text after the IPv6 address")
             }
         } else if let colon = text.lastIndex(of: ":") {
             host = text[..<colon]
@@ -180,7 +189,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         var port = 6379
         if let portText {
             guard let value = Int(portText), (1...65535).contains(value) else {
-                throw invalid("the port '\(portText)' is not a number from 1 to 65535")
+                throw invalid("the port after the last ':' is not a number from 1 to 65535 (if that is a password, write user:password@host)")
             }
             port = value
         }

@@ -27,6 +27,9 @@ public final class WebhookReceiver: Sendable {
         /// Send a 200 head promising a large body, then one byte of it every `interval`, never
         /// finishing, until the client gives up or the receiver stops.
         case trickle(every: Duration)
+        /// Answer with this status and a body that echoes the request target (path and query),
+        /// as a careless receiver echoes the token it refuses.
+        case echoing(Int)
     }
 
     /// One request as received.
@@ -171,9 +174,13 @@ private final class Server: Sendable {
             case .trickle(let interval):
                 holdUntilClosed(fd, head: Self.longHead, tricklingEvery: interval)
                 return
-            case .status(let code):
+            case .status(let code), .echoing(let code):
                 let closing = request.header("connection")?.lowercased() == "close"
-                let body = code == 204 || code == 304 ? "" : (200..<300).contains(code) ? "ok" : "scripted failure \(code)"
+                var body = code == 204 || code == 304 ? "" : (200..<300).contains(code) ? "ok" : "scripted failure \(code)"
+                if case .echoing = behaviour {
+                    let token = request.path.split(separator: "/").last.map(String.init) ?? ""
+                    body = "invalid token \(token.split(separator: "?").first ?? "") for \(request.path)"
+                }
                 let head =
                     "HTTP/1.1 \(code) \(code < 400 ? "OK" : "Scripted Failure")\r\nContent-Type: text/plain\r\n"
                     + "Content-Length: \(body.utf8.count)\r\nConnection: \(closing ? "close" : "keep-alive")\r\n\r\n"

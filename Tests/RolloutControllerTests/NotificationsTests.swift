@@ -175,6 +175,15 @@ private func problems(notifications: String, environment: [String: String] = sec
 
 @Suite("Notification policy")
 struct NotificationPolicyTests {
+    @Test func redactionHidesEveryPieceOfTheSecretURL() throws {
+        let url = try #require(WebhookURL("https://hooks.example.com/services/T0KEN5ECRET/B0T?token=S1GNATURE%2Fx&v=1"))
+        #expect(url.description == "https://hooks.example.com")
+        let text = "POST https://hooks.example.com/services/T0KEN5ECRET/B0T?token=S1GNATURE%2Fx&v=1 failed: invalid token T0KEN5ECRET (sig S1GNATURE/x)"
+        let redacted = url.redacting(text)
+        #expect(!redacted.contains("T0KEN5ECRET") && !redacted.contains("S1GNATURE"), "\(redacted)")
+        #expect(redacted.contains("https://hooks.example.com/…") && redacted.contains("invalid token …"), "\(redacted)")
+    }
+
     @Test func parsesTheNotificationsSection() throws {
         let parsed = try policy(
             notifications: """
@@ -342,6 +351,20 @@ struct NotificationDeliveryTests {
         #expect(request.header("Content-Type") == "application/json")
         #expect(request.text == format.payload(for: rollbackEvent))
         #expect(try fallbackLines(directory).isEmpty)
+    }
+
+    @Test func aReceiverThatEchoesItsTokenNeverGetsItPrinted() async throws {
+        let receiver = try WebhookReceiver(otherwise: .echoing(403))
+        let directory = try makeTemporaryDirectory("notify")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let notifier = Notifier(policy: try deliveryPolicy(receiver.url("/services/T0KEN5ECRET?sig=S1GNATURE"), directory: directory, attempts: 1))
+        let report = await notifier.deliver([rollbackEvent])
+        #expect(report.failed == 1)
+        #expect(receiver.requests.count == 1)
+        let fallback = try String(contentsOfFile: directory + "/notifications_fallback.jsonl", encoding: .utf8)
+        let shown = (report.channels.first?.errors ?? []).joined(separator: "\n") + fallback
+        #expect(shown.contains("invalid token"), "the answer is still shown: \(shown)")
+        #expect(!shown.contains("T0KEN5ECRET") && !shown.contains("S1GNATURE"), "\(shown)")
     }
 
     @Test func status500IsNotRetriedAndGoesToTheFallbackFile() async throws {

@@ -63,14 +63,14 @@ struct RedisURLTests {
     @Test(arguments: [
         ("localhost:6379", "no scheme"),
         ("http://localhost", "scheme 'http'"),
-        ("redis://host:99999", "port '99999'"),
-        ("redis://host:abc", "port 'abc'"),
-        ("redis://host/x", "database 'x'"),
+        ("redis://host:99999", "port after the last ':'"),
+        ("redis://host:abc", "port after the last ':'"),
+        ("redis://host/x", "database after the '/'"),
         ("redis://host?cacert=/ca.pem", "needs TLS"),
         ("rediss://host?cert=/c.pem", "go together"),
-        ("redis://host?color=blue", "option 'color'"),
+        ("redis://host?color=blue", "unknown option"),
         ("unix://relative.sock", "absolute socket path"),
-        ("rediss://host?insecure=maybe", "insecure=maybe"),
+        ("rediss://host?insecure=maybe", "insecure= is not true or false"),
     ])
     func invalidURLsSayWhatIsWrong(text: String, expected: String) {
         #expect {
@@ -86,6 +86,25 @@ struct RedisURLTests {
             try RedisURL(parsing: "redis://user:topsecret@host:notaport")
         } throws: { error in
             !String(describing: error).contains("topsecret")
+        }
+    }
+
+    /// Every malformed shape a URL with a password can take: the error never contains any part
+    /// of the password (issue: a password taken for a port was echoed).
+    @Test(arguments: [
+        "redis://user:S3CRETPASS", "redis://user:S3CRET@PASS@host:notaport",
+        "redis://user:S3CRET/PASS@host/x", "redis://user:S3CRET#PASS@host:0", "redis://user:S3CRET%PASS@host?color=blue",
+        "S3CRETPASS://host", "unix://user:S3CRETPASS@relative.sock", "rediss://user:S3CRETPASS@host?insecure=S3CRETPASS",
+        "redis://host:6379?password=S3CRETPASS&db=S3CRETPASS", "redis://user:S3CRETPASS@[::1",
+        "http://user:S3CRETPASS@host",
+    ])
+    func noMalformedURLEchoesItsPassword(text: String) {
+        // (A '?' or '@' inside the password parses: the user info ends at the last '@'.)
+        #expect {
+            try RedisURL(parsing: text)
+        } throws: { error in
+            let shown = String(describing: error)
+            return !["S3CRET", "PASS", "S3CRETPASS"].contains { shown.contains($0) }
         }
     }
 }

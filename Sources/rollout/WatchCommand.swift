@@ -31,7 +31,7 @@ struct WatchCommand: AsyncParsableCommand {
         _ = try boundedDuration("--for", window, in: .seconds(1)...PolicyDurationRange.wait.upperBound)
         _ = try boundedDuration("--fast-period", fastPeriod, in: PolicyDurationRange.wait)
         for (name, text) in [("--fast-interval", fastInterval), ("--slow-interval", slowInterval)] {
-            _ = try boundedDuration(name, text, in: .seconds(1)...(.seconds(86_400)))
+            _ = try boundedDuration(name, text, in: .milliseconds(100)...(.seconds(86_400)))
         }
     }
 

@@ -232,6 +232,7 @@ struct SafetyEndToEndTests {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("watched", "dwell: 0s")])
         _ = try await world.client.send("SET", "flags:watched:rollout_percent", "50")
+        try await world.known(["watched"])
         try await world.serve("watched", errorRatio: 0.001)
         let watch = ["watch", "watched", "--config", world.configPath, "--fast-interval", "500ms", "--fast-period", "1s", "--slow-interval", "1s"]
         let clean = try await runCommand(world.binary, watch + ["--for", "2s"])

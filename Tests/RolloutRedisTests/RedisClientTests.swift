@@ -304,7 +304,9 @@ struct RedisTLSTests {
     @Test func rejectsTheSystemStoreForAPrivateCA() async throws {
         let server = try await RedisServer.start(tls: true)
         let port = try #require(server.tlsPort)
-        let client = RedisClient(url: try RedisURL(parsing: "rediss://127.0.0.1:\(port)"))
+        // Loading the system's trust store takes longer than the default connect timeout on a
+        // busy machine; this test is about verification, not speed.
+        let client = RedisClient(url: try RedisURL(parsing: "rediss://127.0.0.1:\(port)"), connectTimeout: .seconds(30))
         await #expect {
             try await client.send("PING")
         } throws: { error in

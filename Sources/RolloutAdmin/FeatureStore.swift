@@ -219,9 +219,9 @@ public struct FeatureStore: Sendable {
         } catch {
             throw AdminError(.auditLog(error))
         }
-        let replies = try await call { try await redis.pipeline([RedisServerTime.command] + commands) }
+        let (replies, arrivedAt) = try await call { try await redis.pipelineWithArrival([RedisServerTime.command] + commands) }
         do {
-            return (try RedisServerTime(reply: replies[0]), Array(replies.dropFirst()))
+            return (try RedisServerTime(reply: replies[0], readAt: arrivedAt), Array(replies.dropFirst()))
         } catch {
             throw AdminError(.redis(error))
         }

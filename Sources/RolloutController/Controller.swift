@@ -149,8 +149,9 @@ public struct Controller: Sendable {
 
         // 1. Every key in one round trip.
         let replies: [RedisValue]
+        let arrivedAt: ContinuousClock.Instant
         do {
-            replies = try await redis.pipeline(
+            (replies, arrivedAt) = try await redis.pipelineWithArrival(
                 keys.readCommands + [
                     RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
                     RedisCommand("GET", keys.healthySince), RedisCommand("GET", keys.lastGood), RedisCommand("GET", keys.pausedReason),
@@ -161,7 +162,7 @@ public struct Controller: Sendable {
         }
         let serverTime: RedisServerTime
         do {
-            serverTime = try RedisServerTime(reply: replies[replies.count - 1])
+            serverTime = try RedisServerTime(reply: replies[replies.count - 1], readAt: arrivedAt)
         } catch {
             return report.held(.redisError, "Redis: \(error)")
         }

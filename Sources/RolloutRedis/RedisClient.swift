@@ -48,6 +48,17 @@ public final class RedisClient: Sendable {
         return try await run { connection throws(RedisError) in try connection.send(commands) }
     }
 
+    /// ``pipeline(_:)-([RedisCommand])``, with the moment the last reply arrived, taken on the
+    /// client's own queue: a task resumed late on a busy machine does not make it later (it
+    /// dates a ``RedisServerTime`` read in the pipeline).
+    public func pipelineWithArrival(_ commands: [RedisCommand]) async throws(RedisError) -> (replies: [RedisValue], arrivedAt: ContinuousClock.Instant) {
+        guard !commands.isEmpty else { return ([], .now) }
+        return try await run { connection throws(RedisError) in
+            let replies = try connection.send(commands)
+            return (replies, ContinuousClock.now)
+        }
+    }
+
     /// Sends a pipeline formatted in advance: for a request repeated often (the gate's
     /// refresh), the commands are encoded once, not at every call.
     public func pipeline(_ prepared: PreparedPipeline) async throws(RedisError) -> [RedisValue] {

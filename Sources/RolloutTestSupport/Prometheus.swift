@@ -246,6 +246,10 @@ public final class SlowProxy: Sendable {
     private let listener: Int32
     private let upstreamPort: Int
     private let delay: Duration
+    private let requests = Atomic<Int>(0)
+
+    /// How many requests reached the proxy: a test waits for one instead of sleeping.
+    public var requestsSeen: Int { requests.load(ordering: .acquiring) }
 
     public init(to upstreamPort: Int, delay: Duration) throws {
         (listener, port) = try listenOnLoopback()
@@ -264,17 +268,18 @@ public final class SlowProxy: Sendable {
     private func acceptLoop() {
         let delay = self.delay
         acceptProxied(listener, upstreamPort: upstreamPort) { client, upstream in
-            Thread { Self.pump(from: client, to: upstream, delayFirst: nil) }.start()
-            Thread { Self.pump(from: upstream, to: client, delayFirst: delay) }.start()
+            Thread { [self] in Self.pump(from: client, to: upstream, delayFirst: nil) { requests.add(1, ordering: .releasing) } }.start()
+            Thread { Self.pump(from: upstream, to: client, delayFirst: delay) {} }.start()
         }
     }
 
-    private static func pump(from source: Int32, to destination: Int32, delayFirst: Duration?) {
+    private static func pump(from source: Int32, to destination: Int32, delayFirst: Duration?, onFirst: () -> Void) {
         var buffer = [UInt8](repeating: 0, count: 65536)
         var first = true
         while true {
             let count = recv(source, &buffer, buffer.count, 0)
             if count <= 0 { break }
+            if first { onFirst() }
             if first, let delayFirst {
                 usleep(UInt32(delayFirst.components.seconds * 1_000_000 + delayFirst.components.attoseconds / 1_000_000_000_000))
             }

@@ -405,7 +405,8 @@ struct ControllerEndToEndTests {
         try world.writePolicy([("during", "dwell: 0s")], queryTimeout: "10s", prometheusURL: slow.url)
         try await world.known(["during"], at: "10")
         async let run = world.run()
-        try await Task.sleep(for: .milliseconds(1500))
+        // The run has read the feature and waits for Prometheus (held back 3 s).
+        try #require(await eventually(within: .seconds(60)) { slow.requestsSeen > 0 })
         _ = try await world.client.send("SET", "flags:during:rollout_percent", "0")  // redis-cli, by a person
         let result = try await run
         #expect(result.status == 0)
@@ -423,7 +424,7 @@ struct ControllerEndToEndTests {
         let slow = try SlowProxy(to: world.prometheus.port, delay: .seconds(3))
         try world.writePolicy([("midrun", "dwell: 0s")], queryTimeout: "10s", prometheusURL: slow.url)
         async let run = world.run()
-        try await Task.sleep(for: .milliseconds(1500))
+        try #require(await eventually(within: .seconds(60)) { slow.requestsSeen > 0 })
         try await offThePool { world.redis.stop() }
         let result = try await run
         #expect(result.status == 1)

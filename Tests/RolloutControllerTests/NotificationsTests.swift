@@ -341,7 +341,8 @@ struct NotificationDeliveryTests {
         let receiver = try WebhookReceiver()
         let directory = try makeTemporaryDirectory("notify")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let notifier = Notifier(policy: try deliveryPolicy(receiver.url("/hook?token=abc"), format: format, directory: directory))
+        // A receiver that answers 200: an attempt timeout a busy machine cannot reach.
+        let notifier = Notifier(policy: try deliveryPolicy(receiver.url("/hook?token=abc"), format: format, directory: directory, timeout: .seconds(30)))
         let report = await notifier.deliver([rollbackEvent])
         #expect(report.delivered == 1 && report.failed == 0)
         #expect(report.channels.first?.attempts == 1 && report.channels.first?.retries == 0)

@@ -182,7 +182,7 @@ struct FeatureGateTests {
         let gate = FeatureGate(redisURL: server.url(), features: ["google"])
         try await testGracefulShutdown { trigger in
             let task = Task { try await gate.run() }
-            #expect(await eventually { gate.state(of: "google") != nil })
+            #expect(await eventually(within: .seconds(60)) { gate.state(of: "google") != nil })
             trigger.triggerGracefulShutdown()
             try await task.value
         }

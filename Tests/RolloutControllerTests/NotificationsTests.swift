@@ -310,7 +310,7 @@ struct NotificationPolicyTests {
 /// fallback file into `directory`.
 private func deliveryPolicy(
     _ url: String, format: NotificationChannel.Format = .webhook, directory: String, attempts: Int = 3,
-    timeout: Duration = .milliseconds(400), deadline: Duration = .seconds(60)
+    timeout: Duration = .seconds(30), deadline: Duration = .seconds(60)
 ) throws -> NotificationPolicy {
     NotificationPolicy(
         channels: [NotificationChannel(name: "test-\(format)", format: format, url: try #require(WebhookURL(url)))],

@@ -36,6 +36,9 @@ let package = Package(
             name: "CRolloutCrypto",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
+        // membarrier(2), a compiler barrier and raw-memory atomic adds for the gate's lock-free
+        // snapshot (Sources/RolloutGate/ReadSide.swift).
+        .target(name: "CRolloutSync"),
         .target(
             name: "RolloutRedis",
             dependencies: [
@@ -49,6 +52,7 @@ let package = Package(
             dependencies: [
                 "RolloutRedis",
                 "CRolloutCrypto",
+                "CRolloutSync",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -61,7 +61,7 @@ public struct DemoService: Sendable {
 
     /// One request: old path, or new path with the injected faults.
     func serve(handle: FeatureHandle, actor: String) async -> (path: String, failed: Bool) {
-        let isNew = handle.isEnabled(for: Actor(id: actor))
+        let isNew = handle.isEnabled(for: Subject(id: actor))
         let faults = state.faults()
         // The old path takes 20-60 ms; the new one the same plus the injected latency.
         var seconds = Double.random(in: 0.020...0.060)

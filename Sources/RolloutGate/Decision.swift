@@ -1,14 +1,33 @@
-/// The gate's answer for one actor, with the reason it was given.
+/// The gate's answer for one subject, with the reason it was given.
 public struct Decision: Sendable, Hashable, CustomStringConvertible {
-    /// Whether the feature is on for the actor.
+    /// Whether the feature is on for the subject.
     public let isOn: Bool
     /// Why.
     public let reason: Reason
+    /// How current the snapshot that answered was.
+    public let freshness: Freshness
 
-    /// A decision and its reason.
-    public init(isOn: Bool, reason: Reason) {
+    /// A decision, its reason and the freshness of the snapshot it came from.
+    public init(isOn: Bool, reason: Reason, freshness: Freshness = .live) {
         self.isOn = isOn
         self.reason = reason
+        self.freshness = freshness
+    }
+
+    /// How current the snapshot behind a decision was.
+    public enum Freshness: Sendable, Hashable, CustomStringConvertible {
+        /// Read from Redis within the refresh interval (or kept current by push invalidation).
+        case live
+        /// Redis has not been read for `age`, longer than the refresh interval: the last known
+        /// answer stands (fail static).
+        case stale(age: Duration)
+
+        public var description: String {
+            switch self {
+            case .live: return "live"
+            case .stale(let age): return "stale \(age.components.seconds) s"
+            }
+        }
     }
 
     /// Why the gate decided as it did, in the order the rules are applied.
@@ -32,8 +51,11 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
         case anonymousActor(percent: RolloutPercent)
         /// Nothing has been read from Redis for this feature yet.
         case noData
-        /// The snapshot is older than the allowed staleness and Redis cannot be reached.
+        /// The snapshot is older than ``FeatureGate/Configuration/maxStaleness`` (only when one
+        /// is set): failing closed.
         case staleSnapshot
+        /// The feature name breaks the name rule (a literal such as `"Google"`): off, never a crash.
+        case invalidName
 
         /// A stable machine-readable code: `kill_switch`, `bucket`, `invalid_state`...
         public var code: String {
@@ -48,6 +70,7 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
             case .anonymousActor: return "anonymous_actor"
             case .noData: return "no_data"
             case .staleSnapshot: return "stale_snapshot"
+            case .invalidName: return "invalid_name"
             }
         }
 
@@ -66,24 +89,28 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
                 return "bucket \(bucket) \(comparison) threshold \(threshold) (\(scheme), \(source) \(percent)%)"
             case .anonymousActor(let percent): return "actor has no id: on only at 100% (now \(percent)%)"
             case .noData: return "no data from Redis yet"
-            case .staleSnapshot: return "snapshot too old and Redis unreachable: failing closed"
+            case .staleSnapshot: return "snapshot older than the allowed staleness and Redis unreachable: failing closed"
+            case .invalidName: return "not a valid feature name: off"
             }
         }
     }
 
-    public var description: String { "\(isOn ? "on" : "off"): \(reason)" }
+    public var description: String {
+        let answer = "\(isOn ? "on" : "off"): \(reason)"
+        return freshness == .live ? answer : "\(answer) (\(freshness))"
+    }
 }
 
-/// Who is asking: the actor's id, its workspace, and whether it is internal.
-public struct Actor: Sendable, Hashable {
-    /// The actor's id; empty means anonymous (on only at 100%).
+/// Who is being evaluated: the subject's id, its workspace, and whether it is internal.
+public struct Subject: Sendable, Hashable {
+    /// The subject's id; empty means anonymous (on only at 100%).
     public var id: String
     /// The workspace, making the stickiness key `<workspace>:<id>`; nil or empty for none.
     public var workspace: String?
-    /// Whether the actor is internal (staff), for `internal_only` features.
+    /// Whether the subject is internal (staff), for `internal_only` features.
     public var isInternal: Bool
 
-    /// An actor.
+    /// A subject.
     public init(id: String, workspace: String? = nil, isInternal: Bool = false) {
         self.id = id
         self.workspace = workspace
@@ -97,11 +124,15 @@ public struct Actor: Sendable, Hashable {
     }
 }
 
+/// The old name of ``Subject``; it shadowed Swift's `Actor` protocol in every importing module.
+@available(*, deprecated, renamed: "Subject")
+public typealias Actor = Subject
+
 extension FeatureState {
     /// The gate's rules, first match wins (docs/bucketing.md, "Decision order"), for a valid
     /// state. `overridden` is the process-level kill switch; `percentOverride` answers as if
     /// rollout_percent were that (the CLI's `--at`).
-    public func decide(for actor: Actor, overriddenBy variable: String? = nil, percentOverride: RolloutPercent? = nil) -> Decision {
+    public func decide(for actor: Subject, overriddenBy variable: String? = nil, percentOverride: RolloutPercent? = nil) -> Decision {
         if !enabled { return Decision(isOn: false, reason: .killSwitch) }
         if let variable { return Decision(isOn: false, reason: .processOverride(variable: variable)) }
         if !deny.isEmpty || !allow.isEmpty {

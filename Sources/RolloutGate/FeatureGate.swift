@@ -9,26 +9,35 @@ public import RolloutRedis
 public import ServiceLifecycle
 import Synchronization
 
-/// The gate a service embeds: answers "is feature F on for this actor?" synchronously from a
+/// The gate a service embeds: answers "is feature F on for this subject?" synchronously from a
 /// local snapshot of Redis, and keeps that snapshot fresh in ``run()``.
 ///
 /// ```swift
 /// let gate = try FeatureGate(redisURL: "redis://127.0.0.1:6379", features: ["google"])
 /// // add `gate` to the app's ServiceGroup, then per request:
-/// if gate.isEnabled("google", for: Actor(id: user.id, workspace: user.workspaceID)) { ... }
+/// if gate.isEnabled("google", for: Subject(id: user.id, workspace: user.workspaceID)) { ... }
 /// ```
 ///
-/// A check never throws, never blocks on the network and never waits for a lock held across
-/// I/O. A feature the gate has not read yet is off (reason ``Decision/Reason/noData``) and is
-/// fetched at once in the background; ``prepare(_:)`` loads features before traffic arrives.
+/// A check never throws, never blocks, takes no lock and writes no memory another thread
+/// writes (see ``ReadSide``). A feature the gate has not read yet is off (reason
+/// ``Decision/Reason/noData``) and is fetched at once in the background; ``prepare(_:)``
+/// loads features before traffic arrives. When Redis is unreachable the last known answers
+/// stand for as long as the outage lasts (fail static), marked ``Decision/Freshness/stale(age:)``.
 public final class FeatureGate: Service, Sendable {
-    /// How the gate refreshes and when it gives up on an old snapshot.
+    /// How the gate refreshes and what it does with an old snapshot.
     public struct Configuration: Sendable {
-        /// How often every known feature is re-read in one pipelined round trip.
+        /// How often the gate polls Redis when push invalidation is off or not connected; also
+        /// how often it notices that its snapshot has grown stale.
         public var refreshInterval: Duration = .seconds(5)
+        /// How often every known feature is re-read while push invalidation is connected (the
+        /// invalidations carry every change in between; this is the safety net).
+        public var fullRefreshInterval: Duration = .seconds(60)
         /// How old the last good snapshot may grow while Redis is unreachable before every
-        /// feature fails closed (off, reason ``Decision/Reason/staleSnapshot``).
-        public var maxStaleness: Duration = .seconds(60)
+        /// feature fails closed (off, reason ``Decision/Reason/staleSnapshot``). nil, the
+        /// default, never fails closed: the last known answers stand (fail static). A kill
+        /// switch set during an outage cannot reach a process cut off from Redis either way;
+        /// a limit trades that for turning every feature off.
+        public var maxStaleness: Duration? = nil
         /// Whether to subscribe to Redis's client-side-caching invalidations (Redis 6+, no
         /// server configuration needed) so a change is seen within milliseconds.
         public var pushInvalidation: Bool = true
@@ -39,7 +48,7 @@ public final class FeatureGate: Service, Sendable {
         /// Where `ROLLOUT_<FEATURE>_ENABLED` is looked up; nil reads the process environment.
         public var environment: [String: String]?
 
-        /// The defaults: refresh every 5 s, fail closed after 60 s without Redis, push on.
+        /// The defaults: poll every 5 s (60 s with push connected), fail static, push on.
         public init() {}
     }
 
@@ -50,96 +59,156 @@ public final class FeatureGate: Service, Sendable {
 
     private let redis: RedisClient
     private let logger: Logger
-    // The snapshot: immutable entries published by swapping references under short locks.
-    // A check takes one uncontended lock (by name) or the feature's own lock (by handle).
-    private let snapshot = Mutex<[FeatureName: Entry]>([:])
+    private let clock: GateClock
+    let readSide = ReadSide.shared
+
+    // The published snapshot: an Unmanaged<Snapshot> (+1), swapped by the refresher, read by
+    // checks inside ReadSide.read without retaining it.
+    private let published = AtomicReference<Snapshot>()
+    private let retired = Retired()
+    // Freshness, on the gate's clock (nanoseconds): when the last full read returned, and
+    // until when a snapshot that old counts as live.
+    private let readAt = Atomic<Int64>(0)
+    private let freshUntil = Atomic<Int64>(.min)
+    private let pushConnected = Atomic<Bool>(false)
+    // Off the hot path: handles (and the publication of entries into them), bookkeeping.
     private let handles = Mutex<[FeatureName: Slot]>([:])
-    private let isStale = Atomic<Bool>(false)
-    private let lastSuccess = Mutex<ContinuousClock.Instant?>(nil)
     private let tallies = Mutex<[FeatureName: Tally]>([:])
     private let refreshTurn = AsyncSemaphore(limit: 1)
     private let readCache = Mutex<(set: Set<FeatureName>, features: [FeatureName], pipeline: PreparedPipeline)?>(nil)
     private let work = Mutex(Work())
-    private let wakeups: AsyncStream<Void>
-    private let wake: AsyncStream<Void>.Continuation
+    private let refresher = Mutex<AsyncStream<Void>.Continuation?>(nil)
+    private let health = Mutex(Health())
+    private let invalidNames = Mutex<Set<String>>([])
     private let redisErrors = Counter(label: "rollout_gate_redis_errors_total")
-    private let snapshotAge = Gauge(label: "rollout_gate_snapshot_age_seconds")
+    private let ageGauge = Gauge(label: "rollout_gate_snapshot_age_seconds")
 
     /// A gate reading `redisURL`; `features` are loaded by the first refresh. Nothing
-    /// connects until ``run()`` or ``prepare(_:)``.
+    /// connects until ``run()`` or ``prepare(_:)``. `clock` measures staleness and paces the
+    /// refresher (tests pass a manual one).
     public init(
         redisURL: RedisURL, features: [FeatureName] = [], configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "rollout-gate")
+        logger: Logger = Logger(label: "rollout-gate"), clock: some Clock<Duration> = ContinuousClock()
     ) {
         self.redisURL = redisURL
         self.configuration = configuration
         self.logger = logger
+        self.clock = GateClock(clock)
         self.redis = RedisClient(
             url: redisURL, connectTimeout: configuration.connectTimeout, commandTimeout: configuration.commandTimeout)
-        (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        work.withLock { $0.known.formUnion(features) }
+        work.withLock { $0.known.formUnion(features.filter(\.isValid)) }
     }
 
     /// A gate reading the Redis at `redisURL` (`redis://`, `rediss://` or `unix://`); throws
     /// only when the URL itself is invalid.
     public convenience init(
         redisURL text: String, features: [FeatureName] = [], configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "rollout-gate")
+        logger: Logger = Logger(label: "rollout-gate"), clock: some Clock<Duration> = ContinuousClock()
     ) throws(RedisError) {
-        self.init(redisURL: try RedisURL(parsing: text), features: features, configuration: configuration, logger: logger)
+        self.init(redisURL: try RedisURL(parsing: text), features: features, configuration: configuration, logger: logger, clock: clock)
     }
 
     deinit {
-        wake.finish()
+        refresher.withLock { $0?.finish() }
         redis.close()
     }
 
     // MARK: Checks (the hot path)
 
-    /// Whether `feature` is on for `actor`.
+    /// Whether `feature` is on for `subject`.
     @inlinable
-    public func isEnabled(_ feature: FeatureName, for actor: Actor) -> Bool {
-        decision(feature, for: actor).isOn
+    public func isEnabled(_ feature: FeatureName, for subject: Subject) -> Bool {
+        decision(feature, for: subject).isOn
     }
 
-    /// The decision for `actor`, with its reason.
-    public func decision(_ feature: FeatureName, for actor: Actor) -> Decision {
-        guard let entry = snapshot.withLock({ $0[feature] }) else {
-            request(feature)
-            return Decision(isOn: false, reason: .noData)
+    /// The decision for `subject`, with its reason.
+    public func decision(_ feature: FeatureName, for subject: Subject) -> Decision {
+        decision(feature, for: subject, percentOverride: nil, count: true)
+    }
+
+    /// The decision as if rollout_percent were `percent` (workspace overrides ignored): who
+    /// would be on before an operator raises it.
+    public func decision(_ feature: FeatureName, for subject: Subject, atPercent percent: RolloutPercent) -> Decision {
+        decision(feature, for: subject, percentOverride: percent, count: false)
+    }
+
+    @inline(__always)
+    private func decision(_ feature: FeatureName, for subject: Subject, percentOverride: RolloutPercent?, count: Bool) -> Decision {
+        guard feature.isValid else { return invalidName(feature) }
+        let freshness = currentFreshness()
+        let decided = readSide.read { stripe -> Decision? in
+            published.withCurrent { snapshot in
+                snapshot.entries[feature]?.decide(
+                    for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
+            } ?? nil
         }
-        return entry.decide(for: actor, stale: isStale.load(ordering: .relaxed))
+        if let decided { return decided }
+        request(feature)
+        return Decision(isOn: false, reason: .noData)
     }
 
     /// A handle for `feature`: the fastest way to check it, with no name lookup per check.
     /// Keep it for the life of the gate (a service typically holds one per feature).
     public func feature(_ feature: FeatureName) -> FeatureHandle {
+        guard feature.isValid else { return FeatureHandle(name: feature, slot: Slot(), gate: self) }
         let (slot, isNew) = handles.withLock { handles -> (Slot, Bool) in
             if let slot = handles[feature] { return (slot, false) }
             let slot = Slot()
+            // Under the publication lock: the refresher cannot retire the snapshot meanwhile.
+            if let entry = published.withCurrent({ $0.entries[feature] }), let entry {
+                _ = slot.entry.replace(with: entry)  // nothing to retire: the slot is new
+            }
             handles[feature] = slot
             return (slot, true)
         }
-        if isNew {
-            slot.entry.withLock { $0 = snapshot.withLock { $0[feature] } }
-            request(feature)
-        }
+        if isNew { request(feature) }
         return FeatureHandle(name: feature, slot: slot, gate: self)
     }
 
-    var isSnapshotStale: Bool { isStale.load(ordering: .relaxed) }
+    /// How current checks are: ``Decision/Freshness/live``, stale for how long, or nil when
+    /// a ``Configuration/maxStaleness`` was passed (failing closed).
+    @inline(__always)
+    func currentFreshness() -> Decision.Freshness? {
+        let now = clock.nanoseconds()
+        if now <= freshUntil.load(ordering: .relaxed) { return .live }
+        return agedFreshness(now: now)
+    }
 
-    /// The decision as if rollout_percent were `percent` (workspace overrides ignored): who
-    /// would be on before an operator raises it.
-    public func decision(_ feature: FeatureName, for actor: Actor, atPercent percent: RolloutPercent) -> Decision {
-        guard let entry = snapshot.withLock({ $0[feature] }) else { return Decision(isOn: false, reason: .noData) }
-        return entry.decide(for: actor, stale: isStale.load(ordering: .relaxed), percentOverride: percent, count: false)
+    @inline(never)
+    private func agedFreshness(now: Int64) -> Decision.Freshness? {
+        let read = readAt.load(ordering: .relaxed)
+        if read == 0 { return .live }  // nothing read yet: the checks answer no_data
+        let age = Duration.nanoseconds(now - read)
+        if let limit = configuration.maxStaleness, age > limit { return nil }
+        return .stale(age: age)
+    }
+
+    @inline(never)
+    func invalidName(_ feature: FeatureName) -> Decision {
+        let isFirst = invalidNames.withLock { $0.insert(feature.rawValue).inserted }
+        Counter(label: "rollout_gate_invalid_name_total").increment()
+        if isFirst {
+            logger.error(
+                "A check asked for a feature name that breaks the name rule: it answers off. Fix the name in the code.",
+                metadata: [
+                    "feature.name": "\(feature.rawValue.prefix(80))",
+                    "error": "\(FeatureName.validationError(feature.rawValue)?.message ?? "invalid")",
+                ])
+        }
+        return Decision(isOn: false, reason: .invalidName)
+    }
+
+    /// How long ago Redis was last read in full (nil before the first read), on the gate's clock.
+    public var snapshotAge: Duration? {
+        let read = readAt.load(ordering: .relaxed)
+        return read == 0 ? nil : .nanoseconds(clock.nanoseconds() - read)
     }
 
     /// The parsed state of `feature` in the snapshot: nil before it was read, an
     /// ``InvalidFeatureState`` when a key breaks the contract.
     public func state(of feature: FeatureName) -> Result<FeatureState, InvalidFeatureState>? {
-        snapshot.withLock { $0[feature]?.result }
+        guard feature.isValid else { return nil }
+        return readSide.read { _ in published.withCurrent { $0.entries[feature]?.result } } ?? nil
     }
 
     // MARK: Loading
@@ -148,8 +217,9 @@ public final class FeatureGate: Service, Sendable {
     /// the connect and command timeouts). Returns false when Redis could not be read.
     @discardableResult
     public func prepare(_ features: [FeatureName]) async -> Bool {
-        work.withLock { $0.known.formUnion(features) }
-        return await refresh(features)
+        let valid = features.filter(\.isValid)
+        work.withLock { $0.known.formUnion(valid) }
+        return await refresh(valid)
     }
 
     /// Re-reads every known feature now, in one pipelined round trip. Returns false when
@@ -160,9 +230,27 @@ public final class FeatureGate: Service, Sendable {
     }
 
     /// Keeps the snapshot fresh until cancelled or a graceful shutdown: a full refresh every
-    /// ``Configuration/refreshInterval``, and at once for a feature whose keys change when
-    /// push invalidation is available. Run it once per gate (a `ServiceGroup` does).
+    /// ``Configuration/refreshInterval`` (every ``Configuration/fullRefreshInterval`` while
+    /// push invalidation is connected), and at once for the features an invalidation names.
+    /// A `ServiceGroup` runs it; it can be run again after it returned, but not twice at once
+    /// (a second concurrent call logs and returns).
     public func run() async throws {
+        let (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let started = refresher.withLock { current -> Bool in
+            guard current == nil else { return false }
+            current = wake
+            return true
+        }
+        guard started else {
+            logger.error("FeatureGate.run() is already running for this gate; this second call returns at once")
+            return
+        }
+        defer {
+            refresher.withLock { $0 = nil }
+            wake.finish()
+            pushConnected.store(false, ordering: .relaxed)
+            updateFreshUntil()
+        }
         request(all: true)
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
@@ -174,8 +262,9 @@ public final class FeatureGate: Service, Sendable {
                         "Push invalidation is off: polling only",
                         metadata: ["gate.refresh_interval": "\(self.configuration.refreshInterval)"])
                 }
-                for await _ in self.wakeups {
+                for await _ in wakeups {
                     if Task.isCancelled { break }
+                    // Everything named since the last refresh, in one pipelined read.
                     let features = self.work.withLock { $0.takeDirty() }
                     if !features.isEmpty { await self.refresh(features) }
                 }
@@ -193,12 +282,15 @@ public final class FeatureGate: Service, Sendable {
             if inserted { work.dirty.insert(feature) }
             return inserted
         }
-        if isNew { wake.yield() }
+        if isNew { wakeRefresher() }
     }
 
     private func request(all: Bool) {
-        work.withLock { $0.dirty.formUnion($0.known) }
-        wake.yield()
+        work.withLock {
+            $0.dirty.formUnion($0.known)
+            $0.lastFullRequest = clock.nanoseconds()
+        }
+        wakeRefresher()
     }
 
     private func request(_ features: some Sequence<FeatureName>) {
@@ -207,18 +299,70 @@ public final class FeatureGate: Service, Sendable {
             work.dirty.formUnion(wanted)
             return !wanted.isEmpty
         }
-        if any { wake.yield() }
+        if any { wakeRefresher() }
+    }
+
+    private func wakeRefresher() {
+        refresher.withLock { _ = $0?.yield() }
     }
 
     private func tick() async {
         while !Task.isCancelled {
             do {
-                try await Task.sleep(for: configuration.refreshInterval)
+                try await clock.sleep(configuration.refreshInterval)
             } catch {
                 return
             }
-            request(all: true)
+            noteAge()
+            let sinceFull = clock.nanoseconds() - work.withLock { $0.lastFullRequest }
+            if !pushConnected.load(ordering: .relaxed) || sinceFull >= configuration.fullRefreshInterval.nanoseconds {
+                request(all: true)
+            }
         }
+    }
+
+    /// The age gauge, and the two log lines of an outage: when the snapshot goes stale (or
+    /// fails closed) and, in ``refreshSerialized(_:)``, when it is fresh again.
+    private func noteAge() {
+        guard let age = snapshotAge else { return }
+        ageGauge.record(age.seconds)
+        let freshness = currentFreshness()
+        let change = health.withLock { health -> String? in
+            switch freshness {
+            case .live?: return nil
+            case .stale?:
+                guard !health.staleLogged else { return nil }
+                health.staleLogged = true
+                return "stale"
+            case nil:
+                guard !health.closedLogged else { return nil }
+                health.closedLogged = true
+                health.staleLogged = true
+                return "closed"
+            }
+        }
+        switch change {
+        case "stale":
+            logger.warning(
+                "The feature snapshot is stale: Redis has not been read for longer than the refresh interval; every check answers from the last known snapshot",
+                metadata: ["redis.url": "\(redisURL)", "gate.snapshot_age": "\(age.components.seconds) s"])
+        case "closed":
+            logger.error(
+                "The feature snapshot is older than the allowed staleness: every feature is now off until Redis answers",
+                metadata: ["redis.url": "\(redisURL)", "gate.max_staleness": "\(configuration.maxStaleness.map { "\($0)" } ?? "none")"])
+        default:
+            break
+        }
+    }
+
+    /// How long a snapshot stays live after a full read: the interval of the next full
+    /// read, plus the time that read may take.
+    private func updateFreshUntil() {
+        let read = readAt.load(ordering: .relaxed)
+        guard read != 0 else { return }
+        let interval = pushConnected.load(ordering: .relaxed) ? configuration.fullRefreshInterval : configuration.refreshInterval
+        let window = interval + configuration.connectTimeout + configuration.commandTimeout
+        freshUntil.store(read &+ window.nanoseconds, ordering: .relaxed)
     }
 
     @discardableResult
@@ -233,8 +377,9 @@ public final class FeatureGate: Service, Sendable {
 
     private func refreshSerialized(_ features: [FeatureName]) async -> Bool {
         flushDecisionCounts()
+        retired.reclaim()
         guard !features.isEmpty else { return true }
-        // Staleness is about the whole snapshot: only a refresh of every known feature resets it.
+        // Freshness is about the whole snapshot: only a read of every known feature renews it.
         let isFull = work.withLock { Set(features).isSuperset(of: $0.known) }
         let replies: [RedisValue]
         let ordered: [FeatureName]
@@ -247,59 +392,69 @@ public final class FeatureGate: Service, Sendable {
             noteFailure(error)
             return false
         }
+        let readTime = clock.nanoseconds()
         // Most refreshes change nothing: a feature whose replies and override are what the
         // current entry was built from keeps that entry (no parsing, no allocation).
-        let current = snapshot.withLock { $0 }
+        let current = currentEntries()
         var fresh: [FeatureName: Entry] = [:]
         let count = FeatureKeys.readCommandCount
         for (index, feature) in ordered.enumerated() {
             let raw = replies[(index * count)..<(index * count + count)]
-            let override = overrideVariable(for: feature, named: tally(for: feature).variableName)
+            let tally = tally(for: feature)
+            let override = overrideVariable(for: feature, named: tally.variableName)
             if let existing = current[feature], existing.overrideVariable == override, existing.raw.elementsEqual(raw) {
                 continue
             }
             let state = FeatureState.read(feature, from: raw)
-            fresh[feature] = Entry(feature: feature, raw: Array(raw), result: state, overrideVariable: override, tally: tally(for: feature))
+            fresh[feature] = Entry(feature: feature, raw: Array(raw), result: state, overrideVariable: override, tally: tally)
         }
-        let previous = snapshot.withLock { snapshot in
-            let previous = snapshot
-            snapshot.merge(fresh) { _, new in new }
-            return previous
+        if !fresh.isEmpty { publish(fresh, over: current) }
+        report(fresh, against: current)
+        guard isFull || readAt.load(ordering: .relaxed) == 0 else { return true }
+        readAt.store(readTime, ordering: .relaxed)
+        updateFreshUntil()
+        ageGauge.record(0)
+        let wasStale = health.withLock { health in
+            defer { health = Health() }
+            return health.staleLogged || health.failing
         }
-        let slots = handles.withLock { handles in fresh.keys.compactMap { feature in handles[feature].map { (feature, $0) } } }
-        for (feature, slot) in slots {
-            let entry = fresh[feature]
-            slot.entry.withLock { $0 = entry }
-        }
-        report(fresh, against: previous)
-        guard isFull else { return true }
-        lastSuccess.withLock { $0 = ContinuousClock.now }
-        let wasStale = isStale.exchange(false, ordering: .acquiringAndReleasing)
-        snapshotAge.record(0)
         if wasStale {
             logger.notice("Redis is reachable again: the gate answers from a fresh snapshot", metadata: ["redis.url": "\(redisURL)"])
         }
         return true
     }
 
+    /// The entries of the published snapshot (the writer's view: only a writer retires it).
+    private func currentEntries() -> [FeatureName: Entry] {
+        published.withCurrent { $0.entries } ?? [:]
+    }
+
+    /// Publishes a snapshot with `fresh` merged in, points the handles at their new entries,
+    /// and retires what they replaced.
+    private func publish(_ fresh: [FeatureName: Entry], over current: [FeatureName: Entry]) {
+        let snapshot = Snapshot(entries: current.merging(fresh) { _, new in new })
+        var unpublished: [Unmanaged<AnyObject>] = []
+        handles.withLock { handles in
+            if let old = published.replace(with: snapshot) { unpublished.append(old) }
+            for (feature, entry) in fresh {
+                guard let slot = handles[feature], let old = slot.entry.replace(with: entry) else { continue }
+                unpublished.append(old)
+            }
+        }
+        retired.retire(unpublished)
+    }
+
     private func noteFailure(_ error: RedisError) {
-        let age = lastSuccess.withLock { $0 }.map { $0.duration(to: .now) }
-        var becameStale = false
-        if let age, age > configuration.maxStaleness {
-            becameStale = !isStale.exchange(true, ordering: .acquiringAndReleasing)
+        let isFirst = health.withLock { health in
+            defer { health.failing = true }
+            return !health.failing
         }
-        if let age {
-            let (seconds, attoseconds) = age.components
-            snapshotAge.record(Double(seconds) + Double(attoseconds) / 1e18)
-        }
-        if becameStale {
-            logger.error(
-                "Redis unreachable for longer than the allowed staleness: every feature is now off until Redis answers",
-                metadata: ["redis.url": "\(redisURL)", "gate.max_staleness": "\(configuration.maxStaleness)", "error": "\(error)"])
+        noteAge()
+        let metadata: Logger.Metadata = ["redis.url": "\(redisURL)", "error": "\(error)"]
+        if isFirst {
+            logger.warning("Cannot refresh the feature snapshot; answering from the last good one", metadata: metadata)
         } else {
-            logger.warning(
-                "Cannot refresh the feature snapshot; answering from the last good one",
-                metadata: ["redis.url": "\(redisURL)", "error": "\(error)"])
+            logger.debug("Cannot refresh the feature snapshot; answering from the last good one", metadata: metadata)
         }
     }
 
@@ -345,8 +500,8 @@ public final class FeatureGate: Service, Sendable {
         }
     }
 
-    /// Moves the decision counts of the hot path (plain atomics) into swift-metrics counters;
-    /// done at every refresh, so the metric lags by at most one refresh interval.
+    /// Moves the decision counts of the hot path (striped counters) into swift-metrics
+    /// counters; done at every refresh, so the metric lags by at most one refresh interval.
     private func flushDecisionCounts() {
         for tally in tallies.withLock({ Array($0.values) }) { tally.flush() }
     }
@@ -370,6 +525,7 @@ public final class FeatureGate: Service, Sendable {
                 [RedisCommand("CLIENT", "TRACKING", "ON", "REDIRECT", String(id), "BCAST", "PREFIX", "flags:")]
             })
         var connectedOnce = false
+        defer { setPushConnected(false) }
         for await event in subscription.events() {
             switch event {
             case .subscribed:
@@ -379,6 +535,7 @@ public final class FeatureGate: Service, Sendable {
                 connectedOnce = true
                 // Anything may have changed while the subscription was down.
                 request(all: true)
+                setPushConnected(true)
             case .message(_, let payload):
                 if let keys = payload.array {
                     request(keys.compactMap { $0.string.flatMap(FeatureKeys.feature(ofKey:)) })
@@ -386,6 +543,7 @@ public final class FeatureGate: Service, Sendable {
                     request(all: true)  // a flush: every key may have changed
                 }
             case .disconnected(let error):
+                setPushConnected(false)
                 logger.debug("Push invalidation connection lost; reconnecting", metadata: ["error": "\(error)"])
             case .refused(let error):
                 logger.notice(
@@ -395,6 +553,18 @@ public final class FeatureGate: Service, Sendable {
             }
         }
     }
+
+    private func setPushConnected(_ connected: Bool) {
+        pushConnected.store(connected, ordering: .relaxed)
+        updateFreshUntil()
+    }
+}
+
+/// Every feature the gate has read, as one immutable value: published whole, never changed.
+final class Snapshot: Sendable {
+    let entries: [FeatureName: Entry]
+
+    init(entries: [FeatureName: Entry]) { self.entries = entries }
 }
 
 /// One feature as the snapshot holds it. Immutable: a check borrows it and reads.
@@ -427,28 +597,30 @@ final class Entry: Sendable {
         self.tally = tally
     }
 
+    /// The decision; `freshness` nil means failing closed. `count` is the reader's stripe,
+    /// nil for a decision that is not counted (a preview at another percent).
     @inline(__always)
-    func decide(for actor: Actor, stale: Bool, percentOverride: RolloutPercent? = nil, count: Bool = true) -> Decision {
+    func decide(for subject: Subject, freshness: Decision.Freshness?, percentOverride: RolloutPercent? = nil, count stripe: Int?) -> Decision {
         let decision: Decision
-        if stale {
-            decision = Decision(isOn: false, reason: .staleSnapshot)
-        } else if let invalidKey {
-            decision = Decision(isOn: false, reason: .invalidState(key: invalidKey))
+        if let freshness {
+            if let invalidKey {
+                decision = Decision(isOn: false, reason: .invalidState(key: invalidKey), freshness: freshness)
+            } else {
+                let rule = state.decide(for: subject, overriddenBy: overrideVariable, percentOverride: percentOverride)
+                decision = freshness == .live ? rule : Decision(isOn: rule.isOn, reason: rule.reason, freshness: freshness)
+            }
         } else {
-            decision = state.decide(for: actor, overriddenBy: overrideVariable, percentOverride: percentOverride)
+            decision = Decision(isOn: false, reason: .staleSnapshot)
         }
-        if count {
-            if decision.isOn { tally.on.wrappingAdd(1, ordering: .relaxed) } else { tally.off.wrappingAdd(1, ordering: .relaxed) }
-        }
+        if let stripe { tally.decisions.count(isOn: decision.isOn, stripe: stripe) }
         return decision
     }
 }
 
-/// Decisions counted on the hot path with relaxed atomics, flushed into swift-metrics
-/// counters by the refresher (a metrics backend call per check would cost more than the hash).
+/// Decisions counted on the hot path in striped cells, flushed into swift-metrics counters by
+/// the refresher (a metrics backend call per check would cost more than the hash).
 final class Tally: Sendable {
-    let on = Atomic<Int>(0)
-    let off = Atomic<Int>(0)
+    let decisions = StripedTally()
     /// `ROLLOUT_<FEATURE>_ENABLED`, computed once.
     let variableName: String
     private let onCounter: Counter
@@ -461,16 +633,16 @@ final class Tally: Sendable {
     }
 
     func flush() {
-        let onCount = on.exchange(0, ordering: .relaxed)
-        let offCount = off.exchange(0, ordering: .relaxed)
-        if onCount > 0 { onCounter.increment(by: onCount) }
-        if offCount > 0 { offCounter.increment(by: offCount) }
+        let (on, off) = decisions.take()
+        if on > 0 { onCounter.increment(by: Int(truncatingIfNeeded: on)) }
+        if off > 0 { offCounter.increment(by: Int(truncatingIfNeeded: off)) }
     }
 }
 
-/// Where a ``FeatureHandle`` finds its feature's current entry.
+/// Where a ``FeatureHandle`` finds its feature's current entry, swapped by the refresher
+/// under the gate's publication lock.
 final class Slot: Sendable {
-    let entry = Mutex<Entry?>(nil)
+    let entry = AtomicReference<Entry>()
 }
 
 /// A feature of a ``FeatureGate``, resolved once: checks through it skip the name lookup.
@@ -480,32 +652,98 @@ public struct FeatureHandle: Sendable {
     let slot: Slot
     let gate: FeatureGate
 
-    /// Whether the feature is on for `actor`.
+    /// Whether the feature is on for `subject`.
     @inlinable
-    public func isEnabled(for actor: Actor) -> Bool {
-        decision(for: actor).isOn
+    public func isEnabled(for subject: Subject) -> Bool {
+        decision(for: subject).isOn
     }
 
-    /// The decision for `actor`, with its reason.
-    public func decision(for actor: Actor) -> Decision {
-        guard let entry = slot.entry.withLock({ $0 }) else { return Decision(isOn: false, reason: .noData) }
-        return entry.decide(for: actor, stale: gate.isSnapshotStale)
+    /// The decision for `subject`, with its reason.
+    public func decision(for subject: Subject) -> Decision {
+        decision(for: subject, percentOverride: nil, count: true)
     }
 
     /// The decision as if rollout_percent were `percent` (workspace overrides ignored).
-    public func decision(for actor: Actor, atPercent percent: RolloutPercent) -> Decision {
-        guard let entry = slot.entry.withLock({ $0 }) else { return Decision(isOn: false, reason: .noData) }
-        return entry.decide(for: actor, stale: gate.isSnapshotStale, percentOverride: percent, count: false)
+    public func decision(for subject: Subject, atPercent percent: RolloutPercent) -> Decision {
+        decision(for: subject, percentOverride: percent, count: false)
     }
+
+    @inline(__always)
+    private func decision(for subject: Subject, percentOverride: RolloutPercent?, count: Bool) -> Decision {
+        guard name.isValid else { return gate.invalidName(name) }
+        let freshness = gate.currentFreshness()
+        let decided = gate.readSide.read { stripe -> Decision? in
+            slot.entry.withCurrent {
+                $0.decide(for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
+            }
+        }
+        return decided ?? Decision(isOn: false, reason: .noData)
+    }
+}
+
+/// The gate's clock, read on the hot path: the system's coarse monotonic clock (a few
+/// nanoseconds, no system call), or the clock a test injected.
+struct GateClock: Sendable {
+    private let now: (@Sendable () -> Int64)?
+    private let sleeper: @Sendable (Duration) async throws -> Void
+
+    init<C: Clock<Duration>>(_ clock: C) {
+        sleeper = { duration in try await clock.sleep(for: duration) }
+        if clock is ContinuousClock {
+            now = nil
+        } else {
+            let origin = clock.now
+            // Offset by one second so that 0 never means "now" (0 is "never read").
+            now = { origin.duration(to: clock.now).nanoseconds &+ 1_000_000_000 }
+        }
+    }
+
+    /// Nanoseconds on a monotonic timeline, never 0.
+    @inline(__always)
+    func nanoseconds() -> Int64 {
+        if let now { return now() }
+        var time = timespec()
+        #if os(Linux)
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &time)
+        #else
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        #endif
+        return Int64(time.tv_sec) &* 1_000_000_000 &+ Int64(time.tv_nsec) &+ 1_000_000_000
+    }
+
+    func sleep(_ duration: Duration) async throws { try await sleeper(duration) }
+}
+
+private struct Health: Sendable {
+    var failing = false
+    var staleLogged = false
+    var closedLogged = false
 }
 
 private struct Work: Sendable {
     var known: Set<FeatureName> = []
     var dirty: Set<FeatureName> = []
+    var lastFullRequest: Int64 = 0
 
     mutating func takeDirty() -> [FeatureName] {
         defer { dirty.removeAll(keepingCapacity: true) }
         return Array(dirty)
+    }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds (saturating).
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return seconds < 0 ? .min : .max }
+        return product.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
+    }
+
+    /// The duration in seconds.
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }
 

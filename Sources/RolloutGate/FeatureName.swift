@@ -1,15 +1,28 @@
-/// A validated feature name: `[a-z0-9][a-z0-9_.-]{0,63}`. Nothing else can address keys, so a
-/// name can never reach outside its own `flags:<name>:` keys.
+/// A feature name: `[a-z0-9][a-z0-9_.-]{0,63}`. Nothing else can address keys, so a name can
+/// never reach outside its own `flags:<name>:` keys.
+///
+/// The throwing initializer refuses a bad name. A string literal cannot throw, so a bad literal
+/// (`"Google"`) makes a name that is marked invalid: the gate answers off for it with reason
+/// ``Decision/Reason/invalidName`` and never reads or builds a key from it.
 public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertible, ExpressibleByStringLiteral {
     /// The name as written.
     public let rawValue: String
+    /// Whether the name follows the rule; false only for a bad string literal.
+    public let isValid: Bool
 
     /// Validates `text`; the error says what is wrong with it. Allocation-free when valid.
     public init(_ text: String) throws(KeyspaceError) {
+        if let error = Self.validationError(text) { throw error }
+        rawValue = text
+        isValid = true
+    }
+
+    /// What is wrong with `text` as a feature name, or nil when it is a valid one.
+    public static func validationError(_ text: String) -> KeyspaceError? {
         // Reads the bytes in place (a name is a small string: no copy); first bad byte wins.
         let verdict = text.utf8.withContiguousStorageIfAvailable(Self.firstInvalid) ?? Self.firstInvalid(Array(text.utf8))
-        if let (index, byte) = verdict { throw Self.invalid(text, byte: byte, at: index) }
-        rawValue = text
+        guard let (index, byte) = verdict else { return nil }
+        return Self.invalid(text, byte: byte, at: index)
     }
 
     /// The position and byte of the first character a name may not have there: `nil` byte
@@ -41,13 +54,11 @@ public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertib
             "The feature name '\(text)' contains \(shown); only lower-case letters, digits, '_', '.' and '-' are allowed.")
     }
 
-    /// A name known to be valid at compile time; traps on an invalid literal (a programming error).
+    /// A name written in the code. An invalid literal never traps: it makes a name marked
+    /// invalid, which every check answers off (``Decision/Reason/invalidName``).
     public init(stringLiteral value: String) {
-        do {
-            try self.init(value)
-        } catch {
-            preconditionFailure("Invalid feature name literal: \(error)")
-        }
+        rawValue = value
+        isValid = Self.validationError(value) == nil
     }
 
     /// The process-level kill switch variable for this feature: `ROLLOUT_<FEATURE>_ENABLED`,

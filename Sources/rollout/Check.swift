@@ -39,7 +39,7 @@ struct Check: AsyncParsableCommand {
         let workspace = self.workspace
         let isInternal = self.isInternal
         let decide: @Sendable (String) -> Decision = { id in
-            let who = Actor(id: id, workspace: workspace, isInternal: isInternal)
+            let who = Subject(id: id, workspace: workspace, isInternal: isInternal)
             return previewPercent.map { handle.decision(for: who, atPercent: $0) } ?? handle.decision(for: who)
         }
         guard await gate.prepare([name]) else {
@@ -73,7 +73,7 @@ struct Check: AsyncParsableCommand {
             }
             try printJSON(document)
         } else {
-            print("\(feature) for \(Actor(id: actor, workspace: workspace).stickinessKey): \(decision)")
+            print("\(feature) for \(Subject(id: actor, workspace: workspace).stickinessKey): \(decision)")
         }
     }
 
@@ -105,7 +105,7 @@ struct Check: AsyncParsableCommand {
                 var last = end
                 if last > start && bytes[last - 1] == UInt8(ascii: "\r") { last -= 1 }
                 let line = UnsafeBufferPointer(rebasing: bytes[start..<last])
-                let actor = Actor(id: String(decoding: line, as: UTF8.self), workspace: workspace, isInternal: isInternal)
+                let actor = Subject(id: String(decoding: line, as: UTF8.self), workspace: workspace, isInternal: isInternal)
                 let isOn = previewPercent.map { handle.decision(for: actor, atPercent: $0).isOn } ?? handle.isEnabled(for: actor)
                 output.append(contentsOf: line)
                 output.append(contentsOf: isOn ? yes : no)

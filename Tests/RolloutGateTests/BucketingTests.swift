@@ -76,7 +76,7 @@ private func check(_ vector: Vector) {
             Bucketing.isInside(bucket: bucket, scheme: vector.scheme, percent: percent) == expected,
             "at \(percent)%")
         let state = FeatureState.absentWith(vector.feature, scheme: vector.scheme, percent: percent)
-        #expect(state.decide(for: Actor(id: vector.actor, workspace: vector.workspace)).isOn == expected)
+        #expect(state.decide(for: Subject(id: vector.actor, workspace: vector.workspace)).isOn == expected)
     }
 }
 

@@ -29,12 +29,12 @@ struct FeatureGateTests {
             RedisCommand("HSET", "flags:google:workspaces", "acme", "100"),
         ])
         let gate = FeatureGate(redisURL: server.url())
-        #expect(gate.decision("google", for: Actor(id: "user_123")) == Decision(isOn: false, reason: .noData))
+        #expect(gate.decision("google", for: Subject(id: "user_123")) == Decision(isOn: false, reason: .noData))
         #expect(await gate.prepare(["google"]))
-        #expect(gate.isEnabled("google", for: Actor(id: "user_123")))  // bucket 30079 < 50000
-        #expect(!gate.isEnabled("google", for: Actor(id: "user-1")))  // bucket 83092
-        #expect(gate.decision("google", for: Actor(id: "vip")).reason == .allowed)
-        #expect(gate.isEnabled("google", for: Actor(id: "user-1", workspace: "acme")))
+        #expect(gate.isEnabled("google", for: Subject(id: "user_123")))  // bucket 30079 < 50000
+        #expect(!gate.isEnabled("google", for: Subject(id: "user-1")))  // bucket 83092
+        #expect(gate.decision("google", for: Subject(id: "vip")).reason == .allowed)
+        #expect(gate.isEnabled("google", for: Subject(id: "user-1", workspace: "acme")))
     }
 
     @Test func handleFollowsEveryRefreshAndAgreesWithTheNamePath() async throws {
@@ -43,19 +43,19 @@ struct FeatureGateTests {
         defer { admin.close() }
         let gate = FeatureGate(redisURL: server.url())
         let google = gate.feature("google")
-        #expect(google.decision(for: Actor(id: "user_123")) == Decision(isOn: false, reason: .noData))
+        #expect(google.decision(for: Subject(id: "user_123")) == Decision(isOn: false, reason: .noData))
         _ = try await admin.send("SET", "flags:google:rollout_percent", "50")
         await gate.refresh()
         for index in 0..<200 {
-            let actor = Actor(id: "user-\(index)", workspace: index % 2 == 0 ? "acme" : nil)
+            let actor = Subject(id: "user-\(index)", workspace: index % 2 == 0 ? "acme" : nil)
             #expect(google.decision(for: actor) == gate.decision("google", for: actor))
         }
-        #expect(google.isEnabled(for: Actor(id: "user_123")))
+        #expect(google.isEnabled(for: Subject(id: "user_123")))
         _ = try await admin.send("SET", "flags:google:enabled", "off")
         await gate.refresh()
-        #expect(google.decision(for: Actor(id: "user_123")).reason == .killSwitch)
+        #expect(google.decision(for: Subject(id: "user_123")).reason == .killSwitch)
         let fifty = try #require(RolloutPercent(parsing: "50"))
-        #expect(google.decision(for: Actor(id: "user_123"), atPercent: fifty).reason == .killSwitch)
+        #expect(google.decision(for: Subject(id: "user_123"), atPercent: fifty).reason == .killSwitch)
     }
 
     @Test func unknownFeatureIsFetchedInTheBackground() async throws {
@@ -67,8 +67,8 @@ struct FeatureGateTests {
         configuration.refreshInterval = .seconds(60)
         let gate = FeatureGate(redisURL: server.url(), configuration: configuration)
         try await whileRunning(gate) {
-            #expect(gate.decision("late", for: Actor(id: "a")).reason == .noData)
-            #expect(await eventually { gate.isEnabled("late", for: Actor(id: "a")) })
+            #expect(gate.decision("late", for: Subject(id: "a")).reason == .noData)
+            #expect(await eventually { gate.isEnabled("late", for: Subject(id: "a")) })
         }
     }
 
@@ -86,7 +86,7 @@ struct FeatureGateTests {
             let gate = FeatureGate(redisURL: server.url(), logger: Logger(label: "test") { _ in logs })
             await gate.prepare(["google"])
             // Off for everyone, even the allow list: the state cannot be trusted.
-            #expect(gate.decision("google", for: Actor(id: "vip")) == Decision(isOn: false, reason: .invalidState(key: "flags:google:rollout_percent")))
+            #expect(gate.decision("google", for: Subject(id: "vip")) == Decision(isOn: false, reason: .invalidState(key: "flags:google:rollout_percent")))
             let errors = logs.entries.filter { $0.level == .error }
             #expect(errors.count == 1)
             #expect(errors.first?.metadata["redis.key"] == "flags:google:rollout_percent")
@@ -97,7 +97,7 @@ struct FeatureGateTests {
             // Fixed by an operator: valid again.
             _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
             await gate.refresh()
-            #expect(gate.isEnabled("google", for: Actor(id: "anyone")))
+            #expect(gate.isEnabled("google", for: Subject(id: "anyone")))
             await gate.refresh()  // decision counts reach swift-metrics at each refresh
             #expect(try metrics.expectCounter("rollout_gate_decisions_total", [("feature", "google"), ("result", "on")]).totalValue == 1)
         }
@@ -112,7 +112,7 @@ struct FeatureGateTests {
         configuration.environment = ["ROLLOUT_PAY_V2_ENABLED": "false"]
         let gate = FeatureGate(redisURL: server.url(), configuration: configuration)
         await gate.prepare(["pay.v2"])
-        #expect(gate.decision("pay.v2", for: Actor(id: "a")).reason == .processOverride(variable: "ROLLOUT_PAY_V2_ENABLED"))
+        #expect(gate.decision("pay.v2", for: Subject(id: "a")).reason == .processOverride(variable: "ROLLOUT_PAY_V2_ENABLED"))
     }
 
     @Test func pushInvalidationFlipsTheKillSwitchWithoutWaitingForAPoll() async throws {
@@ -124,13 +124,13 @@ struct FeatureGateTests {
         configuration.refreshInterval = .seconds(3600)  // only push can deliver the change in time
         let gate = FeatureGate(redisURL: server.url(), features: ["google"], configuration: configuration)
         try await whileRunning(gate) {
-            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            #expect(await eventually { gate.isEnabled("google", for: Subject(id: "a")) })
             // Give the subscription a moment to be in place, then flip the switch.
             #expect(await eventually { (try? await admin.send("PUBSUB", "NUMSUB", "__redis__:invalidate").array?.last?.integer) == 1 })
             _ = try await admin.send("SET", "flags:google:enabled", "false")
-            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Actor(id: "a")).reason == .killSwitch })
+            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Subject(id: "a")).reason == .killSwitch })
             _ = try await admin.send("DEL", "flags:google:enabled")
-            #expect(await eventually(within: .seconds(3)) { gate.isEnabled("google", for: Actor(id: "a")) })
+            #expect(await eventually(within: .seconds(3)) { gate.isEnabled("google", for: Subject(id: "a")) })
         }
     }
 
@@ -150,7 +150,7 @@ struct FeatureGateTests {
         try await whileRunning(gate) {
             #expect(await eventually { logs.entries.contains { "\($0.message)".contains("falling back to polling") } })
             _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
-            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            #expect(await eventually { gate.isEnabled("google", for: Subject(id: "a")) })
         }
     }
 
@@ -165,15 +165,15 @@ struct FeatureGateTests {
         configuration.commandTimeout = .milliseconds(200)
         let gate = FeatureGate(redisURL: server.url(), features: ["google"], configuration: configuration)
         try await whileRunning(gate) {
-            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            #expect(await eventually { gate.isEnabled("google", for: Subject(id: "a")) })
             server.kill()
             // Within the staleness bound the last good snapshot still answers...
-            #expect(gate.isEnabled("google", for: Actor(id: "a")))
+            #expect(gate.isEnabled("google", for: Subject(id: "a")))
             // ...then the gate fails closed.
-            #expect(await eventually { gate.decision("google", for: Actor(id: "a")).reason == .staleSnapshot })
+            #expect(await eventually { gate.decision("google", for: Subject(id: "a")).reason == .staleSnapshot })
             try server.restart()
             _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
-            #expect(await eventually(within: .seconds(10)) { gate.isEnabled("google", for: Actor(id: "a")) })
+            #expect(await eventually(within: .seconds(10)) { gate.isEnabled("google", for: Subject(id: "a")) })
         }
     }
 

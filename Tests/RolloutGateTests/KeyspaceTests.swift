@@ -153,12 +153,12 @@ struct DecisionOrderTests {
         var state = base
         state.enabled = false
         state.allow = ["alice"]
-        #expect(state.decide(for: Actor(id: "alice")) == Decision(isOn: false, reason: .killSwitch))
+        #expect(state.decide(for: Subject(id: "alice")) == Decision(isOn: false, reason: .killSwitch))
     }
 
     @Test func processOverrideIsAKillSwitch() {
         #expect(
-            base.decide(for: Actor(id: "a"), overriddenBy: "ROLLOUT_GOOGLE_ENABLED")
+            base.decide(for: Subject(id: "a"), overriddenBy: "ROLLOUT_GOOGLE_ENABLED")
                 == Decision(isOn: false, reason: .processOverride(variable: "ROLLOUT_GOOGLE_ENABLED")))
     }
 
@@ -166,8 +166,8 @@ struct DecisionOrderTests {
         var state = base
         state.allow = ["acme:alice"]
         state.deny = ["acme:alice"]
-        #expect(state.decide(for: Actor(id: "alice", workspace: "acme")).reason == .denied)
-        #expect(state.decide(for: Actor(id: "alice")).isOn)  // stickiness key "alice" is in neither
+        #expect(state.decide(for: Subject(id: "alice", workspace: "acme")).reason == .denied)
+        #expect(state.decide(for: Subject(id: "alice")).isOn)  // stickiness key "alice" is in neither
     }
 
     @Test func allowBeatsInternalOnlyAndZeroPercent() {
@@ -175,43 +175,43 @@ struct DecisionOrderTests {
         state.rolloutPercent = .zero
         state.internalOnly = true
         state.allow = ["bob"]
-        #expect(state.decide(for: Actor(id: "bob")) == Decision(isOn: true, reason: .allowed))
+        #expect(state.decide(for: Subject(id: "bob")) == Decision(isOn: true, reason: .allowed))
     }
 
     @Test func internalOnlyTurnsOffExternalActors() {
         var state = base
         state.internalOnly = true
-        #expect(state.decide(for: Actor(id: "x")) == Decision(isOn: false, reason: .internalOnly))
-        #expect(state.decide(for: Actor(id: "x", isInternal: true)).isOn)
+        #expect(state.decide(for: Subject(id: "x")) == Decision(isOn: false, reason: .internalOnly))
+        #expect(state.decide(for: Subject(id: "x", isInternal: true)).isOn)
     }
 
     @Test func workspacePercentOverridesRolloutPercent() throws {
         var state = base
         state.rolloutPercent = .zero
         state.workspaces = ["acme": .full]
-        let decision = state.decide(for: Actor(id: "user_123", workspace: "acme"))
+        let decision = state.decide(for: Subject(id: "user_123", workspace: "acme"))
         #expect(decision.isOn)
         guard case .bucket(_, _, let threshold, _, let fromWorkspace) = decision.reason else {
             Issue.record("expected a bucket reason")
             return
         }
         #expect(threshold == 100_000 && fromWorkspace)
-        #expect(!state.decide(for: Actor(id: "user_123", workspace: "other")).isOn)
+        #expect(!state.decide(for: Subject(id: "user_123", workspace: "other")).isOn)
     }
 
     @Test func percentOverridePreviewsAnotherPercent() throws {
         var state = base
         state.rolloutPercent = .zero
         let fifty = try #require(RolloutPercent(parsing: "50"))
-        let decision = state.decide(for: Actor(id: "user_123"), percentOverride: fifty)
+        let decision = state.decide(for: Subject(id: "user_123"), percentOverride: fifty)
         #expect(decision.isOn)  // bucket 30079 < 50000 (docs/bucketing.md)
         #expect(decision.reason == .bucket(scheme: .v2, bucket: 30079, threshold: 50_000, percent: fifty, fromWorkspace: false))
     }
 
     @Test func anonymousActorOnlyAtFull() throws {
         var state = base
-        #expect(state.decide(for: Actor(id: "")).isOn)
+        #expect(state.decide(for: Subject(id: "")).isOn)
         state.rolloutPercent = try #require(RolloutPercent(parsing: "99.999"))
-        #expect(state.decide(for: Actor(id: "")) == Decision(isOn: false, reason: .anonymousActor(percent: state.rolloutPercent)))
+        #expect(state.decide(for: Subject(id: "")) == Decision(isOn: false, reason: .anonymousActor(percent: state.rolloutPercent)))
     }
 }

@@ -26,11 +26,11 @@ struct ShippedRedisConfigTests {
         let gateURL = server.url(username: "gate", password: "gate-change-me")
         let gate = FeatureGate(redisURL: gateURL, features: ["google"], configuration: configuration)
         try await whileRunning(gate) {
-            #expect(await eventually { gate.isEnabled("google", for: Actor(id: "a")) })
+            #expect(await eventually { gate.isEnabled("google", for: Subject(id: "a")) })
             // With an hour-long poll, only the invalidation subscription (push, or the full refresh
             // it triggers once subscribed) can deliver this change: it proves the ACL allows it.
             _ = try await controller.send("SET", "flags:google:enabled", "false")
-            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Actor(id: "a")).reason == .killSwitch })
+            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Subject(id: "a")).reason == .killSwitch })
         }
         let reader = RedisClient(url: gateURL)
         defer { reader.close() }

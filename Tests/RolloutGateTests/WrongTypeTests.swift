@@ -17,10 +17,10 @@ struct WrongTypeTests {
             zip(features, cases).flatMap { $1.setUp($0.rawValue) } + [RedisCommand("SET", "flags:control:rollout_percent", "100")])
         let gate = FeatureGate(redisURL: server.url())
         #expect(await gate.prepare(features + [control]))
-        #expect(gate.decision(control, for: Actor(id: "a")).isOn)
+        #expect(gate.decision(control, for: Subject(id: "a")).isOn)
         for (feature, wrong) in zip(features, cases) {
             let key = "flags:\(feature):\(wrong.suffix)"
-            #expect(gate.decision(feature, for: Actor(id: "a")) == Decision(isOn: false, reason: .invalidState(key: key)), "\(wrong)")
+            #expect(gate.decision(feature, for: Subject(id: "a")) == Decision(isOn: false, reason: .invalidState(key: key)), "\(wrong)")
             guard case .failure(let invalid)? = gate.state(of: feature) else {
                 Issue.record("\(wrong): the state should be invalid")
                 continue

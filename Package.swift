@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .library(name: "RolloutGate", targets: ["RolloutGate"]),
         .library(name: "RolloutRedis", targets: ["RolloutRedis"]),
+        // For services' tests: a FeatureGate over features in memory, no Redis.
+        .library(name: "RolloutGateTesting", targets: ["RolloutGateTesting"]),
         .executable(name: "rollout", targets: ["rollout"]),
     ],
     dependencies: [
@@ -57,6 +59,12 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // TestFlags: the gate with its snapshot set by a test, deciding with the production code.
+        .target(
+            name: "RolloutGateTesting",
+            dependencies: ["RolloutGate", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // The audit trail: records in a Redis stream, written by the scripts that change
@@ -136,7 +144,7 @@ let package = Package(
         .testTarget(
             name: "RolloutGateTests",
             dependencies: [
-                "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                "RolloutGate", "RolloutGateTesting", "RolloutRedis", "RolloutTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -58,6 +58,8 @@ public final class FeatureGate: Service, Sendable {
     public let configuration: Configuration
 
     private let redis: RedisClient
+    /// False for a gate made by RolloutGateTesting: no Redis, its snapshot is what a test sets.
+    private let readsRedis: Bool
     private let logger: Logger
     private let clock: GateClock
     let readSide = ReadSide.shared
@@ -93,6 +95,7 @@ public final class FeatureGate: Service, Sendable {
         self.redisURL = redisURL
         self.configuration = configuration
         self.logger = logger
+        self.readsRedis = true
         self.clock = GateClock(clock)
         self.redis = RedisClient(
             url: redisURL, connectTimeout: configuration.connectTimeout, commandTimeout: configuration.commandTimeout)
@@ -106,6 +109,41 @@ public final class FeatureGate: Service, Sendable {
         logger: Logger = Logger(label: "rollout-gate"), clock: some Clock<Duration> = ContinuousClock()
     ) throws(RedisError) {
         self.init(redisURL: try RedisURL(parsing: text), features: features, configuration: configuration, logger: logger, clock: clock)
+    }
+
+    /// A gate that never reads Redis, for RolloutGateTesting: ``publishForTesting(_:)`` sets
+    /// its snapshot, which is always live.
+    package init(testingWith configuration: Configuration, logger: Logger) {
+        var configuration = configuration
+        configuration.pushInvalidation = false
+        self.redisURL = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 0))
+        self.configuration = configuration
+        self.logger = logger
+        self.readsRedis = false
+        self.clock = GateClock(ContinuousClock())
+        self.redis = RedisClient(url: redisURL)
+    }
+
+    /// Replaces the states of `states`' features (a state of nil removes the feature: no data),
+    /// visible to the next check. Only for a gate made by ``init(testingWith:logger:)``; the
+    /// caller serializes its calls.
+    package func publishForTesting(_ states: [FeatureName: FeatureState?]) {
+        precondition(!readsRedis, "publishForTesting is only for gates made by RolloutGateTesting")
+        var fresh: [FeatureName: Entry] = [:]
+        var removed: Set<FeatureName> = []
+        for (feature, state) in states {
+            guard let state else {
+                removed.insert(feature)
+                continue
+            }
+            let tally = tally(for: feature)
+            fresh[feature] = Entry(
+                feature: feature, raw: [], result: .success(state),
+                overrideVariable: overrideVariable(for: feature, named: tally.variableName), tally: tally)
+        }
+        publish(fresh, over: currentEntries(), removing: removed)
+        readAt.store(clock.nanoseconds(), ordering: .relaxed)
+        freshUntil.store(.max, ordering: .relaxed)
     }
 
     deinit {
@@ -217,6 +255,7 @@ public final class FeatureGate: Service, Sendable {
     /// the connect and command timeouts). Returns false when Redis could not be read.
     @discardableResult
     public func prepare(_ features: [FeatureName]) async -> Bool {
+        guard readsRedis else { return true }
         let valid = features.filter(\.isValid)
         work.withLock { $0.known.formUnion(valid) }
         return await refresh(valid)
@@ -226,7 +265,8 @@ public final class FeatureGate: Service, Sendable {
     /// Redis could not be read (the last good snapshot stays in use).
     @discardableResult
     public func refresh() async -> Bool {
-        await refresh(work.withLock { Array($0.known) })
+        guard readsRedis else { return true }
+        return await refresh(work.withLock { Array($0.known) })
     }
 
     /// Keeps the snapshot fresh until cancelled or a graceful shutdown: a full refresh every
@@ -235,6 +275,13 @@ public final class FeatureGate: Service, Sendable {
     /// A `ServiceGroup` runs it; it can be run again after it returned, but not twice at once
     /// (a second concurrent call logs and returns).
     public func run() async throws {
+        guard readsRedis else {
+            // Nothing to refresh: wait, as a service does, until cancelled or shut down.
+            await cancelWhenGracefulShutdown {
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+            }
+            return
+        }
         let (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let started = refresher.withLock { current -> Bool in
             guard current == nil else { return false }
@@ -431,13 +478,17 @@ public final class FeatureGate: Service, Sendable {
 
     /// Publishes a snapshot with `fresh` merged in, points the handles at their new entries,
     /// and retires what they replaced.
-    private func publish(_ fresh: [FeatureName: Entry], over current: [FeatureName: Entry]) {
-        let snapshot = Snapshot(entries: current.merging(fresh) { _, new in new })
+    private func publish(_ fresh: [FeatureName: Entry], over current: [FeatureName: Entry], removing removed: Set<FeatureName> = []) {
+        let snapshot = Snapshot(entries: current.merging(fresh) { _, new in new }.filter { !removed.contains($0.key) })
         var unpublished: [Unmanaged<AnyObject>] = []
         handles.withLock { handles in
             if let old = published.replace(with: snapshot) { unpublished.append(old) }
             for (feature, entry) in fresh {
                 guard let slot = handles[feature], let old = slot.entry.replace(with: entry) else { continue }
+                unpublished.append(old)
+            }
+            for feature in removed {
+                guard let slot = handles[feature], let old = slot.entry.replace(with: nil) else { continue }
                 unpublished.append(old)
             }
         }

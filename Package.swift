@@ -62,9 +62,13 @@ let package = Package(
             dependencies: ["RolloutGate", "RolloutRedis"],
             swiftSettings: swiftSettings
         ),
+        // The Lua scripts of redis/, compiled in with #embed: one copy of each, the file operators
+        // read, and nothing to find next to the binary at run time (see Sources/CRolloutScripts).
+        .target(name: "CRolloutScripts"),
         .target(
             name: "RolloutAdmin",
             dependencies: [
+                "CRolloutScripts",
                 "RolloutAudit",
                 "RolloutGate",
                 "RolloutRedis",

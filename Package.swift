@@ -161,7 +161,8 @@ let package = Package(
         ),
         .testTarget(
             name: "RolloutCLITests",
-            dependencies: ["RolloutRedis", "RolloutTestSupport"],
+            // `rollout` itself for its pure parts (RolloutExit); everything else runs the binary.
+            dependencies: ["rollout", "RolloutAdmin", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
             exclude: ["Golden"],
             swiftSettings: swiftSettings
         ),

@@ -74,9 +74,13 @@ let package = Package(
             dependencies: ["RolloutGate", "RolloutRedis"],
             swiftSettings: swiftSettings
         ),
+        // The Lua scripts of redis/, compiled in with #embed: one copy of each, the file operators
+        // read, and nothing to find next to the binary at run time (see Sources/CRolloutScripts).
+        .target(name: "CRolloutScripts"),
         .target(
             name: "RolloutAdmin",
             dependencies: [
+                "CRolloutScripts",
                 "RolloutAudit",
                 "RolloutGate",
                 "RolloutRedis",
@@ -169,7 +173,8 @@ let package = Package(
         ),
         .testTarget(
             name: "RolloutCLITests",
-            dependencies: ["RolloutRedis", "RolloutTestSupport"],
+            // `rollout` itself for its pure parts (RolloutExit); everything else runs the binary.
+            dependencies: ["rollout", "RolloutAdmin", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport"],
             exclude: ["Golden"],
             swiftSettings: swiftSettings
         ),

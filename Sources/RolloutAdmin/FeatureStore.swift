@@ -219,8 +219,8 @@ public struct FeatureStore: Sendable {
         } catch {
             throw AdminError(.auditLog(error))
         }
-        let (replies, arrivedAt) = try await call { try await redis.pipelineWithArrival([RedisServerTime.command] + commands) }
         do {
+            let (replies, arrivedAt) = try await redis.pipelineWithArrival([RedisServerTime.command] + commands)
             return (try RedisServerTime(reply: replies[0], readAt: arrivedAt), Array(replies.dropFirst()))
         } catch {
             throw AdminError(.redis(error))
@@ -279,16 +279,6 @@ public struct FeatureStore: Sendable {
             throw AdminError(.recordedNotLogged(error))
         }
         return results
-    }
-
-    func call<Result>(_ body: () async throws -> Result) async throws(AdminError) -> Result {
-        do {
-            return try await body()
-        } catch let error as RedisError {
-            throw AdminError(.redis(error))
-        } catch {
-            throw AdminError(.redis(RedisError(.io, "\(error)")))
-        }
     }
 }
 

@@ -112,7 +112,8 @@ public struct FlagSnapshot: Codable, Sendable, Hashable {
     }
 
     /// The commands that make Redis hold exactly this snapshot's keys within its scope:
-    /// delete `existing` keys, then write each key (and its TTL). Run them in one MULTI/EXEC.
+    /// delete `existing` keys, then write each key (and its TTL). ``FeatureStore/restoreSnapshot(from:dryRun:)`` runs
+    /// them in one operator_change.lua script, with the audit records.
     func restoreCommands(replacing existing: [String]) -> [RedisCommand] {
         var commands: [RedisCommand] = []
         let all = Set(existing).union(keys.map(\.key))

@@ -120,7 +120,11 @@ extension FeatureStore {
     /// The guard lock of `feature`, nil when unlocked.
     public func guardStatus(_ feature: FeatureName) async throws(AdminError) -> GuardLock? {
         let key = FeatureKeys(feature).guardLock
-        let replies = try await call { try await redis.pipeline([RedisCommand("GET", key), RedisCommand("PTTL", key)]) }
-        return GuardLock.read(value: replies[0], pttl: replies[1])
+        do {
+            let replies = try await redis.pipeline([RedisCommand("GET", key), RedisCommand("PTTL", key)])
+            return GuardLock.read(value: replies[0], pttl: replies[1])
+        } catch {
+            throw AdminError(.redis(error))
+        }
     }
 }

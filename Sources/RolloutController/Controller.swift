@@ -47,7 +47,7 @@ public struct Controller: Sendable {
     }
 
     /// Evaluates every feature (concurrently, queries bounded by ``maxConcurrentQueries``) and
-    /// returns the report; its ``RunReport/exitCode`` is the worst across features.
+    /// returns the report (the executable maps it to an exit status).
     /// With `features`, only those; with `promotions` false (watch mode), rollback checks act
     /// and promotions are held with `watching`.
     public func run(features only: Set<FeatureName>? = nil, promotions: Bool = true) async -> RunReport {

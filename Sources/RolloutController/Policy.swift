@@ -391,20 +391,21 @@ public struct HTTPEndpoint: Sendable, Hashable, CustomStringConvertible {
 
     private init(checked: String) { url = checked }
 
-    /// Checks `text`; nil with a reason when it is not an http:// or https:// URL.
-    public static func parse(_ text: String) -> Result<HTTPEndpoint, KeyspaceError> {
+    /// Checks `text`: an http:// or https:// URL with a host and no credentials, else why not.
+    public static func parse(_ text: String) -> Result<HTTPEndpoint, EndpointError> {
         // The text is never echoed: a URL that cannot be parsed may carry credentials anywhere.
         let trimmed = text.trimmingSpaces()
         guard trimmed.hasPrefix("http://") || trimmed.hasPrefix("https://") else {
-            return .failure(KeyspaceError("is not an http:// or https:// URL"))
+            return .failure(EndpointError(.notHTTP, "is not an http:// or https:// URL; write the base URL with its scheme, e.g. http://127.0.0.1:9090"))
         }
         let rest = trimmed.drop { $0 != "/" }.dropFirst(2)
         let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if authority.contains("@") || rest.contains("@") {
-            return .failure(KeyspaceError("carries credentials (user:password@); put them in the environment, not in the URL"))
+            return .failure(
+                EndpointError(.carriesCredentials, "carries credentials (user:password@); remove them from the URL and put them in the environment"))
         }
         guard let host = authority.split(separator: ":").first, !host.isEmpty, !authority.hasPrefix(":") else {
-            return .failure(KeyspaceError("has no host"))
+            return .failure(EndpointError(.noHost, "has no host; write one after the scheme, e.g. http://prometheus.internal:9090"))
         }
         var url = trimmed
         while url.hasSuffix("/") { url.removeLast() }
@@ -414,7 +415,34 @@ public struct HTTPEndpoint: Sendable, Hashable, CustomStringConvertible {
     public var description: String { url }
 }
 
-/// An invalid policy file: every problem, each naming its field. Exit code 2.
+/// Why a text is not an ``HTTPEndpoint``. The message never repeats the text (it may hold a
+/// password) and says what to write instead; it follows the field it is about
+/// (`prometheus: is not an http:// ...`).
+public struct EndpointError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What is wrong with the URL.
+    public enum Code: String, Sendable, Hashable {
+        /// Not http:// or https://.
+        case notHTTP = "not_http"
+        /// `user:password@` in the URL.
+        case carriesCredentials = "carries_credentials"
+        /// Nothing between the scheme and the port or path.
+        case noHost = "no_host"
+    }
+
+    /// What is wrong.
+    public let code: Code
+    /// What is wrong and what to write instead.
+    public let message: String
+
+    init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// An invalid policy file: every problem, each naming its field.
 public struct PolicyError: Error, Sendable, CustomStringConvertible {
     /// The file.
     public let path: String

@@ -70,15 +70,6 @@ public struct FeatureReport: Sendable {
         return verdict?.result ?? "hold"
     }
 
-    /// The feature's exit code: 0 ok, 1 infrastructure, 3 corrupt state.
-    public var exitCode: Int32 {
-        switch holdReason {
-        case .promUnreachable?, .redisError?: return 1
-        case .corruptState?: return 3
-        default: return 0
-        }
-    }
-
     /// The percent after the run (before it for holds and dry runs).
     public var targetPercent: RolloutPercent? {
         guard let verdict, holdReason == nil else { return state?.rolloutPercent }
@@ -104,15 +95,6 @@ public struct RunReport: Sendable {
     public var auditRecordsCaughtUp: [AuditRecord] = []
     /// Why the Markdown log could not be written after the run (its records are safe in Redis).
     public var auditLogError: String?
-
-    /// The worst exit code across features: 3 corrupt state over 1 infrastructure (an audit
-    /// log that could not be written included) over 0.
-    public var exitCode: Int32 {
-        let codes = features.map(\.exitCode)
-        if codes.contains(3) { return 3 }
-        if codes.contains(1) || auditLogError != nil { return 1 }
-        return 0
-    }
 
     /// The run's status for telemetry: ok, prom_unreachable, redis_error or corrupt_state.
     public var status: String {

@@ -66,28 +66,6 @@ public final class RedisClient: Sendable {
         return try await run { connection throws(RedisError) in try connection.send(encoded: prepared.bytes, count: prepared.count) }
     }
 
-    /// Runs the commands inside MULTI/EXEC in one round trip and returns EXEC's replies, or
-    /// nil when the server aborted the transaction (a WATCHed key changed).
-    public func transaction(_ commands: [RedisCommand], watching keys: [String] = []) async throws(RedisError) -> [RedisValue]? {
-        var all: [RedisCommand] = []
-        if !keys.isEmpty { all.append(RedisCommand("WATCH", keys)) }
-        all.append(RedisCommand("MULTI"))
-        all.append(contentsOf: commands)
-        all.append(RedisCommand("EXEC"))
-        let replies = try await pipeline(all)
-        guard let exec = replies.last else { throw RedisError(.protocolError, "Redis sent no reply to EXEC.") }
-        // A command refused while queueing (wrong arity, unknown) makes EXEC fail with EXECABORT.
-        for reply in replies.dropLast() {
-            if case .error(let text) = reply { throw RedisError.fromServer(text, context: "MULTI") }
-        }
-        switch exec {
-        case .null: return nil
-        case .array(let values): return values
-        case .error(let text): throw RedisError.fromServer(text, context: "EXEC")
-        default: throw RedisError(.protocolError, "Redis answered EXEC with \(exec), not an array.")
-        }
-    }
-
     /// Runs a Lua script by its SHA-1 (EVALSHA), sending the source (EVAL) only when the
     /// server does not have it cached yet.
     /// With `waitingUntil`, each reply is awaited until then (a write whose script checks a

@@ -10,7 +10,7 @@ public enum RedisValue: Sendable, Hashable {
     case array([RedisValue])
     /// A nil bulk string or nil array.
     case null
-    /// An error reply (`-ERR ...`). Only pipelines and transactions return it as a value;
+    /// An error reply (`-ERR ...`). Only pipelines return it as a value;
     /// single commands throw it as ``RedisError``.
     case error(String)
 

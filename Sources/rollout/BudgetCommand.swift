@@ -76,6 +76,6 @@ struct BudgetCommand: AsyncParsableCommand {
         } else {
             print(lines.joined(separator: "\n"))
         }
-        if failed { throw ExitCode(1) }
+        if failed { throw RolloutExit.failure.exit }
     }
 }

@@ -84,7 +84,8 @@ struct ControllerCommand: AsyncParsableCommand {
                     print("notifications: \(delivery.delivered) delivered, \(delivery.failed) failed (\(delivery.writtenToFallback) in the fallback file)")
                 }
                 guard let interval else {
-                    if report.exitCode != 0 { throw ExitCode(report.exitCode) }
+                    let status = RolloutExit(of: report)
+                    if status != .success { throw status.exit }
                     return
                 }
                 try await Task.sleep(for: interval)
@@ -114,8 +115,8 @@ struct ControllerCommand: AsyncParsableCommand {
                     if error.code == .badQuery || error.code == .ambiguous { refused += 1 } else { unreachable += 1 }
                 }
             }
-            if refused > 0 { throw ExitCode(2) }
-            if unreachable > 0 { throw ExitCode(1) }
+            if refused > 0 { throw RolloutExit.invalidInput.exit }
+            if unreachable > 0 { throw RolloutExit.failure.exit }
         }
     }
 }
@@ -188,7 +189,7 @@ func render(_ delivery: DeliveryReport) -> [String: Any] {
 /// The JSON report.
 func render(_ report: RunReport) -> [String: Any] {
     [
-        "started_at": report.startedAt.description, "dry_run": report.dryRun, "exit_code": Int(report.exitCode), "status": report.status,
+        "started_at": report.startedAt.description, "dry_run": report.dryRun, "exit_code": Int(RolloutExit(of: report).rawValue), "status": report.status,
         "audit_records_caught_up": report.auditRecordsCaughtUp.map(\.description), "audit_log_error": report.auditLogError as Any,
         "features": report.features.map { feature -> [String: Any] in
             var item: [String: Any] = [

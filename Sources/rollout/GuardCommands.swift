@@ -69,7 +69,7 @@ struct GuardCommand: AsyncParsableCommand {
             } else {
                 print("\(name): \(lock.map(\.description) ?? "unlocked")")
             }
-            if lock != nil { throw ExitCode(1) }
+            if lock != nil { throw RolloutExit.failure.exit }
         }
     }
 }

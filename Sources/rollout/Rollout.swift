@@ -24,7 +24,7 @@ struct Rollout: AsyncParsableCommand {
         ]
     )
 
-    /// Parses, runs, and maps every failure to the documented exit codes, in this one place.
+    /// Parses, runs, and maps every failure to the documented exit codes (``RolloutExit``).
     static func main() async {
         // Logs go to stderr, so stdout stays the answer; ROLLOUT_LOG_LEVEL=debug shows more.
         let level = ProcessInfo.processInfo.environment["ROLLOUT_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .warning
@@ -43,40 +43,6 @@ struct Rollout: AsyncParsableCommand {
         } catch {
             fail(with: error)
         }
-    }
-
-    static func fail(with error: any Error) -> Never {
-        let code: Int32
-        switch error {
-        case let error as ExitCode:
-            Foundation.exit(error.rawValue)
-        case is RedisError:
-            code = 1
-        case let error as AuditLogError:
-            code = error.code == .unwritable ? 2 : 1
-        case let error as AdminError:
-            switch error.cause {
-            case .invalidInput: code = 2
-            case .auditLog(let audit) where audit.code == .unwritable: code = 2
-            case .corruptState: code = 3
-            default: code = 1
-            }
-        case is KeyspaceError:
-            code = 2
-        case is CorruptStateFound:
-            code = 3
-        case is PolicyError, is SnapshotError:
-            code = 2
-        default:
-            let parserCode = exitCode(for: error)
-            if parserCode == .success { exit(withError: error) }  // --help, --version
-            // ArgumentParser's usage errors (EX_USAGE, 64) are exit 2 here, with the usage text.
-            let isUsage = parserCode == .validationFailure
-            FileHandle.standardError.write(Data(((isUsage ? "" : "error: ") + fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(isUsage ? 2 : 1)
-        }
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        Foundation.exit(code)
     }
 }
 

@@ -62,7 +62,7 @@ struct WatchCommand: AsyncParsableCommand {
         let outcome = await watchLoop(controller, name, plan, stop: stop)
         signals.forEach { $0.cancel() }
         print(outcome.summary)
-        if outcome.exitCode != 0 { throw ExitCode(outcome.exitCode) }
+        if outcome.status != .success { throw outcome.status.exit }
     }
 
     private func watchLoop(_ controller: Controller, _ name: FeatureName, _ plan: WatchPlan, stop: StopRequest) async -> WatchOutcome {
@@ -73,7 +73,7 @@ struct WatchCommand: AsyncParsableCommand {
         while true {
             let report = await controller.run(features: [name], promotions: false)
             let elapsed = start.duration(to: clock.now)
-            outcome.record(report.features.first, exitCode: report.exitCode, at: elapsed)
+            outcome.record(report.features.first, failed: RolloutExit(of: report) != .success, at: elapsed)
             print(outcome.lastLine)
             fflush(nil)  // a pipeline (or a person behind `tee`) sees each poll as it happens
             // Notifications go out beside the next wait, one delivery after the other, so a slow
@@ -129,7 +129,7 @@ struct WatchOutcome {
     var lastLine = ""
     var percent: RolloutPercent?
 
-    mutating func record(_ report: FeatureReport?, exitCode: Int32, at elapsed: Duration) {
+    mutating func record(_ report: FeatureReport?, failed: Bool, at elapsed: Duration) {
         polls += 1
         self.elapsed = elapsed
         guard let report else {
@@ -138,16 +138,15 @@ struct WatchOutcome {
             return
         }
         percent = report.targetPercent ?? percent
-        if exitCode != 0 { failedPolls += 1 }
+        if failed { failedPolls += 1 }
         let checks = report.verdict?.checks.map { "\($0.name)=\(format($0.value)) \($0.status.rawValue)" }.joined(separator: "  ") ?? ""
         let action = report.holdReason.map { "hold [\($0.rawValue)]" } ?? report.result
         lastLine = "[+\(formatDuration(elapsed))] \(report.state.map { "\($0.rolloutPercent)%" } ?? "?")  \(checks)  -> \(action): \(report.explanation.isEmpty ? report.verdict?.explanation ?? "" : report.explanation)"
         if report.result == "rollback" && (report.applied || report.recommended) { rolledBack = true }
     }
 
-    var exitCode: Int32 {
-        if interrupted { return 130 }
-        return rolledBack || failedPolls > 0 ? 1 : 0
+    var status: RolloutExit {
+        RolloutExit(watchRolledBack: rolledBack, failedPolls: failedPolls, interrupted: interrupted)
     }
 
     var summary: String {

@@ -75,12 +75,16 @@ struct AuditLogTests {
 
 @Suite("Lua scripts")
 struct ScriptFileTests {
-    @Test func scriptsInRedisFolderMatchTheOnesRun() throws {
+    /// The scripts are compiled in from redis/ (CRolloutScripts): this catches a build that
+    /// did not pick up an edited file, and a script added to redis/ but not to `Scripts`.
+    @Test func theScriptsRunAreTheFilesInRedisFolder() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         for (file, source) in Scripts.all {
             let onDisk = try String(contentsOf: root.appendingPathComponent("redis/\(file)"), encoding: .utf8)
-            #expect(onDisk == source, "redis/\(file) differs from the script the code runs")
+            #expect(onDisk == source, "redis/\(file) differs from the script compiled in: rebuild")
         }
+        let files = try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent("redis").path).filter { $0.hasSuffix(".lua") }
+        #expect(Set(files) == Set(Scripts.all.map(\.file)))
     }
 }
 

@@ -124,6 +124,35 @@ struct PolicyTests {
         }
     }
 
+    @Test(arguments: [
+        ("prometheus:9090", EndpointError.Code.notHTTP),
+        ("ftp://prometheus:9090", .notHTTP),
+        ("http://user:secret@prometheus:9090", .carriesCredentials),
+        ("https://prometheus/api?token=x@secret", .carriesCredentials),
+        ("http://:9090", .noHost),
+        ("http:///metrics", .noHost),
+    ])
+    func anInvalidEndpointSaysWhatToWriteWithoutRepeatingTheURL(text: String, code: EndpointError.Code) throws {
+        guard case .failure(let error) = HTTPEndpoint.parse(text) else {
+            Issue.record("\(text) was accepted")
+            return
+        }
+        #expect(error.code == code)
+        #expect(error.message.contains("e.g. http") || error.message.contains("environment"), "\(error.message)")
+        #expect(!error.message.contains("secret"))
+    }
+
+    @Test func anInvalidPrometheusURLIsAProblemOfItsField() {
+        #expect {
+            try ControllerPolicy(
+                yaml: "prometheus: http://p:9090\nfeatures:\n  google:\n    steps: [10]\n    checks: [{name: e, query: up, max: 1}]",
+                environment: ["PROMETHEUS_BASE_URL": "http://admin:hunter2@prom:9090"])
+        } throws: { error in
+            guard let error = error as? PolicyError else { return false }
+            return error.problems == ["PROMETHEUS_BASE_URL: carries credentials (user:password@); remove them from the URL and put them in the environment"]
+        }
+    }
+
     @Test func everyProblemIsReportedAtOnce() {
         let yaml = "prometheus: http://p:9090\nfeatures:\n  google:\n    steps: [10, 5]\n    dwell: soon\n    checks: [{name: e, query: up}]"
         #expect {

@@ -63,18 +63,6 @@ struct RedisClientTests {
         #expect(try await client.send("GET", "s").string == "x")
     }
 
-    @Test func transactionRunsAtomicallyAndAbortsOnWatchedChange() async throws {
-        let server = try await RedisServer.start()
-        let client = RedisClient(url: server.url())
-        defer { client.close() }
-        let replies = try await client.transaction([RedisCommand("SET", "t", "1"), RedisCommand("INCR", "t")])
-        #expect(replies == [.status("OK"), .integer(2)])
-        await #expect(throws: RedisError.self) {
-            try await client.transaction([RedisCommand("SET", "t")])  // wrong arity: EXECABORT
-        }
-        #expect(try await client.send("GET", "t").string == "2")
-    }
-
     @Test func evaluateFallsBackFromEvalshaToEval() async throws {
         let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())

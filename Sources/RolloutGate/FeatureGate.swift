@@ -255,10 +255,24 @@ public final class FeatureGate: Service, Sendable {
     /// the connect and command timeouts). Returns false when Redis could not be read.
     @discardableResult
     public func prepare(_ features: [FeatureName]) async -> Bool {
-        guard readsRedis else { return true }
+        do {
+            try await load(features)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// ``prepare(_:)`` that says why Redis could not be read (refused, timed out, AUTH or TLS
+    /// failed...), for callers that report it.
+    public func load(_ features: [FeatureName]) async throws(RedisError) {
+        guard readsRedis else { return }
         let valid = features.filter(\.isValid)
         work.withLock { $0.known.formUnion(valid) }
-        return await refresh(valid)
+        await refreshTurn.acquire()
+        let result = await refreshSerialized(valid)
+        await refreshTurn.release()
+        if case .failure(let error) = result { throw error }
     }
 
     /// Re-reads every known feature now, in one pipelined round trip. Returns false when
@@ -417,15 +431,16 @@ public final class FeatureGate: Service, Sendable {
         // One refresh at a time (run(), prepare() and refresh() may overlap): an older reply
         // must never be published after a newer one.
         await refreshTurn.acquire()
-        let succeeded = await refreshSerialized(features)
+        let result = await refreshSerialized(features)
         await refreshTurn.release()
-        return succeeded
+        if case .failure = result { return false }
+        return true
     }
 
-    private func refreshSerialized(_ features: [FeatureName]) async -> Bool {
+    private func refreshSerialized(_ features: [FeatureName]) async -> Result<Void, RedisError> {
         flushDecisionCounts()
         retired.reclaim()
-        guard !features.isEmpty else { return true }
+        guard !features.isEmpty else { return .success(()) }
         // Freshness is about the whole snapshot: only a read of every known feature renews it.
         let isFull = work.withLock { Set(features).isSuperset(of: $0.known) }
         let replies: [RedisValue]
@@ -437,7 +452,7 @@ public final class FeatureGate: Service, Sendable {
         } catch {
             redisErrors.increment()
             noteFailure(error)
-            return false
+            return .failure(error)
         }
         let readTime = clock.nanoseconds()
         // Most refreshes change nothing: a feature whose replies and override are what the
@@ -457,7 +472,7 @@ public final class FeatureGate: Service, Sendable {
         }
         if !fresh.isEmpty { publish(fresh, over: current) }
         report(fresh, against: current)
-        guard isFull || readAt.load(ordering: .relaxed) == 0 else { return true }
+        guard isFull || readAt.load(ordering: .relaxed) == 0 else { return .success(()) }
         readAt.store(readTime, ordering: .relaxed)
         updateFreshUntil()
         ageGauge.record(0)
@@ -468,7 +483,7 @@ public final class FeatureGate: Service, Sendable {
         if wasStale {
             logger.notice("Redis is reachable again: the gate answers from a fresh snapshot", metadata: ["redis.url": "\(redisURL)"])
         }
-        return true
+        return .success(())
     }
 
     /// The entries of the published snapshot (the writer's view: only a writer retires it).

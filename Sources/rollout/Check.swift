@@ -42,9 +42,8 @@ struct Check: AsyncParsableCommand {
             let who = Subject(id: id, workspace: workspace, isInternal: isInternal)
             return previewPercent.map { handle.decision(for: who, atPercent: $0) } ?? handle.decision(for: who)
         }
-        guard await gate.prepare([name]) else {
-            throw RedisError(.connectFailed, "Cannot read \(name) from Redis at \(url). Is Redis running, and is the URL right?")
-        }
+        // The gate's own error says why (refused, timed out, AUTH, TLS), with what to do.
+        try await gate.load([name])
         if case .failure(let invalid)? = gate.state(of: name), actorsFrom == nil {
             print(decide(actor ?? "").description)
             throw CorruptStateFound(description: invalid.description)

@@ -536,7 +536,9 @@ struct NotificationDeliveryTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let receivers = [try WebhookReceiver(otherwise: .status(403)), try WebhookReceiver(otherwise: .close)]
         let refused = try freeLoopbackPort()
-        var policy = try deliveryPolicy(receivers[0].url("/services/T0001/B0002/SECRETslackTOKEN"), format: .slack, directory: directory)
+        // A short attempt timeout: AsyncHTTPClient retries a refused connection until it ends.
+        var policy = try deliveryPolicy(
+            receivers[0].url("/services/T0001/B0002/SECRETslackTOKEN"), format: .slack, directory: directory, timeout: .seconds(2))
         policy.channels += [
             NotificationChannel(name: "closing", format: .discord, url: try #require(WebhookURL(receivers[1].url("/api/webhooks/1/SECRETdiscordTOKEN")))),
             NotificationChannel(name: "refused", format: .webhook, url: try #require(WebhookURL("http://127.0.0.1:\(refused)/x?token=SECRETalertsTOKEN"))),

@@ -149,6 +149,17 @@ struct CheckSafetyTests {
         #expect(throws: KeyspaceError.self) { try FeatureName(text) }
     }
 
+    @Test func loadSaysWhyRedisCouldNotBeRead() async throws {
+        let server = try await RedisServer.start(arguments: ["--requirepass", "s3cret"])
+        let wrong = FeatureGate(redisURL: server.url(password: "not-it"))
+        let error = await #expect(throws: RedisError.self) { try await wrong.load(["google"]) }
+        #expect(error?.code == .authenticationFailed)
+        #expect(!(await wrong.prepare(["google"])))
+        let right = FeatureGate(redisURL: server.url(password: "s3cret"))
+        try await right.load(["google"])
+        #expect(right.state(of: "google") != nil)
+    }
+
     @Test func runCanBeStartedAgainAndNotTwiceAtOnce() async throws {
         let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())

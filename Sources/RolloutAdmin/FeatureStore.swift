@@ -342,7 +342,7 @@ extension FeatureStore {
     @discardableResult
     public func saveSnapshot(to path: String, features: [FeatureName]?) async throws -> FlagSnapshot {
         let snapshot = try await FlagSnapshot.capture(from: redis, features: features, at: Timestamp.now())
-        try write(snapshot, to: path)
+        try await write(snapshot, to: path)
         return snapshot
     }
 
@@ -358,10 +358,14 @@ extension FeatureStore {
     /// to `path.pre-restore-<time>.json`, then replaces every key in the snapshot's scope in one
     /// atomic script, with an audit record for each restored feature. A dry run only computes the changes.
     public func restoreSnapshot(from path: String, dryRun: Bool) async throws -> RestoreResult {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        // File reads block: on the audit file queue, never on Swift's cooperative pool.
+        let (read, checksumRead) = await onFileQueue {
+            (FileManager.default.contents(atPath: path), FileManager.default.contents(atPath: path + ".sha256"))
+        }
+        guard let data = read else {
             throw SnapshotError("Cannot read the snapshot \(path).")
         }
-        guard let checksumText = FileManager.default.contents(atPath: path + ".sha256"),
+        guard let checksumText = checksumRead,
             let expected = String(decoding: checksumText, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).first
         else {
             throw SnapshotError("\(path).sha256 is missing: a snapshot is restored only with its checksum. Nothing was changed.")
@@ -378,7 +382,7 @@ extension FeatureStore {
 
         let stamp = now().secondsDescription.replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")
         let preRestorePath = "\(path).pre-restore-\(stamp).json"
-        try write(current, to: preRestorePath)
+        try await write(current, to: preRestorePath)
         // One atomic script: every key of the scope replaced, with each feature's audit record.
         var change = OperatorChange()
         for command in snapshot.restoreCommands(replacing: current.keys.map(\.key)) {
@@ -398,12 +402,16 @@ extension FeatureStore {
         return RestoreResult(changes: changes, preRestorePath: preRestorePath)
     }
 
-    private func write(_ snapshot: FlagSnapshot, to path: String) throws {
+    private func write(_ snapshot: FlagSnapshot, to path: String) async throws {
         let data = try snapshot.encoded()
         let name = (path as NSString).lastPathComponent
-        guard FileManager.default.createFile(atPath: path, contents: data),
-            FileManager.default.createFile(atPath: path + ".sha256", contents: Data("\(sha256Hex(data))  \(name)\n".utf8))
-        else {
+        let checksum = Data("\(sha256Hex(data))  \(name)\n".utf8)
+        // File writes block: on the audit file queue, never on Swift's cooperative pool.
+        let written = await onFileQueue {
+            FileManager.default.createFile(atPath: path, contents: data)
+                && FileManager.default.createFile(atPath: path + ".sha256", contents: checksum)
+        }
+        guard written else {
             throw SnapshotError("Cannot write \(path) or \(path).sha256: check the directory exists and is writable.")
         }
     }

@@ -82,7 +82,7 @@ public struct Controller: Sendable {
     /// may be sent again next run. Call it after the run's report is out, so it delays nothing.
     public func notify(_ report: RunReport) async -> DeliveryReport? {
         guard let notifier, !report.dryRun else { return nil }
-        var servers = notifier.policy.readServerConditions()
+        var servers = await notifier.policy.readServerConditions()
         let notifications = RunNotifications(report: report, servers: servers, time: now())
         let delivery = notifications.events.isEmpty ? nil : await notifier.deliver(notifications.events)
         if !notifications.featureConditions.isEmpty {
@@ -96,7 +96,7 @@ public struct Controller: Sendable {
         if !notifications.serverConditions.isEmpty {
             servers.merge(notifications.serverConditions) { _, new in new }
             do {
-                try notifier.policy.writeServerConditions(servers)
+                try await notifier.policy.writeServerConditions(servers)
             } catch {
                 logger.warning(
                     "Cannot write the notification state file; server conditions may be sent again",

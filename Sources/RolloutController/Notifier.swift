@@ -15,24 +15,28 @@ public struct Notifier: Sendable {
     /// Channels, timeouts, retries and the fallback file.
     public let policy: NotificationPolicy
     private let logger: Logger
-    private let sleep: @Sendable (Duration) async -> Void
+    private let sleep: (@Sendable (Duration) async -> Void)?
+    private let clock: any Clock<Duration>
     private var http: HTTPClient { .shared }
     /// Each channel's circuit breaker, bulkhead (4 requests at once, across overlapping
     /// deliveries) and statistics, by name.
     public let guards: [String: EndpointGuard]
 
-    /// A notifier over AsyncHTTPClient's shared client. `sleep` waits between retries
-    /// (injected by tests).
+    /// A notifier over AsyncHTTPClient's shared client. `clock` times the deadline, the waits
+    /// between retries and the channels' breakers; `sleep`, when given, waits between retries
+    /// instead (tests inject both).
     public init(
         policy: NotificationPolicy, logger: Logger = Logger(label: "rollout-notifications"),
-        sleep: @escaping @Sendable (Duration) async -> Void = { try? await Task.sleep(for: $0) }
+        clock: any Clock<Duration> = ContinuousClock(),
+        sleep: (@Sendable (Duration) async -> Void)? = nil
     ) {
         self.policy = policy
         self.logger = logger
         self.sleep = sleep
+        self.clock = clock
         var guards: [String: EndpointGuard] = [:]
         for channel in policy.channels where guards[channel.name] == nil {
-            guards[channel.name] = EndpointGuard(name: channel.name, maxConcurrentCalls: 4)
+            guards[channel.name] = EndpointGuard(name: channel.name, maxConcurrentCalls: 4, clock: clock)
         }
         self.guards = guards
     }
@@ -43,7 +47,10 @@ public struct Notifier: Sendable {
     /// delivered or written to the fallback file, at the latest by the policy's deadline (plus
     /// the time to append to the fallback file).
     public func deliver(_ events: [NotificationEvent]) async -> DeliveryReport {
-        let clock = ContinuousClock()
+        await deliver(events, on: clock)
+    }
+
+    private func deliver<C: Clock<Duration>>(_ events: [NotificationEvent], on clock: C) async -> DeliveryReport {
         let started = clock.now
         let deadline = started.advanced(by: policy.deadline)
         let outcomes = await withTaskGroup(of: [(Int, Outcome)].self) { group in
@@ -52,7 +59,7 @@ public struct Notifier: Sendable {
                 guard !accepted.isEmpty else { continue }
                 group.addTask {
                     var outcomes: [(Int, Outcome)] = []
-                    for event in accepted { outcomes.append((index, await send(event, to: channel, deadline: deadline))) }
+                    for event in accepted { outcomes.append((index, await send(event, to: channel, clock: clock, deadline: deadline))) }
                     return outcomes
                 }
             }
@@ -72,12 +79,14 @@ public struct Notifier: Sendable {
     }
 
     /// One event to one channel, with retries, then the fallback file if it was not delivered.
-    private func send(_ event: NotificationEvent, to channel: NotificationChannel, deadline: ContinuousClock.Instant) async -> Outcome {
-        let started = ContinuousClock.now
+    private func send<C: Clock<Duration>>(
+        _ event: NotificationEvent, to channel: NotificationChannel, clock: C, deadline: C.Instant
+    ) async -> Outcome {
+        let started = clock.now
         let body = channel.format.payload(for: event)
-        let guards = self.guards[channel.name] ?? EndpointGuard(name: channel.name)
+        let guards = self.guards[channel.name] ?? EndpointGuard(name: channel.name, clock: clock)
         let (failed, attempts) = await guards.call(
-            retry: policy.retry, deadline: deadline, sleep: sleep,
+            retry: policy.retry, remaining: { clock.now.duration(to: deadline) }, sleep: sleep,
             stopped: { stop in
                 switch stop {
                 case .deadlinePassed:
@@ -102,10 +111,10 @@ public struct Notifier: Sendable {
             return outcome
         }
         guard let failure = failed else {
-            return Outcome(delivered: true, attempts: attempts, elapsed: started.duration(to: .now), error: nil, fallback: .notNeeded)
+            return Outcome(delivered: true, attempts: attempts, elapsed: started.duration(to: clock.now), error: nil, fallback: .notNeeded)
         }
         let fallback = await writeFallback(event, channel: channel, error: failure, attempts: attempts)
-        return Outcome(delivered: false, attempts: attempts, elapsed: started.duration(to: .now), error: failure.message, fallback: fallback)
+        return Outcome(delivered: false, attempts: attempts, elapsed: started.duration(to: clock.now), error: failure.message, fallback: fallback)
     }
 
     private func post(_ body: String, to channel: NotificationChannel, timeout: Duration) async throws(NotificationError) {

@@ -91,13 +91,31 @@ public final class EndpointGuard: Sendable {
     private let statistics = Mutex(CallStatistics())
     private let lastFailure = Mutex<String?>(nil)
     private let bulkhead: AsyncSemaphore
+    /// Time on the guard's clock since the guard was made.
+    private let elapsed: @Sendable () -> Duration
+    /// Waits `duration` on the guard's clock (returns early when cancelled).
+    private let sleepOnClock: @Sendable (Duration) async -> Void
+    /// The breaker's timeline: ``elapsed`` after this instant. The breaker only measures
+    /// durations between the instants it is given, so any clock mapped onto it works.
+    private let breakerOrigin = ContinuousClock.now
 
-    /// Guards for `name`: the breaker's settings and the most calls in flight at once.
-    public init(name: String, breaker: CircuitBreaker = CircuitBreaker(), maxConcurrentCalls: Int = 32) {
+    /// Guards for `name`: the breaker's settings, the most calls in flight at once, and the
+    /// clock that times the breaker, the waits between retries and the deadlines (tests pass a
+    /// manual one and move it).
+    public init(
+        name: String, breaker: CircuitBreaker = CircuitBreaker(), maxConcurrentCalls: Int = 32,
+        clock: some Clock<Duration> = ContinuousClock()
+    ) {
         self.name = name
         self.breaker = Mutex(breaker)
         bulkhead = AsyncSemaphore(limit: maxConcurrentCalls)
+        let origin = clock.now
+        elapsed = { origin.duration(to: clock.now) }
+        sleepOnClock = { try? await clock.sleep(for: $0) }
     }
+
+    /// Now on the breaker's timeline.
+    private var breakerNow: ContinuousClock.Instant { breakerOrigin.advanced(by: elapsed()) }
 
     /// The statistics so far, with the breaker's current state.
     public var snapshot: CallStatistics {
@@ -121,7 +139,8 @@ public final class EndpointGuard: Sendable {
 
     /// Asks the breaker for one attempt; false (and counted) when it is open.
     private func allowAttempt(retry: Bool) -> Bool {
-        let allowed = breaker.withLock { $0.allowsCall(at: .now) }
+        let now = breakerNow
+        let allowed = breaker.withLock { $0.allowsCall(at: now) }
         statistics.withLock {
             if allowed {
                 $0.attempts += 1
@@ -134,7 +153,8 @@ public final class EndpointGuard: Sendable {
     }
 
     private func record(success: Bool, failure: String? = nil) {
-        breaker.withLock { $0.record(success: success, at: .now) }
+        let now = breakerNow
+        breaker.withLock { $0.record(success: success, at: now) }
         if let failure { lastFailure.withLock { $0 = failure } }
     }
 
@@ -168,19 +188,34 @@ extension EndpointGuard {
     /// left before the deadline; `stopped` makes the failure for a call cut short. Returns the
     /// last failure (nil when an attempt succeeded) and the attempts made. This is the one
     /// place every network call of the controller gets its retries, breaker and bulkhead.
+    /// `deadline` is on the continuous clock; `sleep` (by default the guard's clock) waits
+    /// between attempts.
     func call<Failure: Error>(
         retry: RetryPolicy, deadline: ContinuousClock.Instant? = nil,
-        sleep: (Duration) async -> Void = { try? await Task.sleep(for: $0) },
+        sleep: ((Duration) async -> Void)? = nil,
+        stopped: (CallStop<Failure>) -> Failure,
+        _ attempt: (_ number: Int, _ remaining: Duration?) async -> AttemptOutcome<Failure>
+    ) async -> (failure: Failure?, attempts: Int) {
+        await call(
+            retry: retry, remaining: deadline.map { deadline in { ContinuousClock.now.duration(to: deadline) } }, sleep: sleep,
+            stopped: stopped, attempt)
+    }
+
+    /// ``call(retry:deadline:sleep:stopped:_:)`` with the deadline as the time `remaining`
+    /// tells is left (nil: none), measured on whatever clock the caller keeps its deadline on.
+    func call<Failure: Error>(
+        retry: RetryPolicy, remaining: (() -> Duration)?,
+        sleep: ((Duration) async -> Void)? = nil,
         stopped: (CallStop<Failure>) -> Failure,
         _ attempt: (_ number: Int, _ remaining: Duration?) async -> AttemptOutcome<Failure>
     ) async -> (failure: Failure?, attempts: Int) {
         await enter()
-        let started = ContinuousClock.now
+        let started = elapsed()
         var attempts = 0
         var failure: Failure?
         attempting: while true {
-            let remaining = deadline.map { ContinuousClock.now.duration(to: $0) }
-            if let remaining, remaining <= .zero {
+            let left = remaining?()
+            if let left, left <= .zero {
                 failure = stopped(.deadlinePassed)
                 break
             }
@@ -189,7 +224,7 @@ extension EndpointGuard {
                 break
             }
             attempts += 1
-            switch await attempt(attempts, remaining) {
+            switch await attempt(attempts, left) {
             case .succeeded:
                 record(success: true)
                 failure = nil
@@ -199,14 +234,14 @@ extension EndpointGuard {
                 failure = error
                 guard retryable, attempts < retry.maxAttempts, !Task.isCancelled else { break attempting }
                 let wait = retry.delay(afterAttempt: attempts)
-                if let deadline, ContinuousClock.now.advanced(by: wait) >= deadline {
+                if let left = remaining?(), wait >= left {
                     failure = stopped(.retryWouldCrossDeadline(error))
                     break attempting
                 }
-                await sleep(wait)
+                if let sleep { await sleep(wait) } else { await sleepOnClock(wait) }
             }
         }
-        await leave(failed: failure != nil, took: started.duration(to: .now))
+        await leave(failed: failure != nil, took: elapsed() - started)
         return (failure, attempts)
     }
 }

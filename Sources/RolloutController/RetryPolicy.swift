@@ -83,3 +83,30 @@ extension RetryPolicy {
     /// server answered and would answer the same.
     static let transientHTTPStatuses: Set<Int> = [429, 502, 503, 504]
 }
+
+extension RetryPolicy {
+    /// Runs `attempt` (given its number, from 1) until it returns status 0 or the attempts run
+    /// out, waiting on `clock` for ``delay(afterAttempt:random:)`` between attempts; `failed`
+    /// hears each failed attempt's number, status and the delay before the next one (nil after
+    /// the last). Returns the last status and the attempts made. `rollout retry` runs on it;
+    /// tests move a manual clock. Throws `CancellationError` when cancelled while waiting.
+    package func run<C: Clock<Duration>>(
+        on clock: C,
+        _ attempt: (_ number: Int) async throws -> Int32,
+        failed: (_ number: Int, _ status: Int32, _ nextDelay: Duration?) -> Void = { _, _, _ in }
+    ) async throws -> (status: Int32, attempts: Int) {
+        var number = 0
+        while true {
+            number += 1
+            let status = try await attempt(number)
+            if status == 0 { return (status, number) }
+            guard number < maxAttempts else {
+                failed(number, status, nil)
+                return (status, number)
+            }
+            let wait = delay(afterAttempt: number)
+            failed(number, status, wait)
+            try await clock.sleep(for: wait)
+        }
+    }
+}

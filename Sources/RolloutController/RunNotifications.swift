@@ -1,4 +1,5 @@
 import Foundation
+import RolloutAudit
 public import RolloutGate
 
 /// What a run tells people: the changes it made (rollback, promotion to 100%, flap pause, guard
@@ -74,16 +75,30 @@ public struct RunNotifications: Sendable {
 
 extension NotificationPolicy {
     /// The servers' conditions as last stored; empty when the file is missing or unreadable.
-    func readServerConditions() -> [String: String] {
-        guard let data = FileManager.default.contents(atPath: stateFile),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: String]
-        else { return [:] }
-        return object
+    /// The read runs on the audit file queue, never on Swift's cooperative pool.
+    func readServerConditions() async -> [String: String] {
+        let stateFile = stateFile
+        return await onFileQueue { () -> [String: String] in
+            guard let data = FileManager.default.contents(atPath: stateFile),
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: String]
+            else { return [:] }
+            return object
+        }
     }
 
-    /// Stores the servers' conditions: a whole new file renamed into place.
-    func writeServerConditions(_ conditions: [String: String]) throws {
+    /// Stores the servers' conditions: a whole new file renamed into place, on the audit file
+    /// queue (the write and its rename block).
+    func writeServerConditions(_ conditions: [String: String]) async throws {
         let data = try JSONSerialization.data(withJSONObject: conditions, options: [.sortedKeys])
-        try data.write(to: URL(fileURLWithPath: stateFile), options: .atomic)
+        let url = URL(fileURLWithPath: stateFile)
+        let failure = await onFileQueue { () -> (any Error)? in
+            do {
+                try data.write(to: url, options: .atomic)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
     }
 }

@@ -99,6 +99,11 @@ public final class ChildProcess: @unchecked Sendable {
         }
         wait()
     }
+
+    /// ``terminate(_:)`` from async code: the wait runs off the cooperative pool.
+    public func terminateOffPool(_ signal: Int32 = SIGTERM) async {
+        _ = try? await offThePool { [self] in terminate(signal) }
+    }
 }
 
 /// The result of running a command to completion.

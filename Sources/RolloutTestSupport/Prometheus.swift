@@ -160,6 +160,16 @@ public final class PrometheusServer: @unchecked Sendable {
         lock.withLock { self.process = process }
     }
 
+    /// ``stop()`` from async code: waits for the exit off the cooperative pool.
+    public func stopOffPool() async {
+        _ = try? await offThePool { [self] in stop() }
+    }
+
+    /// ``restart()`` from async code: the wait until it is ready runs off the cooperative pool.
+    public func restartOffPool() async throws {
+        try await offThePool { [self] in try restart() }
+    }
+
     /// Waits until `query` returns a sample (the first scrape of a new target lands after
     /// about 5.5 s: target discovery updates in 5 s batches).
     public func waitForData(_ query: String, timeout seconds: Double = 30) throws {

@@ -229,7 +229,8 @@ public final class RedisServer: @unchecked Sendable {
     /// The URL as text, as an operator would write it.
     public var urlString: String { "redis://127.0.0.1:\(port)" }
 
-    /// Stops the server (SIGTERM) and waits for it to exit.
+    /// Stops the server (SIGTERM) and waits for it to exit. Blocking: async code calls
+    /// ``stopOffPool()``.
     public func stop() {
         signal(SIGTERM)
     }
@@ -263,6 +264,22 @@ public final class RedisServer: @unchecked Sendable {
         guard let binary = executablePath("redis-server") else { throw FixtureError("redis-server is not installed") }
         let process = try Self.launch(binary: binary, arguments: arguments, port: port, log: directory + "/redis.log")
         lock.withLock { self.process = process }
+    }
+
+    /// ``stop()`` from async code: waits for the exit on a thread of its own, never on the
+    /// cooperative pool.
+    public func stopOffPool() async {
+        _ = try? await offThePool { [self] in stop() }
+    }
+
+    /// ``kill()`` from async code, reaped off the cooperative pool.
+    public func killOffPool() async {
+        _ = try? await offThePool { [self] in kill() }
+    }
+
+    /// ``restart()`` from async code: the wait until it answers PING runs off the cooperative pool.
+    public func restartOffPool() async throws {
+        try await offThePool { [self] in try restart() }
     }
 }
 

@@ -53,7 +53,13 @@ struct Check: AsyncParsableCommand {
         } else if actorsFrom == "-" {
             try await answerStream(gate: gate, decide: decide)
         } else if let path = actorsFrom {
-            try answerFile(path, handle: handle, atPercent: previewPercent)
+            // fread and write(1) block (a slow disk, a full pipe): on a thread of their own.
+            let answered = await onOwnThread { () -> Result<Void, ValidationError> in
+                Result { () throws(ValidationError) in
+                    try Self.answerFile(path, handle: handle, atPercent: previewPercent, workspace: workspace, isInternal: isInternal)
+                }
+            }
+            try answered.get()
         }
     }
 
@@ -77,7 +83,9 @@ struct Check: AsyncParsableCommand {
     }
 
     /// Answers a whole file in one pass, writing in large blocks.
-    private func answerFile(_ path: String, handle: FeatureHandle, atPercent previewPercent: RolloutPercent?) throws {
+    private static func answerFile(
+        _ path: String, handle: FeatureHandle, atPercent previewPercent: RolloutPercent?, workspace: String?, isInternal: Bool
+    ) throws(ValidationError) {
         guard let file = fopen(path, "rb") else {
             throw ValidationError("Cannot open --actors-from \(path): \(String(cString: strerror(errno))).")
         }
@@ -91,9 +99,6 @@ struct Check: AsyncParsableCommand {
         }
         var output = [UInt8]()
         output.reserveCapacity(1 << 20)
-        // Read the property wrappers once: their getters are generic and cost more than the hash.
-        let workspace = self.workspace
-        let isInternal = self.isInternal
         let yes = Array("\ttrue\n".utf8)
         let no = Array("\tfalse\n".utf8)
         input.withUnsafeBufferPointer { bytes in

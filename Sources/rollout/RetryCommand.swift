@@ -3,7 +3,7 @@ import Foundation
 import RolloutController
 import RolloutGate
 
-struct RetryCommand: ParsableCommand {
+struct RetryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "retry",
         abstract: "Run a command until it succeeds, with the controller's retry policy (for deploy pipelines' rollback steps).",
@@ -46,25 +46,25 @@ struct RetryCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let retry = try retryPolicy()
         guard let program = command.first, let path = resolveExecutable(program) else { throw ExitCode(2) }
-        var status: Int32 = 0
-        for attempt in 1...retry.maxAttempts {
-            status = try spawnAndWait(path, command)
-            if status == 0 {
-                if attempt > 1 { log("attempt \(attempt)/\(retry.maxAttempts) succeeded") }
-                return
+        let command = command
+        // The waits are Task.sleep on the clock and the child is reaped on a thread of its own:
+        // nothing here blocks Swift's cooperative pool.
+        let (status, attempts) = try await retry.run(on: ContinuousClock()) { _ in
+            try await spawnAndWait(path, command)
+        } failed: { attempt, status, delay in
+            if let delay {
+                log("attempt \(attempt)/\(retry.maxAttempts) exited \(status); next attempt in \(formatDelay(delay))")
+            } else {
+                log("attempt \(attempt)/\(retry.maxAttempts) exited \(status); giving up")
             }
-            guard attempt < retry.maxAttempts else { break }
-            let delay = retry.delay(afterAttempt: attempt)
-            log("attempt \(attempt)/\(retry.maxAttempts) exited \(status); next attempt in \(formatDelay(delay))")
-            let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
-            var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-            var remaining = timespec()
-            while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
         }
-        log("attempt \(retry.maxAttempts)/\(retry.maxAttempts) exited \(status); giving up")
+        if status == 0 {
+            if attempts > 1 { log("attempt \(attempts)/\(retry.maxAttempts) succeeded") }
+            return
+        }
         throw ExitCode(status)
     }
 
@@ -90,8 +90,9 @@ func resolveExecutable(_ program: String) -> String? {
 }
 
 /// Runs `path` with `arguments` (argv[0] included), inheriting stdin, stdout and stderr, and
-/// returns its exit status (128 + the signal when killed).
-func spawnAndWait(_ path: String, _ arguments: [String]) throws -> Int32 {
+/// returns its exit status (128 + the signal when killed). `waitpid` blocks for as long as the
+/// child runs, so it runs on a thread of its own (``onOwnThread(_:)``).
+func spawnAndWait(_ path: String, _ arguments: [String]) async throws -> Int32 {
     let argv = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
@@ -99,8 +100,12 @@ func spawnAndWait(_ path: String, _ arguments: [String]) throws -> Int32 {
     guard result == 0 else {
         throw ValidationError("Cannot run \(path): \(String(cString: strerror(result))).")
     }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    let child = pid
+    let status = await onOwnThread { () -> Int32 in
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        return status
+    }
     if status & 0x7f == 0 { return (status >> 8) & 0xff }
     return 128 + (status & 0x7f)
 }

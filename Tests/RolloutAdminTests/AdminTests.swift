@@ -4,6 +4,7 @@ import RolloutAdmin
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
+import Synchronization
 import Testing
 
 private let fixedTime = Timestamp(parsing: "2025-10-08T15:00:00.250000Z") ?? Timestamp(microsecondsSinceEpoch: 0)
@@ -41,6 +42,42 @@ struct AuditLogTests {
         #expect(text.hasPrefix(AuditLog.header))
         let lines = text.dropFirst(AuditLog.header.count).split(separator: "\n")
         #expect(lines == (0..<3).map { "2025-10-08T15:00:00Z  google  paused  reason=r\($0) forged  by=manual" })
+    }
+
+    // The time limit guards against a hang (the failure this test looks for); it bounds no speed.
+    @Test(.timeLimit(.minutes(2)))
+    func appendsWaitingForTheLockLeaveTheCooperativePoolFree() async throws {
+        let directory = try makeTemporaryDirectory("audit")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = AuditLog(path: directory + "/log.md")
+        // Another holder of the lock (as another process would be): every append must wait.
+        let holder = try await offThePool { try LockedFile(path: log.path) }
+        let started = StartedAppends()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<16 {
+                group.addTask {
+                    started.count.withLock { $0 += 1 }
+                    try await log.appendUnrecorded(AuditRecord(time: fixedTime, feature: "google", change: "paused", reason: "r\(index)", by: "manual"))
+                }
+            }
+            try #require(await eventually(within: .seconds(60)) { started.count.withLock { $0 } == 16 })
+            // Had the appends blocked in flock on the pool's threads (two here), these tasks
+            // could not run until the lock is released, and the test would hang.
+            let ran = await withTaskGroup(of: Int.self) { tasks in
+                for _ in 0..<200 { tasks.addTask { await Task.yield(); return 1 } }
+                return await tasks.reduce(0, +)
+            }
+            #expect(ran == 200)
+            let size = try await offThePool { try holder.size() }
+            #expect(size == 0)  // nothing could be written while the lock was held
+            try await offThePool { holder.close() }
+            try await group.waitForAll()
+        }
+        let text = try String(contentsOfFile: log.path, encoding: .utf8)
+        #expect(text.hasPrefix(AuditLog.header))
+        let lines = text.dropFirst(AuditLog.header.count).split(separator: "\n")
+        #expect(Set(lines) == Set((0..<16).map { "2025-10-08T15:00:00Z  google  paused  reason=r\($0)  by=manual" }))
+        #expect(lines.count == 16)
     }
 
     @Test func unwritablePathSaysWhatToDo() async {
@@ -232,4 +269,9 @@ struct AuditTrailValueTests {
         #expect(deadline.waitUntil - read >= .milliseconds(deadline.serverMilliseconds - time.milliseconds))
         #expect(throws: RedisError.self) { try RedisServerTime(reply: .array([.bulkString(Array("x".utf8))])) }
     }
+}
+
+/// How many appends have started, shared with the tasks that make them.
+private final class StartedAppends: Sendable {
+    let count = Mutex(0)
 }

@@ -232,7 +232,7 @@ struct ControllerEndToEndTests {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("steady", "dwell: 0s")], queryTimeout: "1s")
         try await world.serve("steady", errorRatio: 0.001)
-        try await offThePool { world.prometheus.stop() }
+        await world.prometheus.stopOffPool()
         let down = try await world.run()
         #expect(down.status == 1)
         #expect(down.features["steady"]?["reason"] as? String == "prom_unreachable")
@@ -392,7 +392,7 @@ struct ControllerEndToEndTests {
             try await Task.sleep(for: .milliseconds(200))
         }
         #expect(!worker.hasExited())
-        worker.terminate(SIGTERM)
+        await worker.terminateOffPool(SIGTERM)
         #expect(try await world.get("flags:worker:rollout_percent") == "100")
         #expect(world.auditLines().count == 3)
     }
@@ -425,7 +425,7 @@ struct ControllerEndToEndTests {
         try world.writePolicy([("midrun", "dwell: 0s")], queryTimeout: "10s", prometheusURL: slow.url)
         async let run = world.run()
         try #require(await eventually(within: .seconds(60)) { slow.requestsSeen > 0 })
-        try await offThePool { world.redis.stop() }
+        await world.redis.stopOffPool()
         let result = try await run
         #expect(result.status == 1)
         #expect(result.features["midrun"]?["reason"] as? String == "redis_error")
@@ -436,7 +436,7 @@ struct ControllerEndToEndTests {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("gone", "dwell: 0s")])
         try await world.serve("gone", errorRatio: 0.001)
-        world.redis.stop()
+        await world.redis.stopOffPool()
         let run = try await world.run()
         #expect(run.status == 1)
         #expect(run.features["gone"]?["reason"] as? String == "redis_error")

@@ -111,8 +111,7 @@ struct FaultEndToEndTests {
                 world.binary, ["controller", "run", "--config", world.configPath], stdout: world.directory + "/out\(round).txt",
                 stderr: world.directory + "/err\(round).txt")
             try await Task.sleep(for: .milliseconds(Int.random(in: 0...400, using: &generator)))
-            process.terminate(SIGKILL)
-            _ = await process.exitStatus()
+            await process.terminateOffPool(SIGKILL)
             // A killed run's locks expire by themselves; here, at once.
             let locks = try await world.client.scan(matching: "flags:*:lock")
             if !locks.isEmpty { _ = try await world.client.send(RedisCommand("DEL", locks)) }

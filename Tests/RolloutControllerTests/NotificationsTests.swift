@@ -310,12 +310,12 @@ struct NotificationPolicyTests {
 /// fallback file into `directory`.
 private func deliveryPolicy(
     _ url: String, format: NotificationChannel.Format = .webhook, directory: String, attempts: Int = 3,
-    timeout: Duration = .seconds(30), deadline: Duration = .seconds(60)
+    timeout: Duration = .seconds(30), deadline: Duration = .seconds(60), retry: RetryPolicy? = nil
 ) throws -> NotificationPolicy {
     NotificationPolicy(
         channels: [NotificationChannel(name: "test-\(format)", format: format, url: try #require(WebhookURL(url)))],
         attemptTimeout: timeout, deadline: deadline,
-        retry: RetryPolicy(baseDelay: .milliseconds(20), maxDelay: .milliseconds(80), maxAttempts: attempts, jitter: true),
+        retry: retry ?? RetryPolicy(baseDelay: .milliseconds(20), maxDelay: .milliseconds(80), maxAttempts: attempts, jitter: true),
         fallbackFile: directory + "/notifications_fallback.jsonl")
 }
 
@@ -446,16 +446,28 @@ struct NotificationDeliveryTests {
     }
 
     @Test func deliverReturnsByTheDeadline() async throws {
-        let receiver = try WebhookReceiver(otherwise: .hang)
+        // 503 is retried. The deadline and the waits are on a clock the test moves, so how
+        // busy the machine is changes nothing.
+        let receiver = try WebhookReceiver(otherwise: .status(503))
         let directory = try makeTemporaryDirectory("notify")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        // Five attempts of one second each would take five seconds; the deadline allows 1.5.
-        let policy = try deliveryPolicy(receiver.url(), directory: directory, attempts: 5, timeout: .seconds(1), deadline: .milliseconds(1500))
-        let report = await Notifier(policy: policy).deliver([rollbackEvent, rollbackEvent])
+        let policy = try deliveryPolicy(
+            receiver.url(), directory: directory, deadline: .milliseconds(1500),
+            retry: RetryPolicy(backoff: .fixed, baseDelay: .seconds(1), maxAttempts: 5))
+        let clock = ManualClock()
+        async let delivered = Notifier(policy: policy, clock: clock).deliver([rollbackEvent, rollbackEvent])
+        // The first event's first attempt failed; it waits 1 s for its second.
+        try #require(await eventually(within: .seconds(120)) { clock.sleepers == 1 })
+        #expect(receiver.requests.count == 1)
+        clock.advance(by: .seconds(1))
+        let report = await delivered
+        // At 1 s the second attempt fails and the next wait would end at 2 s, past the 1.5 s
+        // deadline: no retry. The second event then gets one attempt, for the same reason.
+        // Without the deadline both would use all 5 attempts (10 in all).
         #expect(report.failed == 2 && report.writtenToFallback == 2)
-        // Without the deadline both events would use all 5 attempts (10). How many fit before it
-        // depends on the machine's load, so no time is asserted: only that it cut them short.
-        #expect((report.channels.first?.attempts ?? 0) < 10)
+        #expect(report.channels.first?.attempts == 3)
+        #expect(receiver.requests.count == 3)
+        #expect(clock.sleepers == 0)
         #expect(try fallbackLines(directory).count == 2)
     }
 

@@ -245,7 +245,7 @@ struct SafetyEndToEndTests {
         _ = await interrupted.nextLine()  // the plan
         let poll = await interrupted.nextLine()
         #expect(poll?.contains("50%") == true, "\(poll ?? "nothing")")
-        interrupted.process.terminate(SIGINT)
+        await interrupted.process.terminateOffPool(SIGINT)
         var summary = ""
         while let line = await interrupted.nextLine() { summary = line }
         #expect(await interrupted.process.exitStatus() == 130)

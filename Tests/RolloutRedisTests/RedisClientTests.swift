@@ -224,9 +224,9 @@ struct RedisFailureTests {
         let client = RedisClient(url: server.url())
         defer { client.close() }
         _ = try await client.send("SET", "k", "v")
-        server.stop()
+        await server.stopOffPool()
         await #expect(throws: RedisError.self) { try await client.send("PING") }
-        try server.restart()
+        try await server.restartOffPool()
         #expect(try await client.send("PING") == .status("PONG"))
     }
 

@@ -57,7 +57,7 @@ struct FailStaticTests {
         try await whileRunning(gate) {
             #expect(await eventually(within: .seconds(60)) { gate.isEnabled("google", for: Subject(id: "a")) })
             #expect(gate.decision("google", for: Subject(id: "a")).freshness == .live)
-            server.kill()
+            await server.killOffPool()
             await advance(clock, by: .seconds(90))
             // Still on, by the same rule, and marked stale with the snapshot's age.
             let decision = gate.decision("google", for: Subject(id: "a"))
@@ -79,7 +79,7 @@ struct FailStaticTests {
             #expect(await eventually(within: .seconds(60)) { logs.entries.contains { "\($0.message)".contains("Cannot refresh") } })
             #expect(logs.entries.filter { "\($0.message)".contains("Cannot refresh") && $0.level == .warning }.count == 1)
             // Redis back: fresh again at the next refresh, and logged once.
-            try server.restart()
+            try await server.restartOffPool()
             var recovered = false
             for _ in 0..<20 where !recovered {
                 await advance(clock, by: .seconds(5))
@@ -99,7 +99,7 @@ struct FailStaticTests {
         let clock = ManualClock()
         let gate = manualGate(server, clock: clock, maxStaleness: .seconds(60))
         #expect(await gate.prepare(["google"]))
-        server.kill()
+        await server.killOffPool()
         clock.advance(by: .seconds(59))
         #expect(gate.isEnabled("google", for: Subject(id: "a")))
         clock.advance(by: .seconds(2))

@@ -166,12 +166,12 @@ struct FeatureGateTests {
         let gate = FeatureGate(redisURL: server.url(), features: ["google"], configuration: configuration)
         try await whileRunning(gate) {
             #expect(await eventually { gate.isEnabled("google", for: Subject(id: "a")) })
-            server.kill()
+            await server.killOffPool()
             // Within the staleness bound the last good snapshot still answers...
             #expect(gate.isEnabled("google", for: Subject(id: "a")))
             // ...then the gate fails closed.
             #expect(await eventually { gate.decision("google", for: Subject(id: "a")).reason == .staleSnapshot })
-            try server.restart()
+            try await server.restartOffPool()
             _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
             #expect(await eventually(within: .seconds(10)) { gate.isEnabled("google", for: Subject(id: "a")) })
         }

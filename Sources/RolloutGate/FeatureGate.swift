@@ -176,8 +176,9 @@ public final class FeatureGate: Service, Sendable {
         let freshness = currentFreshness()
         let decided = readSide.read { stripe -> Decision? in
             published.withCurrent { snapshot in
-                snapshot.entries[feature]?.decide(
-                    for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
+                snapshot.withEntry(feature) {
+                    $0.decide(for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
+                }
             } ?? nil
         }
         if let decided { return decided }
@@ -629,8 +630,28 @@ public final class FeatureGate: Service, Sendable {
 /// Every feature the gate has read, as one immutable value: published whole, never changed.
 final class Snapshot: Sendable {
     let entries: [FeatureName: Entry]
+    // The same entries unretained, for checks: copying a class reference out of a dictionary
+    // retains it, a write to the entry's header that every checking thread would share.
+    // Valid while the snapshot (which owns them through `entries`) is.
+    private let lookup: [FeatureName: UnretainedEntry]
 
-    init(entries: [FeatureName: Entry]) { self.entries = entries }
+    init(entries: [FeatureName: Entry]) {
+        self.entries = entries
+        lookup = entries.mapValues { UnretainedEntry(reference: Unmanaged.passUnretained($0)) }
+    }
+
+    /// The entry of `feature`, borrowed for the length of `body`, inside a read.
+    @inline(__always)
+    func withEntry<Result>(_ feature: FeatureName, _ body: (Entry) -> Result) -> Result? {
+        guard let entry = lookup[feature] else { return nil }
+        return entry.reference._withUnsafeGuaranteedRef(body)
+    }
+}
+
+/// An entry reference that copying does not retain.
+struct UnretainedEntry: @unchecked Sendable {
+    // @unchecked: Entry is Sendable; Unmanaged is only not marked so.
+    let reference: Unmanaged<Entry>
 }
 
 /// One feature as the snapshot holds it. Immutable: a check borrows it and reads.

@@ -115,51 +115,61 @@ public struct Controller: Sendable {
 
     private func evaluate(_ feature: FeaturePolicy, promotions: Bool) async -> FeatureReport {
         let lockKey = FeatureKeys(feature.feature).lock
-        let report = FeatureReport(feature: feature.feature)
-
         // 7. One controller per feature at a time. A dry run writes nothing, not even a lock.
-        if !policy.dryRun {
-            let lockTTL = EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL
-            do {
-                let reply = try await redis.send(
-                    RedisCommand("SET", lockKey, owner, "NX", "PX", String(lockTTL.wholeMilliseconds)))
-                if reply.isNull {
-                    let holder = (try? await redis.send("GET", lockKey).string) ?? "another controller"
-                    return report.held(.locked, "another controller (\(holder)) is deciding this feature now")
-                }
-            } catch {
-                // The SET may have reached the server before the error: release it if it is ours.
-                _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
-                return report.held(.redisError, "Redis: \(error)")
-            }
-        }
-        let result = await evaluateHoldingLock(feature, report: report, promotions: promotions)
-        if !policy.dryRun {
+        // The lock's SET NX goes first in the read's pipeline: Redis runs it before the reads,
+        // so they happen under the lock, in one round trip (the reads are dropped if it is held).
+        let lock = policy.dryRun
+            ? nil
+            : RedisCommand("SET", lockKey, owner, "NX", "PX", String(EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL.wholeMilliseconds))
+        let (result, mayHoldLock) = await evaluateHoldingLock(feature, report: FeatureReport(feature: feature.feature), promotions: promotions, lock: lock)
+        if lock != nil, mayHoldLock {
             // Released by its owner only; the TTL frees it if this process dies first.
             _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
         }
         return result
     }
 
+    /// The evaluation, with `lock` (the lock's SET NX) sent first in the read's pipeline; true
+    /// when the lock may be this run's (taken, or its SET's fate unknown), so it is released.
     private func evaluateHoldingLock(
-        _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool
-    ) async -> FeatureReport {
-        var report = report
+        _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool, lock: RedisCommand?
+    ) async -> (FeatureReport, mayHoldLock: Bool) {
         let keys = FeatureKeys(feature.feature)
 
-        // 1. Every key in one round trip.
-        let replies: [RedisValue]
+        // 1. The lock and every key in one round trip.
+        let taken: [RedisValue]
         let arrivedAt: ContinuousClock.Instant
         do {
-            (replies, arrivedAt) = try await redis.pipelineWithArrival(
-                keys.readCommands + [
+            (taken, arrivedAt) = try await redis.pipelineWithArrival(
+                (lock.map { [$0] } ?? []) + keys.readCommands + [
                     RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
                     RedisCommand("GET", keys.healthySince), RedisCommand("GET", keys.lastGood), RedisCommand("GET", keys.pausedReason),
                     RedisCommand("HGETALL", keys.streaks), RedisCommand("GET", keys.notified), RedisServerTime.command,
                 ])
         } catch {
-            return report.held(.redisError, "Redis: \(error)")
+            // The SET may have reached the server before the error: released if it is ours.
+            return (report.held(.redisError, "Redis: \(error)"), true)
         }
+        var replies = taken[...]
+        if lock != nil, let reply = replies.popFirst() {
+            if case .error(let text) = reply {
+                return (report.held(.redisError, "Redis: \(RedisError.fromServer(text, context: "SET"))"), false)
+            }
+            if reply.isNull {
+                let holder = (try? await redis.send("GET", keys.lock).string) ?? "another controller"
+                return (report.held(.locked, "another controller (\(holder)) is deciding this feature now"), false)
+            }
+        }
+        return (await evaluateLocked(feature, report: report, promotions: promotions, replies: Array(replies), arrivedAt: arrivedAt), true)
+    }
+
+    /// The rest of the evaluation, the lock taken: `replies` are the read's, `arrivedAt` when
+    /// they came.
+    private func evaluateLocked(
+        _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool, replies: [RedisValue], arrivedAt: ContinuousClock.Instant
+    ) async -> FeatureReport {
+        var report = report
+        let keys = FeatureKeys(feature.feature)
         let serverTime: RedisServerTime
         do {
             serverTime = try RedisServerTime(reply: replies[replies.count - 1], readAt: arrivedAt)

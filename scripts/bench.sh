@@ -2,8 +2,9 @@
 # Reproduces the figures in docs/performance.md: builds in release mode, starts its own
 # redis-server on a free loopback port, runs the benchmarks, compares `rollout check
 # --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
-# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller
-# runs one section (the controller section doubles as the release-build smoke run).
+# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet
+# runs one section (the controller section doubles as the release-build smoke run; fleet, about
+# 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -62,6 +63,13 @@ allocs() {
 small=$(allocs 1000)
 large=$(allocs 1001000)
 awk -v a="$small" -v b="$large" 'BEGIN { printf "allocations: %d for 1,000 checks, %d for 1,001,000: %.4f per check\n", a, b, (b - a) / 1000000 }'
+fi
+
+if [ "${BENCH_ONLY:-}" = "fleet" ]; then
+echo
+echo "== a fleet on one redis-server: 200 gates x 1,000 features, 60 s, push on and off"
+"$bin/rollout-bench" --fleet 200 1000 60 on "$url" 2>&1 | grep '^fleet:'
+"$bin/rollout-bench" --fleet 200 1000 60 off "$url" 2>&1 | grep '^fleet:'
 fi
 
 if want controller; then

@@ -49,8 +49,76 @@ if arguments.count == 4, arguments[1] == "--checks", let count = Int(arguments[2
     print("checks: \(count), on: \(on)")
     exit(0)
 }
+if arguments.count == 7, arguments[1] == "--fleet", let gates = Int(arguments[2]), let featureCount = Int(arguments[3]),
+    let seconds = Int(arguments[4]), let url = try? RedisURL(parsing: arguments[6])
+{
+    // What a fleet costs one redis-server: `gates` gates in this process, each knowing
+    // `featureCount` features, for `seconds`, push invalidation on or off (arguments[5]).
+    let push = arguments[5] == "on"
+    let client = RedisClient(url: url)
+    let names = (0..<featureCount).compactMap { try? FeatureName("fleet-\($0)") }
+    var seed: [RedisCommand] = [RedisCommand("FLUSHDB")]
+    for name in names {
+        let keys = FeatureKeys(name)
+        seed += [RedisCommand("SET", keys.rolloutPercent, "50"), RedisCommand("SET", keys.enabled, "true")]
+    }
+    _ = try await client.pipeline(seed)
+    var configuration = FeatureGate.Configuration()
+    configuration.pushInvalidation = push
+    configuration.commandTimeout = .seconds(10)
+    let fleet = (0..<gates).map { _ in FeatureGate(redisURL: url, features: names, configuration: configuration) }
+    for gate in fleet { _ = await gate.prepare(names) }
+    let services = fleet.map { gate in Task { try await gate.run() } }
+    if push {
+        while (try? await client.send("PUBSUB", "NUMSUB", "__redis__:invalidate").array?.last?.integer) ?? 0 < gates {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+    func serverCounters() async throws -> (calls: Int, cpu: Double) {
+        let stats = try await client.send("INFO", "commandstats").string ?? ""
+        let cpu = try await client.send("INFO", "cpu").string ?? ""
+        var calls = 0
+        for line in stats.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+            if let field = line.split(separator: ",").first, let value = field.split(separator: "=").last, let count = Int(value) { calls += count }
+        }
+        var seconds = 0.0
+        for line in cpu.split(whereSeparator: \.isNewline) where line.hasPrefix("used_cpu_sys:") || line.hasPrefix("used_cpu_user:") {
+            seconds += Double(line.split(separator: ":").last ?? "") ?? 0
+        }
+        return (calls, seconds)
+    }
+    let handles = fleet.map { $0.feature(names[0]) }
+    let probe = Subject(id: "anyone")
+    let before = try await serverCounters()
+    let started = ContinuousClock.now
+    var propagation: [Double] = []
+    var round = 0
+    while ContinuousClock.now - started < .seconds(seconds) {
+        let turnOff = round % 2 == 0
+        round += 1
+        let flipped = ContinuousClock.now
+        _ = try await client.send("SET", FeatureKeys(names[0]).enabled, turnOff ? "false" : "true")
+        var waiting = Set(0..<gates)
+        while !waiting.isEmpty, ContinuousClock.now - flipped < .seconds(30) {
+            for index in waiting where (handles[index].decision(for: probe).reason == .killSwitch) == turnOff {
+                waiting.remove(index)
+                propagation.append(nanoseconds(ContinuousClock.now - flipped) / 1e6)
+            }
+            try await Task.sleep(for: .microseconds(200))
+        }
+        try await Task.sleep(for: .milliseconds(500))
+    }
+    let elapsed = nanoseconds(ContinuousClock.now - started) / 1e9
+    let after = try await serverCounters()
+    for service in services { service.cancel() }
+    print(String(format: "fleet: %d gates x %d features, push %@, %.0f s: %.0f commands/s on the server, %.3f s of server CPU per second, kill-switch propagation over %d answers p50 %.2f ms p99 %.2f ms max %.2f ms",
+        gates, featureCount, push ? "on" : "off", elapsed, Double(after.calls - before.calls) / elapsed, (after.cpu - before.cpu) / elapsed,
+        propagation.count, percentile(propagation, 0.5), percentile(propagation, 0.99), propagation.max() ?? 0))
+    client.close()
+    exit(0)
+}
 guard arguments.count >= 2, let url = try? RedisURL(parsing: arguments[1]) else {
-    print("usage: rollout-bench REDIS_URL [iterations] | rollout-bench --checks N REDIS_URL")
+    print("usage: rollout-bench REDIS_URL [iterations] | rollout-bench --checks N REDIS_URL | rollout-bench --fleet GATES FEATURES SECONDS on|off REDIS_URL")
     exit(2)
 }
 let iterations = arguments.count > 2 ? Int(arguments[2]) ?? 2_000_000 : 2_000_000

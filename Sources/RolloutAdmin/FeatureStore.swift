@@ -244,6 +244,10 @@ public struct FeatureStore: Sendable {
     /// Returns one result per step (SADD's count of new members...).
     @discardableResult
     func apply(_ change: OperatorChange, time: RedisServerTime? = nil) async throws(AdminError) -> [Int64] {
+        // A name literal that breaks the rule (the only way to make one) never addresses a key.
+        if let invalid = change.records.first(where: { !$0.feature.isValid })?.feature {
+            throw AdminError(.invalidInput(FeatureName.validationError(invalid.rawValue)?.message ?? "'\(invalid)' is not a feature name."))
+        }
         let serverTime: RedisServerTime
         if let time {
             serverTime = time

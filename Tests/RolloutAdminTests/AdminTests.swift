@@ -160,6 +160,14 @@ struct FeatureStoreTests {
         #expect(try fixture.auditLines().count == 1)
     }
 
+    @Test func anInvalidNameLiteralNeverWritesAKey() async throws {
+        let fixture = try await Fixture()
+        let ten = try #require(RolloutPercent(parsing: "10"))
+        await #expect(throws: AdminError.self) { try await fixture.store.setPercent("Google", to: ten, reason: "typo") }
+        await #expect(throws: AdminError.self) { try await fixture.store.setEnabled("has space", false, reason: "typo") }
+        #expect(try await fixture.redis.send("KEYS", "*").array?.isEmpty == true)
+    }
+
     @Test func setPercentRecordsPreviousAndTimeAtomically() async throws {
         let fixture = try await Fixture()
         let ten = try #require(RolloutPercent(parsing: "10"))

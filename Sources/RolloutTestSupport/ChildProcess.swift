@@ -245,12 +245,16 @@ public func rolloutBinary() throws -> String {
     throw FixtureError("the rollout binary is not built next to the tests: run `swift build` first (scripts/test.sh does)")
 }
 
-/// Polls `condition` every 5 ms until it holds or `limit` passes; returns whether it held.
-public func eventually(within limit: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
+/// Polls `condition` every `interval` until it holds or `limit` passes; returns whether it
+/// held. The one way tests wait for an event they cannot be told of: `limit` only bounds a
+/// failure, so it can be generous.
+public func eventually(
+    within limit: Duration = .seconds(5), every interval: Duration = .milliseconds(5), _ condition: () async -> Bool
+) async -> Bool {
     let deadline = ContinuousClock.now.advanced(by: limit)
     while ContinuousClock.now < deadline {
         if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
+        try? await Task.sleep(for: interval)
     }
     return await condition()
 }

@@ -16,22 +16,12 @@ struct DemoServiceTests {
             try rolloutBinary(), ["demo-service", "--port", String(port), "--load", "0", "--redis-url", server.urlString],
             stdout: directory + "/demo.log", stderr: nil)
         defer { demo.terminate(SIGTERM) }
-        let ready = try await offThePool {
-            for _ in 0..<100 {
-                if let (status, _) = try? httpGet(port: port, path: "/metrics"), status == 200 { return true }
-                usleep(100_000)
-            }
-            return false
+        let ready = await eventually(within: .seconds(60), every: .milliseconds(100)) {
+            (try? await offThePool { try httpGet(port: port, path: "/metrics") })?.0 == 200
         }
         #expect(ready)
         // The gate loads in the background: the first answers may be the old path.
-        let newPath = try await offThePool {
-            for _ in 0..<50 {
-                if let (_, body) = try? httpGet(port: port, path: "/action?actor=alice"), body == "new\n" { return true }
-                usleep(100_000)
-            }
-            return false
-        }
+        let newPath = await answers("new\n", port: port)
         #expect(newPath)
         let faults = try await offThePool { try httpRequest(port: port, method: "POST", path: "/faults?error_rate=1") }
         #expect(faults.0 == 200 && faults.1.contains("error_rate=1.0"))
@@ -43,13 +33,14 @@ struct DemoServiceTests {
         #expect(metrics.contains("action_latency_seconds_bucket{provider=\"demo\",path=\"new\",le=\"+Inf\"}"))
         // A kill switch moves requests back to the old path.
         _ = try await redis.send("SET", "flags:demo:enabled", "false")
-        let old = try await offThePool {
-            for _ in 0..<50 {
-                if let (_, body) = try? httpGet(port: port, path: "/action?actor=alice"), body == "old\n" { return true }
-                usleep(100_000)
-            }
-            return false
-        }
+        let old = await answers("old\n", port: port)
         #expect(old)
+    }
+
+    /// Whether the demo service comes to answer `body` for alice's action.
+    private func answers(_ body: String, port: Int) async -> Bool {
+        await eventually(within: .seconds(30), every: .milliseconds(100)) {
+            (try? await offThePool { try httpGet(port: port, path: "/action?actor=alice") })?.1 == body
+        }
     }
 }

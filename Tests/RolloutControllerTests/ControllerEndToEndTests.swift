@@ -79,10 +79,6 @@ final class ControllerWorld: @unchecked Sendable {
     /// Serves the feature's metrics (nil leaves a series out: Prometheus then has no data)
     /// and waits until Prometheus has scraped them.
     func serve(_ feature: String, errorRatio: Double?, latency: Double? = 0.1, requests: Double? = 500) async throws {
-        try await offThePool { [self] in try serveBlocking(feature, errorRatio: errorRatio, latency: latency, requests: requests) }
-    }
-
-    private func serveBlocking(_ feature: String, errorRatio: Double?, latency: Double?, requests: Double?) throws {
         func line(_ metric: String, _ value: Double?) -> String {
             guard let value else { return "" }
             return "\(metric){feature=\"\(feature)\"} \(value.isNaN ? "NaN" : String(value))\n"
@@ -90,32 +86,26 @@ final class ControllerWorld: @unchecked Sendable {
         series[feature] = line("demo_error_ratio", errorRatio) + line("demo_latency_p95", latency) + line("demo_requests", requests)
         metrics.set("demo_up 1\n" + series.values.sorted().joined())
         if let errorRatio {
-            try waitForValue("max(demo_error_ratio{feature=\"\(feature)\"})", errorRatio)
+            try await waitForValue("max(demo_error_ratio{feature=\"\(feature)\"})", errorRatio)
         } else {
-            try waitForAbsence("demo_error_ratio{feature=\"\(feature)\"}")
+            try await waitForAnswer(to: "demo_error_ratio{feature=\"\(feature)\"}", containing: "\"result\":[]")
         }
-        if let latency { try waitForValue("max(demo_latency_p95{feature=\"\(feature)\"})", latency) }
+        if let latency { try await waitForValue("max(demo_latency_p95{feature=\"\(feature)\"})", latency) }
     }
 
-    private func waitForValue(_ query: String, _ value: Double) throws {
+    private func waitForValue(_ query: String, _ value: Double) async throws {
         let expected = value.isNaN ? "\"NaN\"" : "\"\(value == value.rounded() ? String(Int(value)) : String(value))\""
-        let deadline = Date().addingTimeInterval(30)
-        let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
-        while Date() < deadline {
-            if let (_, body) = try? httpGet(port: prometheus.port, path: "/api/v1/query?query=\(encoded)"), body.contains(expected) { return }
-            usleep(100_000)
-        }
-        throw FixtureError("Prometheus never showed \(expected) for \(query)")
+        try await waitForAnswer(to: query, containing: expected)
     }
 
-    private func waitForAbsence(_ query: String) throws {
-        let deadline = Date().addingTimeInterval(30)
+    /// Waits until Prometheus's answer to `query` contains `expected` (it has scraped the series).
+    private func waitForAnswer(to query: String, containing expected: String) async throws {
         let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
-        while Date() < deadline {
-            if let (_, body) = try? httpGet(port: prometheus.port, path: "/api/v1/query?query=\(encoded)"), body.contains("\"result\":[]") { return }
-            usleep(100_000)
+        let port = prometheus.port
+        let shown = await eventually(within: .seconds(60), every: .milliseconds(100)) {
+            (try? await offThePool { try httpGet(port: port, path: "/api/v1/query?query=\(encoded)") })?.1.contains(expected) == true
         }
-        throw FixtureError("Prometheus still has data for \(query)")
+        guard shown else { throw FixtureError("Prometheus never answered \(query) with \(expected)") }
     }
 
     /// Runs `rollout controller run --json` and returns its exit status and features by name.
@@ -387,9 +377,8 @@ struct ControllerEndToEndTests {
         let worker = try ChildProcess(
             world.binary, ["controller", "run", "--config", world.configPath, "--every", "1s"], stdout: world.directory + "/worker.txt",
             stderr: world.directory + "/worker.err")
-        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
-        while try await world.get("flags:worker:rollout_percent") != "100" && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(200))
+        _ = await eventually(within: .seconds(60), every: .milliseconds(200)) {
+            (try? await world.get("flags:worker:rollout_percent")) == "100"
         }
         #expect(!worker.hasExited())
         await worker.terminateOffPool(SIGTERM)

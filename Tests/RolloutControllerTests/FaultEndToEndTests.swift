@@ -110,7 +110,15 @@ struct FaultEndToEndTests {
             let process = try ChildProcess(
                 world.binary, ["controller", "run", "--config", world.configPath], stdout: world.directory + "/out\(round).txt",
                 stderr: world.directory + "/err\(round).txt")
-            try await Task.sleep(for: .milliseconds(Int.random(in: 0...400, using: &generator)))
+            // Killed once the run has written a random number of records (0: as it starts), so
+            // the kill falls between a script and its line, or anywhere else in a run, whatever
+            // the machine's speed.
+            let recorded = try await world.client.send("XLEN", "rollout:audit").integer ?? 0
+            let target = recorded + Int64.random(in: 0...12, using: &generator)
+            _ = await eventually(within: .seconds(60), every: .milliseconds(1)) {
+                if process.hasExited() { return true }
+                return ((try? await world.client.send("XLEN", "rollout:audit").integer) ?? 0) >= target
+            }
             await process.terminateOffPool(SIGKILL)
             // A killed run's locks expire by themselves; here, at once.
             let locks = try await world.client.scan(matching: "flags:*:lock")

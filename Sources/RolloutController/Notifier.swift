@@ -126,7 +126,7 @@ public struct Notifier: Sendable {
         let status: Int
         let answer: String
         do {
-            let response = try await http.execute(request, timeout: .nanoseconds(timeout.nanoseconds))
+            let response = try await http.execute(request, timeout: .nanoseconds(timeout.wholeNanoseconds))
             status = Int(response.status.code)
             // Read (and bound) the body so the connection can be reused; its text explains refusals.
             answer = (try? await response.body.collect(upTo: 64 * 1024)).map { String(buffer: $0) } ?? ""
@@ -284,5 +284,5 @@ struct NotificationError: Error, Sendable, CustomStringConvertible {
 /// and query (where services put the token) become "…".
 /// `1m30s` for whole seconds, `250ms` otherwise: as durations are written in the policy file.
 private func shown(_ duration: Duration) -> String {
-    duration.components.attoseconds == 0 ? formatDuration(duration) : "\(duration.nanoseconds / 1_000_000)ms"
+    duration.components.attoseconds == 0 ? formatDuration(duration) : "\(duration.wholeNanoseconds / 1_000_000)ms"
 }

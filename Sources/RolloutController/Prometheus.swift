@@ -100,7 +100,7 @@ public struct PrometheusClient: Sendable {
         request.body = .bytes(ByteBuffer(string: "query=" + formEncoded(query)))
         let http = self.http
         let answer = await withTimeLimit(limit, clock: clock) { [request] () async throws -> (HTTPResponseStatus, ByteBuffer) in
-            let response = try await http.execute(request, timeout: .nanoseconds(limit.nanoseconds))
+            let response = try await http.execute(request, timeout: .nanoseconds(limit.wholeNanoseconds))
             return (response.status, try await response.body.collect(upTo: 8 * 1024 * 1024))
         }
         switch answer {
@@ -265,8 +265,3 @@ func isTimeout(_ error: any Error) -> Bool {
     return error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout
 }
 
-extension Duration {
-    var nanoseconds: Int64 {
-        components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
-    }
-}

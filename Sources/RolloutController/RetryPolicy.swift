@@ -43,15 +43,15 @@ public struct RetryPolicy: Sendable, Hashable, CustomStringConvertible {
     /// `random` gives a number in 0..<1 (injected for tests); it is used only with jitter.
     public func delay(afterAttempt attempt: Int, random: () -> Double = { Double.random(in: 0..<1) }) -> Duration {
         let retry = max(1, attempt)
-        let baseSeconds = seconds(baseDelay)
+        let baseSeconds = baseDelay.inSeconds
         var delaySeconds: Double
         switch backoff {
         case .exponential: delaySeconds = baseSeconds * pow(multiplier, retry - 1)
         case .linear: delaySeconds = baseSeconds * Double(retry)
         case .fixed: delaySeconds = baseSeconds
         }
-        if let maxDelay { delaySeconds = min(delaySeconds, seconds(maxDelay)) }
-        if !delaySeconds.isFinite { delaySeconds = maxDelay.map(seconds) ?? 86_400 }
+        if let maxDelay { delaySeconds = min(delaySeconds, maxDelay.inSeconds) }
+        if !delaySeconds.isFinite { delaySeconds = maxDelay.map(\.inSeconds) ?? 86_400 }
         if jitter { delaySeconds *= random() }
         return .nanoseconds(Int64(max(0, delaySeconds) * 1e9))
     }
@@ -64,9 +64,6 @@ public struct RetryPolicy: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-private func seconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-}
 
 private func pow(_ base: Double, _ exponent: Int) -> Double {
     var result = 1.0

@@ -112,7 +112,7 @@ public struct Telemetry: Sendable {
     private func currentRunCounts() async throws -> [String: Double] {
         var request = HTTPClientRequest(url: pushgateway.url + "/metrics")
         request.method = .GET
-        let response = try await HTTPClient.shared.execute(request, timeout: .nanoseconds(timeout.nanoseconds))
+        let response = try await HTTPClient.shared.execute(request, timeout: .nanoseconds(timeout.wholeNanoseconds))
         let body = try await response.body.collect(upTo: 16 * 1024 * 1024)
         guard response.status == .ok else {
             throw TelemetryError("GET /metrics answered HTTP \(response.status.code)", status: Int(response.status.code))
@@ -136,7 +136,7 @@ public struct Telemetry: Sendable {
         request.method = .PUT
         request.headers.add(name: "Content-Type", value: "text/plain; version=0.0.4")
         request.body = .bytes(ByteBuffer(string: body))
-        let response = try await HTTPClient.shared.execute(request, timeout: .nanoseconds(timeout.nanoseconds))
+        let response = try await HTTPClient.shared.execute(request, timeout: .nanoseconds(timeout.wholeNanoseconds))
         guard (200..<300).contains(Int(response.status.code)) else {
             let text = String(buffer: try await response.body.collect(upTo: 64 * 1024))
             throw TelemetryError("PUT answered HTTP \(response.status.code): \(text.prefix(200))", status: Int(response.status.code))

@@ -270,10 +270,7 @@ public final class FeatureGate: Service, Sendable {
         guard readsRedis else { return }
         let valid = features.filter(\.isValid)
         work.withLock { $0.known.formUnion(valid) }
-        await refreshTurn.acquire()
-        let result = await refreshSerialized(valid)
-        await refreshTurn.release()
-        if case .failure(let error) = result { throw error }
+        if case .failure(let error) = await refreshInTurn(valid) { throw error }
     }
 
     /// Re-reads every known feature now, in one pipelined round trip. Returns false when
@@ -377,7 +374,7 @@ public final class FeatureGate: Service, Sendable {
             }
             noteAge()
             let sinceFull = clock.nanoseconds() - work.withLock { $0.lastFullRequest }
-            if !pushConnected.load(ordering: .relaxed) || sinceFull >= configuration.fullRefreshInterval.nanoseconds {
+            if !pushConnected.load(ordering: .relaxed) || sinceFull >= configuration.fullRefreshInterval.wholeNanoseconds {
                 request(all: true)
             }
         }
@@ -387,33 +384,30 @@ public final class FeatureGate: Service, Sendable {
     /// fails closed) and, in ``refreshSerialized(_:)``, when it is fresh again.
     private func noteAge() {
         guard let age = snapshotAge else { return }
-        ageGauge.record(age.seconds)
+        ageGauge.record(age.inSeconds)
         let freshness = currentFreshness()
-        let change = health.withLock { health -> String? in
+        // Each of the two lines once per outage: `health` remembers which were written.
+        let first = health.withLock { health -> Bool in
             switch freshness {
-            case .live?: return nil
+            case .live?:
+                return false
             case .stale?:
-                guard !health.staleLogged else { return nil }
-                health.staleLogged = true
-                return "stale"
+                defer { health.staleLogged = true }
+                return !health.staleLogged
             case nil:
-                guard !health.closedLogged else { return nil }
-                health.closedLogged = true
-                health.staleLogged = true
-                return "closed"
+                defer { (health.closedLogged, health.staleLogged) = (true, true) }
+                return !health.closedLogged
             }
         }
-        switch change {
-        case "stale":
-            logger.warning(
-                "The feature snapshot is stale: Redis has not been read for longer than the refresh interval; every check answers from the last known snapshot",
-                metadata: ["redis.url": "\(redisURL)", "gate.snapshot_age": "\(age.components.seconds) s"])
-        case "closed":
+        guard first else { return }
+        if freshness == nil {
             logger.error(
                 "The feature snapshot is older than the allowed staleness: every feature is now off until Redis answers",
                 metadata: ["redis.url": "\(redisURL)", "gate.max_staleness": "\(configuration.maxStaleness.map { "\($0)" } ?? "none")"])
-        default:
-            break
+        } else {
+            logger.warning(
+                "The feature snapshot is stale: Redis has not been read for longer than the refresh interval; every check answers from the last known snapshot",
+                metadata: ["redis.url": "\(redisURL)", "gate.snapshot_age": "\(age.components.seconds) s"])
         }
     }
 
@@ -424,18 +418,22 @@ public final class FeatureGate: Service, Sendable {
         guard read != 0 else { return }
         let interval = pushConnected.load(ordering: .relaxed) ? configuration.fullRefreshInterval : configuration.refreshInterval
         let window = interval + configuration.connectTimeout + configuration.commandTimeout
-        freshUntil.store(read &+ window.nanoseconds, ordering: .relaxed)
+        freshUntil.store(read &+ window.wholeNanoseconds, ordering: .relaxed)
     }
 
     @discardableResult
     private func refresh(_ features: [FeatureName]) async -> Bool {
+        if case .failure = await refreshInTurn(features) { return false }
+        return true
+    }
+
+    private func refreshInTurn(_ features: [FeatureName]) async -> Result<Void, RedisError> {
         // One refresh at a time (run(), prepare() and refresh() may overlap): an older reply
         // must never be published after a newer one.
         await refreshTurn.acquire()
         let result = await refreshSerialized(features)
         await refreshTurn.release()
-        if case .failure = result { return false }
-        return true
+        return result
     }
 
     private func refreshSerialized(_ features: [FeatureName]) async -> Result<Void, RedisError> {
@@ -781,7 +779,7 @@ struct GateClock: Sendable {
         } else {
             let origin = clock.now
             // Offset by one second so that 0 never means "now" (0 is "never read").
-            now = { origin.duration(to: clock.now).nanoseconds &+ 1_000_000_000 }
+            now = { origin.duration(to: clock.now).wholeNanoseconds &+ 1_000_000_000 }
         }
     }
 
@@ -815,22 +813,6 @@ private struct Work: Sendable {
     mutating func takeDirty() -> [FeatureName] {
         defer { dirty.removeAll(keepingCapacity: true) }
         return Array(dirty)
-    }
-}
-
-extension Duration {
-    /// The duration in whole nanoseconds (saturating).
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return product.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
-    }
-
-    /// The duration in seconds.
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }
 

@@ -72,12 +72,7 @@ public final class TestFlags: Sendable {
 
     /// Replaces the whole state of `feature` (for a state built by hand or read elsewhere).
     public func set(_ state: FeatureState) {
-        states.withLock { states in
-            var state = state
-            state.exists = true
-            states[state.feature] = state
-            gate.publishForTesting([state.feature: state])
-        }
+        update(state.feature) { $0 = state }
     }
 
     /// Forgets `feature`: checks answer off with reason `no_data` again.
@@ -97,8 +92,8 @@ public final class TestFlags: Sendable {
         precondition(feature.isValid, "TestFlags: '\(feature)' is not a valid feature name")
         states.withLock { states in
             var state = states[feature] ?? .absent(feature)
-            state.exists = true
             body(&state)
+            state.exists = true
             states[feature] = state
             // Under the lock: publications happen in the order of the changes.
             gate.publishForTesting([feature: state])

@@ -43,13 +43,19 @@ private func advance(_ clock: ManualClock, by total: Duration, step: Duration = 
     }
 }
 
+/// A redis-server where `google` is at 100%.
+private func serverWithGoogleOn() async throws -> RedisServer {
+    let server = try await RedisServer.start()
+    let admin = RedisClient(url: server.url())
+    defer { admin.close() }
+    _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+    return server
+}
+
 @Suite("Fail static: the last known answers stand while Redis is away", .tags(.redis), .requiresRedis, .serialized)
 struct FailStaticTests {
     @Test func aNinetySecondOutageKeepsEveryAnswerAndSaysItIsStale() async throws {
-        let server = try await RedisServer.start()
-        let admin = RedisClient(url: server.url())
-        defer { admin.close() }
-        _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+        let server = try await serverWithGoogleOn()
         let clock = ManualClock()
         let logs = InMemoryLogHandler()
         let gate = manualGate(server, clock: clock, logs: logs)
@@ -92,10 +98,7 @@ struct FailStaticTests {
     }
 
     @Test func aFiniteMaxStalenessStillFailsClosed() async throws {
-        let server = try await RedisServer.start()
-        let admin = RedisClient(url: server.url())
-        defer { admin.close() }
-        _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+        let server = try await serverWithGoogleOn()
         let clock = ManualClock()
         let gate = manualGate(server, clock: clock, maxStaleness: .seconds(60))
         #expect(await gate.prepare(["google"]))
@@ -107,10 +110,7 @@ struct FailStaticTests {
     }
 
     @Test func ageIsMeasuredFromTheReadEvenWithoutARefresher() async throws {
-        let server = try await RedisServer.start()
-        let admin = RedisClient(url: server.url())
-        defer { admin.close() }
-        _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+        let server = try await serverWithGoogleOn()
         let clock = ManualClock()
         let gate = manualGate(server, clock: clock)
         #expect(await gate.prepare(["google"]))

@@ -109,6 +109,34 @@ struct FailStaticTests {
         #expect(gate.decision("google", for: Subject(id: "a")) == Decision(isOn: false, reason: .staleSnapshot))
     }
 
+    @Test func aRunningGateFailsClosedPastMaxStalenessAndRecovers() async throws {
+        let server = try await serverWithGoogleOn()
+        let clock = ManualClock()
+        let gate = manualGate(server, clock: clock, maxStaleness: .seconds(60))
+        try await whileRunning(gate) {
+            #expect(await eventually(within: .seconds(60)) { gate.isEnabled("google", for: Subject(id: "a")) })
+            await server.killOffPool()
+            // Within the staleness bound the last good snapshot still answers...
+            await advance(clock, by: .seconds(55))
+            #expect(gate.isEnabled("google", for: Subject(id: "a")))
+            // ...past it the gate fails closed...
+            await advance(clock, by: .seconds(10))
+            #expect(gate.decision("google", for: Subject(id: "a")) == Decision(isOn: false, reason: .staleSnapshot))
+            // ...and the first good read after Redis is back answers again.
+            try await server.restartOffPool()
+            let admin = RedisClient(url: server.url())
+            defer { admin.close() }
+            _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+            var recovered = false
+            for _ in 0..<20 where !recovered {
+                await advance(clock, by: .seconds(5))
+                recovered = await eventually(within: .seconds(5)) { gate.isEnabled("google", for: Subject(id: "a")) }
+            }
+            #expect(recovered)
+            #expect(gate.decision("google", for: Subject(id: "a")).freshness == .live)
+        }
+    }
+
     @Test func ageIsMeasuredFromTheReadEvenWithoutARefresher() async throws {
         let server = try await serverWithGoogleOn()
         let clock = ManualClock()

@@ -326,16 +326,6 @@ public struct AdminError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-extension Timestamp {
-    /// The current wall-clock time.
-    @Sendable
-    public static func now() -> Timestamp {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        return Timestamp(microsecondsSinceEpoch: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
-    }
-}
-
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -362,23 +352,14 @@ extension FeatureStore {
     /// to `path.pre-restore-<time>.json`, then replaces every key in the snapshot's scope in one
     /// atomic script, with an audit record for each restored feature. A dry run only computes the changes.
     public func restoreSnapshot(from path: String, dryRun: Bool) async throws -> RestoreResult {
-        // File reads block: on the audit file queue, never on Swift's cooperative pool.
-        let (read, checksumRead) = await onFileQueue {
-            (FileManager.default.contents(atPath: path), FileManager.default.contents(atPath: path + ".sha256"))
+        // File reads block: on the file queue, never on Swift's cooperative pool.
+        let checked = await onFileQueue { Result { () throws(SnapshotError) in try FlagSnapshot.readChecked(from: path) } }
+        let (snapshot, actual): (FlagSnapshot, String)
+        do {
+            (snapshot, actual) = try checked.get()
+        } catch {
+            throw SnapshotError("\(error.description) Nothing was changed.")
         }
-        guard let data = read else {
-            throw SnapshotError("Cannot read the snapshot \(path).")
-        }
-        guard let checksumText = checksumRead,
-            let expected = String(decoding: checksumText, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).first
-        else {
-            throw SnapshotError("\(path).sha256 is missing: a snapshot is restored only with its checksum. Nothing was changed.")
-        }
-        let actual = sha256Hex(data)
-        guard actual == expected.lowercased() else {
-            throw SnapshotError("\(path) does not match its checksum (\(expected.prefix(12))… expected, \(actual.prefix(12))… found): it was altered or is incomplete. Nothing was changed.")
-        }
-        let snapshot = try FlagSnapshot.decode(data, path: path)
         let scope = try snapshot.features.map { try $0.map { name throws(KeyspaceError) in try FeatureName(name) } }
         let current = try await FlagSnapshot.capture(from: redis, features: scope, at: now())
         let changes = snapshot.difference(from: current)
@@ -406,18 +387,9 @@ extension FeatureStore {
         return RestoreResult(changes: changes, preRestorePath: preRestorePath)
     }
 
-    private func write(_ snapshot: FlagSnapshot, to path: String) async throws {
-        let data = try snapshot.encoded()
-        let name = (path as NSString).lastPathComponent
-        let checksum = Data("\(sha256Hex(data))  \(name)\n".utf8)
-        // File writes block: on the audit file queue, never on Swift's cooperative pool.
-        let written = await onFileQueue {
-            FileManager.default.createFile(atPath: path, contents: data)
-                && FileManager.default.createFile(atPath: path + ".sha256", contents: checksum)
-        }
-        guard written else {
-            throw SnapshotError("Cannot write \(path) or \(path).sha256: check the directory exists and is writable.")
-        }
+    private func write(_ snapshot: FlagSnapshot, to path: String) async throws(SnapshotError) {
+        // File writes block: on the file queue, never on Swift's cooperative pool.
+        try await onFileQueue { Result { () throws(SnapshotError) in try snapshot.writeDurably(to: path) } }.get()
     }
 }
 

@@ -1,53 +1,17 @@
 import CRolloutCrypto
-public import Foundation
+import Foundation
 public import RolloutGate
 public import RolloutRedis
 
-/// A saved copy of flags keys (strings, sets, hashes and sorted sets, with their TTLs), for
-/// `rollout snapshot save|restore`. The JSON is a contract: fields may be added, never renamed.
-public struct FlagSnapshot: Codable, Sendable, Hashable {
-    /// One key.
-    public struct Entry: Codable, Sendable, Hashable {
-        /// The key: `flags:<feature>:<name>`.
-        public var key: String
-        /// string, set, hash or zset.
-        public var type: String
-        /// A string's value.
-        public var value: String?
-        /// A set's members, sorted.
-        public var members: [String]?
-        /// A hash's fields.
-        public var fields: [String: String]?
-        /// A sorted set's members and scores.
-        public var scores: [String: Double]?
-        /// Milliseconds left to live, when the key expires.
-        public var ttlMilliseconds: Int64?
-
-        enum CodingKeys: String, CodingKey {
-            case key, type, value, members, fields, scores
-            case ttlMilliseconds = "ttl_ms"
-        }
-    }
-
-    /// The format's version.
-    public var version = 1
-    /// When it was taken (ISO-8601 UTC).
-    public var createdAt: String
-    /// The features it covers; nil for every `flags:*` key.
-    public var features: [String]?
-    /// The keys, sorted.
-    public var keys: [Entry]
-
-    enum CodingKeys: String, CodingKey {
-        case version, features, keys
-        case createdAt = "created_at"
-    }
-
+/// Reading a snapshot from Redis and writing one back, for `rollout snapshot save|restore`
+/// (the format itself, ``FlagSnapshot``, is the gate's: a service can load the same file).
+extension FlagSnapshot {
     /// The keys in scope: every flags key of the listed features, or every flags key. Locks
     /// are never part of a snapshot.
     static func scopePattern(_ feature: FeatureName?) -> String {
         feature.map { "flags:\($0):*" } ?? "flags:*"
     }
+
 
     /// Reads every key of `features` (or every `flags:*` key) from Redis.
     public static func capture(from redis: RedisClient, features: [FeatureName]?, at time: Timestamp) async throws(RedisError) -> FlagSnapshot {
@@ -76,39 +40,6 @@ public struct FlagSnapshot: Codable, Sendable, Hashable {
             entries.append(entry)
         }
         return FlagSnapshot(createdAt: time.description, features: features?.map(\.rawValue).sorted(), keys: entries)
-    }
-
-    /// The JSON as written: pretty, sorted keys, so equal snapshots are equal bytes.
-    public func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return try encoder.encode(self) + Data("\n".utf8)
-    }
-
-    /// Parses and checks a snapshot: every key is a flags key of a valid feature, of a known type.
-    public static func decode(_ data: Data, path: String) throws(SnapshotError) -> FlagSnapshot {
-        let snapshot: FlagSnapshot
-        do {
-            snapshot = try JSONDecoder().decode(FlagSnapshot.self, from: data)
-        } catch {
-            throw SnapshotError("\(path) is not a rollout snapshot: \(error)")
-        }
-        guard snapshot.version == 1 else { throw SnapshotError("\(path) has version \(snapshot.version); this rollout reads version 1.") }
-        for entry in snapshot.keys {
-            guard FeatureKeys.feature(ofKey: entry.key) != nil else {
-                throw SnapshotError("\(path): \(entry.key) is not a flags:<feature>:<key> name; nothing was restored.")
-            }
-            let complete: Bool
-            switch entry.type {
-            case "string": complete = entry.value != nil
-            case "set": complete = entry.members != nil
-            case "hash": complete = entry.fields != nil
-            case "zset": complete = entry.scores != nil
-            default: throw SnapshotError("\(path): \(entry.key) has the unknown type \(entry.type); nothing was restored.")
-            }
-            guard complete else { throw SnapshotError("\(path): \(entry.key) (\(entry.type)) has no value; nothing was restored.") }
-        }
-        return snapshot
     }
 
     /// The commands that make Redis hold exactly this snapshot's keys within its scope:
@@ -159,11 +90,6 @@ public struct FlagSnapshot: Codable, Sendable, Hashable {
 }
 
 extension FlagSnapshot.Entry {
-    init(key: String, type: String) {
-        self.key = key
-        self.type = type
-    }
-
     /// The value in a few words, for diffs.
     var summary: String {
         switch type {
@@ -181,20 +107,3 @@ extension FlagSnapshot.Entry {
     }
 }
 
-/// A snapshot that cannot be used: unreadable, altered, or not a snapshot. Nothing is changed.
-public struct SnapshotError: Error, Sendable, CustomStringConvertible {
-    /// What is wrong.
-    public let description: String
-
-    init(_ description: String) { self.description = description }
-}
-
-/// The hex SHA-256 of `data`, as `sha256sum` prints it.
-public func sha256Hex(_ data: Data) -> String {
-    var digest = [UInt8](repeating: 0, count: 32)
-    data.withUnsafeBytes { CRolloutCrypto_sha256($0.baseAddress, $0.count, &digest) }
-    return digest.map { byte in
-        let hex = Array("0123456789abcdef")
-        return String([hex[Int(byte >> 4)], hex[Int(byte & 0xf)]])
-    }.joined()
-}

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Dispatch
+import RolloutGate
 
 /// The Markdown audit log: a projection of the audit stream (``AuditTrail``), one line per
 /// record, in the original system's format with the record's id last:
@@ -129,16 +130,5 @@ public struct AuditLogError: Error, Sendable, CustomStringConvertible {
         case .read: self.init(.writeFailed, "Cannot read the audit log \(path): \(failure.reason).")
         case .write: self.init(.writeFailed, "Could not write the audit log \(path): \(failure.reason).")
         }
-    }
-}
-
-/// The queue every audit file call runs on: `open`, `flock` and `write` block, so they never
-/// run on Swift's cooperative pool (a few threads that every task shares).
-private let auditFileQueue = DispatchQueue(label: "rollout-gate.audit-log")
-
-/// Runs blocking file work on ``auditFileQueue`` and returns its result.
-package func onFileQueue<Result: Sendable>(_ body: @escaping @Sendable () -> Result) async -> Result {
-    await withCheckedContinuation { continuation in
-        auditFileQueue.async { continuation.resume(returning: body()) }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import RolloutGate
 public import RolloutRedis
 
 /// The audit trail's source of truth: the Redis stream `rollout:audit`, to which every script

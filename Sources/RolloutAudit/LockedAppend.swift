@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import RolloutGate
 
 /// Appends `text` to the file at `path` (created 0644 if missing) under an exclusive `flock`,
 /// with one `write(2)` on an `O_APPEND` descriptor: many processes appending at once lose

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 public import Logging
-public import RolloutAdmin
+import RolloutAdmin
 import RolloutAudit
 public import RolloutGate
 import RolloutRedis

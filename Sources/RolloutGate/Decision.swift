@@ -21,11 +21,24 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
         /// Redis has not been read for `age`, longer than the refresh interval: the last known
         /// answer stands (fail static).
         case stale(age: Duration)
+        /// Redis has not answered since the process started: the answer comes from the gate's
+        /// snapshot file (``FeatureGate/Configuration/snapshotFile``), written at `writtenAt`.
+        case snapshotFile(writtenAt: Timestamp)
+
+        /// A stable word for scripts: `live`, `stale` or `snapshot_file`.
+        public var code: String {
+            switch self {
+            case .live: return "live"
+            case .stale: return "stale"
+            case .snapshotFile: return "snapshot_file"
+            }
+        }
 
         public var description: String {
             switch self {
             case .live: return "live"
             case .stale(let age): return "stale \(age.components.seconds) s"
+            case .snapshotFile(let written): return "from snapshot file, written \(written.secondsDescription)"
             }
         }
     }

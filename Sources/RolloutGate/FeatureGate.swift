@@ -47,6 +47,17 @@ public final class FeatureGate: Service, Sendable {
         public var commandTimeout: Duration = .seconds(1)
         /// Where `ROLLOUT_<FEATURE>_ENABLED` is looked up; nil reads the process environment.
         public var environment: [String: String]?
+        /// A local file for the last good snapshot (nil, the default: none). The gate writes it
+        /// after each refresh that changed something, at most once a second (a temporary file
+        /// in the same folder, flushed to disk, renamed over the old one), in the format of
+        /// `rollout snapshot save` with its `.sha256` beside it. When Redis does not answer the
+        /// first read after the process started, the gate answers from this file
+        /// (``Decision/Freshness/snapshotFile(writtenAt:)``) until Redis answers. A missing,
+        /// torn or altered file is logged and ignored. One file per gate.
+        public var snapshotFile: String?
+        /// Whether the gate writes ``snapshotFile``; false only reads it (as `rollout check
+        /// --snapshot-file` does, to show what a restarted service would answer).
+        public var writesSnapshotFile: Bool = true
 
         /// The defaults: poll every 5 s (60 s with push connected), fail static, push on.
         public init() {}
@@ -82,6 +93,13 @@ public final class FeatureGate: Service, Sendable {
     private let refresher = Mutex<AsyncStream<Void>.Continuation?>(nil)
     private let health = Mutex(Health())
     private let invalidNames = Mutex<Set<String>>([])
+    private let snapshotWriter: SnapshotFileWriter?
+    // The snapshot file loaded at start (see Configuration.snapshotFile): when it was
+    // written (microseconds since the epoch, 0: none loaded), and until when (gate clock) it
+    // may answer under a maxStaleness.
+    private let fileWrittenAt = Atomic<Int64>(0)
+    private let fileUsableUntil = Atomic<Int64>(.max)
+    private let fileTried = Atomic<Bool>(false)
     private let redisErrors = Counter(label: "rollout_gate_redis_errors_total")
     private let ageGauge = Gauge(label: "rollout_gate_snapshot_age_seconds")
 
@@ -99,6 +117,9 @@ public final class FeatureGate: Service, Sendable {
         self.clock = GateClock(clock)
         self.redis = RedisClient(
             url: redisURL, connectTimeout: configuration.connectTimeout, commandTimeout: configuration.commandTimeout)
+        self.snapshotWriter = configuration.snapshotFile.flatMap {
+            configuration.writesSnapshotFile ? SnapshotFileWriter(path: $0, logger: logger) : nil
+        }
         work.withLock { $0.known.formUnion(features.filter(\.isValid)) }
     }
 
@@ -122,6 +143,7 @@ public final class FeatureGate: Service, Sendable {
         self.readsRedis = false
         self.clock = GateClock(ContinuousClock())
         self.redis = RedisClient(url: redisURL)
+        self.snapshotWriter = nil
     }
 
     /// Replaces the states of `states`' features (a state of nil removes the feature: no data),
@@ -216,7 +238,13 @@ public final class FeatureGate: Service, Sendable {
     @inline(never)
     private func agedFreshness(now: Int64) -> Decision.Freshness? {
         let read = readAt.load(ordering: .relaxed)
-        if read == 0 { return .live }  // nothing read yet: the checks answer no_data
+        if read == 0 {
+            // Redis never read: answering from the snapshot file, or no_data.
+            let written = fileWrittenAt.load(ordering: .relaxed)
+            if written == 0 { return .live }
+            if now > fileUsableUntil.load(ordering: .relaxed) { return nil }
+            return .snapshotFile(writtenAt: Timestamp(microsecondsSinceEpoch: written))
+        }
         let age = Duration.nanoseconds(now - read)
         if let limit = configuration.maxStaleness, age > limit { return nil }
         return .stale(age: age)
@@ -314,6 +342,9 @@ public final class FeatureGate: Service, Sendable {
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.tick() }
+                if let writer = self.snapshotWriter {
+                    group.addTask { await writer.run(clock: self.clock) { self.fileSnapshot() } }
+                }
                 if self.configuration.pushInvalidation {
                     group.addTask { await self.listenForInvalidations() }
                 } else {
@@ -389,7 +420,7 @@ public final class FeatureGate: Service, Sendable {
         // Each of the two lines once per outage: `health` remembers which were written.
         let first = health.withLock { health -> Bool in
             switch freshness {
-            case .live?:
+            case .live?, .snapshotFile?:  // the file's own line was written when it was loaded
                 return false
             case .stale?:
                 defer { health.staleLogged = true }
@@ -451,6 +482,11 @@ public final class FeatureGate: Service, Sendable {
         } catch {
             redisErrors.increment()
             noteFailure(error)
+            if readAt.load(ordering: .relaxed) == 0, let path = configuration.snapshotFile,
+                !fileTried.exchange(true, ordering: .relaxed)
+            {
+                await loadSnapshotFile(path, because: error)
+            }
             return .failure(error)
         }
         let readTime = clock.nanoseconds()
@@ -469,7 +505,10 @@ public final class FeatureGate: Service, Sendable {
             let state = FeatureState.read(feature, from: raw)
             fresh[feature] = Entry(feature: feature, raw: Array(raw), result: state, overrideVariable: override, tally: tally)
         }
-        if !fresh.isEmpty { publish(fresh, over: current) }
+        if !fresh.isEmpty {
+            publish(fresh, over: current)
+            snapshotWriter?.changed(now: readTime) { fileSnapshot() }
+        }
         report(fresh, against: current)
         guard isFull || readAt.load(ordering: .relaxed) == 0 else { return .success(()) }
         readAt.store(readTime, ordering: .relaxed)
@@ -483,6 +522,64 @@ public final class FeatureGate: Service, Sendable {
             logger.notice("Redis is reachable again: the gate answers from a fresh snapshot", metadata: ["redis.url": "\(redisURL)"])
         }
         return .success(())
+    }
+
+    /// What the snapshot file holds: every feature read from Redis, as Redis answered.
+    private func fileSnapshot() -> FlagSnapshot {
+        let replies = currentEntries().compactMapValues { $0.raw.isEmpty ? nil : $0.raw }
+        return FlagSnapshot(gateReplies: replies, createdAt: .now())
+    }
+
+    /// Serves from the snapshot file when the first read of Redis failed: its features are
+    /// published (and refreshed from Redis from then on), and checks say where they come from.
+    private func loadSnapshotFile(_ path: String, because error: RedisError) async {
+        let checked = await onFileQueue { Result { () throws(SnapshotError) in try FlagSnapshot.readChecked(from: path) } }
+        var metadata: Logger.Metadata = ["gate.snapshot_file": "\(path)", "redis.url": "\(redisURL)", "redis.error": "\(error)"]
+        let snapshot: FlagSnapshot
+        do {
+            snapshot = try checked.get().snapshot
+        } catch {
+            metadata["error"] = "\(error)"
+            logger.error(
+                "Redis did not answer and the snapshot file cannot be used: every feature is off (no_data) until Redis answers",
+                metadata: metadata)
+            return
+        }
+        guard let written = Timestamp(parsing: snapshot.createdAt) else {
+            metadata["error"] = "created_at \"\(snapshot.createdAt.prefix(40))\" is not an ISO-8601 time"
+            logger.error("Redis did not answer and the snapshot file cannot be used: every feature is off (no_data) until Redis answers", metadata: metadata)
+            return
+        }
+        let age = Duration.microseconds(max(0, Timestamp.now().microsecondsSinceEpoch - written.microsecondsSinceEpoch))
+        if let limit = configuration.maxStaleness {
+            guard age <= limit else {
+                metadata["gate.max_staleness"] = "\(limit)"
+                metadata["gate.snapshot_written"] = "\(written.secondsDescription)"
+                logger.error(
+                    "Redis did not answer and the snapshot file is older than the allowed staleness: every feature is off (no_data) until Redis answers",
+                    metadata: metadata)
+                return
+            }
+            fileUsableUntil.store(clock.nanoseconds() &+ (limit - age).wholeNanoseconds, ordering: .relaxed)
+        }
+        var names = snapshot.featureNames
+        if snapshot.features == nil { names.formUnion(work.withLock { $0.known }) }  // every flags key: the others are absent
+        var fresh: [FeatureName: Entry] = [:]
+        for feature in names {
+            let raw = snapshot.replies(for: feature)
+            let tally = tally(for: feature)
+            fresh[feature] = Entry(
+                feature: feature, raw: raw, result: FeatureState.read(feature, from: raw),
+                overrideVariable: overrideVariable(for: feature, named: tally.variableName), tally: tally)
+        }
+        work.withLock { $0.known.formUnion(names) }
+        publish(fresh, over: currentEntries())
+        fileWrittenAt.store(written.microsecondsSinceEpoch, ordering: .relaxed)
+        report(fresh, against: [:])
+        metadata["gate.snapshot_written"] = "\(written.secondsDescription)"
+        metadata["gate.features"] = "\(names.count)"
+        logger.warning(
+            "Redis did not answer at start: answering from the snapshot file until it does", metadata: metadata)
     }
 
     /// The entries of the published snapshot (the writer's view: only a writer retires it).

@@ -40,6 +40,9 @@ public struct FeatureKeys: Sendable, Hashable {
     /// Every key of the feature, in the order ``readCommands`` reads them.
     public var all: [String] { stringKeys + [allow, deny, workspaces] }
 
+    /// The type of each key, in the order of ``readCommands``.
+    package static let readTypes: [KeyType] = Array(repeating: .string, count: 7) + [.set, .set, .hash]
+
     /// How many commands ``readCommands`` sends (and replies it gets), to slice a pipeline
     /// that reads several features.
     public static let readCommandCount = 10
@@ -114,9 +117,6 @@ public struct FeatureState: Sendable, Hashable {
         read(feature, from: replies, keyTypes: [:])
     }
 
-    /// The type of each key, in the order of ``FeatureKeys/readCommands``.
-    private static let readTypes: [KeyType] = Array(repeating: .string, count: 7) + [.set, .set, .hash]
-
     /// ``read(_:from:)``, naming in a wrong-type error the type `keyTypes` gives for the key
     /// (TYPE's answer), since WRONGTYPE does not say it.
     package static func read(
@@ -133,7 +133,7 @@ public struct FeatureState: Sendable, Hashable {
         // Key names are built only for an error: most reads find nothing wrong.
         var contents: [KeyContent] = []
         contents.reserveCapacity(count)
-        for (index, type) in FeatureState.readTypes.enumerated() {
+        for (index, type) in FeatureKeys.readTypes.enumerated() {
             do throws(KeyspaceError) {
                 contents.append(try KeyContent(replies[index], key: keys.all[index], type: type, actualType: keyTypes[keys.all[index]]))
             } catch {

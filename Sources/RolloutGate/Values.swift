@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import RolloutRedis
 
 /// A rollout percentage from 0 to 100 with at most three decimals, held exactly as
@@ -238,5 +243,15 @@ extension Duration {
     /// The duration in seconds, as a Double (for metrics and rates).
     public var inSeconds: Double {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}
+
+extension Timestamp {
+    /// The current wall-clock time.
+    @Sendable
+    public static func now() -> Timestamp {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Timestamp(microsecondsSinceEpoch: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
     }
 }

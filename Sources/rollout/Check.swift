@@ -9,7 +9,9 @@ struct Check: AsyncParsableCommand {
         discussion: """
             With --actors-from FILE, one actor id per line in, `ID<TAB>true|false` per line out. With \
             --actors-from -, each line of standard input is answered as it arrives, through a live gate \
-            (refresh and push invalidation included): watch a change propagate.
+            (refresh and push invalidation included): watch a change propagate. With --snapshot-file \
+            (or ROLLOUT_SNAPSHOT_FILE), a Redis that does not answer is replaced by that file, as a \
+            service restarted during an outage would be: see what it would answer. The file is only read.
             """
     )
 
@@ -22,6 +24,12 @@ struct Check: AsyncParsableCommand {
     @Flag(name: .customLong("internal"), help: "The actor is internal (for internal_only features).") var isInternal = false
     @Option(name: .customLong("at"), help: ArgumentHelp("Answer as if rollout_percent were this percent (workspace overrides ignored).", valueName: "percent"))
     var atPercent: String?
+    @Option(
+        name: .customLong("snapshot-file"),
+        help: ArgumentHelp(
+            "A gate's snapshot file (or one `rollout snapshot save` wrote, with its .sha256): answer from it when Redis does not. Default: $ROLLOUT_SNAPSHOT_FILE.",
+            valueName: "path"))
+    var snapshotFile: String?
 
     func validate() throws {
         _ = try featureName(feature)
@@ -34,7 +42,10 @@ struct Check: AsyncParsableCommand {
         let name = try featureName(feature)
         let previewPercent = try atPercent.map { try percent($0, "--at") }
         let url = try options.redisURL()
-        let gate = FeatureGate(redisURL: url, features: [name])
+        var configuration = FeatureGate.Configuration()
+        configuration.snapshotFile = snapshotFile ?? ProcessInfo.processInfo.environment["ROLLOUT_SNAPSHOT_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        configuration.writesSnapshotFile = false
+        let gate = FeatureGate(redisURL: url, features: [name], configuration: configuration)
         let handle = gate.feature(name)
         let workspace = self.workspace
         let isInternal = self.isInternal
@@ -43,7 +54,13 @@ struct Check: AsyncParsableCommand {
             return previewPercent.map { handle.decision(for: who, atPercent: $0) } ?? handle.decision(for: who)
         }
         // The gate's own error says why (refused, timed out, AUTH, TLS), with what to do.
-        try await gate.load([name])
+        do {
+            try await gate.load([name])
+        } catch {
+            // Answered from the snapshot file: say so, and answer as a restarted service would.
+            guard case .snapshotFile = handle.decision(for: Subject(id: "")).freshness else { throw error }
+            FileHandle.standardError.write(Data("Redis did not answer (\(error)); answering from the snapshot file \(configuration.snapshotFile ?? "").\n".utf8))
+        }
         if case .failure(let invalid)? = gate.state(of: name), actorsFrom == nil {
             print(decide(actor ?? "").description)
             throw CorruptStateFound(description: invalid.description)
@@ -68,7 +85,10 @@ struct Check: AsyncParsableCommand {
             var document: [String: Any] = [
                 "feature": feature.rawValue, "actor": actor, "workspace": workspace as Any, "internal": isInternal,
                 "on": decision.isOn, "reason": decision.reason.code, "detail": decision.reason.description,
+                "freshness": decision.freshness.code,
             ]
+            if case .snapshotFile(let written) = decision.freshness { document["snapshot_written_at"] = written.description }
+            if case .stale(let age) = decision.freshness { document["snapshot_age_seconds"] = age.components.seconds }
             if case .bucket(let scheme, let bucket, let threshold, let percent, let fromWorkspace) = decision.reason {
                 document["bucket"] = bucket
                 document["threshold"] = threshold

@@ -1,4 +1,5 @@
 import Foundation
+import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
 import Testing
@@ -81,5 +82,55 @@ struct SnapshotTests {
 
         #expect(try await redis.send("GET", "flags:google:rollout_percent").string == "90")
         #expect(cli.auditLines().isEmpty)
+    }
+}
+
+@Suite("rollout check --snapshot-file: what a restarted service answers during an outage", .tags(.cli, .redis), .requiresRedis)
+struct CheckSnapshotFileTests {
+    @Test func answersFromTheFileWhenRedisIsDownAndOnlyReadsIt() async throws {
+        let cli = try await CLI()
+        let redis = cli.redis()
+        defer { redis.close() }
+        _ = try await redis.pipeline([
+            RedisCommand("SET", "flags:google:rollout_percent", "100"), RedisCommand("SADD", "flags:google:deny", "blocked"),
+        ])
+        // The file a service's gate writes, then the same state saved by an operator.
+        let gateFile = cli.directory + "/gate.json"
+        var configuration = FeatureGate.Configuration()
+        configuration.snapshotFile = gateFile
+        let gate = FeatureGate(redisURL: cli.server.url(), features: ["google"], configuration: configuration)
+        #expect(await gate.prepare(["google"]))
+        #expect(await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: gateFile + ".sha256") })
+        // It is a snapshot `rollout snapshot restore` accepts: restoring it would change nothing the gate reads.
+        let preview = try await cli.run("snapshot", "restore", gateFile, "--dry-run")
+        #expect(preview.status == 0, "\(preview.stderr)")
+        #expect(!preview.stdout.contains("rollout_percent") && !preview.stdout.contains("deny"), "\(preview.stdout)")
+
+        // With Redis up the answer is live and the file is never written by check.
+        let unwritten = cli.directory + "/never.json"
+        let live = try await cli.run("check", "google", "--actor", "a", "--snapshot-file", unwritten)
+        #expect(live.status == 0 && live.stdout.contains(": on"), "\(live.stdout) \(live.stderr)")
+        #expect(!live.stdout.contains("snapshot file"))
+        #expect(!FileManager.default.fileExists(atPath: unwritten))
+
+        await cli.server.killOffPool()
+        let down = try await cli.run("check", "google", "--actor", "a", "--snapshot-file", gateFile)
+        #expect(down.status == 0, "\(down.stderr)")
+        #expect(down.stdout.contains(": on") && down.stdout.contains("(from snapshot file, written 20"), "\(down.stdout)")
+        #expect(down.stderr.contains("answering from the snapshot file \(gateFile)"))
+        let denied = try await cli.run(
+            "check", "google", "--actor", "blocked", "--json", environment: ["ROLLOUT_SNAPSHOT_FILE": gateFile])
+        #expect(denied.status == 0, "\(denied.stderr)")
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(denied.stdout.utf8)) as? [String: Any])
+        #expect(document["on"] as? Bool == false && document["reason"] as? String == "denied")
+        #expect(document["freshness"] as? String == "snapshot_file")
+        #expect((document["snapshot_written_at"] as? String)?.hasPrefix("20") == true)
+
+        // No usable file: unreachable, as without one.
+        let damaged = cli.directory + "/damaged.json"
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: damaged))
+        let refused = try await cli.run("check", "google", "--actor", "a", "--snapshot-file", damaged)
+        #expect(refused.status == 1, "\(refused.stdout) \(refused.stderr)")
+        #expect(refused.stderr.contains(".sha256 is missing"))
     }
 }

@@ -104,7 +104,7 @@ public struct AuditLog: Sendable {
 public struct AuditLogError: Error, Sendable, CustomStringConvertible {
     /// What failed.
     public enum Code: Sendable, Hashable {
-        /// Found before any change: the file cannot be written (exit 2, nothing changed).
+        /// Found before any change: the file cannot be written, so nothing is changed.
         case unwritable
         /// Writing the file failed after the change was recorded in Redis (it is caught up later).
         case writeFailed

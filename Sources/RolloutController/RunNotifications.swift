@@ -75,7 +75,7 @@ public struct RunNotifications: Sendable {
 
 extension NotificationPolicy {
     /// The servers' conditions as last stored; empty when the file is missing or unreadable.
-    /// The read runs on the audit file queue, never on Swift's cooperative pool.
+    /// The read runs on the file queue, never on Swift's cooperative pool.
     func readServerConditions() async -> [String: String] {
         let stateFile = stateFile
         return await onFileQueue { () -> [String: String] in

@@ -19,10 +19,11 @@ struct ControllerCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Apply this environment's overrides from the policy's environments: (also ROLLOUT_ENV).", valueName: "name"))
         var env: String?
 
-        func load(dryRun: Bool = false) throws -> ControllerPolicy {
+        func load(dryRun: Bool = false) async throws -> ControllerPolicy {
             let environment = ProcessInfo.processInfo.environment
             let path = config ?? environment["ROLLOUT_CONFIG"].flatMap { $0.isEmpty ? nil : $0 } ?? "./rollout.yaml"
-            guard let data = FileManager.default.contents(atPath: path) else {
+            // A file read blocks (a slow or network disk): on the file queue, not the cooperative pool.
+            guard let data = await onFileQueue({ FileManager.default.contents(atPath: path) }) else {
                 throw ValidationError("Cannot read the policy file \(path): set --config or ROLLOUT_CONFIG.")
             }
             var policy = try ControllerPolicy(
@@ -56,7 +57,7 @@ struct ControllerCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let policy = try policyOptions.load(dryRun: dryRun)
+            let policy = try await policyOptions.load(dryRun: dryRun)
             let logger = Logger(label: "rollout-controller")
             // Before anything changes: a change must never exist without its line in the log.
             if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
@@ -99,7 +100,7 @@ struct ControllerCommand: AsyncParsableCommand {
         @Flag(name: .long, help: "Also send every query to Prometheus.") var online = false
 
         func run() async throws {
-            let policy = try policyOptions.load()
+            let policy = try await policyOptions.load()
             let queries = policy.features.flatMap { feature in feature.queries.map { ("\(feature.feature).\($0.label)", $0.query) } }
             print("ok: \(policy.features.count) feature(s), \(queries.count) quer\(queries.count == 1 ? "y" : "ies")")
             guard online else { return }

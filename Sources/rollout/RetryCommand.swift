@@ -48,7 +48,9 @@ struct RetryCommand: AsyncParsableCommand {
 
     func run() async throws {
         let retry = try retryPolicy()
-        guard let program = command.first, let path = resolveExecutable(program) else { throw ExitCode(2) }
+        guard let program = command.first, let path = resolveExecutable(program) else {
+            throw ValidationError("The command '\(command.first ?? "")' was not found on PATH or is not executable; nothing was run.")
+        }
         let command = command
         // The waits are Task.sleep on the clock and the child is reaped on a thread of its own:
         // nothing here blocks Swift's cooperative pool.

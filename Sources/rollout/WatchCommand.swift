@@ -37,7 +37,7 @@ struct WatchCommand: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let policy = try policyOptions.load(dryRun: dryRun)
+        let policy = try await policyOptions.load(dryRun: dryRun)
         guard policy.features.contains(where: { $0.feature == name }) else {
             throw ValidationError("\(name) is not a feature of the policy file; its features: \(policy.features.map(\.feature.rawValue).joined(separator: ", ")).")
         }

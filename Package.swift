@@ -113,10 +113,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `rollout serve`: the gate over HTTP (OFREP) for services in any language.
+        .target(
+            name: "RolloutServe",
+            dependencies: [
+                "RolloutGate",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "rollout",
             dependencies: [
                 "RolloutDemo",
+                "RolloutServe",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 "RolloutAdmin",
                 "RolloutAudit",
@@ -168,6 +182,14 @@ let package = Package(
             dependencies: [
                 "RolloutAdmin", "RolloutAudit", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RolloutServeTests",
+            dependencies: [
+                "RolloutServe", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: swiftSettings
         ),

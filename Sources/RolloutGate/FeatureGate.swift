@@ -58,6 +58,11 @@ public final class FeatureGate: Service, Sendable {
         /// Whether the gate writes ``snapshotFile``; false only reads it (as `rollout check
         /// --snapshot-file` does, to show what a restarted service would answer).
         public var writesSnapshotFile: Bool = true
+        /// Whether the gate serves every feature in the keyspace, not only those it is asked
+        /// for: each full refresh first finds the features with SCAN, and an invalidation
+        /// naming a feature it does not know adds it (`rollout serve` does this, so a feature
+        /// created with redis-cli is served without a restart).
+        public var discoversFeatures: Bool = false
 
         /// The defaults: poll every 5 s (60 s with push connected), fail static, push on.
         public init() {}
@@ -271,6 +276,17 @@ public final class FeatureGate: Service, Sendable {
         return read == 0 ? nil : .nanoseconds(clock.nanoseconds() - read)
     }
 
+    /// Every feature the gate knows (asked for, discovered, or loaded from the snapshot file),
+    /// by name.
+    public var features: [FeatureName] {
+        work.withLock { $0.known }.sorted { $0.rawValue < $1.rawValue }
+    }
+
+    /// Whether checks answer from a snapshot: Redis was read once, or the snapshot file was loaded.
+    public var hasSnapshot: Bool {
+        readAt.load(ordering: .relaxed) != 0 || fileWrittenAt.load(ordering: .relaxed) != 0
+    }
+
     /// The parsed state of `feature` in the snapshot: nil before it was read, an
     /// ``InvalidFeatureState`` when a key breaks the contract.
     public func state(of feature: FeatureName) -> Result<FeatureState, InvalidFeatureState>? {
@@ -354,6 +370,7 @@ public final class FeatureGate: Service, Sendable {
                 }
                 for await _ in wakeups {
                     if Task.isCancelled { break }
+                    if self.work.withLock({ $0.scanWanted }) { await self.discoverFeatures() }
                     // Everything named since the last refresh, in one pipelined read.
                     let features = self.work.withLock { $0.takeDirty() }
                     if !features.isEmpty { await self.refresh(features) }
@@ -376,9 +393,11 @@ public final class FeatureGate: Service, Sendable {
     }
 
     private func request(all: Bool) {
+        let discovers = configuration.discoversFeatures
         work.withLock {
             $0.dirty.formUnion($0.known)
             $0.lastFullRequest = clock.nanoseconds()
+            if discovers { $0.scanWanted = true }
         }
         wakeRefresher()
     }
@@ -390,6 +409,25 @@ public final class FeatureGate: Service, Sendable {
             return !wanted.isEmpty
         }
         if any { wakeRefresher() }
+    }
+
+    /// Adds every feature that has a key in Redis (SCAN, never KEYS) to the known ones. A
+    /// failed scan is tried again at the next full refresh; the refresh itself reports Redis.
+    private func discoverFeatures() async {
+        guard let keys = try? await redis.scan(matching: "flags:*") else { return }
+        let found = Set(keys.compactMap(FeatureKeys.feature(ofKey:)))
+        let none = work.withLock { work in
+            work.scanWanted = false
+            let new = found.subtracting(work.known)
+            work.known.formUnion(new)
+            work.dirty.formUnion(new)
+            return work.known.isEmpty
+        }
+        // No feature at all: that empty snapshot is read, and current.
+        if none {
+            readAt.store(clock.nanoseconds(), ordering: .relaxed)
+            updateFreshUntil()
+        }
     }
 
     private func wakeRefresher() {
@@ -700,7 +738,11 @@ public final class FeatureGate: Service, Sendable {
                 setPushConnected(true)
             case .message(_, let payload):
                 if let keys = payload.array {
-                    request(keys.compactMap { $0.string.flatMap(FeatureKeys.feature(ofKey:)) })
+                    let named = keys.compactMap { $0.string.flatMap(FeatureKeys.feature(ofKey:)) }
+                    if configuration.discoversFeatures {
+                        for feature in Set(named) { request(feature) }  // a new one is added
+                    }
+                    request(named)
                 } else {
                     request(all: true)  // a flush: every key may have changed
                 }
@@ -906,6 +948,7 @@ private struct Work: Sendable {
     var known: Set<FeatureName> = []
     var dirty: Set<FeatureName> = []
     var lastFullRequest: Int64 = 0
+    var scanWanted = false
 
     mutating func takeDirty() -> [FeatureName] {
         defer { dirty.removeAll(keepingCapacity: true) }

@@ -24,12 +24,7 @@ struct Check: AsyncParsableCommand {
     @Flag(name: .customLong("internal"), help: "The actor is internal (for internal_only features).") var isInternal = false
     @Option(name: .customLong("at"), help: ArgumentHelp("Answer as if rollout_percent were this percent (workspace overrides ignored).", valueName: "percent"))
     var atPercent: String?
-    @Option(
-        name: .customLong("snapshot-file"),
-        help: ArgumentHelp(
-            "A gate's snapshot file (or one `rollout snapshot save` wrote, with its .sha256): answer from it when Redis does not. Default: $ROLLOUT_SNAPSHOT_FILE.",
-            valueName: "path"))
-    var snapshotFile: String?
+    @OptionGroup var snapshotFile: SnapshotFileOption
 
     func validate() throws {
         _ = try featureName(feature)
@@ -43,7 +38,7 @@ struct Check: AsyncParsableCommand {
         let previewPercent = try atPercent.map { try percent($0, "--at") }
         let url = try options.redisURL()
         var configuration = FeatureGate.Configuration()
-        configuration.snapshotFile = snapshotFile ?? ProcessInfo.processInfo.environment["ROLLOUT_SNAPSHOT_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        configuration.snapshotFile = snapshotFile.path
         configuration.writesSnapshotFile = false
         let gate = FeatureGate(redisURL: url, features: [name], configuration: configuration)
         let handle = gate.feature(name)

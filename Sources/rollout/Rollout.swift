@@ -20,7 +20,7 @@ struct Rollout: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             Flags.self, Check.self, AuditCommand.self, SnapshotCommand.self, ControllerCommand.self, WatchCommand.self, GuardCommand.self, BudgetCommand.self,
-            RetryCommand.self, DemoServiceCommand.self,
+            RetryCommand.self, DemoServiceCommand.self, ServeCommand.self,
         ]
     )
 
@@ -92,6 +92,22 @@ struct ConnectionOptions: ParsableArguments {
 
     func store() throws -> FeatureStore {
         FeatureStore(redis: try redisClient(), auditLog: auditLog)
+    }
+}
+
+/// `--snapshot-file` (or `ROLLOUT_SNAPSHOT_FILE`): the gate's snapshot file, answered from when
+/// Redis does not answer at start.
+struct SnapshotFileOption: ParsableArguments {
+    @Option(
+        name: .customLong("snapshot-file"),
+        help: ArgumentHelp(
+            "The gate's snapshot file (or one `rollout snapshot save` wrote, with its .sha256), answered from when Redis does not answer at start. Default: $ROLLOUT_SNAPSHOT_FILE.",
+            valueName: "path"))
+    var option: String?
+
+    /// The path given, or the environment's; nil for none.
+    var path: String? {
+        option ?? ProcessInfo.processInfo.environment["ROLLOUT_SNAPSHOT_FILE"].flatMap { $0.isEmpty ? nil : $0 }
     }
 }
 

@@ -1,0 +1,85 @@
+import RolloutGate
+@testable import RolloutServe
+import Testing
+
+@Suite("OFREP: the gate's decisions as OpenFeature answers")
+struct OFREPMappingTests {
+    private let state = FeatureState.absent("google")
+
+    private func reason(_ decision: Decision) -> String? {
+        if case .success(_, _, let reason, _) = OFREP.answer("google", decision: decision, state: state) { return reason }
+        return nil
+    }
+
+    @Test func everyGateReasonMapsToOneOfTheSpecsReasons() {
+        let bucket = { (percent: RolloutPercent, workspace: Bool) in
+            Decision.Reason.bucket(scheme: .v2, bucket: 123, threshold: 50_000, percent: percent, fromWorkspace: workspace)
+        }
+        #expect(reason(Decision(isOn: false, reason: .killSwitch)) == "DISABLED")
+        #expect(reason(Decision(isOn: false, reason: .processOverride(variable: "ROLLOUT_GOOGLE_ENABLED"))) == "DISABLED")
+        #expect(reason(Decision(isOn: false, reason: .denied)) == "TARGETING_MATCH")
+        #expect(reason(Decision(isOn: true, reason: .allowed)) == "TARGETING_MATCH")
+        #expect(reason(Decision(isOn: false, reason: .internalOnly)) == "TARGETING_MATCH")
+        #expect(reason(Decision(isOn: true, reason: bucket(RolloutPercent(parsing: "50")!, false))) == "SPLIT")
+        #expect(reason(Decision(isOn: true, reason: bucket(.full, false))) == "STATIC")
+        #expect(reason(Decision(isOn: false, reason: bucket(.zero, false))) == "STATIC")
+        #expect(reason(Decision(isOn: true, reason: bucket(RolloutPercent(parsing: "50")!, true))) == "TARGETING_MATCH")
+        #expect(reason(Decision(isOn: true, reason: .anonymousActor(percent: .full))) == "STATIC")
+        #expect(reason(Decision(isOn: false, reason: .invalidState(key: "flags:google:rollout_percent"))) == "UNKNOWN")
+        #expect(reason(Decision(isOn: false, reason: .staleSnapshot)) == "UNKNOWN")
+    }
+
+    @Test func aSuccessCarriesValueVariantAndOnlyScalarMetadata() throws {
+        let decision = Decision(
+            isOn: true, reason: .bucket(scheme: .v1, bucket: 7, threshold: 10, percent: RolloutPercent(parsing: "10")!, fromWorkspace: false),
+            freshness: .stale(age: .seconds(95)))
+        let object = OFREP.answer("google", decision: decision, state: state).jsonObject
+        #expect(object["key"] as? String == "google" && object["value"] as? Bool == true && object["variant"] as? String == "on")
+        #expect(object["reason"] as? String == "SPLIT")
+        let metadata = try #require(object["metadata"] as? [String: Any])
+        #expect(metadata["bucket"] as? Double == 7 && metadata["threshold"] as? Double == 10 && metadata["scheme"] as? String == "v1")
+        #expect(metadata["stale_seconds"] as? Double == 95 && metadata["gate_reason"] as? String == "bucket")
+        #expect(metadata.values.allSatisfy { $0 is Bool || $0 is String || $0 is Double })
+    }
+
+    @Test func anInvalidStateIsAnAnswerNotAnError() throws {
+        let object = OFREP.answer("google", decision: Decision(isOn: false, reason: .invalidState(key: "flags:google:enabled")), state: nil).jsonObject
+        #expect(object["value"] as? Bool == false && object["variant"] as? String == "off" && object["reason"] as? String == "UNKNOWN")
+        #expect((object["metadata"] as? [String: Any])?["invalid_key"] as? String == "flags:google:enabled")
+    }
+
+    @Test func theBucketRuleWithoutATargetingKeyIsAnErrorButZeroAndHundredAnswer() {
+        let missing = OFREP.answer("google", decision: Decision(isOn: false, reason: .anonymousActor(percent: RolloutPercent(parsing: "50")!)), state: state)
+        #expect(missing.status == 400)
+        #expect(missing.jsonObject["errorCode"] as? String == "TARGETING_KEY_MISSING")
+        #expect(missing.jsonObject["key"] as? String == "google" && missing.jsonObject["errorDetails"] is String)
+        #expect(OFREP.answer("google", decision: Decision(isOn: false, reason: .anonymousActor(percent: .zero)), state: state).status == 200)
+    }
+
+    @Test(arguments: [
+        ("{", "PARSE_ERROR"), ("[1]", "PARSE_ERROR"), ("{\"context\": 5}", "INVALID_CONTEXT"),
+        ("{\"context\": {\"targetingKey\": 5}}", "INVALID_CONTEXT"), ("{\"context\": {\"internal\": 1}}", "INVALID_CONTEXT"),
+        ("{\"context\": {\"workspace\": true}}", "INVALID_CONTEXT"),
+    ])
+    func aBadBodyIsTheRightError(body: String, code: String) {
+        guard case .failure(let error) = OFREP.Context.parse(Array(body.utf8)) else {
+            Issue.record("\(body) must be refused")
+            return
+        }
+        #expect(error.code.rawValue == code)
+    }
+
+    @Test func aContextIsReadWithTheTypesItMustHave() throws {
+        let body = #"{"context": {"targetingKey": "u1", "workspace": "acme", "internal": true, "plan": "gold"}}"#
+        #expect(try OFREP.Context.parse(Array(body.utf8)).get() == OFREP.Context(targetingKey: "u1", workspace: "acme", isInternal: true))
+        #expect(try OFREP.Context.parse([]).get() == OFREP.Context())
+        #expect(try OFREP.Context.parse(Array("{}".utf8)).get() == OFREP.Context())
+    }
+
+    @Test func ifNoneMatchNamesTheETagInAnyOfItsForms() {
+        #expect(FlagServer.matches("\"abc\"", "\"abc\""))
+        #expect(FlagServer.matches("\"x\", W/\"abc\"", "\"abc\""))
+        #expect(FlagServer.matches("*", "\"abc\""))
+        #expect(!FlagServer.matches("\"abd\"", "\"abc\""))
+    }
+}

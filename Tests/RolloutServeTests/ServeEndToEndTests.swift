@@ -1,0 +1,175 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import RolloutGate
+import RolloutRedis
+import RolloutTestSupport
+import Testing
+
+/// A `rollout serve` process on a free loopback port, reading `server`.
+private final class Serve: Sendable {
+    let process: ChildProcess
+    let port: Int
+    let log: String
+
+    init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
+        port = try freeLoopbackPort()
+        log = directory + "/serve.log"
+        process = try ChildProcess(
+            try rolloutBinary(), ["serve", "--listen", "127.0.0.1:\(port)"] + arguments, output: log,
+            environment: ProcessInfo.processInfo.environment.merging(["REDIS_URL": server.urlString, "ROLLOUT_LOG_LEVEL": "info"]) { $1 })
+    }
+
+    var base: String { "http://127.0.0.1:\(port)" }
+}
+
+private struct Answer {
+    let status: Int
+    let headers: HTTPHeaders
+    let body: String
+    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] ?? [:] }
+}
+
+private func call(_ url: String, method: HTTPMethod = .POST, body: String? = nil, headers: [(String, String)] = []) async throws -> Answer {
+    var request = HTTPClientRequest(url: url)
+    request.method = method
+    for (name, value) in headers { request.headers.add(name: name, value: value) }
+    if let body {
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: body))
+    }
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+    let bytes = try await response.body.collect(upTo: 16 << 20)
+    return Answer(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
+}
+
+private func context(_ key: String?, internal isInternal: Bool = false) -> String {
+    let target = key.map { "\"targetingKey\": \"\($0)\", " } ?? ""
+    return "{\"context\": {\(target)\"internal\": \(isInternal)}}"
+}
+
+private func ready(_ serve: Serve) async -> Bool {
+    await eventually(within: .seconds(60)) { (try? await call(serve.base + "/readyz", method: .GET))?.status == 200 }
+}
+
+@Suite("rollout serve: OFREP over the gate, against redis-server", .tags(.redis), .requiresRedis, .serialized)
+struct ServeEndToEndTests {
+    @Test func everyAnswerAgreesWithTheGateAndEveryErrorIsTheSpecs() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.pipeline([
+            RedisCommand("SET", "flags:checkout:rollout_percent", "37.5"), RedisCommand("SADD", "flags:checkout:allow", "vip"),
+            RedisCommand("SET", "flags:legacy:rollout_percent", "100"), RedisCommand("SET", "flags:broken:rollout_percent", "fifty"),
+        ])
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve), "\((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "")")
+        #expect(try await call(serve.base + "/healthz", method: .GET).status == 200)
+
+        // The same answers as a gate in process, subject by subject.
+        let gate = FeatureGate(redisURL: server.url(), features: ["checkout"])
+        #expect(await gate.prepare(["checkout"]))
+        var on = 0
+        for index in 0..<200 {
+            let id = "user-\(index)"
+            let answer = try await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: context(id))
+            #expect(answer.status == 200)
+            let expected = gate.decision("checkout", for: Subject(id: id))
+            #expect(answer.json["value"] as? Bool == expected.isOn, "\(id): \(answer.body) vs \(expected)")
+            #expect(answer.json["variant"] as? String == (expected.isOn ? "on" : "off"))
+            #expect(answer.json["reason"] as? String == "SPLIT")
+            if expected.isOn { on += 1 }
+        }
+        #expect(on > 40 && on < 110)  // about 37.5% of 200: the bucket rule, not a constant
+        let vip = try await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: context("vip"))
+        #expect(vip.json["value"] as? Bool == true && vip.json["reason"] as? String == "TARGETING_MATCH")
+        let legacy = try await call(serve.base + "/ofrep/v1/evaluate/flags/legacy", body: context(nil))
+        #expect(legacy.status == 200 && legacy.json["value"] as? Bool == true && legacy.json["reason"] as? String == "STATIC")
+        let broken = try await call(serve.base + "/ofrep/v1/evaluate/flags/broken", body: context("u1"))
+        #expect(broken.status == 200 && broken.json["value"] as? Bool == false && broken.json["reason"] as? String == "UNKNOWN")
+
+        // Errors, each with key and errorDetails.
+        let missing = try await call(serve.base + "/ofrep/v1/evaluate/flags/nothing-here", body: context("u1"))
+        #expect(missing.status == 404 && missing.json["errorCode"] as? String == "FLAG_NOT_FOUND" && missing.json["key"] as? String == "nothing-here")
+        let noKey = try await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: context(nil))
+        #expect(noKey.status == 400 && noKey.json["errorCode"] as? String == "TARGETING_KEY_MISSING" && noKey.json["errorDetails"] is String)
+        let parse = try await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: "{\"context\":")
+        #expect(parse.status == 400 && parse.json["errorCode"] as? String == "PARSE_ERROR" && parse.json["key"] as? String == "checkout")
+        let wrongType = try await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: "{\"context\": {\"targetingKey\": 7}}")
+        #expect(wrongType.status == 400 && wrongType.json["errorCode"] as? String == "INVALID_CONTEXT")
+        let huge = try await call(
+            serve.base + "/ofrep/v1/evaluate/flags/checkout", body: "{\"context\": {\"targetingKey\": \"" + String(repeating: "x", count: 70_000) + "\"}}")
+        #expect(huge.status == 413)
+
+        // The kill switch answers without a targeting key: no bucket is needed.
+        _ = try await admin.send("SET", "flags:checkout:enabled", "false")
+        #expect(
+            await eventually(within: .seconds(30)) {
+                (try? await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: context(nil)))?.json["reason"] as? String == "DISABLED"
+            })
+    }
+
+    @Test func bulkHasAStrongETagThatChangesOnlyWithAnAnswer() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.pipeline([
+            RedisCommand("SET", "flags:a:rollout_percent", "100"), RedisCommand("SET", "flags:b:rollout_percent", "0"),
+        ])
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        let bulk = serve.base + "/ofrep/v1/evaluate/flags"
+        let first = try await call(bulk, body: context("u1"))
+        #expect(first.status == 200)
+        let etag = try #require(first.headers.first(name: "ETag"))
+        #expect(etag.hasPrefix("\"") && !etag.hasPrefix("W/"))
+        let flags = try #require(first.json["flags"] as? [[String: Any]])
+        #expect(flags.compactMap { $0["key"] as? String } == ["a", "b"])
+        #expect(flags.map { $0["value"] as? Bool } == [true, false])
+        // Same answers: same ETag, and If-None-Match is 304 without a body.
+        #expect(try await call(bulk, body: context("u1")).headers.first(name: "ETag") == etag)
+        let notModified = try await call(bulk, body: context("u1"), headers: [("If-None-Match", etag)])
+        #expect(notModified.status == 304 && notModified.body.isEmpty)
+        // A feature created with redis-cli after start is served without a restart...
+        _ = try await admin.send("SET", "flags:b:paused", "true")  // changes no answer
+        _ = try await admin.send("SET", "flags:brand-new:rollout_percent", "100")
+        let single = serve.base + "/ofrep/v1/evaluate/flags/brand-new"
+        #expect(await eventually(within: .seconds(30)) { (try? await call(single, body: context("u1")))?.json["value"] as? Bool == true })
+        #expect(try await call(bulk, body: context("u1")).headers.first(name: "ETag") != etag)
+        // ...and one whose keys are all deleted is gone again. Invalidations are handled in
+        // order, so the paused change was seen before: it changed no answer, nor the ETag.
+        _ = try await admin.send("DEL", "flags:brand-new:rollout_percent")
+        #expect(await eventually(within: .seconds(30)) { (try? await call(single, body: context("u1")))?.status == 404 })
+        #expect(try await call(bulk, body: context("u1"), headers: [("If-None-Match", etag)]).status == 304)
+        // A change of an answer changes the ETag.
+        _ = try await admin.send("SET", "flags:b:rollout_percent", "100")
+        #expect(
+            await eventually(within: .seconds(30)) {
+                (try? await call(bulk, body: context("u1"), headers: [("If-None-Match", etag)]))?.status == 200
+            })
+        // A malformed context fails the whole bulk request.
+        let bad = try await call(bulk, body: "[")
+        #expect(bad.status == 400 && bad.json["errorCode"] as? String == "PARSE_ERROR")
+    }
+
+    @Test func sigtermFinishesAndExitsZero() async throws {
+        let server = try await RedisServer.start()
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        await serve.process.terminateOffPool(SIGTERM)
+        #expect(await serve.process.exitStatus() == 0, "\((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "")")
+    }
+
+    @Test func anAddressBeyondLoopbackIsRefused() async throws {
+        let result = try await runCommand(try rolloutBinary(), ["serve", "--listen", "0.0.0.0:8016"])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("loopback only"))
+    }
+}

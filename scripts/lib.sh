@@ -17,6 +17,19 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Makes the virtual environment $1 (with Debian's python3) holding the PyPI packages that
+# follow, unless it already has them.
+ensure_python_venv() {
+  local venv="$1"
+  shift
+  if [ -x "$venv/bin/python" ] && "$venv/bin/pip" show -q "$@" >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "==> installing $* into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$@"
+}
+
 # Checks that the Swift toolchain is on PATH (it is not a Debian package).
 ensure_swift() {
   if ! command -v swift >/dev/null 2>&1; then

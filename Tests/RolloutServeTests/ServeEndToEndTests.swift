@@ -157,6 +157,53 @@ struct ServeEndToEndTests {
         #expect(bad.status == 400 && bad.json["errorCode"] as? String == "PARSE_ERROR")
     }
 
+    @Test(.requiresOFREPClient) func openFeaturesPythonSDKAgreesWithRolloutCheckOnEverySubject() async throws {
+        let python = try #require(ofrepPython(), "scripts/test.sh makes .build/python-ofrep")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Clients/ofrep_client.py").path
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.pipeline([
+            RedisCommand("SET", "flags:checkout:rollout_percent", "37.5"), RedisCommand("SADD", "flags:checkout:allow", "user-7"),
+        ])
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        let ids = directory + "/ids.txt"
+        try (0..<1000).map { "user-\($0)" }.joined(separator: "\n").appending("\n").write(toFile: ids, atomically: true, encoding: .utf8)
+        func client(_ flag: String, _ file: String) async throws -> [[String]] {
+            let run = try await runCommand(python, [script, serve.base, flag, file])
+            #expect(run.status == 0, "\(run.stderr)")
+            return run.stdout.split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
+        }
+
+        let sdk = try await client("checkout", ids)
+        let check = try await runCommand(
+            try rolloutBinary(), ["check", "checkout", "--actors-from", ids], environment: ["REDIS_URL": server.urlString])
+        #expect(check.status == 0, "\(check.stderr)")
+        let expected = check.stdout.split(separator: "\n").map(String.init)
+        #expect(sdk.count == 1000 && expected.count == 1000)
+        #expect(sdk.map { "\($0[0])\t\($0[1])" } == expected)
+        #expect(sdk.allSatisfy { $0[3] == "-" })
+        #expect(Set(sdk.map { $0[2] }) == ["SPLIT", "TARGETING_MATCH"])
+        #expect(sdk.first { $0[0] == "user-7" }?[1] == "true")
+
+        // Errors the SDK understands: an unknown flag, and no targeting key where the bucket needs one.
+        let one = directory + "/one.txt"
+        try "user-1\n\n".write(toFile: one, atomically: true, encoding: .utf8)
+        let unknown = try await client("nothing-here", one)
+        #expect(unknown.first?[1] == "false" && unknown.first?[3] == "FLAG_NOT_FOUND")
+        let anonymous = try await client("checkout", one)
+        #expect(anonymous.last?[3] == "TARGETING_KEY_MISSING")
+
+        // The kill switch reaches the SDK: off, DISABLED, not an error.
+        _ = try await admin.send("SET", "flags:checkout:enabled", "false")
+        #expect(await eventually(within: .seconds(30)) { (try? await client("checkout", one))?.first?[2] == "DISABLED" })
+        let killed = try await client("checkout", one)
+        #expect(killed.first?[1] == "false" && killed.first?[3] == "-")
+    }
+
     @Test func sigtermFinishesAndExitsZero() async throws {
         let server = try await RedisServer.start()
         let directory = try makeTemporaryDirectory("serve")

@@ -190,6 +190,8 @@ let package = Package(
             dependencies: [
                 "RolloutServe", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             // The OpenFeature Python SDK's script, run with scripts/test.sh's virtual environment.
             exclude: ["Clients"],

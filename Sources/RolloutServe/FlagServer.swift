@@ -12,12 +12,34 @@ public import RolloutGate
 public struct FlagServer: Sendable {
     /// The gate answering (run it in the same ServiceGroup).
     public let gate: FeatureGate
+    /// The tokens accepted; nil: no authentication (loopback only, enforced by the caller).
+    public let tokens: TokenStore?
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
-    /// A server answering from `gate`.
-    public init(gate: FeatureGate) {
+    /// A server answering from `gate`, to requests carrying one of `tokens` when given.
+    public init(gate: FeatureGate, tokens: TokenStore? = nil) {
         self.gate = gate
+        self.tokens = tokens
+    }
+
+    /// nil when `request` may use a route of `scope`; else the answer: 401 without a known
+    /// token (`Authorization: Bearer` or `X-API-Key`), 403 with one lacking the scope. Neither
+    /// has a body.
+    func refusal(_ request: Request, needing scope: Scope) -> Response? {
+        guard let tokens else { return nil }
+        var token: String?
+        if let authorization = request.headers[.authorization], authorization.lowercased().hasPrefix("bearer ") {
+            token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+        } else if let key = request.headers.first(where: { $0.name.canonicalName == "x-api-key" })?.value {
+            token = key.trimmingCharacters(in: .whitespaces)
+        }
+        guard let token, !token.isEmpty, let entry = tokens.file.entry(for: token) else {
+            var headers = HTTPFields()
+            headers[.wwwAuthenticate] = "Bearer"
+            return Response(status: .unauthorized, headers: headers)
+        }
+        return entry.scopes.contains(scope) ? nil : Response(status: .forbidden)
     }
 
     /// The routes: `POST /ofrep/v1/evaluate/flags/{key}`, `POST /ofrep/v1/evaluate/flags`
@@ -25,7 +47,9 @@ public struct FlagServer: Sendable {
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         let gate = gate
+        let server = self
         router.post("/ofrep/v1/evaluate/flags/{key}") { request, context -> Response in
+            if let refusal = server.refusal(request, needing: .evaluate) { return refusal }
             let key = context.parameters.get("key") ?? ""
             var request = request
             let body = try await request.collectBody(upTo: Self.maximumBodySize)
@@ -37,6 +61,7 @@ public struct FlagServer: Sendable {
             return json(evaluation.jsonObject, status: HTTPResponse.Status(code: evaluation.status))
         }
         router.post("/ofrep/v1/evaluate/flags") { request, _ -> Response in
+            if let refusal = server.refusal(request, needing: .evaluate) { return refusal }
             var request = request
             let body = try await request.collectBody(upTo: Self.maximumBodySize)
             switch OFREP.Context.parse(Array(buffer: body)) {
@@ -68,6 +93,7 @@ public struct FlagServer: Sendable {
     /// (``maximumBodySize``: 413).
     public func run(host: String, port: Int, logger: Logger) async throws {
         let gate = gate
+        let tokens = tokens
         let app = Application(
             router: router(),
             server: .http1(configuration: .init(idleTimeout: .seconds(60))),
@@ -76,12 +102,12 @@ public struct FlagServer: Sendable {
                 availableConnectionsDelegate: MaximumAvailableConnections(1024)),
             onServerRunning: { channel in
                 logger.notice(
-                    "rollout serve is listening (loopback only: no authentication yet)",
+                    tokens == nil ? "rollout serve is listening on loopback only, without authentication (no --tokens-file)" : "rollout serve is listening",
                     metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "\(host):\(port)")", "redis.url": "\(gate.redisURL)"])
             },
             logger: logger)
         // Shut down in reverse order: the server stops first, then the gate's refresher.
-        var group = ServiceGroupConfiguration(services: [gate, app], logger: logger)
+        var group = ServiceGroupConfiguration(services: [gate] + (tokens.map { [$0] } ?? []) + [app], logger: logger)
         group.gracefulShutdownSignals = [.sigterm, .sigint]
         group.maximumGracefulShutdownDuration = .seconds(10)
         try await ServiceGroup(configuration: group).run()

@@ -4,6 +4,7 @@ import RolloutAdmin
 import RolloutAudit
 import RolloutController
 import RolloutGate
+import RolloutServe
 import RolloutRedis
 
 /// The exit codes of `rollout`, decided in this file and nowhere else: the libraries say
@@ -40,7 +41,7 @@ enum RolloutExit: Int32, Sendable {
             case .corruptState: self = .corruptState
             case .redis, .auditLog, .unconfirmed, .recordedNotLogged, .conflict: self = .failure
             }
-        case is KeyspaceError, is PolicyError, is SnapshotError:
+        case is KeyspaceError, is PolicyError, is SnapshotError, is TokenFileError:
             self = .invalidInput
         case is CorruptStateFound:
             self = .corruptState

@@ -13,41 +13,46 @@ struct ServeCommand: AsyncParsableCommand {
             ETag (If-None-Match: 304). GET /healthz answers while the process runs, GET /readyz once a \
             snapshot is loaded. Every feature in the keyspace is served, also one created later with \
             redis-cli; evaluations read the gate's snapshot, never Redis. SIGTERM or SIGINT: stop \
-            accepting, finish the requests in flight (at most 10 s), exit 0. Without authentication \
-            (not available yet) the server listens on loopback only. docs/serve.md has the details.
+            accepting, finish the requests in flight (at most 10 s), exit 0. With --tokens-file every \
+            route but the health ones needs a token (Authorization: Bearer, or X-API-Key) with its \
+            scope (rollout tokens add); without one the server listens on loopback only. \
+            docs/serve.md has the details.
             """
     )
     @OptionGroup var options: ConnectionOptions
-    @Option(help: ArgumentHelp("Where to listen: HOST:PORT on loopback (127.0.0.1, ::1 or localhost).", valueName: "host:port"))
+    @Option(help: ArgumentHelp("Where to listen: HOST:PORT (without --tokens-file, loopback only: 127.0.0.1, ::1 or localhost).", valueName: "host:port"))
     var listen = "127.0.0.1:8016"
+    @OptionGroup var tokensFile: TokensFileOption
     @OptionGroup var snapshotFile: SnapshotFileOption
 
     func validate() throws {
-        _ = try Self.address(listen)
+        _ = try Self.address(listen, authenticated: tokensFile.path != nil)
     }
 
     /// HOST and PORT of `--listen`, on loopback only.
-    static func address(_ text: String) throws -> (host: String, port: Int) {
+    static func address(_ text: String, authenticated: Bool) throws -> (host: String, port: Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
             throw ValidationError("--listen \(text) is not HOST:PORT (e.g. 127.0.0.1:8016).")
         }
         var host = String(text[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard ["127.0.0.1", "::1", "localhost"].contains(host) else {
+        guard authenticated || ["127.0.0.1", "::1", "localhost"].contains(host) else {
             throw ValidationError(
-                "--listen \(text): rollout serve has no authentication yet, so it listens on loopback only (127.0.0.1, ::1 or localhost). Put an authenticating proxy in front to serve other hosts.")
+                "--listen \(text): without --tokens-file (or ROLLOUT_TOKENS_FILE) rollout serve listens on loopback only (127.0.0.1, ::1 or localhost). Make tokens with `rollout tokens add NAME --scopes evaluate`.")
         }
         return (host, port)
     }
 
     func run() async throws {
-        let (host, port) = try Self.address(listen)
+        let (host, port) = try Self.address(listen, authenticated: tokensFile.path != nil)
         let logger = Logger(label: "rollout-serve")
+        var tokens: TokenStore?
+        if let path = tokensFile.path { tokens = try await TokenStore(path: path, logger: logger) }
         var configuration = FeatureGate.Configuration()
         configuration.discoversFeatures = true
         configuration.snapshotFile = snapshotFile.path
         let gate = FeatureGate(redisURL: try options.redisURL(), configuration: configuration, logger: Logger(label: "rollout-gate"))
-        try await FlagServer(gate: gate).run(host: host, port: port, logger: logger)
+        try await FlagServer(gate: gate, tokens: tokens).run(host: host, port: port, logger: logger)
     }
 }
 

@@ -8,7 +8,7 @@ import RolloutTestSupport
 import Testing
 
 /// A `rollout serve` process on a free loopback port, reading `server`.
-private final class Serve: Sendable {
+final class Serve: Sendable {
     let process: ChildProcess
     let port: Int
     let log: String
@@ -24,14 +24,14 @@ private final class Serve: Sendable {
     var base: String { "http://127.0.0.1:\(port)" }
 }
 
-private struct Answer {
+struct Answer {
     let status: Int
     let headers: HTTPHeaders
     let body: String
     var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] ?? [:] }
 }
 
-private func call(_ url: String, method: HTTPMethod = .POST, body: String? = nil, headers: [(String, String)] = []) async throws -> Answer {
+func call(_ url: String, method: HTTPMethod = .POST, body: String? = nil, headers: [(String, String)] = []) async throws -> Answer {
     var request = HTTPClientRequest(url: url)
     request.method = method
     for (name, value) in headers { request.headers.add(name: name, value: value) }
@@ -44,12 +44,12 @@ private func call(_ url: String, method: HTTPMethod = .POST, body: String? = nil
     return Answer(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
 }
 
-private func context(_ key: String?, internal isInternal: Bool = false) -> String {
+func context(_ key: String?, internal isInternal: Bool = false) -> String {
     let target = key.map { "\"targetingKey\": \"\($0)\", " } ?? ""
     return "{\"context\": {\(target)\"internal\": \(isInternal)}}"
 }
 
-private func ready(_ serve: Serve) async -> Bool {
+func ready(_ serve: Serve) async -> Bool {
     await eventually(within: .seconds(60)) { (try? await call(serve.base + "/readyz", method: .GET))?.status == 200 }
 }
 

@@ -58,7 +58,7 @@ public struct FlagServer: Sendable {
             case .failure(let error): evaluation = .invalid(key: key, error)
             case .success(let parsed): evaluation = OFREP.evaluate(key, context: parsed, gate: gate)
             }
-            return json(evaluation.jsonObject, status: HTTPResponse.Status(code: evaluation.status))
+            return json(evaluation.json, status: HTTPResponse.Status(code: evaluation.status))
         }
         router.post("/ofrep/v1/evaluate/flags") { request, _ -> Response in
             if let refusal = server.refusal(request, needing: .evaluate) { return refusal }
@@ -66,7 +66,7 @@ public struct FlagServer: Sendable {
             let body = try await request.collectBody(upTo: Self.maximumBodySize)
             switch OFREP.Context.parse(Array(buffer: body)) {
             case .failure(let error):
-                return json(["errorCode": error.code.rawValue, "errorDetails": error.details], status: .badRequest)
+                return json(OFREP.encode(["errorCode": error.code.rawValue, "errorDetails": error.details]), status: .badRequest)
             case .success(let parsed):
                 let (answer, etag) = OFREP.bulk(context: parsed, gate: gate)
                 var headers = HTTPFields()
@@ -122,8 +122,7 @@ public struct FlagServer: Sendable {
     }
 }
 
-private func json(_ object: [String: Any], status: HTTPResponse.Status) -> Response {
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+private func json(_ data: [UInt8], status: HTTPResponse.Status) -> Response {
     var headers = HTTPFields()
     headers[.contentType] = "application/json"
     return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))

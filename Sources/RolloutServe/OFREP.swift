@@ -24,64 +24,32 @@ public enum OFREP {
         /// The subject the gate decides for.
         var subject: Subject { Subject(id: targetingKey ?? "", workspace: workspace, isInternal: isInternal) }
 
-        /// Parses a request body, `{"context": {...}}`. An empty body is an empty context.
+        /// Parses a request body, `{"context": {...}}`, in one typed decode (unknown attributes
+        /// ignored, null the same as absent). An empty body is an empty context.
         public static func parse(_ body: [UInt8]) -> Result<Context, RequestError> {
             if body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return .success(Context()) }
-            guard let document = try? JSONDecoder().decode(JSONValue.self, from: Data(body)) else {
-                return .failure(RequestError(code: .parseError, details: "The request body is not JSON."))
+            do {
+                let request = try JSONDecoder().decode(RequestBody.self, from: Data(body))
+                let context = request.context
+                return .success(Context(targetingKey: context?.targetingKey, workspace: context?.workspace, isInternal: context?.internal ?? false))
+            } catch DecodingError.typeMismatch(let type, let where_) where !where_.codingPath.isEmpty {
+                let path = where_.codingPath.map(\.stringValue).joined(separator: ".")
+                let expected = type == Bool.self ? "a boolean" : type == String.self ? "a string" : "an object"
+                return .failure(RequestError(code: .invalidContext, details: "\(path) must be \(expected)."))
+            } catch {
+                return .failure(RequestError(code: .parseError, details: "The request body is not a JSON object with a context."))
             }
-            guard case .object(let fields) = document else {
-                return .failure(RequestError(code: .parseError, details: "The request body must be a JSON object with a context."))
-            }
-            guard let raw = fields["context"], raw != .null else { return .success(Context()) }
-            guard case .object(let context) = raw else {
-                return .failure(RequestError(code: .invalidContext, details: "context must be an object."))
-            }
-            var parsed = Context()
-            switch context["targetingKey"] ?? .null {
-            case .null: break
-            case .string(let text): parsed.targetingKey = text
-            default: return .failure(RequestError(code: .invalidContext, details: "context.targetingKey must be a string."))
-            }
-            switch context["workspace"] ?? .null {
-            case .null: break
-            case .string(let text): parsed.workspace = text
-            default: return .failure(RequestError(code: .invalidContext, details: "context.workspace must be a string."))
-            }
-            switch context["internal"] ?? .null {
-            case .null: break
-            case .bool(let flag): parsed.isInternal = flag
-            default: return .failure(RequestError(code: .invalidContext, details: "context.internal must be a boolean."))
-            }
-            return .success(parsed)
         }
     }
 
-    /// Any JSON value, read without guessing: `1` is a number, never `true`.
-    enum JSONValue: Decodable, Hashable {
-        case null
-        case bool(Bool)
-        case number(Double)
-        case string(String)
-        case array([JSONValue])
-        case object([String: JSONValue])
-
-        init(from decoder: any Decoder) throws {
-            let container = try decoder.singleValueContainer()
-            if container.decodeNil() {
-                self = .null
-            } else if let value = try? container.decode(Bool.self) {
-                self = .bool(value)
-            } else if let value = try? container.decode(Double.self) {
-                self = .number(value)
-            } else if let value = try? container.decode(String.self) {
-                self = .string(value)
-            } else if let value = try? container.decode([JSONValue].self) {
-                self = .array(value)
-            } else {
-                self = .object(try container.decode([String: JSONValue].self))
-            }
+    /// The request body as OFREP defines it; only the attributes the gate reads.
+    private struct RequestBody: Decodable {
+        struct Attributes: Decodable {
+            var targetingKey: String?
+            var workspace: String?
+            var `internal`: Bool?
         }
+        var context: Attributes?
     }
 
     /// A request that cannot be evaluated: 400 with an OFREP error code.
@@ -99,16 +67,17 @@ public enum OFREP {
     }
 
     /// A metadata value: OFREP allows booleans, strings and numbers only.
-    public enum MetadataValue: Sendable, Hashable {
+    public enum MetadataValue: Sendable, Hashable, Encodable {
         case bool(Bool)
         case string(String)
         case number(Double)
 
-        var json: Any {
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
             switch self {
-            case .bool(let value): return value
-            case .string(let value): return value
-            case .number(let value): return value
+            case .bool(let value): try container.encode(value)
+            case .string(let value): try container.encode(value)
+            case .number(let value): try container.encode(value)
             }
         }
     }
@@ -132,19 +101,38 @@ public enum OFREP {
             }
         }
 
-        /// The JSON object: a success, or a failure with `key`, `errorCode` and `errorDetails`.
-        public var jsonObject: [String: Any] {
-            switch self {
-            case .success(let key, let value, let reason, let metadata):
-                var object: [String: Any] = ["key": key, "value": value, "variant": value ? "on" : "off", "reason": reason]
-                if !metadata.isEmpty { object["metadata"] = metadata.mapValues(\.json) }
-                return object
-            case .notFound(let key):
-                return ["key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": "No feature \(key) in the flags keyspace."]
-            case .invalid(let key, let error):
-                return ["key": key, "errorCode": error.code.rawValue, "errorDetails": error.details]
-            }
+        /// The JSON body: a success, or a failure with `key`, `errorCode` and `errorDetails`.
+        public var json: [UInt8] { OFREP.encode(OFREP.body(self)) }
+    }
+
+    /// What a success or a failure holds, as OFREP's schema names it.
+    private struct Body: Encodable {
+        var key: String
+        var value: Bool?
+        var variant: String?
+        var reason: String?
+        var metadata: [String: MetadataValue]?
+        var errorCode: String?
+        var errorDetails: String?
+    }
+
+    private static func body(_ evaluation: Evaluation, dropping dropped: Set<String> = []) -> Body {
+        switch evaluation {
+        case .success(let key, let value, let reason, let metadata):
+            let kept = metadata.filter { !dropped.contains($0.key) }
+            return Body(key: key, value: value, variant: value ? "on" : "off", reason: reason, metadata: kept.isEmpty ? nil : kept)
+        case .notFound(let key):
+            return Body(key: key, errorCode: "FLAG_NOT_FOUND", errorDetails: "No feature \(key) in the flags keyspace.")
+        case .invalid(let key, let error):
+            return Body(key: key, errorCode: error.code.rawValue, errorDetails: error.details)
         }
+    }
+
+    /// `value` as OFREP JSON: keys sorted (equal answers are equal bytes), slashes unescaped.
+    static func encode(_ value: some Encodable) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(value)).map { [UInt8]($0) } ?? Array("{}".utf8)
     }
 
     /// The answer for `key` and `context` from `gate`'s snapshot (never Redis).
@@ -198,27 +186,28 @@ public enum OFREP {
         return .success(key: key, value: decision.isOn, reason: reason, metadata: metadata)
     }
 
+    private struct BulkBody: Encodable {
+        var flags: [Body]
+        var metadata: [String: String]
+    }
+
     /// Every flag of `gate` for `context`, as the bulk endpoint answers it: the JSON body (keys
     /// sorted, so equal answers are equal bytes) and its strong ETag, the SHA-256 of the body.
     public static func bulk(context: Context, gate: FeatureGate) -> (body: [UInt8], etag: String) {
-        var flags: [[String: Any]] = []
+        var flags: [Body] = []
         var freshness = "live"
         for feature in gate.features {
             let evaluation = evaluate(feature.rawValue, context: context, gate: gate)
             if case .notFound = evaluation { continue }
-            var object = evaluation.jsonObject
             // The age changes every second while stale: it is said once for the whole answer,
             // so the ETag changes only when an answer does.
-            if var metadata = object["metadata"] as? [String: Any] {
-                if metadata.removeValue(forKey: "stale_seconds") != nil { freshness = "stale" }
-                if metadata.removeValue(forKey: "snapshot_written_at") != nil { freshness = "snapshot_file" }
-                object["metadata"] = metadata
+            if case .success(_, _, _, let metadata) = evaluation {
+                if metadata["stale_seconds"] != nil { freshness = "stale" }
+                if metadata["snapshot_written_at"] != nil { freshness = "snapshot_file" }
             }
-            flags.append(object)
+            flags.append(body(evaluation, dropping: ["stale_seconds", "snapshot_written_at"]))
         }
-        let document: [String: Any] = ["flags": flags, "metadata": ["snapshot": freshness]]
-        let data = (try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-        let body = [UInt8](data)
-        return (body, "\"\(sha256Hex(Data(body)))\"")
+        let encoded = encode(BulkBody(flags: flags, metadata: ["snapshot": freshness]))
+        return (encoded, "\"\(sha256Hex(Data(encoded)))\"")
     }
 }

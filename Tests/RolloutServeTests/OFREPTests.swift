@@ -1,6 +1,12 @@
+import Foundation
 import RolloutGate
 @testable import RolloutServe
 import Testing
+
+extension OFREP.Evaluation {
+    /// The body, parsed back.
+    var jsonObject: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(json))) as? [String: Any] ?? [:] }
+}
 
 @Suite("OFREP: the gate's decisions as OpenFeature answers")
 struct OFREPMappingTests {

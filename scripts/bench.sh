@@ -2,7 +2,7 @@
 # Reproduces the figures in docs/performance.md: builds in release mode, starts its own
 # redis-server on a free loopback port, runs the benchmarks, compares `rollout check
 # --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
-# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet
+# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet|serve
 # runs one section (the controller section doubles as the release-build smoke run; fleet, about
 # 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server).
 set -euo pipefail
@@ -149,4 +149,43 @@ echo "promotions in the last run: $(grep -c -- '-> promote' "$work/run.txt" || t
 echo "one run, 1000 features x 3 queries, locks and compare-and-set writes: ${best_run} ms (budget: within 5000 ms)"
 echo "baseline, the same 3000 queries sent sequentially over one keep-alive connection (C, libcurl): ${best_baseline} ms ($(cat "$work/baseline.txt"))"
 awk -v a="$best_run" -v b="$best_baseline" 'BEGIN { printf "controller / baseline: %.2fx (target: within 1.2x)\n", a / b }'
+fi
+
+if want serve; then
+echo
+echo "== rollout serve: OFREP over loopback with wrk (2 threads, 32 connections, 10 s each)"
+ensure_packages wrk curl
+# 1,000 features for the bulk evaluation; the single-flag one asks for checkout at 37.5%.
+awk 'BEGIN { for (i = 0; i < 1000; i++) printf "SET flags:f%d:rollout_percent %d\n", i, i % 101 }' | redis-cli -p "$port" >/dev/null
+redis-cli -p "$port" SET flags:checkout:rollout_percent 37.5 >/dev/null
+serve_port=$(free_port)
+REDIS_URL="$url" "$bin/rollout" serve --listen "127.0.0.1:$serve_port" > "$work/serve.log" 2>&1 &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null || true; stop_local_redis' EXIT INT TERM
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$serve_port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+cat > "$work/single.lua" <<'LUA'
+-- A different subject on every request: the bucket rule runs each time.
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/ofrep/v1/evaluate/flags/checkout", {["Content-Type"] = "application/json"},
+    '{"context":{"targetingKey":"user-' .. counter .. '"}}')
+end
+LUA
+cat > "$work/bulk.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"context":{"targetingKey":"user-1"}}'
+LUA
+run_wrk() {
+  wrk -t2 -c32 -d10s --latency "$@" 2>&1 | awk '/Requests\/sec/ { rps = $2 } /^ +99%/ { p99 = $2 } /Non-2xx/ { bad = $NF } END { printf "%s req/s, p99 %s%s\n", rps, p99, (bad ? ", NON-2XX " bad : "") }'
+}
+health=$(run_wrk "http://127.0.0.1:$serve_port/healthz")
+single=$(run_wrk -s "$work/single.lua" "http://127.0.0.1:$serve_port")
+bulk=$(run_wrk -s "$work/bulk.lua" "http://127.0.0.1:$serve_port/ofrep/v1/evaluate/flags")
+echo "GET /healthz (baseline):                      $health"
+echo "POST /ofrep/v1/evaluate/flags/checkout:       $single"
+echo "POST /ofrep/v1/evaluate/flags (1,001 flags):  $bulk"
+awk -v a="${single%% *}" -v b="${health%% *}" 'BEGIN { printf "single evaluation / healthz throughput: %.2f (goal: at least 0.8)\n", a / b }'
+kill "$serve_pid" 2>/dev/null || true
 fi

@@ -85,23 +85,47 @@ public struct PrometheusClient: Sendable {
         return answer
     }
 
-    /// One attempt, its whole answer (head and body) within `limit`: AsyncHTTPClient's own
-    /// deadline ends when the head arrives, so the body is raced against the clock too, and the
-    /// loser is cancelled (which closes the connection of a stalled or trickling answer).
+    /// One attempt, its whole answer (head and body) within `limit`. On the continuous clock
+    /// that is AsyncHTTPClient's own deadline on a request whose answer it gathers itself (its
+    /// deadline then runs to the last byte): one timer on the event loop, no task of ours.
+    /// On any other clock (a test's) the answer is raced against `clock`, and the loser is
+    /// cancelled (which closes the connection of a stalled or trickling answer).
     private func once(_ query: String, within limit: Duration) async throws(PrometheusError) -> Double? {
-        var request = HTTPClientRequest(url: base.url + "/api/v1/query")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
-        request.headers.add(name: "Accept", value: "application/json")
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        headers.add(name: "Accept", value: "application/json")
         // No gzip: an instant query's answer is a few hundred bytes, and compressing it costs
         // Prometheus and inflating it costs the run more than the bytes saved (the profile's
         // zlib entries). AsyncHTTPClient asks for gzip only when the request does not say.
-        request.headers.add(name: "Accept-Encoding", value: "identity")
-        request.body = .bytes(ByteBuffer(string: "query=" + formEncoded(query)))
+        headers.add(name: "Accept-Encoding", value: "identity")
+        let body = ByteBuffer(string: "query=" + formEncoded(query))
+        let url = base.url + "/api/v1/query"
         let http = self.http
-        let answer = await withTimeLimit(limit, clock: clock) { [request] () async throws -> (HTTPResponseStatus, ByteBuffer) in
-            let response = try await http.execute(request, timeout: .nanoseconds(limit.wholeNanoseconds))
-            return (response.status, try await response.body.collect(upTo: 8 * 1024 * 1024))
+        let answer: Result<(HTTPResponseStatus, ByteBuffer), any Error>?
+        if clock is ContinuousClock {
+            do {
+                let request = try HTTPClient.Request(url: url, method: .POST, headers: headers, body: .byteBuffer(body))
+                let task = http.execute(
+                    request: request, delegate: ResponseAccumulator(request: request, maxBodySize: Self.maxAnswerBytes),
+                    deadline: .now() + .nanoseconds(limit.wholeNanoseconds))
+                let response = try await withTaskCancellationHandler {
+                    try await task.futureResult.get()
+                } onCancel: {
+                    task.cancel()
+                }
+                answer = .success((response.status, response.body ?? ByteBuffer()))
+            } catch {
+                answer = .failure(error)
+            }
+        } else {
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers = headers
+            request.body = .bytes(body)
+            answer = await withTimeLimit(limit, clock: clock) { [request] () async throws -> (HTTPResponseStatus, ByteBuffer) in
+                let response = try await http.execute(request, timeout: .nanoseconds(limit.wholeNanoseconds))
+                return (response.status, try await response.body.collect(upTo: Self.maxAnswerBytes))
+            }
         }
         switch answer {
         case .success(let (status, body))?:
@@ -118,7 +142,18 @@ public struct PrometheusClient: Sendable {
         }
     }
 
+    /// The largest answer read: a hostile or broken endpoint cannot make the run hold more.
+    static let maxAnswerBytes = 8 * 1024 * 1024
+
+    /// The value in Prometheus's answer: the one-sample shapes read directly (``quickSample(_:)``),
+    /// anything else through ``parseDocument(body:status:query:)``.
     func parse(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> Double? {
+        if status == .ok, let quick = body.withUnsafeBytes(quickSample) { return quick }
+        return try parseDocument(body: body, status: status, query: query)
+    }
+
+    /// The value in Prometheus's answer read as a JSON document, with what is wrong when it is not one value.
+    func parseDocument(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> Double? {
         let shown = query.count > 120 ? String(query.prefix(120)) + "…" : query
         guard let document = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             // A proxy's error page (429, 502, 503...) is an HTTP failure, retried by its status;
@@ -164,6 +199,66 @@ public struct PrometheusClient: Sendable {
             throw PrometheusError(.unparsable, "Prometheus sent the value \"\(text)\", which is not a number (query: \(shown)).")
         }
         return value.isFinite ? value : nil
+    }
+}
+
+/// The answer of an instant query in the exact bytes Prometheus writes for one unlabelled sample,
+/// a scalar or an empty vector, read without building a JSON document (`JSONSerialization` was
+/// a measurable part of a run's CPU): `.some(value)`, `.some(nil)` for no data (empty, NaN,
+/// ±Inf), or nil when the body is any other shape, which the full parser then reads. It accepts
+/// nothing the full parser would refuse or read differently.
+func quickSample(_ body: UnsafeRawBufferPointer) -> Double?? {
+    var reader = ByteReader(body)
+    guard reader.skip(#"{"status":"success","data":{"resultType":""#) else { return nil }
+    let closing: StaticString
+    if reader.skip(#"vector","result":["#) {
+        if reader.skip("]}}") { return reader.atEnd ? .some(nil) : nil }
+        guard reader.skip(#"{"metric":{},"value":["#) else { return nil }
+        closing = #""]}]}}"#
+    } else if reader.skip(#"scalar","result":["#) {
+        closing = #""]}}"#
+    } else {
+        return nil
+    }
+    // The timestamp (seconds with a fraction), then the value as a JSON string without escapes.
+    guard reader.skip(while: { $0 == UInt8(ascii: ".") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) > 0,
+        reader.skip(#",""#)
+    else { return nil }
+    let start = reader.offset
+    guard reader.skip(while: { $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) > 0 else { return nil }
+    let text = String(decoding: UnsafeRawBufferPointer(rebasing: body[start..<reader.offset]), as: UTF8.self)
+    guard reader.skip(closing), reader.atEnd, let value = Double(text) else { return nil }
+    return .some(value.isFinite ? value : nil)
+}
+
+/// A cursor over bytes for ``quickSample(_:)``.
+private struct ByteReader {
+    let bytes: UnsafeRawBufferPointer
+    private(set) var offset = 0
+
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    /// Whether only JSON whitespace is left.
+    var atEnd: Bool {
+        bytes[offset...].allSatisfy { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }
+    }
+
+    /// Moves past `literal` when the bytes continue with it.
+    mutating func skip(_ literal: StaticString) -> Bool {
+        let count = literal.utf8CodeUnitCount
+        guard bytes.count - offset >= count else { return false }
+        let matches = literal.withUTF8Buffer { expected in
+            expected.indices.allSatisfy { bytes[offset + $0] == expected[$0] }
+        }
+        if matches { offset += count }
+        return matches
+    }
+
+    /// Moves past the bytes that satisfy `accepted`; how many.
+    mutating func skip(while accepted: (UInt8) -> Bool) -> Int {
+        let start = offset
+        while offset < bytes.count, accepted(bytes[offset]) { offset += 1 }
+        return offset - start
     }
 }
 

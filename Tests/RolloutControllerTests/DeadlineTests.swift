@@ -67,6 +67,27 @@ struct DeadlineTests {
         #expect(await eventually(within: .seconds(60)) { stand.closedByClient >= 1 }, "closed by the client: \(stand.closedByClient)")
     }
 
+    /// The same on the continuous clock, where the limit is AsyncHTTPClient's own deadline over
+    /// the whole answer (no task sleeps on the clock): the query fails with `.timeout` and the connection is closed. No
+    /// bound on how long it took: only that the limit, not the stand-in, ended it.
+    @Test(.tags(.webhook), arguments: [WebhookReceiver.Behaviour.stallAfterHead, .trickle(every: .milliseconds(200))])
+    func aStalledBodyTimesOutOnTheContinuousClock(behaviour: WebhookReceiver.Behaviour) async throws {
+        let stand = try WebhookReceiver(otherwise: behaviour)
+        defer { stand.stop() }
+        let base = try HTTPEndpoint.parse(stand.url("")).get()
+        let client = PrometheusClient(
+            base: base, timeout: .seconds(1), retry: RetryPolicy(baseDelay: .zero, maxAttempts: 1), guards: EndpointGuard(name: "stalled"))
+        do throws(PrometheusError) {
+            _ = try await client.value(of: "up")
+            Issue.record("a stalled body gave a value")
+        } catch {
+            #expect(error.code == .timeout, "\(error)")
+            #expect(error.message.contains("did not answer within query_timeout 1s"), "\(error)")
+            #expect(error.message.contains("headers to last byte"), "\(error)")
+        }
+        #expect(await eventually(within: .seconds(60)) { stand.closedByClient >= 1 }, "closed by the client: \(stand.closedByClient)")
+    }
+
     @Test func theLockOutlastsEverythingTheRunMayDoWhileHoldingIt() {
         let redis = RedisClient(url: .localDefault)  // never connects: only its timeouts are read
         defer { redis.close() }

@@ -67,6 +67,44 @@ struct PrometheusParsingTests {
         }
     }
 
+    /// The answers the quick reader takes, byte for byte as Prometheus writes them, and answers
+    /// it must leave to the JSON parser (labels, warnings, escapes, other shapes).
+    static let quickShapes = [
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1795368038.832,"0.0125"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"-Inf"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+        #"{"status":"success","data":{"resultType":"scalar","result":[1795368038.832,"30"]}}"# + "\n",
+    ]
+    static let documentShapes = [
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"api"},"value":[1,"2"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"2"]}]},"warnings":["w"]}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"\u0032"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"2"]},{"metric":{},"value":[1,"3"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"fifty"]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,""]}]}}"#,
+        #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"2"]}]}} trailing"#,
+        #"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+        #"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
+        "",
+    ]
+
+    @Test(arguments: quickShapes)
+    func theQuickReaderAgreesWithTheJSONParser(body: String) throws {
+        let quick = try #require(Data(body.utf8).withUnsafeBytes(quickSample))
+        #expect(quick == (try client.parseDocument(body: Data(body.utf8), status: .ok, query: "q")))
+    }
+
+    @Test(arguments: documentShapes)
+    func otherShapesAreLeftToTheJSONParser(body: String) {
+        #expect(Data(body.utf8).withUnsafeBytes(quickSample) == nil)
+    }
+
+    @Test func labelledSampleIsReadByTheJSONParser() throws {
+        #expect(try parse(Self.documentShapes[0]) == 2)
+        #expect(try parse(Self.documentShapes[2]) == 2)
+    }
+
     @Test func queriesAreFormEncoded() {
         #expect(formEncoded("sum(rate(x{a=\"b\"}[5m])) / 2") == "sum%28rate%28x%7Ba%3D%22b%22%7D%5B5m%5D%29%29%20%2F%202")
     }

@@ -188,9 +188,9 @@ public func decide(policy: FeaturePolicy, observation: Observation, now: Timesta
         }
         // last_good is never above where a rollback lands.
         if let good = verdict.newLastGood ?? observation.lastGood, good > target { change.lastGood = target }
-        // Flap protection: this rollback and those of the last hour reach the limit.
-        let forgetBefore = now.advanced(by: .zero - flapWindow)
-        let recent = observation.rollbacks.filter { $0.unixMilliseconds >= forgetBefore.unixMilliseconds }.count + 1
+        // Flap protection: this rollback and those it keeps in `rollbacks` (the last hour's) reach the limit.
+        let forgetBefore = change.rollbackRecord?.forgetBefore.unixMilliseconds ?? .min
+        let recent = observation.rollbacks.filter { $0.unixMilliseconds >= forgetBefore }.count + 1
         if policy.maxRollbacksPerHour > 0, recent >= policy.maxRollbacksPerHour {
             change.flapPause =
                 "flap protection: \(policy.maxRollbacksPerHour) rollbacks within an hour (the last \(change.change)); look before resuming"

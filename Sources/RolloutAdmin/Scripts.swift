@@ -8,12 +8,12 @@ public enum Scripts {
     /// clock), when an expected value moved, or when a key has the wrong type.
     public static let operatorChange = RedisScript(source(CRolloutScripts_operatorChange()))
 
-    /// The controller's compare-and-set: applies a promotion or rollback only if
-    /// rollout_percent, paused and enabled (and, for a promotion, the guard lock) still hold what
-    /// the controller read, so a person's change made during the run wins and nothing is
-    /// half-written. A rollback also sets the guard lock, records itself in the last hour's
-    /// rollbacks and, at the flap limit, pauses the feature; every change is recorded in the
-    /// audit stream; all in the same atomic step, refused past its deadline.
+    /// The controller's compare-and-set: applies a promotion or rollback the controller planned
+    /// only if rollout_percent, paused, enabled and the guard lock still hold what the controller
+    /// read, so a person's change made during the run wins and nothing is half-written. It writes
+    /// what the plan says (for a rollback: the guard, its entry in the last hour's rollbacks, the
+    /// lowered last_good and, at the flap limit, the pause) and decides nothing; every change is
+    /// recorded in the audit stream; all in the same atomic step, refused past its deadline.
     public static let applyChange = RedisScript(source(CRolloutScripts_applyChange()))
 
     /// Takes note of a percent the controller did not write (a person's change, or a feature seen

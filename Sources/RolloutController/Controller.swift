@@ -134,99 +134,63 @@ public struct Controller: Sendable {
     private func evaluateHoldingLock(
         _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool, lock: RedisCommand?
     ) async -> (FeatureReport, mayHoldLock: Bool) {
-        let keys = FeatureKeys(feature.feature)
+        let read: FeatureRead
+        switch await self.read(feature, lock: lock) {
+        case .success(let found): read = found
+        case .failure(let failure):
+            var report = report
+            report.notifiedCondition = failure.notifiedCondition
+            return (report.held(failure.hold), failure.mayHoldLock)
+        }
+        var report = report
+        report.state = read.observation.state
+        report.controllerPercent = read.observation.controllerPercent
+        report.guardLock = read.observation.guardLock
+        report.notifiedCondition = read.notifiedCondition
 
-        // 1. The lock and every key in one round trip.
+        var observation = read.observation
+        if observation.needsQueries {
+            switch await answers(feature, into: &observation) {
+            case .success: report.prometheusAnswered = true
+            case .failure(let failures):
+                report.queryErrors = failures.failures
+                return (report.held(.promUnreachable, "Prometheus could not answer: " + failures.failures.joined(separator: "; ")), true)
+            }
+            report.requests = observation.requests ?? nil
+        }
+        let plan = decide(policy: feature, observation: observation, now: now(), promotions: promotions)
+        let applied = await apply(plan, of: feature, read: read)
+        return (self.report(applied, of: plan, feature: feature.feature, into: report), true)
+    }
+
+    /// 1. The lock and every key in one round trip, decoded.
+    private func read(_ feature: FeaturePolicy, lock: RedisCommand?) async -> Result<FeatureRead, FeatureRead.Failure> {
+        let keys = FeatureKeys(feature.feature)
         let taken: [RedisValue]
         let arrivedAt: ContinuousClock.Instant
         do {
-            (taken, arrivedAt) = try await redis.pipelineWithArrival(
-                (lock.map { [$0] } ?? []) + keys.readCommands + [
-                    RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
-                    RedisCommand("GET", keys.healthySince), RedisCommand("GET", keys.lastGood), RedisCommand("GET", keys.pausedReason),
-                    RedisCommand("HGETALL", keys.streaks), RedisCommand("GET", keys.notified), RedisServerTime.command,
-                ])
+            (taken, arrivedAt) = try await redis.pipelineWithArrival((lock.map { [$0] } ?? []) + FeatureRead.commands(keys))
         } catch {
             // The SET may have reached the server before the error: released if it is ours.
-            return (report.held(.redisError, "Redis: \(error)"), true)
+            return .failure(FeatureRead.Failure(Hold(.redisError, "Redis: \(error)"), mayHoldLock: true))
         }
         var replies = taken[...]
         if lock != nil, let reply = replies.popFirst() {
             if case .error(let text) = reply {
-                return (report.held(.redisError, "Redis: \(RedisError.fromServer(text, context: "SET"))"), false)
+                return .failure(FeatureRead.Failure(Hold(.redisError, "Redis: \(RedisError.fromServer(text, context: "SET"))"), mayHoldLock: false))
             }
             if reply.isNull {
                 let holder = (try? await redis.send("GET", keys.lock).string) ?? "another controller"
-                return (report.held(.locked, "another controller (\(holder)) is deciding this feature now"), false)
+                return .failure(FeatureRead.Failure(Hold(.locked, "another controller (\(holder)) is deciding this feature now"), mayHoldLock: false))
             }
         }
-        return (await evaluateLocked(feature, report: report, promotions: promotions, replies: Array(replies), arrivedAt: arrivedAt), true)
+        return FeatureRead.decode(replies, feature: feature.feature, arrivedAt: arrivedAt)
     }
 
-    /// The rest of the evaluation, the lock taken: `replies` are the read's, `arrivedAt` when
-    /// they came.
-    private func evaluateLocked(
-        _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool, replies: [RedisValue], arrivedAt: ContinuousClock.Instant
-    ) async -> FeatureReport {
-        var report = report
-        let keys = FeatureKeys(feature.feature)
-        let serverTime: RedisServerTime
-        do {
-            serverTime = try RedisServerTime(reply: replies[replies.count - 1], readAt: arrivedAt)
-        } catch {
-            return report.held(.redisError, "Redis: \(error)")
-        }
-        let base = FeatureKeys.readCommandCount
-        report.notifiedCondition = replies[base + 7].string
-        let state: FeatureState
-        switch FeatureState.read(feature.feature, from: replies[0..<base]) {
-        case .success(let parsed): state = parsed
-        case .failure(let invalid):
-            return report.held(.corruptState, invalid.problems.map(\.message).joined(separator: " "))
-        }
-        // The controller's own keys: one of another Redis type is corrupt, never absent.
-        let bookkeeping: [(String, Int, KeyType)] = [
-            (keys.controllerPercent, 0, .string), (keys.guardLock, 1, .string), (keys.healthySince, 3, .string), (keys.lastGood, 4, .string),
-            (keys.pausedReason, 5, .string), (keys.streaks, 6, .hash), (keys.notified, 7, .string),
-        ]
-        for (key, offset, type) in bookkeeping {
-            do throws(KeyspaceError) { _ = try KeyContent(replies[base + offset], key: key, type: type) } catch {
-                return report.held(.corruptState, error.message)
-            }
-        }
-        var controllerPercent: RolloutPercent?
-        if let text = replies[base].string {
-            guard let percent = RolloutPercent(parsing: text) else {
-                return report.held(.corruptState, "\(keys.controllerPercent) holds \"\(text)\", which is not a percent.")
-            }
-            controllerPercent = percent
-        }
-        let expected = (percent: replies[1].string ?? "", paused: replies[3].string ?? "", enabled: replies[0].string ?? "")
-        report.state = state
-        report.controllerPercent = controllerPercent
-        var observation = Observation(state: state, controllerPercent: controllerPercent, checkValues: [:])
-        observation.guardLock = GuardLock.read(value: replies[base + 1], pttl: replies[base + 2])
-        // The controller's own bookkeeping: a value it cannot read is dropped, never acted on.
-        observation.healthySince = replies[base + 3].string.flatMap { Timestamp(parsing: $0) }
-        observation.lastGood = replies[base + 4].string.flatMap { RolloutPercent(parsing: $0) }
-        observation.pausedReason = replies[base + 5].string
-        observation.streaks = streaks(from: replies[base + 6])
-        report.guardLock = observation.guardLock
-
-        // 2. A person's switches: no queries needed.
-        if state.paused || !state.enabled {
-            let verdict = decide(policy: feature, observation: observation, now: now())
-            report.verdict = verdict
-            return report.held(verdict.holdReason ?? .paused, verdict.explanation)
-        }
-
-        // 3. Every query at once (bounded); any failure holds the feature.
+    /// 3. Every query's answer put in `observation`; the failures, sorted, when any query failed.
+    private func answers(_ feature: FeaturePolicy, into observation: inout Observation) async -> Result<Void, QueryFailures> {
         let answers = await query(feature)
-        if !answers.failures.isEmpty {
-            report.queryErrors = answers.failures
-            return report.held(.promUnreachable, "Prometheus could not answer: " + answers.failures.joined(separator: "; "))
-        }
-        report.prometheusAnswered = true
+        guard answers.failures.isEmpty else { return .failure(QueryFailures(failures: answers.failures)) }
         for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }
         for check in feature.burnRateChecks {
             var ratios: [Duration: Double?] = [:]
@@ -234,181 +198,187 @@ public struct Controller: Sendable {
             observation.windowValues[check.name] = ratios
         }
         if feature.minRequests != nil { observation.requests = .some(answers.values[.minRequests] ?? nil) }
+        return .success(())
+    }
 
-        let time = now()
-        var verdict = decide(policy: feature, observation: observation, now: time)
-        if !promotions, case .promote = verdict.action {
-            verdict.action = .hold
-            verdict.holdReason = .watching
-            verdict.explanation = "healthy; watch mode applies rollback checks only, promotions are the controller's"
-        }
-        report.verdict = verdict
-        report.requests = observation.requests ?? nil
+    /// What applying a plan did, for ``report(_:of:feature:into:)``.
+    private struct Applied {
+        /// The acknowledgement was written (a dry run writes none).
+        var acknowledged = false
+        /// The guard was released.
+        var guardReleased = false
+        /// Stopped short: held with this.
+        var stopped: Hold?
+        /// The plan's change was not made: the verdict is reported as a hold.
+        var changeRefused = false
+    }
 
-        // 8. A percent the controller did not write: a person's change, or a feature it has never
-        // recorded (adopted, never promoted at first sight). Recorded once, the dwell restarts now.
-        if verdict.manualChangeDetected || verdict.firstSight {
-            let known = controllerPercent
-            let change = known.map { "\($0)% -> \(state.rolloutPercent)%" } ?? "adopted at \(state.rolloutPercent)%"
-            let why = known == nil
-                ? "first sight: the controller had never recorded this feature; the dwell starts now"
-                : "changed outside the controller; the dwell restarts now"
-            let by = known == nil ? "controller" : "manual (detected)"
+    /// Writes `plan` (a dry run only records what it would write): the acknowledgement, then
+    /// the bookkeeping or the change, each under compare-and-set.
+    private func apply(_ plan: Plan, of feature: FeaturePolicy, read: FeatureRead) async -> Applied {
+        var applied = Applied()
+        if let acknowledgement = plan.acknowledgement {
             if policy.dryRun {
-                await recordDryRun(feature.feature, change, why, by: by, at: time)
+                await recordDryRun(feature.feature, acknowledgement.change, acknowledgement.reason, by: acknowledgement.by, at: plan.time)
+            } else if let hold = await acknowledge(acknowledgement, of: feature.feature, read: read, at: plan.time) {
+                applied.stopped = hold
+                return applied
             } else {
-                let record = AuditRecord(time: time, feature: feature.feature, change: change, reason: why, by: by, run: owner)
-                let deadline = serverTime.writeDeadline()
-                do {
-                    let acknowledged = try await redis.evaluate(
-                        Scripts.acknowledgePercent,
-                        keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince, AuditTrail.streamKey],
-                        arguments: [expected.percent, known?.description ?? "", time.description, String(deadline.serverMilliseconds), String(AuditTrail.maxLength)]
-                            + record.scriptArguments, waitingUntil: deadline.waitUntil)
-                    if let refusal = ScriptRefusal(acknowledged) { return report.refused(refusal) }
-                    guard acknowledged == .integer(1) else {
-                        return report.held(.concurrentChange, "rollout_percent changed again (or another controller adopted the feature) while the controller looked at it")
-                    }
-                    if known != nil { report.manualChange = change } else { report.adopted = true }
-                } catch {
-                    return report.held(.redisError, "Redis: \(error)")
-                }
+                applied.acknowledged = true
             }
         }
+        switch plan.writes {
+        case .none:
+            break
+        case .bookkeeping(let bookkeeping):
+            guard !policy.dryRun else { break }
+            switch await keepBooks(bookkeeping, of: feature, read: read, at: plan.time) {
+            case .success(let released): applied.guardReleased = released
+            case .failure(let hold): applied.stopped = hold
+            }
+        case .change(let change):
+            if policy.dryRun {
+                await recordDryRun(feature.feature, change.change, plan.explanation, by: "controller", at: plan.time)
+            } else if let hold = await applyChange(change, of: feature, read: read) {
+                applied.stopped = hold
+                applied.changeRefused = true
+            } else {
+                applied.guardReleased = change.guardWrite == .release
+            }
+        }
+        return applied
+    }
 
-        let target: RolloutPercent
-        switch verdict.action {
-        case .hold:
-            if !policy.dryRun {
-                if let refusal = await keepBooks(
-                    feature, keys: keys, expectedPercent: expected.percent, observation: observation, verdict: verdict, at: time,
-                    deadline: serverTime.writeDeadline(), report: &report)
-                {
-                    return report.refused(refusal)
-                }
-            }
-            return report.held(verdict.holdReason ?? .noData, verdict.explanation)
-        case .promote(let to), .rollback(let to):
-            target = to
-        }
-        let isRollback = verdict.result == "rollback"
-        let change = "\(state.rolloutPercent)% -> \(target)%"
-        if policy.dryRun {
-            await recordDryRun(feature.feature, change, verdict.explanation, by: "controller", at: time)
-            report.recommended = true
-            return report
-        }
-        // 7. Compare-and-set: written only if rollout_percent, paused, enabled (and for a
-        // promotion the guard) are as read, and only while this run still holds the lock. A
-        // rollback sets the guard, is counted, and at the flap limit pauses, in the same step.
-        let guardValue = GuardLock.value(origin: .rollback, time: time, reason: "after \(change): \(verdict.explanation)")
-        let flapReason = "flap protection: \(feature.maxRollbacksPerHour) rollbacks within an hour (the last \(change)); look before resuming"
-        let guarded = isRollback && feature.guardWindow > .zero
-        let reason = verdict.explanation + (guarded ? "; guard locked for \(formatDuration(feature.guardWindow))" : "")
-        let records = [
-            AuditRecord(time: time, feature: feature.feature, change: change, reason: reason, by: "controller", run: owner),
-            AuditRecord(time: time, feature: feature.feature, change: "paused", reason: flapReason, by: "controller", run: owner),
-            guardReleaseRecord(feature, at: time),
-        ]
-        let outcome: RedisValue
-        let deadline = serverTime.writeDeadline()
+    /// 8. Records a percent the controller did not write (redis/acknowledge_percent.lua); the
+    /// hold when it was not recorded.
+    private func acknowledge(_ acknowledgement: Plan.Acknowledgement, of feature: FeatureName, read: FeatureRead, at time: Timestamp) async -> Hold? {
+        let keys = FeatureKeys(feature)
+        let record = AuditRecord(time: time, feature: feature, change: acknowledgement.change, reason: acknowledgement.reason, by: acknowledgement.by, run: owner)
+        let deadline = read.serverTime.writeDeadline()
         do {
-            outcome = try await redis.evaluate(
-                Scripts.applyChange,
-                keys: [
-                    keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, keys.lock,
-                    keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince, AuditTrail.streamKey,
-                ],
+            let acknowledged = try await redis.evaluate(
+                Scripts.acknowledgePercent,
+                keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince, AuditTrail.streamKey],
                 arguments: [
-                    expected.percent, expected.paused, expected.enabled, target.description, time.description, owner,
-                    isRollback ? "rollback" : "promote", verdict.releaseGuard ? observation.guardLock?.value ?? "" : "",
-                    verdict.newLastGood?.description ?? "", String(time.microsecondsSinceEpoch / 1000),
-                    String(time.microsecondsSinceEpoch / 1000 - 3_600_000), String(feature.guardWindow.wholeMilliseconds), guardValue,
-                    String(feature.maxRollbacksPerHour), flapReason, String(deadline.serverMilliseconds), String(AuditTrail.maxLength),
-                ] + records.flatMap(\.scriptArguments), waitingUntil: deadline.waitUntil)
+                    read.preconditions.percent, acknowledgement.known?.description ?? "", time.description, String(deadline.serverMilliseconds),
+                    String(AuditTrail.maxLength),
+                ] + record.scriptArguments, waitingUntil: deadline.waitUntil)
+            if let refusal = ScriptRefusal(acknowledged) { return Hold(refusal) }
+            guard acknowledged == .integer(1) else {
+                return Hold(.concurrentChange, "rollout_percent changed again (or another controller adopted the feature) while the controller looked at it")
+            }
+            return nil
+        } catch {
+            return Hold(.redisError, "Redis: \(error)")
+        }
+    }
+
+    /// 7. The change under compare-and-set (redis/apply_change.lua): written only if
+    /// rollout_percent, paused, enabled and the guard are as read, and only while this run still
+    /// holds the lock; the hold when it was not written.
+    private func applyChange(_ change: Plan.Change, of feature: FeaturePolicy, read: FeatureRead) async -> Hold? {
+        let keys = FeatureKeys(feature.feature)
+        let deadline = read.serverTime.writeDeadline()
+        // The change's record, then the guard's release or the flap pause, in the order they happen.
+        func record(_ what: String, _ reason: String) -> AuditRecord {
+            AuditRecord(time: change.time, feature: feature.feature, change: what, reason: reason, by: "controller", run: owner)
+        }
+        var records = [record(change.change, change.reason)]
+        if change.guardWrite == .release { records.append(guardReleaseRecord(feature, at: change.time)) }
+        if let reason = change.flapPause { records.append(record("paused", reason)) }
+        let script = ChangeScript(
+            keys: keys, preconditions: read.preconditions, owner: owner, deadlineServerMilliseconds: deadline.serverMilliseconds, change: change,
+            records: records)
+        let outcome: ChangeScript.Outcome
+        do {
+            outcome = try await script.run(on: redis, waitingUntil: deadline.waitUntil)
         } catch where error.code == .serverError {
-            // Redis refused the script (an ACL without XADD, out of memory): its first write is
-            // the audit record, so a refusal writes nothing.
-            return report.held(.redisError, "Redis refused the change: \(error); nothing was written")
+            // Redis refused the script (an ACL without XADD, out of memory): its first writes are
+            // the audit records, so a refusal writes nothing.
+            return Hold(.redisError, "Redis refused the change: \(error); nothing was written")
         } catch {
             // A timeout or a broken connection after the script was sent: it may have run before
             // its deadline (then its audit record is in the stream, and the log catches up from
             // it), never after. Look, so the report says what happened.
-            let confirmed = try? await redis.pipeline([
-                RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent), RedisCommand("GET", keys.paused),
-            ])
-            let values = confirmed?.map(\.string) ?? []
-            guard values.count == 3, values[0] == target.description, values[1] == target.description,
-                target.description != expected.percent
-            else {
-                return report.held(.redisError, "Redis: \(error); the change was not confirmed")
+            let confirmed = try? await redis.pipeline([RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent)])
+            let target = change.to.description
+            guard confirmed?.map(\.string) == [target, target], target != read.preconditions.percent else {
+                return Hold(.redisError, "Redis: \(error); the change was not confirmed")
             }
             logger.warning(
                 "Redis failed after the change was sent; it was applied (confirmed by reading it back)",
                 metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
-            // Paused by this very script when it was not before: flap protection.
-            let pausedNow = isRollback && values[2] == "true" && expected.paused != "true"
-            outcome = .integer(pausedNow ? 2 : 1)
+            outcome = .applied
         }
-        if let refusal = ScriptRefusal(outcome) {
-            verdict.action = .hold
-            report.verdict = verdict
-            return report.refused(refusal)
+        switch outcome {
+        case .applied: return nil
+        case .refused(let refusal): return Hold(refusal)
+        case .lockLost: return Hold(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written")
+        case .concurrentChange: return Hold(.concurrentChange, "a person changed the feature (or its guard) during the run; their change wins")
         }
-        if outcome == .integer(-1) {
-            verdict.action = .hold
-            report.verdict = verdict
-            return report.held(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written")
-        }
-        guard outcome == .integer(1) || outcome == .integer(2) else {
-            verdict.action = .hold
-            report.verdict = verdict
-            return report.held(.concurrentChange, "a person changed the feature (or its guard) during the run; their change wins")
-        }
-        report.applied = true
-        logger.notice(
-            "Feature \(isRollback ? "rolled back" : "promoted")",
-            metadata: ["feature.name": "\(feature.feature)", "rollout.change": "\(change)", "rollout.reason": "\(verdict.explanation)"])
-        if isRollback {
-            if guarded { report.guardEvent = .locked }
-            if outcome == .integer(2) {
-                report.pausedByFlapProtection = true
-                logger.error("Feature paused by flap protection", metadata: ["feature.name": "\(feature.feature)", "rollout.reason": "\(flapReason)"])
-            }
-        } else if verdict.releaseGuard {
-            guardReleased(&report)
-        }
-        return report
     }
 
     /// What a run that changes nothing still records (redis/record_evaluation.lua, only while
     /// the run holds the lock and rollout_percent is as read): each check's streak, since when the
-    /// feature is healthy, its last known good percent; then the guard's early release.
-    /// A key of the wrong type is returned as a refusal (the feature holds with corrupt_state).
+    /// feature is healthy, its last known good percent; then the guard's early release (true
+    /// when released). A key of the wrong type holds the feature with corrupt_state.
     private func keepBooks(
-        _ feature: FeaturePolicy, keys: FeatureKeys, expectedPercent: String, observation: Observation, verdict: Verdict, at time: Timestamp,
-        deadline: RedisServerTime.WriteDeadline, report: inout FeatureReport
-    ) async -> ScriptRefusal? {
-        let streaks = verdict.streaks.filter { $0.value > 0 }.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }
+        _ bookkeeping: Plan.Bookkeeping, of feature: FeaturePolicy, read: FeatureRead, at time: Timestamp
+    ) async -> Result<Bool, Hold> {
+        let keys = FeatureKeys(feature.feature)
+        let deadline = read.serverTime.writeDeadline()
+        let streaks = bookkeeping.streaks.sorted { $0.key < $1.key }.flatMap { [$0.key, String($0.value)] }
         do {
             let recorded = try await redis.evaluate(
                 Scripts.recordEvaluation, keys: [keys.lock, keys.rolloutPercent, keys.streaks, keys.healthySince, keys.lastGood],
-                arguments: [owner, expectedPercent, verdict.healthy ? "1" : "0", time.description, verdict.newLastGood?.description ?? "", String(deadline.serverMilliseconds)]
-                    + streaks, waitingUntil: deadline.waitUntil)
-            if let refusal = ScriptRefusal(recorded), case .wrongType = refusal { return refusal }
-            guard recorded == .integer(1) else { return nil }  // the lock or the percent moved, or too late: the next run looks again
-            if verdict.releaseGuard, let lock = observation.guardLock {
+                arguments: [
+                    owner, read.preconditions.percent, bookkeeping.healthy ? "1" : "0", time.description, bookkeeping.lastGood?.description ?? "",
+                    String(deadline.serverMilliseconds),
+                ] + streaks, waitingUntil: deadline.waitUntil)
+            if let refusal = ScriptRefusal(recorded), case .wrongType = refusal { return .failure(Hold(refusal)) }
+            guard recorded == .integer(1) else { return .success(false) }  // the lock or the percent moved, or too late: the next run looks again
+            if let guardValue = bookkeeping.releaseGuard {
                 let released = try await redis.evaluate(
                     Scripts.releaseGuard, keys: [keys.guardLock, AuditTrail.streamKey],
-                    arguments: [lock.value, String(deadline.serverMilliseconds), String(AuditTrail.maxLength)] + guardReleaseRecord(feature, at: time).scriptArguments,
+                    arguments: [guardValue, String(deadline.serverMilliseconds), String(AuditTrail.maxLength)] + guardReleaseRecord(feature, at: time).scriptArguments,
                     waitingUntil: deadline.waitUntil)
-                if released == .integer(1) { guardReleased(&report) }
+                return .success(released == .integer(1))
             }
         } catch {
             // Bookkeeping only: the next run recomputes it. The decision stands.
             logger.warning("Cannot record the run's bookkeeping", metadata: ["feature.name": "\(feature.feature)", "error": "\(error)"])
         }
-        return nil
+        return .success(false)
+    }
+
+    /// The feature's report once `plan` is applied (or not): what it did, and its log lines.
+    private func report(_ applied: Applied, of plan: Plan, feature: FeatureName, into report: FeatureReport) -> FeatureReport {
+        var report = report
+        report.verdict = plan.verdict
+        if applied.changeRefused { report.verdict?.action = .hold }
+        if applied.acknowledged, let acknowledgement = plan.acknowledgement {
+            if acknowledgement.known != nil { report.manualChange = acknowledgement.change } else { report.adopted = true }
+        }
+        if applied.guardReleased {
+            report.guardEvent = .released
+            report.guardLock = nil
+        }
+        if let hold = applied.stopped { return report.held(hold) }
+        guard case .change(let change) = plan.writes else { return report.held(plan.holdReason ?? .noData, plan.explanation) }
+        guard !policy.dryRun else {
+            report.recommended = true
+            return report
+        }
+        report.applied = true
+        logger.notice(
+            "Feature \(change.direction == .rollback ? "rolled back" : "promoted")",
+            metadata: ["feature.name": "\(feature)", "rollout.change": "\(change.change)", "rollout.reason": "\(plan.explanation)"])
+        if change.leavesGuard { report.guardEvent = .locked }
+        if let reason = change.flapPause {
+            report.pausedByFlapProtection = true
+            logger.error("Feature paused by flap protection", metadata: ["feature.name": "\(feature)", "rollout.reason": "\(reason)"])
+        }
+        return report
     }
 
     /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
@@ -437,22 +407,6 @@ public struct Controller: Sendable {
             }
         }
         return (values, failures.sorted())
-    }
-
-    private func streaks(from reply: RedisValue) -> [String: Int] {
-        let items = reply.array?.compactMap(\.string) ?? []
-        var streaks: [String: Int] = [:]
-        for index in stride(from: 0, to: items.count - 1, by: 2) {
-            if let count = Int(items[index + 1]), count > 0 { streaks[items[index]] = count }
-        }
-        return streaks
-    }
-
-    /// The controller released its guard early: reported the same way from both paths (the
-    /// scripts recorded it).
-    private func guardReleased(_ report: inout FeatureReport) {
-        report.guardEvent = .released
-        report.guardLock = nil
     }
 
     /// The audit record of the guard's early release, the same from both paths.

@@ -24,6 +24,12 @@ public struct Observation: Sendable, Hashable {
     public var lastGood: RolloutPercent?
     /// Why the controller paused the feature, if it did (`flags:<f>:paused_reason`).
     public var pausedReason: String?
+    /// When each rollback still in `flags:<f>:rollbacks` happened (flap protection counts those
+    /// of the last hour).
+    public var rollbacks: [Timestamp] = []
+
+    /// A person's switches (paused, the kill switch) settle the decision alone: no query is sent.
+    public var needsQueries: Bool { !state.paused && state.enabled }
 
     /// An observation.
     public init(state: FeatureState, controllerPercent: RolloutPercent?, checkValues: [String: Double?], requests: Double?? = .none) {
@@ -142,9 +148,9 @@ public struct Verdict: Sendable, Hashable {
     }
 }
 
-/// The decision table of docs/controller.md, as a pure function: no I/O, the clock passed in.
-/// Corrupt state and unreachable servers are handled before it is called.
-public func decide(policy: FeaturePolicy, observation: Observation, now: Timestamp) -> Verdict {
+/// The verdict alone (rows 2 to 10 of docs/controller.md's decision table); ``decide(policy:observation:now:promotions:)``
+/// adds what it writes.
+func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) -> Verdict {
     let state = observation.state
     let current = state.rolloutPercent
     let manual = observation.controllerPercent.map { $0 != current } ?? false

@@ -56,13 +56,7 @@ public struct FeatureReport: Sendable {
         return copy
     }
 
-    /// Held because a script refused: too late (nothing written), or a key of the wrong type.
-    func refused(_ refusal: ScriptRefusal) -> FeatureReport {
-        switch refusal {
-        case .tooLate: return held(.redisError, "Redis: \(refusal.message)")
-        case .wrongType: return held(.corruptState, refusal.message)
-        }
-    }
+    func held(_ hold: Hold) -> FeatureReport { held(hold.reason, hold.explanation) }
 
     /// promote, rollback or hold: what happened (a recommendation in a dry run).
     public var result: String {

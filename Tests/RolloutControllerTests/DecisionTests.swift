@@ -50,6 +50,59 @@ struct DecisionTests {
         #expect(verdict.holdReason == .disabled)
     }
 
+    @Test(arguments: [(true, true), (false, false), (true, false)])
+    func aPersonsSwitchWritesNothingAndAsksNoQuery(paused: Bool, enabled: Bool) throws {
+        // Even a person's percent change is left unrecorded until the switch is off.
+        let seen = observation(paused: paused, enabled: enabled, controller: "50", errorRate: nil, latency: nil, requests: .none)
+        #expect(!seen.needsQueries)
+        let plan = decide(policy: try policy(), observation: seen, now: t0)
+        #expect(plan.writes == .none && plan.acknowledgement == nil)
+        #expect(plan.holdReason == (paused ? .paused : .disabled))
+        #expect(observation().needsQueries)
+    }
+
+    @Test func watchModeHoldsAPromotionButRecordsItsBookkeeping() throws {
+        let plan = decide(policy: try policy(), observation: observation(), now: t0, promotions: false)
+        #expect(plan.action == .hold && plan.holdReason == .watching)
+        #expect(plan.explanation == "healthy; watch mode applies rollback checks only, promotions are the controller's")
+        #expect(plan.writes == .bookkeeping(.init(streaks: [:], healthy: true, lastGood: nil, releaseGuard: nil)))
+        let rollback = decide(policy: try policy(), observation: observation(percent: "50", errorRate: 0.05), now: t0, promotions: false)
+        #expect(rollback.action == .rollback(to: percent("10")))
+        guard case .change(let change) = rollback.writes else {
+            Issue.record("watch mode did not roll back: \(rollback.writes)")
+            return
+        }
+        #expect(change.direction == .rollback && change.from == percent("50") && change.to == percent("10") && change.time == t0)
+    }
+
+    @Test func aPromotionWritesTheNextStepAtTheDecisionTime() throws {
+        let plan = decide(policy: try policy(), observation: observation(), now: t0)
+        guard case .change(let change) = plan.writes else {
+            Issue.record("no change: \(plan.writes)")
+            return
+        }
+        #expect(change.direction == .promote && change.change == "10% -> 50%" && change.time == t0 && plan.time == t0)
+        #expect(change.reason == plan.explanation)
+        #expect(change.guardWrite == .none && change.lastGood == nil && change.flapPause == nil && change.rollbackRecord == nil)
+        #expect(plan.acknowledgement == nil)
+    }
+
+    @Test func aPersonsChangeAndFirstSightAreAcknowledgedOnce() throws {
+        let manual = decide(policy: try policy(), observation: observation(percent: "25", controller: "10"), now: t0)
+        #expect(manual.acknowledgement == Plan.Acknowledgement(known: percent("10"), current: percent("25")))
+        #expect(manual.acknowledgement?.change == "10% -> 25%" && manual.acknowledgement?.by == "manual (detected)")
+        #expect(manual.holdReason == .dwell)
+        let first = decide(policy: try policy(), observation: observation(percent: "50", controller: ""), now: t0)
+        #expect(first.acknowledgement == Plan.Acknowledgement(known: nil, current: percent("50")))
+        #expect(first.acknowledgement?.change == "adopted at 50%" && first.acknowledgement?.by == "controller")
+        #expect(first.holdReason == .adopted)
+        // A rollback at first sight: acknowledged, then rolled back.
+        let burning = decide(policy: try policy(), observation: observation(percent: "50", controller: "", errorRate: 0.05), now: t0)
+        #expect(burning.acknowledgement != nil)
+        #expect(burning.action == .rollback(to: percent("10")))
+        #expect(decide(policy: try policy(), observation: observation(), now: t0).acknowledgement == nil)
+    }
+
     @Test func rollbackDoesNotWaitForDwell() throws {
         let verdict = decide(policy: try policy(), observation: observation(percent: "50", lastPercent: "10", changedMinutesAgo: 1, errorRate: 0.05), now: t0)
         #expect(verdict.action == .rollback(to: percent("10")))

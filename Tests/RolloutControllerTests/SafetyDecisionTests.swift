@@ -198,4 +198,106 @@ struct SafetyDecisionTests {
         #expect(verdict.holdReason == .paused)
         #expect(verdict.explanation.contains("flap protection"))
     }
+
+    /// The change a plan writes; fails the test when it writes none.
+    private func change(_ plan: Plan) throws -> Plan.Change {
+        guard case .change(let change) = plan.writes else {
+            Issue.record("expected a change, the plan writes \(plan.writes)")
+            throw PlanWritesNoChange()
+        }
+        return change
+    }
+
+    private struct PlanWritesNoChange: Error {}
+
+    @Test(arguments: [(0, 2, false), (1, 1, false), (2, 0, true), (2, 5, true), (3, 0, true)])
+    func theNthRollbackWithinAnHourPausesTheFeature(recent: Int, older: Int, pauses: Bool) throws {
+        // max_rollbacks_per_hour 3 (the default): this rollback is the third of the last hour.
+        var seen = observation(at: "50", latency: 0.9)
+        seen.rollbacks =
+            (0..<recent).map { now.advanced(by: .seconds(-60 * Int64($0 + 1))) }
+            + (0..<older).map { now.advanced(by: .seconds(-3601 - 60 * Int64($0))) }
+        let rollback = try change(decide(policy: try policy(), observation: seen, now: now))
+        #expect(rollback.direction == .rollback)
+        #expect(rollback.rollbackRecord?.at == now)
+        #expect(rollback.rollbackRecord?.forgetBefore == now.advanced(by: .seconds(-3600)))
+        #expect(
+            rollback.flapPause == (pauses ? "flap protection: 3 rollbacks within an hour (the last 50% -> 10%); look before resuming" : nil),
+            "\(recent) recent, \(older) older")
+    }
+
+    @Test func aRollbackExactlyAnHourAfterAnotherStillCountsIt() throws {
+        var seen = observation(at: "50", latency: 0.9)
+        seen.rollbacks = [now.advanced(by: .seconds(-3600)), now.advanced(by: .seconds(-10))]
+        #expect(try change(decide(policy: try policy(), observation: seen, now: now)).flapPause != nil)
+        seen.rollbacks[0] = now.advanced(by: .milliseconds(-3_600_001))
+        #expect(try change(decide(policy: try policy(), observation: seen, now: now)).flapPause == nil)
+    }
+
+    @Test func flapProtectionOffNeverPauses() throws {
+        var seen = observation(at: "50", latency: 0.9)
+        seen.rollbacks = Array(repeating: now, count: 10)
+        #expect(try change(decide(policy: try policy(extra: "max_rollbacks_per_hour: 0"), observation: seen, now: now)).flapPause == nil)
+        #expect(try change(decide(policy: try policy(extra: "max_rollbacks_per_hour: 1"), observation: observation(at: "50", latency: 0.9), now: now)).flapPause != nil)
+    }
+
+    @Test(arguments: [
+        (Duration?.some(.seconds(60)), true, "a shorter guard is extended to the window"),
+        (.some(.seconds(899)), true, "one just under the window too"),
+        (.some(.seconds(900)), false, "one as long is kept"),
+        (.some(.seconds(7200)), false, "a longer one is kept"),
+        (nil, false, "one with no expiry is kept"),
+    ])
+    func aRollbackSetsItsGuardUnlessALongerOneIsThere(remaining: Duration?, sets: Bool, what: String) throws {
+        var seen = observation(at: "50", latency: 0.9)
+        seen.guardLock = GuardLock(value: GuardLock.value(origin: .operator, time: now, reason: "deploy"), remaining: remaining)
+        let plan = decide(policy: try policy(), observation: seen, now: now)
+        let rollback = try change(plan)
+        let guardValue = "rollback 2026-11-25T12:00:00.000000+00:00 after 50% -> 10%: \(plan.explanation)"
+        #expect(rollback.guardWrite == (sets ? .set(value: guardValue, window: .seconds(900)) : .keep), "\(what)")
+        #expect(rollback.leavesGuard)
+        #expect(rollback.reason.hasSuffix("; guard locked for 15m"))
+    }
+
+    @Test func aRollbackWithoutAGuardLocksOneAndNoWindowLocksNone() throws {
+        let rollback = try change(decide(policy: try policy(), observation: observation(at: "50", latency: 0.9), now: now))
+        guard case .set(let value, let window) = rollback.guardWrite else {
+            Issue.record("no guard set: \(rollback.guardWrite)")
+            return
+        }
+        #expect(value.hasPrefix("rollback 2026-11-25T12:00:00.000000+00:00 after 50% -> 10%: rollback: latency=0.9 violated"))
+        #expect(window == .seconds(900))
+        let unguarded = try change(decide(policy: try policy(extra: "guard_window: 0s"), observation: observation(at: "50", latency: 0.9), now: now))
+        #expect(unguarded.guardWrite == .none && !unguarded.leavesGuard)
+        #expect(!unguarded.reason.contains("guard"))
+    }
+
+    @Test func aPromotionReleasesTheGuardItRead() throws {
+        var seen = observation()
+        seen.guardLock = GuardLock(value: GuardLock.value(origin: .rollback, time: now, reason: "after 50% -> 10%"), remaining: .seconds(60))
+        seen.healthySince = now.advanced(by: .seconds(-10 * 60))
+        let promotion = try change(decide(policy: try policy(), observation: seen, now: now))
+        #expect(promotion.direction == .promote && promotion.to == percent("50"))
+        #expect(promotion.guardWrite == .release && !promotion.leavesGuard)
+        #expect(promotion.rollbackRecord == nil && promotion.flapPause == nil)
+        #expect(try change(decide(policy: try policy(), observation: observation(), now: now)).guardWrite == .none)
+    }
+
+    @Test(arguments: [("50", "10"), ("100", "10"), ("10", nil), ("5", nil), (nil, nil)] as [(String?, String?)])
+    func aRollbackLowersLastGoodToItsTarget(lastGood: String?, recorded: String?) throws {
+        var seen = observation(at: "50", latency: 0.9)
+        seen.lastGood = lastGood.map(percent)
+        #expect(try change(decide(policy: try policy(), observation: seen, now: now)).lastGood == recorded.map(percent))
+    }
+
+    @Test func aHoldRecordsItsBookkeeping() throws {
+        var seen = observation(at: "100", changedMinutesAgo: 16)
+        seen.healthySince = now.advanced(by: .seconds(-16 * 60))
+        seen.guardLock = GuardLock(value: GuardLock.value(origin: .rollback, time: now, reason: "x"), remaining: .seconds(60))
+        let plan = decide(policy: try policy(), observation: seen, now: now)
+        #expect(plan.holdReason == .atLastStep)
+        #expect(plan.writes == .bookkeeping(.init(streaks: [:], healthy: true, lastGood: percent("100"), releaseGuard: seen.guardLock?.value)))
+        let pending = decide(policy: try policy(consecutive: 2), observation: observation(at: "50", latency: 0.9), now: now)
+        #expect(pending.writes == .bookkeeping(.init(streaks: ["latency": 1], healthy: false, lastGood: nil, releaseGuard: nil)))
+    }
 }

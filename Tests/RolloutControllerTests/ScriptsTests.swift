@@ -1,5 +1,6 @@
 import RolloutAdmin
 import RolloutAudit
+import RolloutController
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
@@ -14,22 +15,26 @@ let farFuture: Int64 = 9_999_999_999_999
 struct CompareAndSetTests {
     let keys = FeatureKeys("google")
 
+    /// 2025-10-08T15:30:00Z, the time of every change below unless a test moves it.
+    static let time = Timestamp(microsecondsSinceEpoch: 1_759_937_400_000_000)
+
+    /// Applies a plan's change as the controller does: `rollback` with the guard set for 15m
+    /// unless `guardWrite` says otherwise, a promotion releasing `expectedGuard` when there is one.
     func apply(
         _ redis: RedisClient, expected: (String, String, String), to percent: String, owner: String = "me", rollback: Bool = false,
-        expectedGuard: String = "", lastGood: String = "", nowMilliseconds: Int64 = 1_000_000_000, flapLimit: Int = 3,
-        deadline: Int64 = farFuture
-    ) async throws -> RedisValue {
-        try await redis.evaluate(
-            Scripts.applyChange,
-            keys: [
-                keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, "flags:google:lock",
-                keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince, AuditTrail.streamKey,
-            ],
-            arguments: [
-                expected.0, expected.1, expected.2, percent, "2025-10-08T15:30:00.000000+00:00", owner, rollback ? "rollback" : "promote",
-                expectedGuard, lastGood, String(nowMilliseconds), String(nowMilliseconds - 3_600_000), "900000", "rollback guard value",
-                String(flapLimit), "flap protection: too many rollbacks", String(deadline), "1000",
-            ] + [record("\(expected.0)% -> \(percent)%"), record("paused"), record("guard released")].flatMap(\.scriptArguments))
+        expectedGuard: String = "", guardWrite: Plan.Change.GuardWrite? = nil, lastGood: String? = nil, at time: Timestamp = time,
+        pause: Bool = false, deadline: Int64 = farFuture
+    ) async throws -> ChangeScript.Outcome {
+        let from = RolloutPercent(parsing: expected.0) ?? .zero, to = RolloutPercent(parsing: percent) ?? .zero
+        let guardWrite = guardWrite ?? (rollback ? .set(value: "rollback guard value", window: .seconds(900)) : expectedGuard.isEmpty ? .none : .release)
+        let change = Plan.Change(
+            direction: rollback ? .rollback : .promote, from: from, to: to, reason: "test", guardWrite: guardWrite,
+            lastGood: lastGood.flatMap { RolloutPercent(parsing: $0) }, time: time, flapPause: pause ? "flap protection: too many rollbacks" : nil)
+        let records = [record(change.change)] + (guardWrite == .release ? [record("guard released")] : []) + (pause ? [record("paused")] : [])
+        let script = ChangeScript(
+            keys: keys, preconditions: .init(percent: expected.0, paused: expected.1, enabled: expected.2, guardValue: expectedGuard), owner: owner,
+            deadlineServerMilliseconds: deadline, change: change, records: records)
+        return try await script.run(on: redis)
     }
 
     func record(_ change: String) -> AuditRecord {
@@ -55,7 +60,7 @@ struct CompareAndSetTests {
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
         try await lock(redis)
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(1))
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .applied)
         let values = try await redis.send(RedisCommand("MGET", [keys.rolloutPercent, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent]))
         #expect(values.array?.map(\.string) == ["50", "10", "2025-10-08T15:30:00.000000+00:00", "50"])
     }
@@ -64,17 +69,21 @@ struct CompareAndSetTests {
         (RedisCommand("SET", "flags:google:rollout_percent", "25"), "a person set another percent"),
         (RedisCommand("SET", "flags:google:paused", "true"), "a person paused"),
         (RedisCommand("SET", "flags:google:enabled", "false"), "a person hit the kill switch"),
+        (RedisCommand("SET", "flags:google:guard", "operator 2025-10-08T15:00:00Z deploy", "PX", "60000"), "a person locked the guard"),
     ])
     func aPersonsChangeDuringTheRunWins(change: RedisCommand, what: String) async throws {
-        let server = try await RedisServer.start()
-        let redis = RedisClient(url: server.url())
-        defer { redis.close() }
-        _ = try await redis.send("SET", keys.rolloutPercent, "10")
-        try await lock(redis)
-        _ = try await redis.send(change)  // between the controller's read and its write
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(0), "\(what)")
-        #expect(try await redis.send("EXISTS", keys.lastChangeTime, keys.controllerPercent, keys.lastPercent) == .integer(0))
-        #expect(try await redis.send("GET", keys.rolloutPercent).string != "50")
+        for rollback in [false, true] {
+            let server = try await RedisServer.start()
+            let redis = RedisClient(url: server.url())
+            defer { redis.close() }
+            _ = try await redis.send("SET", keys.rolloutPercent, "10")
+            try await lock(redis)
+            _ = try await redis.send(change)  // between the controller's read and its write
+            let outcome = try await apply(redis, expected: ("10", "", ""), to: rollback ? "0" : "50", rollback: rollback)
+            #expect(outcome == .concurrentChange, "\(what), rollback \(rollback)")
+            #expect(try await redis.send("EXISTS", keys.lastChangeTime, keys.controllerPercent, keys.lastPercent, keys.rollbacks) == .integer(0))
+            #expect(try await redis.send("GET", keys.rolloutPercent).string != (rollback ? "0" : "50"))
+        }
     }
 
     @Test func nothingIsWrittenOnceTheLockIsLost() async throws {
@@ -82,9 +91,9 @@ struct CompareAndSetTests {
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(-1))  // expired: no lock at all
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .lockLost)  // expired: no lock at all
         try await lock(redis, owner: "another controller")
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(-1))
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .lockLost)
         #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
         #expect(try await redis.send("EXISTS", keys.controllerPercent) == .integer(0))
     }
@@ -98,31 +107,31 @@ struct CompareAndSetTests {
             RedisCommand("SET", keys.healthySince, "2025-10-08T15:00:00Z"),
         ])
         try await lock(redis)
-        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .integer(1))
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, lastGood: "10") == .applied)
         #expect(try await redis.send("GET", keys.guardLock).string == "rollback guard value")
         let ttl = try await redis.send("PTTL", keys.guardLock)
         #expect(ttl.integer.map { $0 > 890_000 && $0 <= 900_000 } == true)
         #expect(try await redis.send("GET", keys.lastGood).string == "10")
-        #expect(try await redis.send("ZCARD", keys.rollbacks) == .integer(1))
+        #expect(try await redis.send("ZRANGE", keys.rollbacks, "0", "-1", "WITHSCORES").array?.compactMap(\.string) == ["1759937400000 me", "1759937400000"])
         #expect(try await redis.send("PTTL", keys.rollbacks).integer.map { $0 > 3_500_000 } == true)
         #expect(try await redis.send("EXISTS", keys.streaks, keys.healthySince, keys.pausedReason) == .integer(0))
         #expect(try await redis.send("GET", keys.paused).isNull)
     }
 
-    @Test func aRollbackKeepsALongerOperatorGuard() async throws {
+    @Test func aRollbackThatKeepsTheGuardLeavesItAsItIs() async throws {
         let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         try await lock(redis)
+        let operatorGuard = "operator 2025-10-08T15:00:00Z deploy"
         _ = try await redis.send("SET", keys.rolloutPercent, "50")
-        _ = try await redis.send("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z deploy", "PX", "7200000")
-        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .integer(1))
-        #expect(try await redis.send("GET", keys.guardLock).string == "operator 2025-10-08T15:00:00Z deploy")
+        _ = try await redis.send("SET", keys.guardLock, operatorGuard, "PX", "7200000")
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, expectedGuard: operatorGuard, guardWrite: .keep) == .applied)
+        #expect(try await redis.send("GET", keys.guardLock).string == operatorGuard)
         #expect(try await redis.send("PTTL", keys.guardLock).integer.map { $0 > 7_000_000 } == true)
-        // A shorter one is replaced by the rollback's window.
-        _ = try await redis.send("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z short", "PX", "60000")
+        // The plan's own guard replaces the one it read.
         _ = try await redis.send("SET", keys.rolloutPercent, "50")
-        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, nowMilliseconds: 1_000_001_000) == .integer(1))
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, expectedGuard: operatorGuard) == .applied)
         #expect(try await redis.send("GET", keys.guardLock).string == "rollback guard value")
     }
 
@@ -132,9 +141,9 @@ struct CompareAndSetTests {
         defer { redis.close() }
         try await lock(redis)
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(1))
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .applied)
         #expect(try await redis.send("GET", keys.healthySince).string == "2025-10-08T15:30:00.000000+00:00")
-        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .integer(1))
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true) == .applied)
         #expect(try await redis.send("EXISTS", keys.healthySince) == .integer(0))
     }
 
@@ -162,21 +171,26 @@ struct CompareAndSetTests {
         #expect(try await redis.send("EXISTS", keys.healthySince) == .integer(0))  // unhealthy run
     }
 
-    @Test func theThirdRollbackWithinAnHourPausesButIsStillApplied() async throws {
+    @Test func aRollbackForgetsThoseOlderThanAnHourAndItsPauseIsWrittenWithIt() async throws {
         let server = try await RedisServer.start()
         let redis = RedisClient(url: server.url())
         defer { redis.close() }
         try await lock(redis)
-        // One rollback two hours ago is forgotten; two within the hour count.
-        _ = try await redis.send("ZADD", keys.rollbacks, String(1_000_000_000 - 7_200_000), "old")
-        _ = try await redis.send("ZADD", keys.rollbacks, String(1_000_000_000 - 600_000), "recent")
+        let now = Self.time.microsecondsSinceEpoch / 1000
+        _ = try await redis.send("ZADD", keys.rollbacks, String(now - 7_200_000), "old")
+        _ = try await redis.send("ZADD", keys.rollbacks, String(now - 600_000), "recent")
         _ = try await redis.send("SET", keys.rolloutPercent, "100")
-        #expect(try await apply(redis, expected: ("100", "", ""), to: "50", rollback: true) == .integer(1))
-        #expect(try await redis.send("ZCARD", keys.rollbacks) == .integer(2))
-        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, nowMilliseconds: 1_000_060_000) == .integer(2))
+        #expect(try await apply(redis, expected: ("100", "", ""), to: "50", rollback: true) == .applied)
+        #expect(try await redis.send("ZRANGE", keys.rollbacks, "0", "-1").array?.compactMap(\.string) == ["recent", "\(now) me"])
+        #expect(try await redis.send("GET", keys.paused).isNull)
+        let second = try await apply(
+            redis, expected: ("50", "", ""), to: "10", rollback: true, expectedGuard: "rollback guard value", at: Self.time.advanced(by: .seconds(60)),
+            pause: true)
+        #expect(second == .applied)
         #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
         #expect(try await redis.send("GET", keys.paused).string == "true")
         #expect(try await redis.send("GET", keys.pausedReason).string == "flap protection: too many rollbacks")
+        #expect(try await recorded(redis) == ["100% -> 50%", "50% -> 10%", "paused"])
     }
 
     @Test func aPromotionRespectsAGuardSetDuringTheRun() async throws {
@@ -186,10 +200,10 @@ struct CompareAndSetTests {
         try await lock(redis)
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
         _ = try await redis.send("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z deploy", "PX", "60000")
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .integer(0))
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50") == .concurrentChange)
         #expect(try await redis.send("GET", keys.rolloutPercent).string == "10")
         // The controller's own guard, released by this promotion because it read it: applied, and gone.
-        #expect(try await apply(redis, expected: ("10", "", ""), to: "50", expectedGuard: "operator 2025-10-08T15:00:00Z deploy", lastGood: "10") == .integer(1))
+        #expect(try await apply(redis, expected: ("10", "", ""), to: "50", expectedGuard: "operator 2025-10-08T15:00:00Z deploy", lastGood: "10") == .applied)
         #expect(try await redis.send("EXISTS", keys.guardLock) == .integer(0))
         #expect(try await redis.send("GET", keys.lastGood).string == "10")
     }
@@ -265,8 +279,8 @@ struct ScriptRefusalTests {
         try await scripts.lock(redis)
         _ = try await redis.send(corrupt)
         let before = try await everything(redis)
-        let reply = try await scripts.apply(redis, expected: ("50", "", ""), to: "10", rollback: true, flapLimit: 1)
-        #expect(ScriptRefusal(reply) == .wrongType(key: key, found: try await redis.send("TYPE", key).string ?? ""))
+        let outcome = try await scripts.apply(redis, expected: ("50", "", ""), to: "10", rollback: true, pause: true)
+        #expect(outcome == .refused(.wrongType(key: key, found: try await redis.send("TYPE", key).string ?? "")))
         #expect(try await everything(redis) == before)
     }
 
@@ -279,10 +293,10 @@ struct ScriptRefusalTests {
         let time = try RedisServerTime(reply: try await redis.send(RedisServerTime.command))
         let before = try await everything(redis)
         // A deadline one second before the server's clock: as if the server had been frozen.
-        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", deadline: time.milliseconds - 1000) == .integer(-2))
+        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", deadline: time.milliseconds - 1000) == .refused(.tooLate))
         #expect(try await everything(redis) == before)
         // The deadline the controller computes lets a prompt server run it.
-        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", deadline: time.writeDeadline().serverMilliseconds) == .integer(1))
+        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", deadline: time.writeDeadline().serverMilliseconds) == .applied)
     }
 
     @Test func everyChangeIsRecordedInTheSameStep() async throws {
@@ -292,12 +306,12 @@ struct ScriptRefusalTests {
         try await scripts.lock(redis)
         _ = try await redis.send("SET", keys.rolloutPercent, "10")
         _ = try await redis.send("SET", keys.guardLock, "rollback earlier", "PX", "60000")
-        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", expectedGuard: "rollback earlier") == .integer(1))
+        #expect(try await scripts.apply(redis, expected: ("10", "", ""), to: "50", expectedGuard: "rollback earlier") == .applied)
         #expect(try await scripts.recorded(redis) == ["10% -> 50%", "guard released"])
-        #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "10", rollback: true, flapLimit: 1) == .integer(2))
+        #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "10", rollback: true, pause: true) == .applied)
         #expect(try await scripts.recorded(redis) == ["10% -> 50%", "guard released", "50% -> 10%", "paused"])
         // A refused change records nothing.
-        #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "100") == .integer(0))
+        #expect(try await scripts.apply(redis, expected: ("50", "", ""), to: "100") == .concurrentChange)
         #expect(try await scripts.recorded(redis).count == 4)
     }
 
@@ -314,5 +328,49 @@ struct ScriptRefusalTests {
         let before = try await everything(admin)
         await #expect(throws: RedisError.self) { try await scripts.apply(old, expected: ("10", "", ""), to: "50") }
         #expect(try await everything(admin) == before)
+    }
+}
+
+/// The controller's read: one pipeline, decoded into an observation in one place.
+@Suite("The controller's read", .tags(.redis), .requiresRedis)
+struct FeatureReadTests {
+    let keys = FeatureKeys("google")
+
+    func read(_ redis: RedisClient) async throws -> Result<FeatureRead, FeatureRead.Failure> {
+        let (replies, arrivedAt) = try await redis.pipelineWithArrival(FeatureRead.commands(keys))
+        return FeatureRead.decode(replies[...], feature: "google", arrivedAt: arrivedAt)
+    }
+
+    @Test func itCarriesWhatThePlanNeedsAndWhatTheCompareAndSetExpects() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.pipeline([
+            RedisCommand("SET", keys.rolloutPercent, "50"), RedisCommand("SET", keys.paused, "false"), RedisCommand("SET", keys.controllerPercent, "50"),
+            RedisCommand("SET", keys.lastGood, "10"), RedisCommand("SET", keys.guardLock, "operator 2025-10-08T15:00:00Z deploy", "PX", "600000"),
+            RedisCommand("ZADD", keys.rollbacks, "1759937400000", "a", "1759937460000", "b", "inf", "written by hand"),
+            RedisCommand("HSET", keys.streaks, "latency", "2", "errors", "0"), RedisCommand("SET", keys.notified, "rollback"),
+        ])
+        let found = try await read(redis).get()
+        #expect(found.preconditions == .init(percent: "50", paused: "false", enabled: "", guardValue: "operator 2025-10-08T15:00:00Z deploy"))
+        #expect(found.observation.rollbacks.map(\.microsecondsSinceEpoch) == [1_759_937_400_000_000, 1_759_937_460_000_000])
+        #expect(found.observation.lastGood == RolloutPercent(parsing: "10"))
+        #expect(found.observation.guardLock?.remaining.map { $0 > .seconds(590) && $0 <= .seconds(600) } == true)
+        #expect(found.observation.streaks == ["latency": 2])
+        #expect(found.observation.controllerPercent == RolloutPercent(parsing: "50"))
+        #expect(found.notifiedCondition == "rollback")
+    }
+
+    @Test func aBookkeepingKeyOfTheWrongTypeIsCorruptAndKeepsTheNotifiedCondition() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        _ = try await redis.pipeline([RedisCommand("SADD", keys.lastGood, "50"), RedisCommand("SET", keys.notified, "corrupt_state")])
+        guard case .failure(let failure) = try await read(redis) else {
+            Issue.record("a set as last_good was read")
+            return
+        }
+        #expect(failure.hold.reason == .corruptState && failure.hold.explanation.contains(keys.lastGood))
+        #expect(failure.notifiedCondition == "corrupt_state")
     }
 }

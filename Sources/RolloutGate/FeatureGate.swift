@@ -199,16 +199,16 @@ public final class FeatureGate: Service, Sendable {
 
     @inline(__always)
     private func decision(_ feature: FeatureName, for subject: Subject, percentOverride: RolloutPercent?, count: Bool) -> Decision {
-        guard feature.isValid else { return invalidName(feature) }
         let freshness = currentFreshness()
         let decided = readSide.read { stripe -> Decision? in
-            published.withCurrent { snapshot in
-                snapshot.withEntry(feature) {
-                    $0.decide(for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
-                }
-            } ?? nil
+            guard let entry = published.withCurrent({ $0.entry(named: feature) }) ?? nil else { return nil }
+            return entry._withUnsafeGuaranteedRef {
+                $0.decide(for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
+            }
         }
         if let decided { return decided }
+        // Validated only when not found: the snapshot holds valid names only.
+        guard feature.isValid else { return invalidName(feature) }
         request(feature)
         return Decision(isOn: false, reason: .noData)
     }
@@ -767,28 +767,23 @@ public final class FeatureGate: Service, Sendable {
 /// Every feature the gate has read, as one immutable value: published whole, never changed.
 final class Snapshot: Sendable {
     let entries: [FeatureName: Entry]
-    // The same entries unretained, for checks: copying a class reference out of a dictionary
-    // retains it, a write to the entry's header that every checking thread would share.
-    // Valid while the snapshot (which owns them through `entries`) is.
-    private let lookup: [FeatureName: UnretainedEntry]
+    // The same entries by name, unretained, for checks (see NameTable): copying a class
+    // reference out of a dictionary retains it, a write to the entry's header that every
+    // checking thread would share. Valid while the snapshot (which owns them through
+    // `entries`) is.
+    private let byName: NameTable<Entry>
 
     init(entries: [FeatureName: Entry]) {
         self.entries = entries
-        lookup = entries.mapValues { UnretainedEntry(reference: Unmanaged.passUnretained($0)) }
+        byName = NameTable(entries)
     }
 
-    /// The entry of `feature`, borrowed for the length of `body`, inside a read.
+    /// The entry of `feature`, unretained: valid inside the read that found this snapshot.
+    /// Nil when the snapshot has none, always for an invalid name.
     @inline(__always)
-    func withEntry<Result>(_ feature: FeatureName, _ body: (Entry) -> Result) -> Result? {
-        guard let entry = lookup[feature] else { return nil }
-        return entry.reference._withUnsafeGuaranteedRef(body)
+    func entry(named feature: FeatureName) -> Unmanaged<Entry>? {
+        byName.object(named: feature.rawValue)
     }
-}
-
-/// An entry reference that copying does not retain.
-struct UnretainedEntry: @unchecked Sendable {
-    // @unchecked: Entry is Sendable; Unmanaged is only not marked so.
-    let reference: Unmanaged<Entry>
 }
 
 /// One feature as the snapshot holds it. Immutable: a check borrows it and reads.
@@ -894,14 +889,16 @@ public struct FeatureHandle: Sendable {
 
     @inline(__always)
     private func decision(for subject: Subject, percentOverride: RolloutPercent?, count: Bool) -> Decision {
-        guard name.isValid else { return gate.invalidName(name) }
         let freshness = gate.currentFreshness()
         let decided = gate.readSide.read { stripe -> Decision? in
             slot.entry.withCurrent {
                 $0.decide(for: subject, freshness: freshness, percentOverride: percentOverride, count: count ? stripe : nil)
             }
         }
-        return decided ?? Decision(isOn: false, reason: .noData)
+        if let decided { return decided }
+        // Validated only when empty: an invalid name's slot is never filled.
+        guard name.isValid else { return gate.invalidName(name) }
+        return Decision(isOn: false, reason: .noData)
     }
 }
 

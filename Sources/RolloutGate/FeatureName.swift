@@ -2,19 +2,26 @@
 /// never reach outside its own `flags:<name>:` keys.
 ///
 /// The throwing initializer refuses a bad name. A string literal cannot throw, so a bad literal
-/// (`"Google"`) makes a name that is marked invalid: the gate answers off for it with reason
+/// (`"Google"`) makes a name that is not ``isValid``: the gate answers off for it with reason
 /// ``Decision/Reason/invalidName`` and never reads or builds a key from it.
 public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertible, ExpressibleByStringLiteral {
     /// The name as written.
     public let rawValue: String
+    // True when the throwing initializer checked the name; false for a literal, checked only
+    // when asked (`isValid`). A check by name never asks when the feature is found: the
+    // snapshot's name table holds only valid names (NameTable), so a literal written in a
+    // service's hot path costs nothing to make. Validity follows from `rawValue` alone, which
+    // is why equality and hashing use only it.
+    @usableFromInline let isCheckedValid: Bool
+
     /// Whether the name follows the rule; false only for a bad string literal.
-    public let isValid: Bool
+    public var isValid: Bool { isCheckedValid || Self.validationError(rawValue) == nil }
 
     /// Validates `text`; the error says what is wrong with it. Allocation-free when valid.
     public init(_ text: String) throws(KeyspaceError) {
         if let error = Self.validationError(text) { throw error }
         rawValue = text
-        isValid = true
+        isCheckedValid = true
     }
 
     /// What is wrong with `text` as a feature name, or nil when it is a valid one.
@@ -54,11 +61,12 @@ public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertib
             "The feature name '\(text)' contains \(shown); only lower-case letters, digits, '_', '.' and '-' are allowed.")
     }
 
-    /// A name written in the code. An invalid literal never traps: it makes a name marked
-    /// invalid, which every check answers off (``Decision/Reason/invalidName``).
+    /// A name written in the code. An invalid literal never traps: it makes a name that is
+    /// not ``isValid``, which every check answers off (``Decision/Reason/invalidName``).
+    @inlinable
     public init(stringLiteral value: String) {
         rawValue = value
-        isValid = Self.validationError(value) == nil
+        isCheckedValid = false
     }
 
     /// The process-level kill switch variable for this feature: `ROLLOUT_<FEATURE>_ENABLED`,
@@ -69,6 +77,10 @@ public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertib
     }
 
     public var description: String { rawValue }
+
+    public static func == (lhs: FeatureName, rhs: FeatureName) -> Bool { lhs.rawValue == rhs.rawValue }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
 
     public static func < (lhs: FeatureName, rhs: FeatureName) -> Bool { lhs.rawValue < rhs.rawValue }
 }

@@ -213,10 +213,12 @@ extension Int64 {
     }
 }
 
-/// A duration as people write it: 4m30s, 1h, 15m.
+/// A duration as people write it: 4m30s, 1h, 15m, and 300ms or 1s250ms below a minute.
 public func formatDuration(_ duration: Duration) -> String {
     var seconds = duration.components.seconds
-    if seconds <= 0 { return "0s" }
+    let milliseconds = duration.components.attoseconds / 1_000_000_000_000_000
+    if seconds <= 0 { return milliseconds > 0 && seconds == 0 ? "\(milliseconds)ms" : "0s" }
+    if seconds < 60 && milliseconds > 0 { return "\(seconds)s\(milliseconds)ms" }
     var text = ""
     for (unit, size) in [("d", Int64(86_400)), ("h", 3600), ("m", 60)] where seconds >= size {
         text += "\(seconds / size)\(unit)"

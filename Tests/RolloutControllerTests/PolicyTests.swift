@@ -70,6 +70,16 @@ struct PolicyTests {
         #expect(parsePolicyDuration(text) == .milliseconds(milliseconds))
     }
 
+    @Test(arguments: [
+        (Duration.milliseconds(300), "300ms"), (.milliseconds(1250), "1s250ms"), (.seconds(90), "1m30s"), (.seconds(3600), "1h"),
+        (.zero, "0s"), (.milliseconds(90_500), "1m30s"),
+    ])
+    func durationsAreWrittenAsPeopleWriteThem(duration: Duration, text: String) {
+        #expect(formatDuration(duration) == text)
+        // What is written below a minute reads back as the same duration.
+        if duration < .seconds(60) { #expect(parsePolicyDuration(text) == duration) }
+    }
+
     @Test(arguments: ["", "15", "15 minutes", "1m1h", "1h1h", "-5m", "1.5h", "m", "10x"])
     func invalidDurations(text: String) {
         #expect(parsePolicyDuration(text) == nil)

@@ -118,6 +118,7 @@ let package = Package(
             name: "RolloutServe",
             dependencies: [
                 "RolloutGate",
+                "CRolloutCrypto",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,6 +1,7 @@
 // SHA256_Init/Update/Final are deprecated in OpenSSL 3.0 but still shipped, and about six
 // times faster than the EVP path for short keys (docs/performance.md): bucketing uses them.
 #define OPENSSL_SUPPRESS_DEPRECATED 1
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <string.h>
 #include "CRolloutCrypto.h"
@@ -73,4 +74,9 @@ void CRolloutCrypto_SSL_CTX_set_nonblocking_modes(SSL_CTX *ctx) {
 
 int CRolloutCrypto_TLS1_2_VERSION(void) {
     return TLS1_2_VERSION;
+}
+
+int CRolloutCrypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len, uint8_t out[32]) {
+    unsigned int out_len = 32;
+    return HMAC(EVP_sha256(), key, (int)key_len, data, len, out, &out_len) != NULL && out_len == 32;
 }

@@ -105,6 +105,7 @@ public final class FeatureGate: Service, Sendable {
     private let fileWrittenAt = Atomic<Int64>(0)
     private let fileUsableUntil = Atomic<Int64>(.max)
     private let fileTried = Atomic<Bool>(false)
+    private let watchers = Mutex<(next: Int, all: [Int: AsyncStream<Void>.Continuation])>((0, [:]))
     private let redisErrors = Counter(label: "rollout_gate_redis_errors_total")
     private let ageGauge = Gauge(label: "rollout_gate_snapshot_age_seconds")
 
@@ -171,9 +172,11 @@ public final class FeatureGate: Service, Sendable {
         publish(fresh, over: currentEntries(), removing: removed)
         readAt.store(clock.nanoseconds(), ordering: .relaxed)
         freshUntil.store(.max, ordering: .relaxed)
+        tellWatchers()
     }
 
     deinit {
+        for continuation in watchers.withLock({ Array($0.all.values) }) { continuation.finish() }
         refresher.withLock { $0?.finish() }
         redis.close()
     }
@@ -274,6 +277,27 @@ public final class FeatureGate: Service, Sendable {
     public var snapshotAge: Duration? {
         let read = readAt.load(ordering: .relaxed)
         return read == 0 ? nil : .nanoseconds(clock.nanoseconds() - read)
+    }
+
+    /// A stream that yields after each refresh that changed some feature's state (or loaded
+    /// the snapshot file), for servers that tell their clients to fetch again (`rollout
+    /// serve`'s change events). Bursts coalesce: a consumer that is behind sees one element
+    /// for many changes. Ends when the consumer stops iterating.
+    public func changes() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let id = watchers.withLock { watchers in
+            defer { watchers.next += 1 }
+            watchers.all[watchers.next] = continuation
+            return watchers.next
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.watchers.withLock { $0.all.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    private func tellWatchers() {
+        for continuation in watchers.withLock({ Array($0.all.values) }) { continuation.yield() }
     }
 
     /// Every feature the gate knows (asked for, discovered, or loaded from the snapshot file),
@@ -546,6 +570,7 @@ public final class FeatureGate: Service, Sendable {
         if !fresh.isEmpty {
             publish(fresh, over: current)
             snapshotWriter?.changed(now: readTime) { fileSnapshot() }
+            tellWatchers()
         }
         report(fresh, against: current)
         guard isFull || readAt.load(ordering: .relaxed) == 0 else { return .success(()) }
@@ -613,6 +638,7 @@ public final class FeatureGate: Service, Sendable {
         work.withLock { $0.known.formUnion(names) }
         publish(fresh, over: currentEntries())
         fileWrittenAt.store(written.microsecondsSinceEpoch, ordering: .relaxed)
+        tellWatchers()
         report(fresh, against: [:])
         metadata["gate.snapshot_written"] = "\(written.secondsDescription)"
         metadata["gate.features"] = "\(names.count)"

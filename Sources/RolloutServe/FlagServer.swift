@@ -14,6 +14,8 @@ public struct FlagServer: Sendable {
     public let gate: FeatureGate
     /// The tokens accepted; nil: no authentication (loopback only, enforced by the caller).
     public let tokens: TokenStore?
+    /// The change-event streams and their URL credentials.
+    let events = ChangeEvents()
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
@@ -27,7 +29,22 @@ public struct FlagServer: Sendable {
     /// token (`Authorization: Bearer` or `X-API-Key`), 403 with one lacking the scope. Neither
     /// has a body.
     func refusal(_ request: Request, needing scope: Scope) -> Response? {
-        guard let tokens else { return nil }
+        if case .refused(let response) = authorize(request, needing: scope) { return response }
+        return nil
+    }
+
+    /// What ``authorize(_:needing:)`` found.
+    enum Authorization {
+        /// Allowed, with the token's name (nil without a tokens file).
+        case allowed(token: String?)
+        /// Refused with this answer.
+        case refused(Response)
+    }
+
+    /// The name of the token `request` carries when it may use a route of `scope` (nil without
+    /// a tokens file), or the refusal: see ``refusal(_:needing:)``.
+    func authorize(_ request: Request, needing scope: Scope) -> Authorization {
+        guard let tokens else { return .allowed(token: nil) }
         var token: String?
         if let authorization = request.headers[.authorization], authorization.lowercased().hasPrefix("bearer ") {
             token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
@@ -35,11 +52,25 @@ public struct FlagServer: Sendable {
             token = key.trimmingCharacters(in: .whitespaces)
         }
         guard let token, !token.isEmpty, let entry = tokens.file.entry(for: token) else {
-            var headers = HTTPFields()
-            headers[.wwwAuthenticate] = "Bearer"
-            return Response(status: .unauthorized, headers: headers)
+            return .refused(Self.unauthorized)
         }
-        return entry.scopes.contains(scope) ? nil : Response(status: .forbidden)
+        return entry.scopes.contains(scope) ? .allowed(token: entry.name) : .refused(Response(status: .forbidden))
+    }
+
+    private static var unauthorized: Response {
+        var headers = HTTPFields()
+        headers[.wwwAuthenticate] = "Bearer"
+        return Response(status: .unauthorized, headers: headers)
+    }
+
+    /// Where a client that got this bulk answer listens for changes (OFREP ADR-0008): the
+    /// events path, with a credential for `token` when tokens are required.
+    func eventStream(for token: String?) -> OFREP.EventStream {
+        var uri = "/ofrep/v1/events"
+        if let token, let credential = events.credential(for: token, now: Timestamp.now().microsecondsSinceEpoch / 1_000_000) {
+            uri += "?credential=" + credential
+        }
+        return OFREP.EventStream(requestURI: uri)
     }
 
     /// The routes: `POST /ofrep/v1/evaluate/flags/{key}`, `POST /ofrep/v1/evaluate/flags`
@@ -61,14 +92,18 @@ public struct FlagServer: Sendable {
             return json(evaluation.json, status: HTTPResponse.Status(code: evaluation.status))
         }
         router.post("/ofrep/v1/evaluate/flags") { request, _ -> Response in
-            if let refusal = server.refusal(request, needing: .evaluate) { return refusal }
+            let token: String?
+            switch server.authorize(request, needing: .evaluate) {
+            case .refused(let refusal): return refusal
+            case .allowed(let name): token = name
+            }
             var request = request
             let body = try await request.collectBody(upTo: Self.maximumBodySize)
             switch OFREP.Context.parse(Array(buffer: body)) {
             case .failure(let error):
                 return json(OFREP.encode(["errorCode": error.code.rawValue, "errorDetails": error.details]), status: .badRequest)
             case .success(let parsed):
-                let (answer, etag) = OFREP.bulk(context: parsed, gate: gate)
+                let (answer, etag) = OFREP.bulk(context: parsed, gate: gate, eventStream: server.eventStream(for: token))
                 var headers = HTTPFields()
                 headers[.eTag] = etag
                 if let match = request.headers[.ifNoneMatch], Self.matches(match, etag) {
@@ -77,6 +112,20 @@ public struct FlagServer: Sendable {
                 headers[.contentType] = "application/json"
                 return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: answer)))
             }
+        }
+        router.get("/ofrep/v1/events") { request, _ -> Response in
+            // A browser's EventSource cannot send headers: the URL's own credential will do.
+            let credential = request.uri.queryParameters.get("credential")
+            if let credential, let tokens = server.tokens {
+                // Genuine, not expired, and made for a token that still has the scope.
+                let name = server.events.verify(credential, now: Timestamp.now().microsecondsSinceEpoch / 1_000_000)
+                guard let name, tokens.file.entries.contains(where: { $0.name == name && $0.scopes.contains(.evaluate) }) else {
+                    return Self.unauthorized
+                }
+            } else if let refusal = server.refusal(request, needing: .evaluate) {
+                return refusal
+            }
+            return server.eventResponse()
         }
         router.get("/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)
@@ -111,6 +160,48 @@ public struct FlagServer: Sendable {
         group.gracefulShutdownSignals = [.sigterm, .sigint]
         group.maximumGracefulShutdownDuration = .seconds(10)
         try await ServiceGroup(configuration: group).run()
+    }
+
+    /// The event stream: a comment at once, `refetchEvaluation` after each change (bursts
+    /// coalesced by the gate's change stream), a keep-alive comment every 15 s; it ends at a
+    /// graceful shutdown. 503 when ``ChangeEvents/maximumSubscribers`` are open.
+    func eventResponse() -> Response {
+        guard events.subscribe() else { return Response(status: .serviceUnavailable) }
+        let events = events
+        let changes = gate.changes()
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-store"
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                defer { events.unsubscribe() }
+                // true: a change; false: time for a keep-alive.
+                let (ticks, tick) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(8))
+                try await writer.write(ByteBuffer(string: ": rollout serve change events\n\n"))
+                try await withGracefulShutdownHandler {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            for await _ in changes { tick.yield(true) }
+                            tick.finish()
+                        }
+                        group.addTask {
+                            while !Task.isCancelled {
+                                try await Task.sleep(for: ChangeEvents.keepAliveInterval)
+                                tick.yield(false)
+                            }
+                        }
+                        for await isChange in ticks {
+                            try await writer.write(
+                                ByteBuffer(string: isChange ? "data: {\"type\":\"refetchEvaluation\"}\n\n" : ": keep-alive\n\n"))
+                        }
+                        group.cancelAll()
+                    }
+                } onGracefulShutdown: {
+                    tick.finish()
+                }
+                try await writer.finish(nil)
+            })
     }
 
     /// Whether an `If-None-Match` value names `etag` (a list, `*`, or weak forms of it).

@@ -186,14 +186,29 @@ public enum OFREP {
         return .success(key: key, value: decision.isOn, reason: reason, metadata: metadata)
     }
 
+    /// Where a client listens for change events (ADR-0008): `{"type": "sse", "endpoint":
+    /// {"requestUri": ...}, "inactivityDelaySec": 120}`, relative to the origin it asked.
+    public struct EventStream: Sendable, Hashable, Encodable {
+        struct Endpoint: Sendable, Hashable, Encodable {
+            var requestUri: String
+        }
+        var type = "sse"
+        var endpoint: Endpoint
+        var inactivityDelaySec = 120
+
+        /// A stream at `requestURI`.
+        public init(requestURI: String) { endpoint = Endpoint(requestUri: requestURI) }
+    }
+
     private struct BulkBody: Encodable {
         var flags: [Body]
         var metadata: [String: String]
+        var eventStreams: [EventStream]?
     }
 
     /// Every flag of `gate` for `context`, as the bulk endpoint answers it: the JSON body (keys
     /// sorted, so equal answers are equal bytes) and its strong ETag, the SHA-256 of the body.
-    public static func bulk(context: Context, gate: FeatureGate) -> (body: [UInt8], etag: String) {
+    public static func bulk(context: Context, gate: FeatureGate, eventStream: EventStream? = nil) -> (body: [UInt8], etag: String) {
         var flags: [Body] = []
         var freshness = "live"
         for feature in gate.features {
@@ -207,7 +222,7 @@ public enum OFREP {
             }
             flags.append(body(evaluation, dropping: ["stale_seconds", "snapshot_written_at"]))
         }
-        let encoded = encode(BulkBody(flags: flags, metadata: ["snapshot": freshness]))
+        let encoded = encode(BulkBody(flags: flags, metadata: ["snapshot": freshness], eventStreams: eventStream.map { [$0] }))
         return (encoded, "\"\(sha256Hex(Data(encoded)))\"")
     }
 }

@@ -89,3 +89,21 @@ struct OFREPMappingTests {
         #expect(!FlagServer.matches("\"abd\"", "\"abc\""))
     }
 }
+
+@Suite("Change events: the URL's own credential")
+struct ChangeEventCredentialTests {
+    @Test func aCredentialIsGoodForItsTokenUntilItExpiresAndCannotBeForged() throws {
+        let events = ChangeEvents()
+        let now: Int64 = 1_800_000_123
+        let credential = try #require(events.credential(for: "web.app", now: now))
+        #expect(events.verify(credential, now: now) == "web.app")
+        #expect(events.verify(credential, now: now + 3600) == "web.app")  // good for the next whole hour too
+        #expect(events.verify(credential, now: now + 3 * 3600) == nil)  // then expired
+        let parts = credential.split(separator: ".")
+        #expect(events.verify("\(parts[0]).other.\(parts.last ?? "")", now: now) == nil)  // another name
+        #expect(events.verify("\(Int64(parts[0])! + 3600).web.app.\(parts.last ?? "")", now: now) == nil)  // a longer life
+        #expect(events.verify(String(credential.dropLast()) + (credential.hasSuffix("0") ? "1" : "0"), now: now) == nil)
+        #expect(ChangeEvents().verify(credential, now: now) == nil)  // another process's key
+        #expect(events.verify("", now: now) == nil && events.verify("1.2", now: now) == nil)
+    }
+}

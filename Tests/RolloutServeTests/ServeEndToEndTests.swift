@@ -5,6 +5,7 @@ import NIOHTTP1
 import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
+import Synchronization
 import Testing
 
 /// A `rollout serve` process on a free loopback port, reading `server`.
@@ -218,5 +219,100 @@ struct ServeEndToEndTests {
         let result = try await runCommand(try rolloutBinary(), ["serve", "--listen", "0.0.0.0:8016"])
         #expect(result.status == 2)
         #expect(result.stderr.contains("loopback only"))
+    }
+}
+
+/// An open event stream: what it has sent so far.
+final class EventStreamReader: Sendable {
+    private final class Received: Sendable {
+        let text = Mutex("")
+    }
+    private let received = Received()
+    private let task: Task<Void, Never>
+    let status: Int
+
+    init(url: String, headers: [(String, String)] = []) async throws {
+        var request = HTTPClientRequest(url: url)
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(3600))
+        status = Int(response.status.code)
+        let received = received
+        task = Task {
+            do {
+                for try await chunk in response.body { received.text.withLock { $0 += String(buffer: chunk) } }
+            } catch {}
+        }
+    }
+
+    var text: String { received.text.withLock { $0 } }
+    func close() { task.cancel() }
+}
+
+/// A redis-server with checkout at 10%, a client for it, and a folder for the server's files.
+private func checkoutAtTen() async throws -> (RedisServer, RedisClient, String) {
+    let server = try await RedisServer.start()
+    let admin = RedisClient(url: server.url())
+    _ = try await admin.send("SET", "flags:checkout:rollout_percent", "10")
+    return (server, admin, try makeTemporaryDirectory("serve-events"))
+}
+
+@Suite("rollout serve: change events (OFREP ADR-0008)", .tags(.redis), .requiresRedis, .serialized)
+struct ServeEventsTests {
+    @Test func aChangeMadeWithRedisCliIsAnnouncedAndShutdownEndsTheStream() async throws {
+        let (server, admin, directory) = try await checkoutAtTen()
+        defer {
+            admin.close()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        // The bulk answer says where to listen.
+        let bulk = try await call(serve.base + "/ofrep/v1/evaluate/flags", body: context("u1"))
+        let streams = try #require(bulk.json["eventStreams"] as? [[String: Any]])
+        #expect(streams.first?["type"] as? String == "sse")
+        let uri = try #require((streams.first?["endpoint"] as? [String: Any])?["requestUri"] as? String)
+        #expect(uri == "/ofrep/v1/events")
+
+        let stream = try await EventStreamReader(url: serve.base + uri)
+        defer { stream.close() }
+        #expect(stream.status == 200)
+        #expect(await eventually(within: .seconds(30)) { stream.text.hasPrefix(": rollout serve change events") })
+        #expect(!stream.text.contains("refetchEvaluation"))
+        _ = try await admin.send("SET", "flags:checkout:rollout_percent", "50")
+        #expect(await eventually(within: .seconds(30)) { stream.text.contains("data: {\"type\":\"refetchEvaluation\"}\n\n") })
+
+        // SIGTERM with a stream open: the stream ends and the server exits 0, without waiting out the drain.
+        await serve.process.terminateOffPool(SIGTERM)
+        #expect(await serve.process.exitStatus() == 0, "\((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "")")
+    }
+
+    @Test func withTokensTheAdvertisedURLCarriesItsOwnCredential() async throws {
+        let (server, admin, directory) = try await checkoutAtTen()
+        defer {
+            admin.close()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let file = directory + "/tokens"
+        let added = try await runCommand(try rolloutBinary(), ["tokens", "add", "web", "--scopes", "evaluate", "--tokens-file", file])
+        let token = String(added.stdout.split(separator: "\n").last ?? "")
+        let serve = try Serve(server, directory: directory, arguments: ["--tokens-file", file])
+        #expect(await ready(serve))
+        let bulk = try await call(serve.base + "/ofrep/v1/evaluate/flags", body: context("u1"), headers: [("Authorization", "Bearer \(token)")])
+        let streams = try #require(bulk.json["eventStreams"] as? [[String: Any]])
+        let uri = try #require((streams.first?["endpoint"] as? [String: Any])?["requestUri"] as? String)
+        #expect(uri.hasPrefix("/ofrep/v1/events?credential=") && !uri.contains(token))
+        // The URL alone opens the stream, as a browser's EventSource would.
+        let stream = try await EventStreamReader(url: serve.base + uri)
+        defer { stream.close() }
+        #expect(stream.status == 200)
+        // Without it, or with it altered: 401. A header token works too.
+        #expect(try await call(serve.base + "/ofrep/v1/events", method: .GET).status == 401)
+        #expect(try await call(serve.base + String(uri.dropLast()) + (uri.hasSuffix("0") ? "1" : "0"), method: .GET).status == 401)
+        let byHeader = try await EventStreamReader(url: serve.base + "/ofrep/v1/events", headers: [("X-API-Key", token)])
+        defer { byHeader.close() }
+        #expect(byHeader.status == 200)
+        // The URL is a secret: the server never writes it to its log.
+        let credential = String(uri.split(separator: "=").last ?? "")
+        #expect(!((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "").contains(credential))
     }
 }

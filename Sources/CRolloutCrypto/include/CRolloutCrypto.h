@@ -19,6 +19,9 @@ uint64_t CRolloutCrypto_sha256_head64(const char *prefix, size_t prefix_len,
 /// SHA-256 of one buffer through the low-level SHA256_Init/Update/Final sequence.
 void CRolloutCrypto_sha256(const void *data, size_t len, uint8_t out[32]);
 
+/// HMAC-SHA256 of `data` under `key` (OpenSSL's HMAC), for credentials the server signs: 1, or 0 when it failed (then `out` means nothing).
+int CRolloutCrypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len, uint8_t out[32]);
+
 /// SHA-256 of one buffer through the one-shot SHA256() (benchmark reference only).
 void CRolloutCrypto_sha256_oneshot(const void *data, size_t len, uint8_t out[32]);
 

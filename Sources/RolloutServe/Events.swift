@@ -1,0 +1,69 @@
+import CRolloutCrypto
+import Foundation
+import Synchronization
+
+/// OFREP's change events (ADR-0008) for `rollout serve`: a server-sent event stream that says
+/// `{"type":"refetchEvaluation"}` after each change of the snapshot, bursts coalesced, and the
+/// short-lived credential its advertised URL carries (a browser's EventSource cannot send
+/// headers; the URL is a secret, never logged).
+public final class ChangeEvents: Sendable {
+    /// The most streams open at once; more are 503.
+    public static let maximumSubscribers = 1_000
+    /// How often a comment keeps an idle stream (and the proxies on its way) open.
+    public static let keepAliveInterval = Duration.seconds(15)
+    /// How long a URL's credential is good for: until the end of the hour after the one it
+    /// was made in, so the bulk answer (and its ETag) changes with it at most once an hour.
+    static let credentialHour: Int64 = 3600
+
+    private let key: [UInt8]
+    private let subscribers = Atomic<Int>(0)
+
+    /// Events signed with a random key of this process (a restart invalidates its URLs; a
+    /// client fetches the bulk answer again and gets the new one).
+    public init() {
+        var generator = SystemRandomNumberGenerator()
+        key = (0..<32).map { _ in generator.next() }
+    }
+
+    /// A subscriber slot, or nil when ``maximumSubscribers`` are open.
+    func subscribe() -> Bool {
+        if subscribers.wrappingAdd(1, ordering: .relaxed).newValue > Self.maximumSubscribers {
+            subscribers.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func unsubscribe() { subscribers.wrappingSubtract(1, ordering: .relaxed) }
+
+    /// A credential for the token named `name`, good until the end of the next whole hour
+    /// after `now` (seconds since the epoch): `<expiry>.<name>.<HMAC-SHA256 hex>`.
+    func credential(for name: String, now: Int64) -> String? {
+        let expiry = (now / Self.credentialHour + 2) * Self.credentialHour
+        return signature("\(expiry).\(name)").map { "\(expiry).\(name).\($0)" }
+    }
+
+    /// The token name a credential was made for, if it is genuine and not expired at `now`.
+    func verify(_ credential: String, now: Int64) -> String? {
+        let parts = credential.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, let expiry = Int64(parts[0]), expiry >= now,
+            let lastDot = parts[1].lastIndex(of: ".")
+        else { return nil }
+        let name = String(parts[1][..<lastDot])
+        let given = Array(parts[1][parts[1].index(after: lastDot)...].utf8)
+        guard let expected = signature("\(expiry).\(name)").map({ Array($0.utf8) }), expected.count == given.count else { return nil }
+        var difference: UInt8 = 0
+        for index in 0..<expected.count { difference |= expected[index] ^ given[index] }
+        return difference == 0 ? name : nil
+    }
+
+    private func signature(_ message: String) -> String? {
+        var digest = [UInt8](repeating: 0, count: 32)
+        let message = Array(message.utf8)
+        let ok = key.withUnsafeBytes { key in
+            message.withUnsafeBytes { CRolloutCrypto_hmac_sha256(key.baseAddress, key.count, $0.baseAddress, $0.count, &digest) }
+        }
+        guard ok == 1 else { return nil }
+        return digest.map { String(format: "%02x", $0) }.joined()
+    }
+}

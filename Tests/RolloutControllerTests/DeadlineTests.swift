@@ -67,9 +67,9 @@ struct DeadlineTests {
         #expect(await eventually(within: .seconds(60)) { stand.closedByClient >= 1 }, "closed by the client: \(stand.closedByClient)")
     }
 
-    /// The same on the continuous clock, where the limit is AsyncHTTPClient's own deadline over
-    /// the whole answer (no task sleeps on the clock): the query fails with `.timeout` and the connection is closed. No
-    /// bound on how long it took: only that the limit, not the stand-in, ended it.
+    /// The same on the continuous clock, as a run uses it: the query fails with `.timeout` and
+    /// the connection is closed. No bound on how long it took: only that the limit, not the
+    /// stand-in, ended it.
     @Test(.tags(.webhook), arguments: [WebhookReceiver.Behaviour.stallAfterHead, .trickle(every: .milliseconds(200))])
     func aStalledBodyTimesOutOnTheContinuousClock(behaviour: WebhookReceiver.Behaviour) async throws {
         let stand = try WebhookReceiver(otherwise: behaviour)

@@ -110,10 +110,19 @@ public struct SnapshotError: Error, Sendable, CustomStringConvertible {
 package func sha256Hex(_ data: Data) -> String {
     var digest = [UInt8](repeating: 0, count: 32)
     data.withUnsafeBytes { CRolloutCrypto_sha256($0.baseAddress, $0.count, &digest) }
-    return digest.map { byte in
-        let hex = Array("0123456789abcdef")
-        return String([hex[Int(byte >> 4)], hex[Int(byte & 0xf)]])
-    }.joined()
+    return hexDigits(digest)
+}
+
+/// `bytes` as lowercase hex digits, two a byte.
+package func hexDigits(_ bytes: some Sequence<UInt8>) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var text = [UInt8]()
+    text.reserveCapacity(bytes.underestimatedCount * 2)
+    for byte in bytes {
+        text.append(digits[Int(byte >> 4)])
+        text.append(digits[Int(byte & 0xf)])
+    }
+    return String(decoding: text, as: UTF8.self)
 }
 
 // MARK: The file beside its checksum
@@ -151,8 +160,12 @@ extension FlagSnapshot {
             throw SnapshotError("Cannot encode the snapshot for \(path): \(error)")
         }
         let name = path.split(separator: "/", omittingEmptySubsequences: false).last.map(String.init) ?? path
-        try Self.replaceFile(path, with: data)
-        try Self.replaceFile(path + ".sha256", with: Data("\(sha256Hex(data))  \(name)\n".utf8))
+        do {
+            try replaceFileDurably(path, with: data)
+            try replaceFileDurably(path + ".sha256", with: Data("\(sha256Hex(data))  \(name)\n".utf8))
+        } catch {
+            throw SnapshotError(error.description)
+        }
     }
 
     private static func readFile(_ path: String, missing: String? = nil) throws(SnapshotError) -> Data {
@@ -179,47 +192,63 @@ extension FlagSnapshot {
         }
         return Data(bytes)
     }
+}
 
-    private static func replaceFile(_ path: String, with data: Data) throws(SnapshotError) {
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
-        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        let temporary = "\(directory)/.\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
-        func failure(_ step: String) -> SnapshotError {
-            SnapshotError("Cannot write \(path) (\(step): \(String(cString: strerror(errno)))): check the folder exists, is writable and has room.")
-        }
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw failure("create \(temporary)") }
-        var written = 0
-        let ok = data.withUnsafeBytes { raw -> Bool in
-            while written < raw.count, let base = raw.baseAddress {
-                let count = write(fd, base + written, raw.count - written)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                written += count
-            }
-            return true
-        }
-        guard ok, fsync(fd) == 0 else {
-            let error = failure(ok ? "fsync" : "write")
-            close(fd)
-            unlink(temporary)
-            throw error
-        }
+/// Why ``replaceFileDurably(_:with:mode:)`` failed: the step and the system's reason, and
+/// what to check.
+package struct FileWriteError: Error, CustomStringConvertible {
+    package let description: String
+}
+
+/// Replaces `path` with `data` durably: a temporary file with `mode` in the same folder, written
+/// whole and flushed to disk, renamed over `path`, then the folder flushed. A crash leaves the
+/// old file or the new one, never a torn one. Blocking: call it on the file queue.
+package func replaceFileDurably(_ path: String, with data: Data, mode: UInt32 = 0o644) throws(FileWriteError) {
+    let slash = path.lastIndex(of: "/")
+    let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+    let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+    let temporary = "\(directory)/.\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
+    func failure(_ step: String) -> FileWriteError {
+        FileWriteError(description: "Cannot write \(path) (\(step): \(String(cString: strerror(errno)))): check the folder exists, is writable and has room.")
+    }
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+    guard fd >= 0 else { throw failure("create \(temporary)") }
+    // The mode exactly, whatever the umask.
+    guard fchmod(fd, mode) == 0 else {
+        let error = failure("chmod")
         close(fd)
-        guard rename(temporary, path) == 0 else {
-            let error = failure("rename")
-            unlink(temporary)
-            throw error
+        unlink(temporary)
+        throw error
+    }
+    var written = 0
+    let ok = data.withUnsafeBytes { raw -> Bool in
+        while written < raw.count, let base = raw.baseAddress {
+            let count = write(fd, base + written, raw.count - written)
+            if count < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            written += count
         }
-        // The rename itself is durable once the folder is.
-        let folder = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if folder >= 0 {
-            _ = fsync(folder)
-            close(folder)
-        }
+        return true
+    }
+    guard ok, fsync(fd) == 0 else {
+        let error = failure(ok ? "fsync" : "write")
+        close(fd)
+        unlink(temporary)
+        throw error
+    }
+    close(fd)
+    guard rename(temporary, path) == 0 else {
+        let error = failure("rename")
+        unlink(temporary)
+        throw error
+    }
+    // The rename itself is durable once the folder is.
+    let folder = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if folder >= 0 {
+        _ = fsync(folder)
+        close(folder)
     }
 }
 

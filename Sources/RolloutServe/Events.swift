@@ -1,5 +1,6 @@
 import CRolloutCrypto
 import Foundation
+import RolloutGate
 import Synchronization
 
 /// OFREP's change events (ADR-0008) for `rollout serve`: a server-sent event stream that says
@@ -51,10 +52,8 @@ public final class ChangeEvents: Sendable {
         else { return nil }
         let name = String(parts[1][..<lastDot])
         let given = Array(parts[1][parts[1].index(after: lastDot)...].utf8)
-        guard let expected = signature("\(expiry).\(name)").map({ Array($0.utf8) }), expected.count == given.count else { return nil }
-        var difference: UInt8 = 0
-        for index in 0..<expected.count { difference |= expected[index] ^ given[index] }
-        return difference == 0 ? name : nil
+        guard let expected = signature("\(expiry).\(name)") else { return nil }
+        return constantTimeEqual(Array(expected.utf8), given) ? name : nil
     }
 
     private func signature(_ message: String) -> String? {
@@ -64,6 +63,6 @@ public final class ChangeEvents: Sendable {
             message.withUnsafeBytes { CRolloutCrypto_hmac_sha256(key.baseAddress, key.count, $0.baseAddress, $0.count, &digest) }
         }
         guard ok == 1 else { return nil }
-        return digest.map { String(format: "%02x", $0) }.joined()
+        return hexDigits(digest)
     }
 }

@@ -120,12 +120,7 @@ public struct TokenFile: Sendable, Hashable {
     public func entry(for token: String) -> Entry? {
         let digest = Array(sha256Hex(Data(token.utf8)).utf8)
         var found: Entry?
-        for entry in entries {
-            let stored = Array(entry.sha256.utf8)
-            var difference: UInt8 = stored.count == digest.count ? 0 : 1
-            for index in 0..<min(stored.count, digest.count) { difference |= stored[index] ^ digest[index] }
-            if difference == 0 { found = entry }
-        }
+        for entry in entries where constantTimeEqual(Array(entry.sha256.utf8), digest) { found = entry }
         return found
     }
 
@@ -139,21 +134,19 @@ public struct TokenFile: Sendable, Hashable {
         return try TokenFile(parsing: text, path: path)
     }
 
-    /// Writes the file whole, readable by its owner only (0600): a temporary file renamed over it.
+    /// Writes the file whole and durably, readable by its owner only (0600): a crash leaves the
+    /// old file or the new one.
     public func write(to path: String) async throws(TokenFileError) {
-        let text = text
-        let failure = await onFileQueue { () -> String? in
-            let temporary = path + ".\(getpid()).tmp"
-            guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
-                return "cannot create \(temporary)"
+        let data = Data(text.utf8)
+        let failure = await onFileQueue { () -> FileWriteError? in
+            do throws(FileWriteError) {
+                try replaceFileDurably(path, with: data, mode: 0o600)
+                return nil
+            } catch {
+                return error
             }
-            guard rename(temporary, path) == 0 else {
-                unlink(temporary)
-                return String(cString: strerror(errno))
-            }
-            return nil
         }
-        if let failure { throw TokenFileError("Cannot write the tokens file \(path): \(failure). Check the folder exists and is writable.") }
+        if let failure { throw TokenFileError("The tokens file: \(failure.description)") }
     }
 }
 
@@ -220,4 +213,12 @@ struct FileStamp: Sendable, Hashable {
         size = (attributes[.size] as? NSNumber)?.intValue ?? 0
         modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
     }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only, never on
+/// where they differ.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var difference: UInt8 = a.count == b.count ? 0 : 1
+    for index in 0..<min(a.count, b.count) { difference |= a[index] ^ b[index] }
+    return difference == 0
 }

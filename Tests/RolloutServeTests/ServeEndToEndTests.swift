@@ -8,23 +8,48 @@ import RolloutTestSupport
 import Synchronization
 import Testing
 
-/// A `rollout serve` process on a free loopback port, reading `server`.
+/// A `rollout serve` process on a free loopback port, reading `server`. ``ready(_:)`` waits for
+/// it, and starts it again on another port if one was taken between choosing and binding it.
 final class Serve: Sendable {
-    let process: ChildProcess
-    let port: Int
+    private struct Running {
+        var process: ChildProcess
+        var port: Int
+        var restarts = 0
+    }
+    private let running: Mutex<Running>
+    private let start: @Sendable (Int) throws -> ChildProcess
     let log: String
 
     init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
-        port = try freeLoopbackPort()
-        log = directory + "/serve.log"
-        process = try ChildProcess(
-            try rolloutBinary(), ["serve", "--listen", "127.0.0.1:\(port)"] + arguments, output: log,
-            environment: ProcessInfo.processInfo.environment.merging(["REDIS_URL": server.urlString, "ROLLOUT_LOG_LEVEL": "info"]) { $1 })
+        let log = directory + "/serve.log"
+        let binary = try rolloutBinary()
+        let environment = ProcessInfo.processInfo.environment.merging(["REDIS_URL": server.urlString, "ROLLOUT_LOG_LEVEL": "info"]) { $1 }
+        start = { port in
+            try ChildProcess(binary, ["serve", "--listen", "127.0.0.1:\(port)"] + arguments, output: log, environment: environment)
+        }
+        self.log = log
+        let port = try freeLoopbackPort()
+        running = Mutex(Running(process: try start(port), port: port))
     }
 
+    var process: ChildProcess { running.withLock { $0.process } }
+    var port: Int { running.withLock { $0.port } }
     var base: String { "http://127.0.0.1:\(port)" }
-}
+    var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
+    /// Starts the server again on a new port when it exited because its port was taken (at most
+    /// three times); false when it exited for any other reason.
+    fileprivate func restartIfPortWasTaken() throws -> Bool {
+        try running.withLock { running in
+            guard running.process.hasExited() else { return true }
+            guard running.restarts < 3, logText.contains("in use") else { return false }
+            running.port = try freeLoopbackPort()
+            running.process = try start(running.port)
+            running.restarts += 1
+            return true
+        }
+    }
+}
 struct Answer {
     let status: Int
     let headers: HTTPHeaders
@@ -50,8 +75,18 @@ func context(_ key: String?, internal isInternal: Bool = false) -> String {
     return "{\"context\": {\(target)\"internal\": \(isInternal)}}"
 }
 
+/// Whether `serve` answers /readyz with 200 within a minute; when not, the failure records its
+/// log.
 func ready(_ serve: Serve) async -> Bool {
-    await eventually(within: .seconds(60)) { (try? await call(serve.base + "/readyz", method: .GET))?.status == 200 }
+    let isReady = await eventually(within: .seconds(60)) {
+        guard (try? serve.restartIfPortWasTaken()) == true else { return true }  // exited: stop waiting
+        return (try? await call(serve.base + "/readyz", method: .GET))?.status == 200
+    }
+    if !isReady || serve.process.hasExited() {
+        Issue.record("rollout serve did not become ready\(serve.process.hasExited() ? " (it exited)" : ""); its log:\n\(serve.logText)")
+        return false
+    }
+    return true
 }
 
 @Suite("rollout serve: OFREP over the gate, against redis-server", .tags(.redis), .requiresRedis, .serialized)

@@ -2,6 +2,8 @@ import Foundation
 public import Hummingbird
 import HummingbirdCore
 public import Logging
+import Metrics
+public import Prometheus
 import ServiceLifecycle
 import UnixSignals
 public import RolloutGate
@@ -14,15 +16,19 @@ public struct FlagServer: Sendable {
     public let gate: FeatureGate
     /// The tokens accepted; nil: no authentication (loopback only, enforced by the caller).
     public let tokens: TokenStore?
+    /// What `/metrics` shows (scope `read`); nil: no `/metrics`, and requests are not measured.
+    public let metrics: PrometheusCollectorRegistry?
     /// The change-event streams and their URL credentials.
     let events = ChangeEvents()
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
-    /// A server answering from `gate`, to requests carrying one of `tokens` when given.
-    public init(gate: FeatureGate, tokens: TokenStore? = nil) {
+    /// A server answering from `gate`, to requests carrying one of `tokens` when given, showing
+    /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given.
+    public init(gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil) {
         self.gate = gate
         self.tokens = tokens
+        self.metrics = metrics
     }
 
     /// nil when `request` may use a route of `scope`; else the answer: 401 without a known
@@ -79,6 +85,16 @@ public struct FlagServer: Sendable {
         let router = Router()
         let gate = gate
         let server = self
+        if let metrics {
+            // Every route after this one is counted and timed, by route pattern and status.
+            router.add(middleware: MetricsMiddleware())
+            router.get("/metrics") { request, _ -> Response in
+                if let refusal = server.refusal(request, needing: .read) { return refusal }
+                var headers = HTTPFields()
+                headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+                return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.emitToBuffer())))
+            }
+        }
         router.post("/ofrep/v1/evaluate/flags/{key}") { request, context -> Response in
             if let refusal = server.refusal(request, needing: .evaluate) { return refusal }
             let key = context.parameters.get("key") ?? ""
@@ -203,6 +219,36 @@ public struct FlagServer: Sendable {
                 try await writer.finish(nil)
             })
     }
+
+    /// Makes the process's metrics (swift-metrics, so the gate's own too) go to a new
+    /// Prometheus registry, and returns it for ``init(gate:tokens:metrics:)``. Call it once, at
+    /// start, before the gate is made: swift-metrics has one backend a process. Hummingbird's
+    /// request metrics are renamed `rollout_serve_requests_total`,
+    /// `rollout_serve_request_duration_seconds` (a histogram from 100 µs to 10 s),
+    /// `rollout_serve_request_errors_total` and `rollout_serve_active_requests`, labelled
+    /// `route` (the pattern, never the path asked for), `method` and `status`.
+    public static func bootstrapMetrics() -> PrometheusCollectorRegistry {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.nameAndLabelSanitizer = { name, labels in
+            (requestMetricNames[name] ?? name, labels.map { (requestLabelNames[$0.0] ?? $0.0, $0.1) })
+        }
+        factory.durationHistogramBuckets["rollout_serve_request_duration_seconds"] = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500), .milliseconds(5),
+            .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+            .milliseconds(2500), .seconds(10),
+        ]
+        MetricsSystem.bootstrap(factory)
+        return registry
+    }
+
+    private static let requestMetricNames = [
+        "hb.requests": "rollout_serve_requests_total", "http.server.request.duration": "rollout_serve_request_duration_seconds",
+        "hb.request.errors": "rollout_serve_request_errors_total", "http.server.active_requests": "rollout_serve_active_requests",
+    ]
+    private static let requestLabelNames = [
+        "http.route": "route", "http.request.method": "method", "http.response.status_code": "status", "error.type": "status",
+    ]
 
     /// Whether an `If-None-Match` value names `etag` (a list, `*`, or weak forms of it).
     static func matches(_ header: String, _ etag: String) -> Bool {

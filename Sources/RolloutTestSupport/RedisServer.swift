@@ -73,7 +73,7 @@ func listenOnLoopback(backlog: Int32 = 64) throws -> (fd: Int32, port: Int) {
 }
 
 /// A TCP connection to 127.0.0.1:`port` with a receive timeout, or nil when refused.
-func connectToLoopback(port: Int, receiveTimeoutSeconds: Int = 5) -> Int32? {
+public func connectToLoopback(port: Int, receiveTimeoutSeconds: Int = 5) -> Int32? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

@@ -46,13 +46,14 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let (host, port) = try Self.address(listen, authenticated: tokensFile.path != nil)
         let logger = Logger(label: "rollout-serve")
+        let metrics = FlagServer.bootstrapMetrics()
         var tokens: TokenStore?
         if let path = tokensFile.path { tokens = try await TokenStore(path: path, logger: logger) }
         var configuration = FeatureGate.Configuration()
         configuration.discoversFeatures = true
         configuration.snapshotFile = snapshotFile.path
         let gate = FeatureGate(redisURL: try options.redisURL(), configuration: configuration, logger: Logger(label: "rollout-gate"))
-        try await FlagServer(gate: gate, tokens: tokens).run(host: host, port: port, logger: logger)
+        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics).run(host: host, port: port, logger: logger)
     }
 }
 

@@ -250,6 +250,71 @@ struct ServeEndToEndTests {
         #expect(await serve.process.exitStatus() == 0, "\((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "")")
     }
 
+    @Test func aRequestInFlightAtSigtermIsAnsweredBeforeTheExit() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:checkout:rollout_percent", "100")
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        // Headers and half the body, then SIGTERM: the request is in flight.
+        let body = context("u1")
+        let half = body.utf8.count / 2
+        guard let fd = connectToLoopback(port: serve.port, receiveTimeoutSeconds: 30) else {
+            Issue.record("cannot connect to rollout serve")
+            return
+        }
+        defer { close(fd) }
+        sendAll(fd, "POST /ofrep/v1/evaluate/flags/checkout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + String(body.prefix(half)))
+        // The server has the request once its handler runs: the active-requests gauge says so.
+        #expect(await eventually(within: .seconds(30)) {
+            (try? await call(serve.base + "/metrics", method: .GET))?.body.contains("rollout_serve_active_requests{method=\"POST\"} 1.0") == true
+        })
+        kill(serve.process.pid, SIGTERM)
+        // Shutdown has begun once a new connection is refused; the one in flight still stands.
+        #expect(await eventually(within: .seconds(30)) {
+            guard let probe = connectToLoopback(port: serve.port) else { return true }
+            close(probe)
+            return false
+        })
+        #expect(!serve.process.hasExited())
+        sendAll(fd, String(body.dropFirst(half)))
+        let answer = try await offThePool { readUntilClosed(fd) }
+        #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+        #expect(answer.contains("\"value\":true"), "\(answer)")
+        #expect(await serve.process.exitStatus() == 0, "\(serve.logText)")
+    }
+
+    @Test func metricsCountEveryRouteByStatusAndShowTheGate() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:checkout:rollout_percent", "100")
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        for _ in 0..<3 { #expect(try await call(serve.base + "/ofrep/v1/evaluate/flags/checkout", body: context("u1")).status == 200) }
+        #expect(try await call(serve.base + "/ofrep/v1/evaluate/flags/missing", body: context("u1")).status == 404)
+        #expect(try await call(serve.base + "/no/such/route", method: .GET).status == 404)
+        let metrics = try await call(serve.base + "/metrics", method: .GET)
+        #expect(metrics.status == 200)
+        #expect(metrics.headers["Content-Type"].first?.hasPrefix("text/plain; version=0.0.4") == true)
+        let lines = metrics.body.split(separator: "\n").map(String.init)
+        let route = "route=\"/ofrep/v1/evaluate/flags/{key}\",method=\"POST\""
+        #expect(lines.contains("rollout_serve_requests_total{\(route),status=\"200\"} 3"), "\(metrics.body)")
+        #expect(lines.contains("rollout_serve_requests_total{\(route),status=\"404\"} 1"), "\(metrics.body)")
+        #expect(lines.contains("rollout_serve_request_duration_seconds_count{\(route),status=\"200\"} 3"), "\(metrics.body)")
+        #expect(lines.contains { $0.hasPrefix("rollout_serve_request_duration_seconds_bucket{\(route),status=\"200\",le=\"0.001\"}") })
+        // An unknown path is one series, never one per path asked for.
+        #expect(!metrics.body.contains("/no/such/route"))
+        // The gate's own metrics go to the same registry.
+        #expect(lines.contains { $0.hasPrefix("rollout_gate_snapshot_age_seconds ") })
+        #expect(lines.contains("rollout_gate_redis_errors_total 0"))
+    }
+
     @Test func anAddressBeyondLoopbackIsRefused() async throws {
         let result = try await runCommand(try rolloutBinary(), ["serve", "--listen", "0.0.0.0:8016"])
         #expect(result.status == 2)
@@ -350,4 +415,28 @@ struct ServeEventsTests {
         let credential = String(uri.split(separator: "=").last ?? "")
         #expect(!((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "").contains(credential))
     }
+}
+
+/// Writes all of `text` to `fd` (a short blocking write on loopback).
+func sendAll(_ fd: Int32, _ text: String) {
+    let bytes = Array(text.utf8)
+    var sent = 0
+    while sent < bytes.count {
+        let count = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if count <= 0 { return }
+        sent += count
+    }
+}
+
+/// What `fd` receives until the peer closes it (or its receive timeout passes). Blocking: call it
+/// off the cooperative pool.
+func readUntilClosed(_ fd: Int32) -> String {
+    var received = [UInt8]()
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if count <= 0 { break }
+        received += chunk[0..<count]
+    }
+    return String(decoding: received, as: UTF8.self)
 }

@@ -78,6 +78,9 @@ struct ServeTokensTests {
         #expect(try await call(flag, body: context("u1"), headers: [("X-API-Key", app)]).status == 200)
         #expect(try await call(serve.base + "/ofrep/v1/evaluate/flags", body: context("u1"), headers: [("X-API-Key", ops)]).status == 403)
         #expect(try await call(serve.base + "/healthz", method: .GET).status == 200)
+        #expect(try await call(serve.base + "/metrics", method: .GET, headers: [("X-API-Key", app)]).status == 403)
+        #expect(try await call(serve.base + "/metrics", method: .GET).status == 401)
+        #expect(try await call(serve.base + "/metrics", method: .GET, headers: [("X-API-Key", ops)]).status == 200)
 
         // The SDK with a wrong token gets an error, so its caller's default, never a guess.
         if let python = ofrepPython() {

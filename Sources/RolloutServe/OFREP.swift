@@ -24,32 +24,53 @@ public enum OFREP {
         /// The subject the gate decides for.
         var subject: Subject { Subject(id: targetingKey ?? "", workspace: workspace, isInternal: isInternal) }
 
-        /// Parses a request body, `{"context": {...}}`, in one typed decode (unknown attributes
-        /// ignored, null the same as absent). An empty body is an empty context.
+        /// Parses a request body, `{"context": {...}}` (unknown attributes ignored, null the
+        /// same as absent). An empty body is an empty context. A body that is not JSON is
+        /// PARSE_ERROR, even where an attribute also has the wrong type (INVALID_CONTEXT).
         public static func parse(_ body: [UInt8]) -> Result<Context, RequestError> {
-            if body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return .success(Context()) }
+            var reader = JSONReader(body)
+            if reader.atEnd() { return .success(Context()) }
+            var context = Context()
+            // The first attribute of a wrong type in this order is named, wherever it stands.
+            let order = ["context", "context.targetingKey", "context.workspace", "context.internal"]
+            var wrongType: (rank: Int, error: RequestError)?
+            func expected(_ path: String, _ what: String) {
+                let rank = order.firstIndex(of: path) ?? order.count
+                if rank < wrongType?.rank ?? Int.max {
+                    wrongType = (rank, RequestError(code: .invalidContext, details: "\(path) must be \(what)."))
+                }
+            }
             do {
-                let request = try JSONDecoder().decode(RequestBody.self, from: Data(body))
-                let context = request.context
-                return .success(Context(targetingKey: context?.targetingKey, workspace: context?.workspace, isInternal: context?.internal ?? false))
-            } catch DecodingError.typeMismatch(let type, let where_) where !where_.codingPath.isEmpty {
-                let path = where_.codingPath.map(\.stringValue).joined(separator: ".")
-                let expected = type == Bool.self ? "a boolean" : type == String.self ? "a string" : "an object"
-                return .failure(RequestError(code: .invalidContext, details: "\(path) must be \(expected)."))
+                try reader.object { name, reader in
+                    guard name == "context" else {
+                        _ = try reader.value()
+                        return
+                    }
+                    guard reader.nextIsObject() else {
+                        if try reader.value() != .null { expected("context", "an object") }
+                        return
+                    }
+                    try reader.object { attribute, reader in
+                        let value = try reader.value()
+                        switch (attribute, value) {
+                        case ("targetingKey", .string(let text)): context.targetingKey = text
+                        case ("workspace", .string(let text)): context.workspace = text
+                        case ("internal", .bool(let flag)): context.isInternal = flag
+                        case ("targetingKey", .null), ("workspace", .null): break
+                        case ("internal", .null): context.isInternal = false
+                        case ("targetingKey", _), ("workspace", _): expected("context.\(attribute)", "a string")
+                        case ("internal", _): expected("context.internal", "a boolean")
+                        default: break
+                        }
+                    }
+                }
+                guard reader.atEnd() else { throw JSONReader.Malformed() }
             } catch {
                 return .failure(RequestError(code: .parseError, details: "The request body is not a JSON object with a context."))
             }
+            if let wrongType { return .failure(wrongType.error) }
+            return .success(context)
         }
-    }
-
-    /// The request body as OFREP defines it; only the attributes the gate reads.
-    private struct RequestBody: Decodable {
-        struct Attributes: Decodable {
-            var targetingKey: String?
-            var workspace: String?
-            var `internal`: Bool?
-        }
-        var context: Attributes?
     }
 
     /// A request that cannot be evaluated: 400 with an OFREP error code.
@@ -102,11 +123,15 @@ public enum OFREP {
         }
 
         /// The JSON body: a success, or a failure with `key`, `errorCode` and `errorDetails`.
-        public var json: [UInt8] { OFREP.encode(OFREP.body(self)) }
+        public var json: [UInt8] {
+            var writer = JSONWriter()
+            OFREP.body(self).write(into: &writer)
+            return writer.bytes
+        }
     }
 
     /// What a success or a failure holds, as OFREP's schema names it.
-    private struct Body: Encodable {
+    private struct Body {
         var key: String
         var value: Bool?
         var variant: String?
@@ -114,6 +139,44 @@ public enum OFREP {
         var metadata: [String: MetadataValue]?
         var errorCode: String?
         var errorDetails: String?
+
+        /// The members present, keys sorted (equal answers are equal bytes).
+        func write(into writer: inout JSONWriter) {
+            writer.byte(0x7B)
+            var first = true
+            func member(_ name: StaticString, _ text: String?) {
+                guard let text else { return }
+                writer.key(name, first: first)
+                writer.string(text)
+                first = false
+            }
+            member("errorCode", errorCode)
+            member("errorDetails", errorDetails)
+            member("key", key)
+            if let metadata {
+                writer.key("metadata", first: first)
+                first = false
+                writer.byte(0x7B)
+                for (index, name) in metadata.keys.sorted().enumerated() {
+                    writer.key(name, first: index == 0)
+                    switch metadata[name] {
+                    case .bool(let flag)?: writer.bool(flag)
+                    case .string(let text)?: writer.string(text)
+                    case .number(let number)?: writer.number(number)
+                    case nil: writer.raw("null")
+                    }
+                }
+                writer.byte(0x7D)
+            }
+            member("reason", reason)
+            if let value {
+                writer.key("value", first: first)
+                first = false
+                writer.bool(value)
+            }
+            member("variant", variant)
+            writer.byte(0x7D)
+        }
     }
 
     private static func body(_ evaluation: Evaluation, dropping dropped: Set<String> = []) -> Body {
@@ -200,11 +263,6 @@ public enum OFREP {
         public init(requestURI: String) { endpoint = Endpoint(requestUri: requestURI) }
     }
 
-    private struct BulkBody: Encodable {
-        var flags: [Body]
-        var metadata: [String: String]
-        var eventStreams: [EventStream]?
-    }
 
     /// Every flag of `gate` for `context`, as the bulk endpoint answers it: the JSON body (keys
     /// sorted, so equal answers are equal bytes) and its strong ETag, the SHA-256 of the body.
@@ -222,7 +280,35 @@ public enum OFREP {
             }
             flags.append(body(evaluation, dropping: ["stale_seconds", "snapshot_written_at"]))
         }
-        let encoded = encode(BulkBody(flags: flags, metadata: ["snapshot": freshness], eventStreams: eventStream.map { [$0] }))
-        return (encoded, "\"\(sha256Hex(Data(encoded)))\"")
+        // {"eventStreams":[...],"flags":[...],"metadata":{"snapshot":...}}: keys sorted.
+        var writer = JSONWriter(reservingCapacity: 64 + flags.count * 200)
+        writer.byte(0x7B)
+        if let eventStream {
+            writer.key("eventStreams", first: true)
+            writer.raw("[{")
+            writer.key("endpoint", first: true)
+            writer.byte(0x7B)
+            writer.key("requestUri", first: true)
+            writer.string(eventStream.endpoint.requestUri)
+            writer.byte(0x7D)
+            writer.key("inactivityDelaySec")
+            writer.number(Double(eventStream.inactivityDelaySec))
+            writer.key("type")
+            writer.string(eventStream.type)
+            writer.raw("}]")
+        }
+        writer.key("flags", first: eventStream == nil)
+        writer.byte(0x5B)
+        for (index, flag) in flags.enumerated() {
+            if index > 0 { writer.byte(0x2C) }
+            flag.write(into: &writer)
+        }
+        writer.byte(0x5D)
+        writer.key("metadata")
+        writer.byte(0x7B)
+        writer.key("snapshot", first: true)
+        writer.string(freshness)
+        writer.raw("}}")
+        return (writer.bytes, "\"\(sha256Hex(Data(writer.bytes)))\"")
     }
 }

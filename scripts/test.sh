@@ -15,6 +15,9 @@ ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-ce
 # provider from PyPI, in a virtual environment of their own.
 ensure_python_venv .build/python-ofrep openfeature-sdk openfeature-provider-ofrep
 export ROLLOUT_TEST_PYTHON="$PWD/.build/python-ofrep/bin/python"
+# schemathesis checks rollout serve against docs/openapi.yaml (Tests/RolloutServeTests/OpenAPITests.swift).
+ensure_python_venv .build/python-schemathesis schemathesis
+export ROLLOUT_TEST_SCHEMATHESIS="$PWD/.build/python-schemathesis/bin/schemathesis"
 
 echo "==> building (debug, with tests)"
 swift build --build-tests

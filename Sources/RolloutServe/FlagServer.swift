@@ -83,19 +83,20 @@ public struct FlagServer: Sendable {
     /// (bulk, with ETag and If-None-Match), `GET /healthz`, `GET /readyz`.
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
+        var routes = Routes(router: router)
         let gate = gate
         let server = self
         if let metrics {
             // Every route after this one is counted and timed, by route pattern and status.
             router.add(middleware: MetricsMiddleware())
-            router.get("/metrics") { request, _ -> Response in
+            routes.add(.get, "/metrics") { request, _ -> Response in
                 if let refusal = server.refusal(request, needing: .read) { return refusal }
                 var headers = HTTPFields()
                 headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
                 return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.emitToBuffer())))
             }
         }
-        router.post("/ofrep/v1/evaluate/flags/{key}") { request, context -> Response in
+        routes.add(.post, "/ofrep/v1/evaluate/flags/{key}") { request, context -> Response in
             if let refusal = server.refusal(request, needing: .evaluate) { return refusal }
             let key = context.parameters.get("key") ?? ""
             var request = request
@@ -107,7 +108,7 @@ public struct FlagServer: Sendable {
             }
             return json(evaluation.json, status: HTTPResponse.Status(code: evaluation.status))
         }
-        router.post("/ofrep/v1/evaluate/flags") { request, _ -> Response in
+        routes.add(.post, "/ofrep/v1/evaluate/flags") { request, _ -> Response in
             let token: String?
             switch server.authorize(request, needing: .evaluate) {
             case .refused(let refusal): return refusal
@@ -129,7 +130,7 @@ public struct FlagServer: Sendable {
                 return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: answer)))
             }
         }
-        router.get("/ofrep/v1/events") { request, _ -> Response in
+        routes.add(.get, "/ofrep/v1/events") { request, _ -> Response in
             // A browser's EventSource cannot send headers: the URL's own credential will do.
             let credential = request.uri.queryParameters.get("credential")
             if let credential, let tokens = server.tokens {
@@ -143,12 +144,13 @@ public struct FlagServer: Sendable {
             }
             return server.eventResponse()
         }
-        router.get("/healthz") { _, _ -> Response in
+        routes.add(.get, "/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)
         }
-        router.get("/readyz") { _, _ -> Response in
+        routes.add(.get, "/readyz") { _, _ -> Response in
             gate.hasSnapshot ? text("ready\n", status: .ok) : text("no snapshot loaded yet\n", status: .serviceUnavailable)
         }
+        routes.answerOtherMethods()
         return router
     }
 
@@ -269,4 +271,60 @@ private func text(_ text: String, status: HTTPResponse.Status) -> Response {
     var headers = HTTPFields()
     headers[.contentType] = "text/plain; charset=utf-8"
     return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+}
+
+/// The server's routes, registered through here so that a path answers the methods it does not
+/// serve with 405 and an `Allow` header (RFC 9110 §15.5.6), not 404.
+struct Routes {
+    let router: Router<BasicRequestContext>
+    private var methods: [MethodNotAllowed.Route] = []
+
+    init(router: Router<BasicRequestContext>) { self.router = router }
+
+    mutating func add(
+        _ method: HTTPRequest.Method, _ path: String, _ handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response
+    ) {
+        router.on(RouterPath(path), method: method, use: handler)
+        if let index = methods.firstIndex(where: { $0.pattern == path }) {
+            methods[index].methods.append(method)
+        } else {
+            methods.append(MethodNotAllowed.Route(pattern: path, methods: [method]))
+        }
+    }
+
+    /// Call it once, after the last ``add(_:_:_:)``: the router's not-found answer becomes 405
+    /// where the path is one of the routes (and the method is not).
+    func answerOtherMethods() {
+        router.add(middleware: MethodNotAllowed(routes: methods))
+    }
+}
+
+/// Turns the router's 404 for a known path asked with another method into 405 with `Allow`.
+struct MethodNotAllowed: RouterMiddleware {
+    struct Route: Sendable {
+        var pattern: String
+        var methods: [HTTPRequest.Method]
+
+        /// Whether `path` matches, `{name}` standing for any one segment.
+        func matches(_ path: Substring) -> Bool {
+            let want = pattern.split(separator: "/", omittingEmptySubsequences: false)
+            let have = path.split(separator: "/", omittingEmptySubsequences: false)
+            guard want.count == have.count else { return false }
+            return zip(want, have).allSatisfy { wanted, had in wanted.hasPrefix("{") ? !had.isEmpty : wanted == had }
+        }
+    }
+    let routes: [Route]
+
+    func handle(
+        _ request: Request, context: BasicRequestContext, next: (Request, BasicRequestContext) async throws -> Response
+    ) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            guard let route = routes.first(where: { $0.matches(Substring(request.uri.path)) }) else { throw error }
+            var headers = HTTPFields()
+            headers[.allow] = route.methods.map(\.rawValue).joined(separator: ", ")
+            return Response(status: .methodNotAllowed, headers: headers)
+        }
+    }
 }

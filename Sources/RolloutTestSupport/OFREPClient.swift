@@ -17,3 +17,21 @@ extension Trait where Self == ConditionTrait {
             "the OpenFeature Python SDK is not installed (scripts/test.sh makes .build/python-ofrep)")
     }
 }
+
+/// schemathesis from scripts/test.sh's virtual environment (or `ROLLOUT_TEST_SCHEMATHESIS`).
+public func schemathesis() -> String? {
+    let candidates = [
+        ProcessInfo.processInfo.environment["ROLLOUT_TEST_SCHEMATHESIS"],
+        FileManager.default.currentDirectoryPath + "/.build/python-schemathesis/bin/schemathesis",
+    ]
+    return candidates.compactMap { $0 }.first { FileManager.default.isExecutableFile(atPath: $0) }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Skips on a laptop without schemathesis; in CI (`CI=true`) the test runs and fails.
+    public static var requiresSchemathesis: Self {
+        .enabled(
+            if: isCI || (schemathesis() != nil && executablePath("redis-server") != nil),
+            "schemathesis is not installed (scripts/test.sh makes .build/python-schemathesis)")
+    }
+}

@@ -66,6 +66,7 @@ public struct AlertWebhook: Sendable {
         }
         var results: [AlertResult] = []
         var unavailable: String?
+        var inProgress = false
         for alert in payload.alerts {
             if let reason = unavailable {
                 results.append(AlertResult(alert, outcome: .notActed, detail: "not acted on: \(reason); Alertmanager's retry acts"))
@@ -73,6 +74,7 @@ public struct AlertWebhook: Sendable {
             }
             let result = await handle(alert)
             if result.outcome == .unavailable { unavailable = result.detail }
+            if result.outcome == .inProgress { inProgress = true }
             results.append(result)
         }
         for result in results {
@@ -83,6 +85,12 @@ public struct AlertWebhook: Sendable {
             return problem(
                 503, "alert-dependency-unavailable", "Redis or Prometheus is unreachable",
                 "\(unavailable). The alerts not acted on were released: Alertmanager retries a 5xx, and its retry acts.",
+                alerts: results)
+        }
+        if inProgress {
+            return problem(
+                503, "alert-in-progress", "Another delivery of an alert is being acted on",
+                "Another delivery of the same alert (fingerprint and startsAt) is being acted on now. Alertmanager retries a 5xx; the retry answers with its outcome.",
                 alerts: results)
         }
         return json(encoded, status: .ok)
@@ -113,8 +121,16 @@ public struct AlertWebhook: Sendable {
             let claimed = try await redis.send(RedisCommand("SET", key, token, "NX", "PX", String(pendingTTL.wholeMilliseconds)))
             if claimed.isNull {
                 let previous = (try? await redis.send("GET", key).string) ?? nil
-                let state = previous.map { $0.hasPrefix("pending:") ? "being acted on now" : "already handled: " + $0.dropFirst("done:".count) } ?? "already handled"
-                return AlertResult(alert, feature: label, outcome: .duplicate, detail: "duplicate of a delivery \(state)")
+                logger.info(
+                    "Duplicate alert delivery: nothing done",
+                    metadata: ["alert.name": "\(name ?? "")", "alert.fingerprint": "\(alert.fingerprint)", "feature.name": "\(label)"])
+                guard let previous, previous.hasPrefix("done:") else {
+                    // Another delivery is acting now, or one died while acting (its claim expires):
+                    // a 503, so that Alertmanager's retry finds the outcome, or acts.
+                    return AlertResult(
+                        alert, feature: label, outcome: .inProgress, detail: "another delivery of this alert is being acted on; the retry will tell its outcome")
+                }
+                return AlertResult(alert, feature: label, outcome: .duplicate, detail: "duplicate of a delivery already handled: " + previous.dropFirst("done:".count))
             }
         } catch {
             return AlertResult(alert, feature: label, outcome: .unavailable, detail: "Redis: \(error)")
@@ -204,6 +220,9 @@ struct AlertResult: Encodable, Sendable {
         case unavailable
         /// Not tried: an earlier alert of the delivery found Redis or Prometheus unreachable.
         case notActed = "not_acted"
+        /// Another delivery of the alert holds its claim, acting now (or it died acting, and the
+        /// claim expires): 503, so the retry finds the outcome.
+        case inProgress = "in_progress"
     }
 
     var fingerprint: String

@@ -69,6 +69,14 @@ final class AlertWorld: Sendable {
 
     func get(_ key: String) async throws -> String? { try await client.send("GET", key).string }
 
+    var tokensFile: String { directory + "/tokens" }
+
+    /// A new token in ``tokensFile`` (`rollout tokens add`), returned.
+    func addToken(_ name: String, _ scopes: String) async throws -> String {
+        let added = try await runCommand(try rolloutBinary(), ["tokens", "add", name, "--scopes", scopes, "--tokens-file", tokensFile])
+        return String(added.stdout.split(separator: "\n").last ?? "")
+    }
+
     /// `rollout serve --config` on this world, ready.
     func serve(_ arguments: [String] = [], name: String = "serve") async throws -> Serve {
         let folder = directory + "/" + name
@@ -168,13 +176,14 @@ struct AlertWebhookTests {
         let first = try await world.serve(name: "a")
         let second = try await world.serve(name: "b")
         let body = webhookPayload([TestAlert(fingerprint: "bbbb000000000001", labels: forced)])
-        // An HA pair delivers the same alert to both servers at once: one acts.
+        // An HA pair delivers the same alert to both servers at once: one acts. The other finds
+        // it done (200, duplicate) or still being acted on (503, in_progress: its retry finds it done).
         async let one = postAlerts(first, body)
         async let other = postAlerts(second, body)
         let answers = try await [one, other]
-        #expect(answers.map(\.status) == [200, 200], "\(answers.map(\.body))")
         let seen = answers.compactMap { outcomes($0)["bbbb000000000001"]?["outcome"] as? String }.sorted()
-        #expect(seen == ["duplicate", "rolled_back"], "\(answers.map(\.body))")
+        #expect(seen == ["duplicate", "rolled_back"] || seen == ["in_progress", "rolled_back"], "\(answers.map(\.body))")
+        #expect(answers.map(\.status).sorted() == (seen[0] == "duplicate" ? [200, 200] : [200, 503]), "\(answers.map(\.body))")
         let acted = try #require(answers.compactMap { outcomes($0)["bbbb000000000001"] }.first { $0["outcome"] as? String == "rolled_back" })
         #expect(acted["from"] as? String == "100" && acted["to"] as? String == "50" && acted["forced"] as? Bool == true)
         // Sent again to either: a duplicate, never a second step down.
@@ -236,6 +245,24 @@ struct AlertWebhookTests {
         _ = try await world.client.send("SET", "flags:checkout:enabled", "false")
         let killed = try await postAlerts(serve, webhookPayload([TestAlert(fingerprint: "cccc000000000006", labels: forced)]))
         #expect(outcomes(killed)["cccc000000000006"]?["reason"] as? String == "disabled", "\(killed.body)")
+    }
+
+    @Test func aClaimLeftPendingIs503UntilItExpiresThenTheRetryActs() async throws {
+        // A server that died while acting leaves its claim pending until its TTL: a delivery meanwhile
+        // must not be answered 200 (Alertmanager would never send it again), nor act twice.
+        let world = try await AlertWorld()
+        try world.writePolicy(["checkout"])
+        try await world.seed("checkout", percent: "100")
+        let serve = try await world.serve()
+        let key = "rollout:alert:" + sha256Hex(Data("acac000000000001".utf8) + [0] + Data("2026-12-02T10:00:00.000Z".utf8))
+        _ = try await world.client.send("SET", key, "pending:a-server-that-died", "PX", "600000")
+        let body = webhookPayload([TestAlert(fingerprint: "acac000000000001", labels: forced)])
+        let pending = try await postAlerts(serve, body)
+        #expect(pending.status == 503 && outcomes(pending)["acac000000000001"]?["outcome"] as? String == "in_progress", "\(pending.body)")
+        #expect(try await world.get("flags:checkout:rollout_percent") == "100")
+        _ = try await world.client.send("DEL", key)  // what its expiry does
+        let retried = try await postAlerts(serve, body)
+        #expect(retried.status == 200 && outcomes(retried)["acac000000000001"]?["outcome"] as? String == "rolled_back", "\(retried.body)")
     }
 
     @Test func resolvedIsLoggedOnlyAndAlertsAboutNoFeatureAreSkipped() async throws {
@@ -337,15 +364,70 @@ struct AlertWebhookTests {
         #expect(try await world.get("flags:checkout:rollout_percent") == "10")
     }
 
+    @Test(.requiresAlertmanager) func aRealAlertmanagerDeliversOnceItsRepeatsAreDuplicatesAndResolvedIsLogged() async throws {
+        let world = try await AlertWorld()
+        try world.writePolicy(["checkout"])
+        try await world.seed("checkout", percent: "100")
+        let file = world.tokensFile
+        let add = world.addToken
+        let credentials = world.directory + "/alertmanager.token"
+        try (try await add("alertmanager", "alerts")).write(toFile: credentials, atomically: true, encoding: .utf8)
+        let reader = try await add("ops", "read")
+        let serve = try await world.serve(["--tokens-file", file])
+        // Sent at once, then again every second with the same startsAt (repeat_interval), and resolved.
+        let alertmanager = try await offThePool {
+            try AlertmanagerServer(
+                config: """
+                    route:
+                      receiver: rollout
+                      group_by: [alertname, feature]
+                      group_wait: 0s
+                      group_interval: 1s
+                      repeat_interval: 1s
+                    receivers:
+                      - name: rollout
+                        webhook_configs:
+                          - url: \(serve.base)/v1/alerts
+                            send_resolved: true
+                            max_alerts: 20
+                            http_config:
+                              authorization:
+                                credentials_file: \(credentials)
+
+                    """)
+        }
+        let startsAt = ISO8601DateFormatter().string(from: Date())
+        func post(endsAt: String?) async throws {
+            var alert: [String: Any] = [
+                "labels": ["alertname": "CheckoutErrorBudgetBurn", "feature": "checkout", "rollout_action": "rollback"],
+                "annotations": ["summary": "burning"], "generatorURL": "http://prometheus:9090/graph?g0.expr=x&token=hunter2", "startsAt": startsAt,
+            ]
+            if let endsAt { alert["endsAt"] = endsAt }
+            let body = String(decoding: try JSONSerialization.data(withJSONObject: [alert]), as: UTF8.self)
+            let posted = try await call(alertmanager.url + "/api/v2/alerts", body: body)
+            #expect(posted.status == 200, "\(posted.body)")
+        }
+        func counted(_ outcome: String) async -> Bool {
+            let metrics = try? await call(serve.base + "/metrics", method: .GET, headers: [("Authorization", "Bearer \(reader)")])
+            return metrics?.body.contains("rollout_serve_alerts_total{outcome=\"\(outcome)\"}") == true
+        }
+        try await post(endsAt: nil)
+        #expect(await eventually(within: .seconds(60)) { await counted("duplicate") }, "\(alertmanager.logText)\n\(serve.logText)")
+        #expect(await counted("rolled_back"))
+        #expect(try await world.get("flags:checkout:rollout_percent") == "50")  // once, whatever the repeats
+        #expect(try await world.auditRecords().filter { $0.feature == "checkout" }.map(\.change) == ["100% -> 50%"])
+        try await post(endsAt: ISO8601DateFormatter().string(from: Date()))
+        #expect(await eventually(within: .seconds(60)) { await counted("resolved_logged") }, "\(serve.logText)")
+        #expect(try await world.get("flags:checkout:rollout_percent") == "50")
+        #expect(!serve.logText.contains("hunter2"))
+    }
+
     @Test func tokensNeedTheAlertsScope() async throws {
         let world = try await AlertWorld()
         try world.writePolicy(["checkout"])
         try await world.seed("checkout", percent: "100")
-        let file = world.directory + "/tokens"
-        func add(_ name: String, _ scopes: String) async throws -> String {
-            let added = try await runCommand(try rolloutBinary(), ["tokens", "add", name, "--scopes", scopes, "--tokens-file", file])
-            return String(added.stdout.split(separator: "\n").last ?? "")
-        }
+        let file = world.tokensFile
+        let add = world.addToken
         let web = try await add("web", "evaluate,read,operate")
         let alertmanager = try await add("alertmanager", "alerts")
         let serve = try await world.serve(["--tokens-file", file])

@@ -20,7 +20,7 @@ struct ServeCommand: AsyncParsableCommand {
             accepting, finish the requests in flight (at most 10 s), exit 0. With --tokens-file every \
             route but the health ones needs a token (Authorization: Bearer, or X-API-Key) with its \
             scope (rollout tokens add); without one the server listens on loopback only. With --config \
-            (or ROLLOUT_CONFIG), POST /v1/alerts takes Alertmanager's webhook: a firing alert labelled \
+            (or ROLLOUT_CONFIG; serve reads no ./rollout.yaml by default), POST /v1/alerts takes Alertmanager's webhook: a firing alert labelled \
             feature=F runs F's rollback checks at once (never a promotion), rollout_action=rollback \
             forces the rollback; without a policy that route answers 501. docs/serve.md has the details.
             """
@@ -48,7 +48,9 @@ struct ServeCommand: AsyncParsableCommand {
     func policy() async throws -> ControllerPolicy? {
         let environment = ProcessInfo.processInfo.environment
         guard policyOptions.config != nil || environment["ROLLOUT_CONFIG"].map({ !$0.isEmpty }) == true else { return nil }
-        let policy = try await policyOptions.load()
+        var policy = try await policyOptions.load()
+        // --audit-log names the webhook's audit log over the policy's audit_log (and ROLLOUT_AUDIT_LOG).
+        if let path = options.auditLogPath { policy.auditLog = path }
         if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
         if options.redisURLText != nil {
             let served = try options.redisURL()

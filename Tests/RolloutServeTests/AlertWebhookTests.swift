@@ -466,6 +466,8 @@ struct AlertWebhookTests {
             binary, ["serve", "--listen", "127.0.0.1:\(try freeLoopbackPort())", "--config", world.policyPath],
             environment: environment.merging(["ROLLOUT_AUDIT_LOG": world.directory + "/no-such-folder/log.md"]) { $1 })
         #expect(unwritableLog.status == 2 && unwritableLog.stderr.contains("no-such-folder"), "\(unwritableLog.stderr)")
+        let unwritableFlag = try await start(["--config", world.policyPath, "--audit-log", "/dev/full"])
+        #expect(unwritableFlag.status == 2 && unwritableFlag.stderr.contains("/dev/full"), "\(unwritableFlag.stderr)")
         let otherRedis = try await start(["--config", world.policyPath, "--redis-url", "redis://:s3cret@127.0.0.1:1/3"])
         #expect(otherRedis.status == 2 && otherRedis.stderr.contains("different servers"), "\(otherRedis.stderr)")
         #expect(!otherRedis.stderr.contains("s3cret"))

@@ -52,12 +52,14 @@ public struct Controller: Sendable {
     /// and promotions are held with `watching`. With `forcedRollback` the checks are not queried:
     /// each feature rolls back to its target under the same lock, compare-and-set, guard, flap
     /// protection and audit record as any rollback (see ``decide(policy:observation:now:promotions:forcedRollback:)``).
-    /// With `marker`, a change's script also sets that key, in the same atomic step.
+    /// With `marker`, a change's script also sets that key, in the same atomic step. With
+    /// `requestedBy` (an alert that asked for this run), a change's audit record names it.
     public func run(
-        features only: Set<FeatureName>? = nil, promotions: Bool = true, forcedRollback: ForcedRollback? = nil, marker: ChangeMarker? = nil
+        features only: Set<FeatureName>? = nil, promotions: Bool = true, forcedRollback: ForcedRollback? = nil, marker: ChangeMarker? = nil,
+        requestedBy: String? = nil
     ) async -> RunReport {
         let started = now()
-        let trigger = Trigger(promotions: promotions, forcedRollback: forcedRollback, marker: marker)
+        let trigger = Trigger(promotions: promotions, forcedRollback: forcedRollback, marker: marker, requestedBy: requestedBy)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
             for (index, feature) in policy.features.enumerated() where only?.contains(feature.feature) ?? true {
                 group.addTask { (index, await evaluate(feature, trigger)) }
@@ -124,6 +126,7 @@ public struct Controller: Sendable {
         var promotions: Bool
         var forcedRollback: ForcedRollback?
         var marker: ChangeMarker?
+        var requestedBy: String?
     }
 
     /// How long one feature's evaluation may hold its lock (`flags:<f>:lock`'s TTL): a caller
@@ -176,8 +179,12 @@ public struct Controller: Sendable {
             }
             report.requests = observation.requests ?? nil
         }
-        let plan = decide(
+        var plan = decide(
             policy: feature, observation: observation, now: now(), promotions: trigger.promotions, forcedRollback: trigger.forcedRollback)
+        if let requester = trigger.requestedBy, trigger.forcedRollback == nil, case .change(var change) = plan.writes {
+            change.reason += "; evaluated at once for \(requester)"
+            plan.writes = .change(change)
+        }
         let applied = await apply(plan, of: feature, read: read, marker: trigger.marker)
         return (self.report(applied, of: plan, feature: feature.feature, into: report), true)
     }

@@ -136,9 +136,10 @@ public struct AlertWebhook: Sendable {
             return AlertResult(alert, feature: label, outcome: .unavailable, detail: "Redis: \(error)")
         }
 
-        let forced = action == "rollback" ? ForcedRollback(requestedBy: Self.requester(alert)) : nil
+        let requester = Self.requester(alert)
+        let forced = action == "rollback" ? ForcedRollback(requestedBy: requester) : nil
         let marker = ChangeMarker(key: key, value: "done:rolled_back", ttl: Self.doneTTL)
-        let report = await controller.run(features: [feature], promotions: false, forcedRollback: forced, marker: marker)
+        let report = await controller.run(features: [feature], promotions: false, forcedRollback: forced, marker: marker, requestedBy: requester)
         let result = Self.result(of: report.features.first, alert: alert, feature: label, forced: forced != nil, dryRun: report.dryRun)
         if result.outcome == .unavailable {
             // Nothing was changed (or the change set the claim to done in its own step, which

@@ -162,7 +162,7 @@ struct AlertWebhookTests {
         #expect(try await world.get("flags:failing:rollout_percent") == "10")
         #expect(try await world.get("flags:healthy:rollout_percent") == "50")  // never a promotion from an alert
         let records = try await world.auditRecords()
-        #expect(records.contains { $0.feature == "failing" && $0.change == "50% -> 10%" && $0.reason.contains("error_rate=0.2 violated") })
+        #expect(records.contains { $0.feature == "failing" && $0.change == "50% -> 10%" && $0.reason.contains("error_rate=0.2 violated") && $0.reason.hasSuffix("; evaluated at once for alert FailingErrors (fingerprint aaaa000000000001)") })
         #expect(!records.contains { $0.feature == "healthy" })
         let log = (try? String(contentsOfFile: world.auditLogPath, encoding: .utf8)) ?? ""
         #expect(log.contains("failing  50% -> 10%"), "\(log)")

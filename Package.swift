@@ -119,6 +119,8 @@ let package = Package(
             name: "RolloutServe",
             dependencies: [
                 "RolloutGate",
+                "RolloutController",
+                "RolloutRedis",
                 "CRolloutCrypto",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -192,7 +194,7 @@ let package = Package(
         .testTarget(
             name: "RolloutServeTests",
             dependencies: [
-                "RolloutServe", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
+                "RolloutServe", "RolloutGate", "RolloutRedis", "RolloutTestSupport", "RolloutController",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

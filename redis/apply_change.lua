@@ -12,7 +12,8 @@
 --       'release' (delete), 'set' (to 14 for 15 ms) or '' (leave it), 16 a member to add to the
 --       rollbacks scored 17 (Unix ms; '' for none), those scored below 18 removed, 19 a pause
 --       reason ('' for none), 20 the number of audit records, then their 6 fields each (time,
---       feature, change, reason, by, run).
+--       feature, change, reason, by, run); optionally KEYS 15 a marker set with the change
+--       (the alert webhook's claim) to the ARGV after the records, for the one after (ms).
 -- Returns 1 when applied, 0 when any expected value changed, -1 when the caller no longer holds
 -- the lock (it expired and another controller may be deciding), -2 past the deadline,
 -- {-3, key, its type} when a key has the wrong type; nothing is written unless 1.
@@ -24,6 +25,10 @@ local types = {'string', 'string', 'string', 'string', 'string', 'string', 'stri
 for i, want in ipairs(types) do
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= want then return {-3, KEYS[i], found} end
+end
+if KEYS[15] then
+  local found = redis.call('TYPE', KEYS[15])['ok']
+  if found ~= 'none' and found ~= 'string' then return {-3, KEYS[15], found} end
 end
 if redis.call('GET', KEYS[7]) ~= ARGV[5] then
   return -1
@@ -59,5 +64,9 @@ end
 if ARGV[19] ~= '' then
   redis.call('SET', KEYS[2], 'true')
   redis.call('SET', KEYS[10], ARGV[19])
+end
+if KEYS[15] then
+  local m = 21 + tonumber(ARGV[20]) * 6
+  redis.call('SET', KEYS[15], ARGV[m], 'PX', ARGV[m + 1])
 end
 return 1

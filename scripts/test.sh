@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_swift
-ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway tzdata python3 python3-venv
+ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway prometheus-alertmanager tzdata python3 python3-venv
 # A real OFREP client for `rollout serve`'s tests: OpenFeature's Python SDK and its OFREP
 # provider from PyPI, in a virtual environment of their own.
 ensure_python_venv .build/python-ofrep openfeature-sdk openfeature-provider-ofrep

@@ -3,6 +3,25 @@ package import RolloutAudit
 package import RolloutGate
 package import RolloutRedis
 
+/// A key a change's script sets in the same atomic step as the change, so that whoever asked
+/// for the change can tell, whatever happens to the reply, that it was made: the alert
+/// webhook's claim (`rollout:alert:<sha256>`), so one alert never rolls back twice.
+public struct ChangeMarker: Sendable, Hashable {
+    /// The key (a Redis string).
+    public var key: String
+    /// Its value.
+    public var value: String
+    /// How long it lasts.
+    public var ttl: Duration
+
+    /// A marker.
+    public init(key: String, value: String, ttl: Duration) {
+        self.key = key
+        self.value = value
+        self.ttl = ttl
+    }
+}
+
 /// One run of redis/apply_change.lua: a ``Plan/Change`` applied under compare-and-set. Its
 /// arguments are built, and its reply read, here only.
 package struct ChangeScript: Sendable {
@@ -64,11 +83,13 @@ package struct ChangeScript: Sendable {
     package var change: Plan.Change
     /// The audit records, written first.
     package var records: [AuditRecord]
+    /// A key set with the change, in the same atomic step (nil: none).
+    package var marker: ChangeMarker?
 
     /// A run of the script.
     package init(
         keys: FeatureKeys, preconditions: Preconditions, owner: String, deadlineServerMilliseconds: Int64, change: Plan.Change,
-        records: [AuditRecord]
+        records: [AuditRecord], marker: ChangeMarker? = nil
     ) {
         self.keys = keys
         self.preconditions = preconditions
@@ -76,6 +97,7 @@ package struct ChangeScript: Sendable {
         self.deadlineServerMilliseconds = deadlineServerMilliseconds
         self.change = change
         self.records = records
+        self.marker = marker
     }
 
     /// The KEYS, in the script's order.
@@ -83,7 +105,7 @@ package struct ChangeScript: Sendable {
         [
             keys.rolloutPercent, keys.paused, keys.enabled, keys.lastPercent, keys.lastChangeTime, keys.controllerPercent, keys.lock,
             keys.guardLock, keys.rollbacks, keys.pausedReason, keys.lastGood, keys.streaks, keys.healthySince, AuditTrail.streamKey,
-        ]
+        ] + (marker.map { [$0.key] } ?? [])
     }
 
     /// The ARGV, in the script's order (its header lists them).
@@ -104,6 +126,7 @@ package struct ChangeScript: Sendable {
             change.to.description, preconditions.percent.isEmpty ? "0" : preconditions.percent, change.time.description,
             change.direction == .promote ? change.time.description : "", change.lastGood?.description ?? "",
         ] + guardArguments + rollbackArguments + [change.flapPause ?? "", String(records.count)] + records.flatMap(\.scriptArguments)
+            + (marker.map { [$0.value, String(max(1, $0.ttl.wholeMilliseconds))] } ?? [])
     }
 
     /// Runs it, waiting for the reply until `waitUntil`.

@@ -49,12 +49,20 @@ public struct Controller: Sendable {
     /// Evaluates every feature (concurrently, queries bounded by ``maxConcurrentQueries``) and
     /// returns the report (the executable maps it to an exit status).
     /// With `features`, only those; with `promotions` false (watch mode), rollback checks act
-    /// and promotions are held with `watching`.
-    public func run(features only: Set<FeatureName>? = nil, promotions: Bool = true) async -> RunReport {
+    /// and promotions are held with `watching`. With `forcedRollback` the checks are not queried:
+    /// each feature rolls back to its target under the same lock, compare-and-set, guard, flap
+    /// protection and audit record as any rollback (see ``decide(policy:observation:now:promotions:forcedRollback:)``).
+    /// With `marker`, a change's script also sets that key, in the same atomic step. With
+    /// `requestedBy` (an alert that asked for this run), a change's audit record names it.
+    public func run(
+        features only: Set<FeatureName>? = nil, promotions: Bool = true, forcedRollback: ForcedRollback? = nil, marker: ChangeMarker? = nil,
+        requestedBy: String? = nil
+    ) async -> RunReport {
         let started = now()
+        let trigger = Trigger(promotions: promotions, forcedRollback: forcedRollback, marker: marker, requestedBy: requestedBy)
         let results = await withTaskGroup(of: (Int, FeatureReport).self) { group in
             for (index, feature) in policy.features.enumerated() where only?.contains(feature.feature) ?? true {
-                group.addTask { (index, await evaluate(feature, promotions: promotions)) }
+                group.addTask { (index, await evaluate(feature, trigger)) }
             }
             var results: [(Int, FeatureReport)] = []
             for await result in group { results.append(result) }
@@ -113,7 +121,19 @@ public struct Controller: Sendable {
         return statistics
     }
 
-    private func evaluate(_ feature: FeaturePolicy, promotions: Bool) async -> FeatureReport {
+    /// What a run was asked to do beyond the schedule's evaluation.
+    private struct Trigger: Sendable {
+        var promotions: Bool
+        var forcedRollback: ForcedRollback?
+        var marker: ChangeMarker?
+        var requestedBy: String?
+    }
+
+    /// How long one feature's evaluation may hold its lock (`flags:<f>:lock`'s TTL): a caller
+    /// that claims work around a run (the alert webhook) keeps its claim at least this long.
+    public var lockTTL: Duration { EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL }
+
+    private func evaluate(_ feature: FeaturePolicy, _ trigger: Trigger) async -> FeatureReport {
         let lockKey = FeatureKeys(feature.feature).lock
         // 7. One controller per feature at a time. A dry run writes nothing, not even a lock.
         // The lock's SET NX goes first in the read's pipeline: Redis runs it before the reads,
@@ -121,7 +141,7 @@ public struct Controller: Sendable {
         let lock = policy.dryRun
             ? nil
             : RedisCommand("SET", lockKey, owner, "NX", "PX", String(EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL.wholeMilliseconds))
-        let (result, mayHoldLock) = await evaluateHoldingLock(feature, report: FeatureReport(feature: feature.feature), promotions: promotions, lock: lock)
+        let (result, mayHoldLock) = await evaluateHoldingLock(feature, report: FeatureReport(feature: feature.feature), trigger, lock: lock)
         if lock != nil, mayHoldLock {
             // Released by its owner only; the TTL frees it if this process dies first.
             _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
@@ -132,7 +152,7 @@ public struct Controller: Sendable {
     /// The evaluation, with `lock` (the lock's SET NX) sent first in the read's pipeline; true
     /// when the lock may be this run's (taken, or its SET's fate unknown), so it is released.
     private func evaluateHoldingLock(
-        _ feature: FeaturePolicy, report: FeatureReport, promotions: Bool, lock: RedisCommand?
+        _ feature: FeaturePolicy, report: FeatureReport, _ trigger: Trigger, lock: RedisCommand?
     ) async -> (FeatureReport, mayHoldLock: Bool) {
         let read: FeatureRead
         switch await self.read(feature, lock: lock) {
@@ -149,7 +169,8 @@ public struct Controller: Sendable {
         report.notifiedCondition = read.notifiedCondition
 
         var observation = read.observation
-        if observation.needsQueries {
+        // A forced rollback does not wait for the checks: no query is sent.
+        if observation.needsQueries && trigger.forcedRollback == nil {
             switch await answers(feature, into: &observation) {
             case .success: report.prometheusAnswered = true
             case .failure(let failures):
@@ -158,8 +179,13 @@ public struct Controller: Sendable {
             }
             report.requests = observation.requests ?? nil
         }
-        let plan = decide(policy: feature, observation: observation, now: now(), promotions: promotions)
-        let applied = await apply(plan, of: feature, read: read)
+        var plan = decide(
+            policy: feature, observation: observation, now: now(), promotions: trigger.promotions, forcedRollback: trigger.forcedRollback)
+        if let requester = trigger.requestedBy, trigger.forcedRollback == nil, case .change(var change) = plan.writes {
+            change.reason += "; evaluated at once for \(requester)"
+            plan.writes = .change(change)
+        }
+        let applied = await apply(plan, of: feature, read: read, marker: trigger.marker)
         return (self.report(applied, of: plan, feature: feature.feature, into: report), true)
     }
 
@@ -215,7 +241,7 @@ public struct Controller: Sendable {
 
     /// Writes `plan` (a dry run only records what it would write): the acknowledgement, then
     /// the bookkeeping or the change, each under compare-and-set.
-    private func apply(_ plan: Plan, of feature: FeaturePolicy, read: FeatureRead) async -> Applied {
+    private func apply(_ plan: Plan, of feature: FeaturePolicy, read: FeatureRead, marker: ChangeMarker?) async -> Applied {
         var applied = Applied()
         if let acknowledgement = plan.acknowledgement {
             if policy.dryRun {
@@ -239,7 +265,7 @@ public struct Controller: Sendable {
         case .change(let change):
             if policy.dryRun {
                 await recordDryRun(feature.feature, change.change, plan.explanation, by: "controller", at: plan.time)
-            } else if let hold = await applyChange(change, of: feature, read: read) {
+            } else if let hold = await applyChange(change, of: feature, read: read, marker: marker) {
                 applied.stopped = hold
                 applied.changeRefused = true
             } else {
@@ -276,7 +302,7 @@ public struct Controller: Sendable {
     /// 7. The change under compare-and-set (redis/apply_change.lua): written only if
     /// rollout_percent, paused, enabled and the guard are as read, and only while this run still
     /// holds the lock; the hold when it was not written.
-    private func applyChange(_ change: Plan.Change, of feature: FeaturePolicy, read: FeatureRead) async -> Hold? {
+    private func applyChange(_ change: Plan.Change, of feature: FeaturePolicy, read: FeatureRead, marker: ChangeMarker?) async -> Hold? {
         let keys = FeatureKeys(feature.feature)
         let deadline = read.serverTime.writeDeadline()
         // The change's record, then the guard's release or the flap pause, in the order they happen.
@@ -288,7 +314,7 @@ public struct Controller: Sendable {
         if let reason = change.flapPause { records.append(record("paused", reason)) }
         let script = ChangeScript(
             keys: keys, preconditions: read.preconditions, owner: owner, deadlineServerMilliseconds: deadline.serverMilliseconds, change: change,
-            records: records)
+            records: records, marker: marker)
         let outcome: ChangeScript.Outcome
         do {
             outcome = try await script.run(on: redis, waitingUntil: deadline.waitUntil)

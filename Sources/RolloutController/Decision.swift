@@ -148,6 +148,17 @@ public struct Verdict: Sendable, Hashable {
     }
 }
 
+extension Verdict {
+    /// This verdict as a hold for `reason`.
+    func held(_ reason: HoldReason, _ explanation: String) -> Verdict {
+        var held = self
+        held.action = .hold
+        held.holdReason = reason
+        held.explanation = explanation
+        return held
+    }
+}
+
 /// The verdict alone (rows 2 to 10 of docs/controller.md's decision table); ``decide(policy:observation:now:promotions:)``
 /// adds what it writes.
 func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) -> Verdict {
@@ -222,13 +233,7 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
         verdict.newLastGood = current
     }
 
-    func hold(_ reason: Verdict.HoldReason, _ explanation: String) -> Verdict {
-        var held = verdict
-        held.action = .hold
-        held.holdReason = reason
-        held.explanation = explanation
-        return held
-    }
+    func hold(_ reason: Verdict.HoldReason, _ explanation: String) -> Verdict { verdict.held(reason, explanation) }
 
     // 2. A person's switches win over everything.
     if state.paused {
@@ -318,6 +323,43 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     }
     verdict.action = .promote(to: next)
     verdict.explanation = "healthy: \(current)% -> \(next)%"
+    return verdict
+}
+
+/// A rollback asked for from outside the checks: an alert labelled `rollout_action="rollback"`
+/// (an error-budget burn that pages the rollout directly).
+public struct ForcedRollback: Sendable, Hashable {
+    /// Who asked, for the audit record and the report: `alert HighErrorBudgetBurn (fingerprint
+    /// 4f2a...)`. Folded to one line; never a URL or a secret.
+    public var requestedBy: String
+
+    /// A forced rollback requested by `requestedBy`.
+    public init(requestedBy: String) { self.requestedBy = requestedBy }
+}
+
+/// The verdict of a forced rollback: the checks are not judged (no query is sent for it); a
+/// person's switches still win, and a feature at or below its rollback target has nothing to
+/// do. Everything after the verdict (guard, flap protection, records) is ``decide(policy:observation:now:promotions:forcedRollback:)``'s, as for any rollback.
+func forcedVerdict(policy: FeaturePolicy, observation: Observation, now: Timestamp, forced: ForcedRollback) -> Verdict {
+    let state = observation.state
+    let current = state.rolloutPercent
+    let manual = observation.controllerPercent.map { $0 != current } ?? false
+    var verdict = Verdict(action: .hold, holdReason: nil, explanation: "", checks: [], alerts: [], manualChangeDetected: manual)
+    verdict.firstSight = observation.controllerPercent == nil
+    verdict.streaks = observation.streaks
+    verdict.freezeWindow = policy.freezeWindow(at: now)
+    func hold(_ reason: Verdict.HoldReason, _ explanation: String) -> Verdict { verdict.held(reason, explanation) }
+    if state.paused {
+        let why = observation.pausedReason.map { " (\($0))" } ?? ""
+        return hold(.paused, "paused\(why): a rollback forced by \(forced.requestedBy) waits for `rollout flags resume`; nothing to do")
+    }
+    if !state.enabled { return hold(.disabled, "kill switch on (enabled is false): a rollback forced by \(forced.requestedBy) has nothing to do") }
+    let target = policy.rollbackTarget(from: current, lastGood: observation.lastGood)
+    guard target < current else {
+        return hold(.atRollbackTarget, "rollback forced by \(forced.requestedBy), but \(current)% is already at or below the rollback target: nothing to do")
+    }
+    verdict.action = .rollback(to: target)
+    verdict.explanation = "rollback forced by \(forced.requestedBy); \(current)% -> \(target)% (rollback_to \(policy.rollbackTo)), checks not awaited"
     return verdict
 }
 

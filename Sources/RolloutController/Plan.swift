@@ -144,9 +144,16 @@ let flapWindow = Duration.seconds(3600)
 
 /// The decision table of docs/controller.md, as a pure function: no I/O, the clock passed in.
 /// Corrupt state and unreachable servers are handled before it is called. With `promotions`
-/// false (`rollout watch`) a promotion is held with `watching`; rollbacks act.
-public func decide(policy: FeaturePolicy, observation: Observation, now: Timestamp, promotions: Bool = true) -> Plan {
-    var verdict = verdict(policy: policy, observation: observation, now: now)
+/// false (`rollout watch`) a promotion is held with `watching`; rollbacks act. With
+/// `forcedRollback` (an alert that pages the rollout) the checks are not judged: the feature
+/// rolls back to its rollback target, with the same guard, flap protection and records as any
+/// rollback, unless a person's switch holds it or it is already at or below the target.
+public func decide(
+    policy: FeaturePolicy, observation: Observation, now: Timestamp, promotions: Bool = true, forcedRollback: ForcedRollback? = nil
+) -> Plan {
+    var verdict =
+        forcedRollback.map { forcedVerdict(policy: policy, observation: observation, now: now, forced: $0) }
+        ?? verdict(policy: policy, observation: observation, now: now)
     // 2. A person's switches: nothing is written, not even the bookkeeping.
     guard observation.needsQueries else { return Plan(verdict: verdict, acknowledgement: nil, writes: .none, time: now) }
     if !promotions, case .promote = verdict.action {

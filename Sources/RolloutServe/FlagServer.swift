@@ -18,17 +18,21 @@ public struct FlagServer: Sendable {
     public let tokens: TokenStore?
     /// What `/metrics` shows (scope `read`); nil: no `/metrics`, and requests are not measured.
     public let metrics: PrometheusCollectorRegistry?
+    /// The Alertmanager webhook (`POST /v1/alerts`); nil without a policy: the route answers 501.
+    public let alerts: AlertWebhook?
     /// The change-event streams and their URL credentials.
     let events = ChangeEvents()
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
     /// A server answering from `gate`, to requests carrying one of `tokens` when given, showing
-    /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given.
-    public init(gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil) {
+    /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given, acting on Alertmanager's
+    /// alerts with `alerts` when given.
+    public init(gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil, alerts: AlertWebhook? = nil) {
         self.gate = gate
         self.tokens = tokens
         self.metrics = metrics
+        self.alerts = alerts
     }
 
     /// nil when `request` may use a route of `scope`; else the answer: 401 without a known
@@ -80,7 +84,8 @@ public struct FlagServer: Sendable {
     }
 
     /// The routes: `POST /ofrep/v1/evaluate/flags/{key}`, `POST /ofrep/v1/evaluate/flags`
-    /// (bulk, with ETag and If-None-Match), `GET /healthz`, `GET /readyz`.
+    /// (bulk, with ETag and If-None-Match), `POST /v1/alerts` (Alertmanager), `GET /healthz`,
+    /// `GET /readyz`.
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         var routes = Routes(router: router)
@@ -144,6 +149,7 @@ public struct FlagServer: Sendable {
             }
             return server.eventResponse()
         }
+        AlertWebhook.addRoute(to: &routes, webhook: alerts, server: server)
         routes.add(.get, "/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)
         }

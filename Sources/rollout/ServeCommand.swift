@@ -1,6 +1,10 @@
 import ArgumentParser
+import Foundation
 import Logging
+import RolloutAudit
+import RolloutController
 import RolloutGate
+import RolloutRedis
 import RolloutServe
 
 struct ServeCommand: AsyncParsableCommand {
@@ -15,8 +19,10 @@ struct ServeCommand: AsyncParsableCommand {
             redis-cli; evaluations read the gate's snapshot, never Redis. SIGTERM or SIGINT: stop \
             accepting, finish the requests in flight (at most 10 s), exit 0. With --tokens-file every \
             route but the health ones needs a token (Authorization: Bearer, or X-API-Key) with its \
-            scope (rollout tokens add); without one the server listens on loopback only. \
-            docs/serve.md has the details.
+            scope (rollout tokens add); without one the server listens on loopback only. With --config \
+            (or ROLLOUT_CONFIG; serve reads no ./rollout.yaml by default), POST /v1/alerts takes Alertmanager's webhook: a firing alert labelled \
+            feature=F runs F's rollback checks at once (never a promotion), rollout_action=rollback \
+            forces the rollback; without a policy that route answers 501. docs/serve.md has the details.
             """
     )
     @OptionGroup var options: ConnectionOptions
@@ -24,9 +30,36 @@ struct ServeCommand: AsyncParsableCommand {
     var listen = "127.0.0.1:8016"
     @OptionGroup var tokensFile: TokensFileOption
     @OptionGroup var snapshotFile: SnapshotFileOption
+    @OptionGroup var policyOptions: ControllerCommand.PolicyOptions
+    @Option(help: ArgumentHelp("The alert label naming the feature an alert is about.", valueName: "label"))
+    var alertFeatureLabel = "feature"
 
     func validate() throws {
         _ = try Self.address(listen, authenticated: tokensFile.path != nil)
+        guard !alertFeatureLabel.isEmpty, alertFeatureLabel.utf8.count <= 128 else {
+            throw ValidationError("--alert-feature-label must be a label name of 1 to 128 characters.")
+        }
+    }
+
+    /// The policy, when one is given (--config or ROLLOUT_CONFIG): it validates and its audit log
+    /// is writable, or the server does not start (exit 2). Its Redis is serve's: `--redis-url`
+    /// naming another server or database is refused; without --redis-url and REDIS_URL, the
+    /// policy's `redis:` is used.
+    func policy() async throws -> ControllerPolicy? {
+        let environment = ProcessInfo.processInfo.environment
+        guard policyOptions.config != nil || environment["ROLLOUT_CONFIG"].map({ !$0.isEmpty }) == true else { return nil }
+        var policy = try await policyOptions.load()
+        // --audit-log names the webhook's audit log over the policy's audit_log (and ROLLOUT_AUDIT_LOG).
+        if let path = options.auditLogPath { policy.auditLog = path }
+        if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
+        if options.redisURLText != nil {
+            let served = try options.redisURL()
+            guard served.endpoint == policy.redis.endpoint, served.database == policy.redis.database else {
+                throw ValidationError(
+                    "--redis-url \(served) and the policy's Redis \(policy.redis) are different servers or databases: the webhook would act on one and serve the other. Give one Redis (leave out --redis-url to use the policy's; credentials may differ).")
+            }
+        }
+        return policy
     }
 
     /// HOST and PORT of `--listen`, on loopback only.
@@ -49,12 +82,24 @@ struct ServeCommand: AsyncParsableCommand {
         let metrics = FlagServer.bootstrapMetrics()
         var tokens: TokenStore?
         if let path = tokensFile.path { tokens = try await TokenStore(path: path, logger: logger) }
+        let policy = try await policy()
+        let alerts = policy.map {
+            AlertWebhook(controller: Controller(policy: $0, logger: Logger(label: "rollout-controller")), featureLabel: alertFeatureLabel, logger: logger)
+        }
+        // One Redis: the policy's when --redis-url and REDIS_URL leave it unsaid.
+        var redisURL = try options.redisURL()
+        if let policy, options.redisURLText == nil, ProcessInfo.processInfo.environment["REDIS_URL"].map({ !$0.isEmpty }) != true {
+            redisURL = policy.redis
+        }
         var configuration = FeatureGate.Configuration()
         configuration.discoversFeatures = true
         configuration.snapshotFile = snapshotFile.path
-        let gate = FeatureGate(redisURL: try options.redisURL(), configuration: configuration, logger: Logger(label: "rollout-gate"))
-        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics).run(host: host, port: port, logger: logger)
+        let gate = FeatureGate(redisURL: redisURL, configuration: configuration, logger: Logger(label: "rollout-gate"))
+        if let policy {
+            logger.notice(
+                "Alertmanager webhook on POST /v1/alerts",
+                metadata: ["policy.features": "\(policy.features.count)", "alert.feature_label": "\(alertFeatureLabel)", "dry_run": "\(policy.dryRun)"])
+        }
+        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, alerts: alerts).run(host: host, port: port, logger: logger)
     }
 }
-
-import Foundation

@@ -23,7 +23,7 @@ struct CompareAndSetTests {
     func apply(
         _ redis: RedisClient, expected: (String, String, String), to percent: String, owner: String = "me", rollback: Bool = false,
         expectedGuard: String = "", guardWrite: Plan.Change.GuardWrite? = nil, lastGood: String? = nil, at time: Timestamp = time,
-        pause: Bool = false, deadline: Int64 = farFuture
+        pause: Bool = false, deadline: Int64 = farFuture, marker: ChangeMarker? = nil
     ) async throws -> ChangeScript.Outcome {
         let from = RolloutPercent(parsing: expected.0) ?? .zero, to = RolloutPercent(parsing: percent) ?? .zero
         let guardWrite = guardWrite ?? (rollback ? .set(value: "rollback guard value", window: .seconds(900)) : expectedGuard.isEmpty ? .none : .release)
@@ -33,7 +33,7 @@ struct CompareAndSetTests {
         let records = [record(change.change)] + (guardWrite == .release ? [record("guard released")] : []) + (pause ? [record("paused")] : [])
         let script = ChangeScript(
             keys: keys, preconditions: .init(percent: expected.0, paused: expected.1, enabled: expected.2, guardValue: expectedGuard), owner: owner,
-            deadlineServerMilliseconds: deadline, change: change, records: records)
+            deadlineServerMilliseconds: deadline, change: change, records: records, marker: marker)
         return try await script.run(on: redis)
     }
 
@@ -84,6 +84,34 @@ struct CompareAndSetTests {
             #expect(try await redis.send("EXISTS", keys.lastChangeTime, keys.controllerPercent, keys.lastPercent, keys.rollbacks) == .integer(0))
             #expect(try await redis.send("GET", keys.rolloutPercent).string != (rollback ? "0" : "50"))
         }
+    }
+
+    @Test func aMarkerIsSetInTheSameStepAsTheChangeAndOnlyWithIt() async throws {
+        // The alert webhook's claim: set by the very script that rolls back, so a lost reply can
+        // never make one alert roll back twice.
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        let marker = ChangeMarker(key: "rollout:alert:abc", value: "done:rolled_back", ttl: .seconds(600))
+        _ = try await redis.send("SET", keys.rolloutPercent, "50")
+        _ = try await redis.send("SET", marker.key, "pending:1")
+        try await lock(redis)
+        _ = try await redis.send("SET", keys.paused, "true")  // a person's change wins: no marker either
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, marker: marker) == .concurrentChange)
+        #expect(try await redis.send("GET", marker.key).string == "pending:1")
+        _ = try await redis.send("DEL", keys.paused)
+        #expect(try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, marker: marker) == .applied)
+        #expect(try await redis.send("GET", marker.key).string == "done:rolled_back")
+        let pttl = try await redis.send("PTTL", marker.key).integer ?? 0
+        #expect(pttl > 590_000 && pttl <= 600_000)
+        #expect(try await recorded(redis) == ["50% -> 10%"])
+        // A marker key of another type: nothing is written, naming it.
+        _ = try await redis.send("SET", keys.rolloutPercent, "50")
+        _ = try await redis.send("DEL", marker.key)
+        _ = try await redis.send("RPUSH", marker.key, "x")
+        let outcome = try await apply(redis, expected: ("50", "", ""), to: "10", rollback: true, marker: marker)
+        #expect(outcome == .refused(.wrongType(key: marker.key, found: "list")), "\(outcome)")
+        #expect(try await redis.send("GET", keys.rolloutPercent).string == "50")
     }
 
     @Test func nothingIsWrittenOnceTheLockIsLost() async throws {

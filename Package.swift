@@ -118,7 +118,10 @@ let package = Package(
         .target(
             name: "RolloutServe",
             dependencies: [
+                "RolloutAdmin",
+                "RolloutAudit",
                 "RolloutGate",
+                "RolloutRedis",
                 "CRolloutCrypto",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),

@@ -4,6 +4,8 @@ import HummingbirdCore
 public import Logging
 import Metrics
 public import Prometheus
+import RolloutRedis
+public import RolloutAudit
 import ServiceLifecycle
 import UnixSignals
 public import RolloutGate
@@ -18,17 +20,24 @@ public struct FlagServer: Sendable {
     public let tokens: TokenStore?
     /// What `/metrics` shows (scope `read`); nil: no `/metrics`, and requests are not measured.
     public let metrics: PrometheusCollectorRegistry?
+    /// Where operator actions are recorded; nil: no operator API (`/v1/features...` is 404).
+    public let auditLog: AuditLog?
+    /// The operator API's own Redis connection (status reads and changes; evaluations never use it).
+    let operatorRedis: RedisClient?
     /// The change-event streams and their URL credentials.
     let events = ChangeEvents()
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
     /// A server answering from `gate`, to requests carrying one of `tokens` when given, showing
-    /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given.
-    public init(gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil) {
+    /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given, with the operator API
+    /// (`/v1/features`) recording its changes in `auditLog` when given.
+    public init(gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil, auditLog: AuditLog? = nil) {
         self.gate = gate
         self.tokens = tokens
         self.metrics = metrics
+        self.auditLog = auditLog
+        operatorRedis = auditLog.map { _ in RedisClient(url: gate.redisURL) }
     }
 
     /// nil when `request` may use a route of `scope`; else the answer: 401 without a known
@@ -80,8 +89,9 @@ public struct FlagServer: Sendable {
     }
 
     /// The routes: `POST /ofrep/v1/evaluate/flags/{key}`, `POST /ofrep/v1/evaluate/flags`
-    /// (bulk, with ETag and If-None-Match), `GET /healthz`, `GET /readyz`.
-    public func router() -> Router<BasicRequestContext> {
+    /// (bulk, with ETag and If-None-Match), `GET /healthz`, `GET /readyz`, and with an audit
+    /// log the operator API (`/v1/features...`, see OperatorAPI.swift).
+    public func router(logger: Logger = Logger(label: "rollout-serve")) -> Router<BasicRequestContext> {
         let router = Router()
         let gate = gate
         let server = self
@@ -143,6 +153,9 @@ public struct FlagServer: Sendable {
             }
             return server.eventResponse()
         }
+        if let auditLog, let operatorRedis {
+            OperatorAPI(server: self, redis: operatorRedis, auditLog: auditLog, logger: logger).register(on: router)
+        }
         router.get("/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)
         }
@@ -160,7 +173,7 @@ public struct FlagServer: Sendable {
         let gate = gate
         let tokens = tokens
         let app = Application(
-            router: router(),
+            router: router(logger: logger),
             server: .http1(configuration: .init(idleTimeout: .seconds(60))),
             configuration: .init(
                 address: .hostname(host, port: port), serverName: "rollout-serve",
@@ -175,6 +188,7 @@ public struct FlagServer: Sendable {
         var group = ServiceGroupConfiguration(services: [gate] + (tokens.map { [$0] } ?? []) + [app], logger: logger)
         group.gracefulShutdownSignals = [.sigterm, .sigint]
         group.maximumGracefulShutdownDuration = .seconds(10)
+        defer { operatorRedis?.close() }
         try await ServiceGroup(configuration: group).run()
     }
 
@@ -260,8 +274,13 @@ public struct FlagServer: Sendable {
 }
 
 private func json(_ data: [UInt8], status: HTTPResponse.Status) -> Response {
+    jsonResponse(data, status: status, contentType: "application/json")
+}
+
+/// A JSON answer (`application/json`, or `application/problem+json` for a problem).
+func jsonResponse(_ data: [UInt8], status: HTTPResponse.Status, contentType: String) -> Response {
     var headers = HTTPFields()
-    headers[.contentType] = "application/json"
+    headers[.contentType] = contentType
     return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
 }
 

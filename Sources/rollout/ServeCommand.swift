@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import RolloutAudit
 import RolloutGate
 import RolloutServe
 
@@ -11,7 +12,9 @@ struct ServeCommand: AsyncParsableCommand {
             POST /ofrep/v1/evaluate/flags/KEY with {"context": {"targetingKey": "...", "workspace": "...", \
             "internal": true}} answers one flag; POST /ofrep/v1/evaluate/flags answers every flag, with an \
             ETag (If-None-Match: 304). GET /healthz answers while the process runs, GET /readyz once a \
-            snapshot is loaded. Every feature in the keyspace is served, also one created later with \
+            snapshot is loaded. GET /v1/features[/NAME[/audit]] (scope read) show features' status; \
+            POST /v1/features/NAME/pause|resume|kill|unkill|set-percent with {"reason": "...", "percent": 25} \
+            (scope operate) change them, recorded in the audit log as api:<token name>. Every feature in the keyspace is served, also one created later with \
             redis-cli; evaluations read the gate's snapshot, never Redis. SIGTERM or SIGINT: stop \
             accepting, finish the requests in flight (at most 10 s), exit 0. With --tokens-file every \
             route but the health ones needs a token (Authorization: Bearer, or X-API-Key) with its \
@@ -46,6 +49,9 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let (host, port) = try Self.address(listen, authenticated: tokensFile.path != nil)
         let logger = Logger(label: "rollout-serve")
+        // The operator API writes the audit log: a path it cannot write fails now, not at the first change.
+        let auditLog = options.auditLog
+        try await auditLog.preflight()
         let metrics = FlagServer.bootstrapMetrics()
         var tokens: TokenStore?
         if let path = tokensFile.path { tokens = try await TokenStore(path: path, logger: logger) }
@@ -53,7 +59,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.discoversFeatures = true
         configuration.snapshotFile = snapshotFile.path
         let gate = FeatureGate(redisURL: try options.redisURL(), configuration: configuration, logger: Logger(label: "rollout-gate"))
-        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics).run(host: host, port: port, logger: logger)
+        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, auditLog: auditLog).run(host: host, port: port, logger: logger)
     }
 }
 

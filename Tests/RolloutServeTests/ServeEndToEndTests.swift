@@ -20,10 +20,20 @@ final class Serve: Sendable {
     private let start: @Sendable (Int) throws -> ChildProcess
     let log: String
 
-    init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
+    /// The audit log the server writes (`directory/rollout_log.md`, through ROLLOUT_AUDIT_LOG).
+    let auditLog: String
+
+    convenience init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
+        try self.init(redisURL: server.urlString, directory: directory, arguments: arguments)
+    }
+
+    init(redisURL: String, directory: String, arguments: [String] = []) throws {
         let log = directory + "/serve.log"
         let binary = try rolloutBinary()
-        let environment = ProcessInfo.processInfo.environment.merging(["REDIS_URL": server.urlString, "ROLLOUT_LOG_LEVEL": "info"]) { $1 }
+        auditLog = directory + "/rollout_log.md"
+        let environment = ProcessInfo.processInfo.environment.merging([
+            "REDIS_URL": redisURL, "ROLLOUT_LOG_LEVEL": "info", "ROLLOUT_AUDIT_LOG": auditLog,
+        ]) { $1 }
         start = { port in
             try ChildProcess(binary, ["serve", "--listen", "127.0.0.1:\(port)"] + arguments, output: log, environment: environment)
         }

@@ -232,6 +232,31 @@ struct OperatorAPITests {
         expectProblem(try await call(serve.base + "/v1/features/checkout/pause", body: "{\"reason\": \"x\"}"), 503, "redis-unavailable")
     }
 
+    @Test func theShippedControllerUserMayUseItAndTheGateUserGets503() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let server = try await RedisServer.start(arguments: ["--aclfile", root.appendingPathComponent("redis/users.acl").path])
+        let controller = RedisClient(url: server.url(username: "controller", password: "controller-change-me"))
+        defer { controller.close() }
+        _ = try await controller.send("SET", "flags:checkout:rollout_percent", "10")
+        let directory = try makeTemporaryDirectory("serve-api")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(redisURL: "redis://controller:controller-change-me@127.0.0.1:\(server.port)", directory: directory)
+        #expect(await ready(serve))
+        #expect(try await call(serve.base + "/v1/features", method: .GET).status == 200)
+        let paused = try await call(serve.base + "/v1/features/checkout/pause", body: "{\"reason\": \"acl\"}")
+        #expect(paused.status == 200 && paused.json["paused"] as? Bool == true && (paused.json["last_change"] as? [String: Any])?["change"] as? String == "paused")
+        #expect(try await call(serve.base + "/v1/features/checkout/audit", method: .GET).status == 200)
+
+        let readerDirectory = try makeTemporaryDirectory("serve-api-reader")
+        defer { try? FileManager.default.removeItem(atPath: readerDirectory) }
+        let reader = try Serve(redisURL: "redis://gate:gate-change-me@127.0.0.1:\(server.port)", directory: readerDirectory)
+        #expect(await ready(reader))
+        let refused = try await call(reader.base + "/v1/features", method: .GET)
+        expectProblem(refused, 503, "redis-unavailable")
+        #expect(refused.body.contains("NOPERM") && !refused.body.contains("gate-change-me"), "\(refused.body)")
+        expectProblem(try await call(reader.base + "/v1/features/checkout/resume", body: "{\"reason\": \"x\"}"), 503, "redis-unavailable")
+    }
+
     @Test func anAuditLogThatCannotBeWrittenFailsAtStart() async throws {
         let result = try await runCommand(
             try rolloutBinary(), ["serve", "--listen", "127.0.0.1:\(try freeLoopbackPort())", "--audit-log", "/nonexistent-folder/rollout_log.md"])

@@ -118,6 +118,8 @@ let package = Package(
         .target(
             name: "RolloutServe",
             dependencies: [
+                "RolloutAdmin",
+                "RolloutAudit",
                 "RolloutGate",
                 "RolloutController",
                 "RolloutRedis",

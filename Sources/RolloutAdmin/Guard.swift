@@ -128,3 +128,36 @@ extension FeatureStore {
         }
     }
 }
+
+/// What the controller left on a feature beside its state: why it paused it, its guard lock,
+/// and whether the feature has any key at all.
+package struct ControllerMarks: Sendable, Hashable {
+    /// `flags:<f>:paused_reason`: set by flap protection, cleared by a resume.
+    package var pausedReason: String?
+    /// The guard lock, nil when unlocked.
+    package var guardLock: GuardLock?
+    /// Whether any key of the feature (its own or the controller's) exists.
+    package var exists: Bool
+}
+
+extension FeatureStore {
+    /// The controller's marks on each of `features`, in one pipelined round trip.
+    package func controllerMarks(_ features: [FeatureName]) async throws(RedisError) -> [ControllerMarks] {
+        let commands = features.flatMap { feature -> [RedisCommand] in
+            let keys = FeatureKeys(feature)
+            return [
+                RedisCommand("GET", keys.pausedReason), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
+                RedisCommand("EXISTS", keys.all + keys.controllerKeys),
+            ]
+        }
+        let replies = try await redis.pipeline(commands)
+        return features.indices.map { index in
+            let base = index * 4
+            // A key of the wrong type answers an error: no reason, no lock (`invalid_keys` and
+            // `rollout flags get` show the feature's own keys; these are the controller's).
+            return ControllerMarks(
+                pausedReason: replies[base].string, guardLock: GuardLock.read(value: replies[base + 1], pttl: replies[base + 2]),
+                exists: (replies[base + 3].integer ?? 0) > 0)
+        }
+    }
+}

@@ -1,5 +1,5 @@
 import Foundation
-import RolloutGate
+package import RolloutGate
 public import RolloutRedis
 
 /// The audit trail's source of truth: the Redis stream `rollout:audit`, to which every script
@@ -107,4 +107,49 @@ func recordID(inLine line: String) -> StreamID? {
     guard let marker = line.range(of: "  id=", options: .backwards) else { return nil }
     let token = line[marker.upperBound...].prefix { $0 != " " }
     return StreamID(token)
+}
+
+extension AuditTrail {
+    /// The newest records first (XREVRANGE in pages of 500), those of `feature` only when given,
+    /// at most `limit`, reading at most `scanning` stream entries (the whole stream is trimmed
+    /// to about ``maxLength``).
+    package func newest(of feature: FeatureName?, limit: Int, scanning: Int = maxLength + 1_000) async throws(RedisError) -> [AuditRecord] {
+        var found: [AuditRecord] = []
+        try await scanBackwards(scanning: scanning) { record in
+            if feature == nil || record.feature == feature { found.append(record) }
+            return found.count < limit
+        }
+        return found
+    }
+
+    /// The newest record of each of `features` found among the newest `scanning` stream entries.
+    package func newestOfEach(_ features: Set<FeatureName>, scanning: Int) async throws(RedisError) -> [FeatureName: AuditRecord] {
+        var found: [FeatureName: AuditRecord] = [:]
+        guard !features.isEmpty else { return found }
+        try await scanBackwards(scanning: scanning) { record in
+            if features.contains(record.feature), found[record.feature] == nil { found[record.feature] = record }
+            return found.count < features.count
+        }
+        return found
+    }
+
+    /// Hands the stream's records to `visit`, newest first, until it answers false, the stream
+    /// ends or `scanning` entries were read.
+    private func scanBackwards(scanning: Int, _ visit: (AuditRecord) -> Bool) async throws(RedisError) {
+        var end = "+"
+        var read = 0
+        while read < scanning {
+            let count = min(500, scanning - read)
+            let batch = try await redis.send(RedisCommand("XREVRANGE", Self.streamKey, end, "-", "COUNT", String(count)))
+            guard let entries = batch.array else {
+                throw RedisError(.protocolError, "Redis answered XREVRANGE \(Self.streamKey) with \(batch), not a list of records.")
+            }
+            read += entries.count
+            for entry in entries {
+                if let record = AuditRecord(streamEntry: entry), !visit(record) { return }
+            }
+            guard entries.count == count, let lastID = entries.last?.array?.first?.string else { return }
+            end = "(" + lastID
+        }
+    }
 }

@@ -237,7 +237,7 @@ public final class FeatureGate: Service, Sendable {
     /// How current checks are: ``Decision/Freshness/live``, stale for how long, or nil when
     /// a ``Configuration/maxStaleness`` was passed (failing closed).
     @inline(__always)
-    func currentFreshness() -> Decision.Freshness? {
+    package func currentFreshness() -> Decision.Freshness? {
         let now = clock.nanoseconds()
         if now <= freshUntil.load(ordering: .relaxed) { return .live }
         return agedFreshness(now: now)

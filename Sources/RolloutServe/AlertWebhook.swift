@@ -320,10 +320,10 @@ struct AlertmanagerPayload: Decodable, Sendable {
             guard ["firing", "resolved"].contains(alert.status) else {
                 return .failure(Fault(field: "alerts[\(index)].status", detail: "alerts[\(index)].status must be \"firing\" or \"resolved\""))
             }
-            guard !alert.fingerprint.isEmpty, alert.fingerprint.utf8.count <= 256 else {
-                return .failure(Fault(field: "alerts[\(index)].fingerprint", detail: "alerts[\(index)].fingerprint must be 1 to 256 bytes"))
+            guard !alert.fingerprint.isEmpty, alert.fingerprint.unicodeScalars.count <= 256 else {
+                return .failure(Fault(field: "alerts[\(index)].fingerprint", detail: "alerts[\(index)].fingerprint must be 1 to 256 characters"))
             }
-            guard !alert.startsAt.isEmpty, alert.startsAt.utf8.count <= 64 else {
+            guard !alert.startsAt.isEmpty, alert.startsAt.unicodeScalars.count <= 64 else {
                 return .failure(Fault(field: "alerts[\(index)].startsAt", detail: "alerts[\(index)].startsAt must be an RFC 3339 time"))
             }
         }

@@ -4,6 +4,8 @@ import HummingbirdCore
 public import Logging
 import Metrics
 public import Prometheus
+import RolloutRedis
+public import RolloutAudit
 import ServiceLifecycle
 import UnixSignals
 public import RolloutGate
@@ -20,6 +22,10 @@ public struct FlagServer: Sendable {
     public let metrics: PrometheusCollectorRegistry?
     /// The Alertmanager webhook (`POST /v1/alerts`); nil without a policy: the route answers 501.
     public let alerts: AlertWebhook?
+    /// Where operator actions are recorded; nil: no operator API (`/v1/features...` is 404).
+    public let auditLog: AuditLog?
+    /// The operator API's own Redis connection (status reads and changes; evaluations never use it).
+    let operatorRedis: RedisClient?
     /// The change-event streams and their URL credentials.
     let events = ChangeEvents()
     /// The largest request body read; larger is 413.
@@ -27,12 +33,18 @@ public struct FlagServer: Sendable {
 
     /// A server answering from `gate`, to requests carrying one of `tokens` when given, showing
     /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given, acting on Alertmanager's
-    /// alerts with `alerts` when given.
-    public init(gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil, alerts: AlertWebhook? = nil) {
+    /// alerts with `alerts` when given, with the operator API (`/v1/features`) recording its
+    /// changes in `auditLog` when given.
+    public init(
+        gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil, alerts: AlertWebhook? = nil,
+        auditLog: AuditLog? = nil
+    ) {
         self.gate = gate
         self.tokens = tokens
         self.metrics = metrics
         self.alerts = alerts
+        self.auditLog = auditLog
+        operatorRedis = auditLog.map { _ in RedisClient(url: gate.redisURL) }
     }
 
     /// nil when `request` may use a route of `scope`; else the answer: 401 without a known
@@ -85,8 +97,9 @@ public struct FlagServer: Sendable {
 
     /// The routes: `POST /ofrep/v1/evaluate/flags/{key}`, `POST /ofrep/v1/evaluate/flags`
     /// (bulk, with ETag and If-None-Match), `POST /v1/alerts` (Alertmanager), `GET /healthz`,
-    /// `GET /readyz`.
-    public func router() -> Router<BasicRequestContext> {
+    /// `GET /readyz`, and with an audit log the operator API (`/v1/features...`, see
+    /// OperatorAPI.swift).
+    public func router(logger: Logger = Logger(label: "rollout-serve")) -> Router<BasicRequestContext> {
         let router = Router()
         var routes = Routes(router: router)
         let gate = gate
@@ -150,6 +163,9 @@ public struct FlagServer: Sendable {
             return server.eventResponse()
         }
         AlertWebhook.addRoute(to: &routes, webhook: alerts, server: server)
+        if let auditLog, let operatorRedis {
+            OperatorAPI(server: self, redis: operatorRedis, auditLog: auditLog, logger: logger).register(on: &routes)
+        }
         routes.add(.get, "/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)
         }
@@ -168,7 +184,7 @@ public struct FlagServer: Sendable {
         let gate = gate
         let tokens = tokens
         let app = Application(
-            router: router(),
+            router: router(logger: logger),
             server: .http1(configuration: .init(idleTimeout: .seconds(60))),
             configuration: .init(
                 address: .hostname(host, port: port), serverName: "rollout-serve",
@@ -183,6 +199,7 @@ public struct FlagServer: Sendable {
         var group = ServiceGroupConfiguration(services: [gate] + (tokens.map { [$0] } ?? []) + [app], logger: logger)
         group.gracefulShutdownSignals = [.sigterm, .sigint]
         group.maximumGracefulShutdownDuration = .seconds(10)
+        defer { operatorRedis?.close() }
         try await ServiceGroup(configuration: group).run()
     }
 
@@ -268,8 +285,13 @@ public struct FlagServer: Sendable {
 }
 
 private func json(_ data: [UInt8], status: HTTPResponse.Status) -> Response {
+    jsonResponse(data, status: status, contentType: "application/json")
+}
+
+/// A JSON answer (`application/json`, or `application/problem+json` for a problem).
+func jsonResponse(_ data: [UInt8], status: HTTPResponse.Status, contentType: String) -> Response {
     var headers = HTTPFields()
-    headers[.contentType] = "application/json"
+    headers[.contentType] = contentType
     return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
 }
 

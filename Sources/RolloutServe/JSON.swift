@@ -77,7 +77,8 @@ struct JSONReader {
         case string(String)
         case bool(Bool)
         case null
-        case number
+        /// A number, as its literal text (`37.125`, `1e2`).
+        case number(String)
         case array
         case object
     }
@@ -155,8 +156,9 @@ struct JSONReader {
             try array()
             return .array
         case 0x2D, 0x30...0x39:
+            let start = index
             try number()
-            return .number
+            return .number(String(decoding: bytes[start..<index], as: UTF8.self))
         default: throw Malformed()
         }
     }

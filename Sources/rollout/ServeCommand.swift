@@ -15,7 +15,9 @@ struct ServeCommand: AsyncParsableCommand {
             POST /ofrep/v1/evaluate/flags/KEY with {"context": {"targetingKey": "...", "workspace": "...", \
             "internal": true}} answers one flag; POST /ofrep/v1/evaluate/flags answers every flag, with an \
             ETag (If-None-Match: 304). GET /healthz answers while the process runs, GET /readyz once a \
-            snapshot is loaded. Every feature in the keyspace is served, also one created later with \
+            snapshot is loaded. GET /v1/features[/NAME[/audit]] (scope read) show features' status; \
+            POST /v1/features/NAME/pause|resume|kill|unkill|set-percent with {"reason": "...", "percent": 25} \
+            (scope operate) change them, recorded in the audit log as api:<token name>. Every feature in the keyspace is served, also one created later with \
             redis-cli; evaluations read the gate's snapshot, never Redis. SIGTERM or SIGINT: stop \
             accepting, finish the requests in flight (at most 10 s), exit 0. With --tokens-file every \
             route but the health ones needs a token (Authorization: Bearer, or X-API-Key) with its \
@@ -79,10 +81,14 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let (host, port) = try Self.address(listen, authenticated: tokensFile.path != nil)
         let logger = Logger(label: "rollout-serve")
+        let policy = try await policy()
+        // The operator API writes the audit log (the policy's, with --config, as the webhook
+        // does): a path it cannot write fails now, not at the first change.
+        let auditLog = policy.map { AuditLog(path: $0.auditLog) } ?? options.auditLog
+        try await auditLog.preflight()
         let metrics = FlagServer.bootstrapMetrics()
         var tokens: TokenStore?
         if let path = tokensFile.path { tokens = try await TokenStore(path: path, logger: logger) }
-        let policy = try await policy()
         let alerts = policy.map {
             AlertWebhook(controller: Controller(policy: $0, logger: Logger(label: "rollout-controller")), featureLabel: alertFeatureLabel, logger: logger)
         }
@@ -100,6 +106,6 @@ struct ServeCommand: AsyncParsableCommand {
                 "Alertmanager webhook on POST /v1/alerts",
                 metadata: ["policy.features": "\(policy.features.count)", "alert.feature_label": "\(alertFeatureLabel)", "dry_run": "\(policy.dryRun)"])
         }
-        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, alerts: alerts).run(host: host, port: port, logger: logger)
+        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog).run(host: host, port: port, logger: logger)
     }
 }

@@ -55,6 +55,8 @@ struct ShippedRedisConfigTests {
         #expect(result.array?.first == .integer(1))
         #expect(try await controller.send("GET", "flags:g:rollout_percent").string == "10")
         #expect(try await controller.send("XLEN", "rollout:audit") == .integer(1))
+        // `rollout serve`'s operator API reads the newest records first.
+        #expect(try await controller.send("XREVRANGE", "rollout:audit", "+", "-", "COUNT", "1").array?.count == 1)
         await #expect {
             try await controller.send("SET", "unrelated", "x")
         } throws: { error in

@@ -20,10 +20,22 @@ final class Serve: Sendable {
     private let start: @Sendable (Int) throws -> ChildProcess
     let log: String
 
-    init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
+    /// The audit log the server writes (`directory/rollout_log.md`, through ROLLOUT_AUDIT_LOG),
+    /// unless a policy (`--config`) names its own.
+    let auditLog: String
+
+    convenience init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
+        try self.init(redisURL: server.urlString, directory: directory, arguments: arguments)
+    }
+
+    init(redisURL: String, directory: String, arguments: [String] = []) throws {
         let log = directory + "/serve.log"
         let binary = try rolloutBinary()
-        let environment = ProcessInfo.processInfo.environment.merging(["REDIS_URL": server.urlString, "ROLLOUT_LOG_LEVEL": "info"]) { $1 }
+        auditLog = directory + "/rollout_log.md"
+        var settings = ["REDIS_URL": redisURL, "ROLLOUT_LOG_LEVEL": "info"]
+        // ROLLOUT_AUDIT_LOG overrides a policy's audit_log: with one, the policy's stands.
+        if !arguments.contains("--config") { settings["ROLLOUT_AUDIT_LOG"] = auditLog }
+        let environment = ProcessInfo.processInfo.environment.merging(settings) { $1 }
         start = { port in
             try ChildProcess(binary, ["serve", "--listen", "127.0.0.1:\(port)"] + arguments, output: log, environment: environment)
         }

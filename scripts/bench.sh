@@ -79,7 +79,6 @@ ensure_packages prometheus prometheus-pushgateway curl libcurl4-openssl-dev
 push_port=$(free_port)
 prometheus-pushgateway --web.listen-address="127.0.0.1:$push_port" --persistence.file="$work/push.store" > "$work/push.log" 2>&1 &
 bench_pids=($!)
-prom_port=$(free_port)
 cat > "$work/prometheus.yml" <<YAML
 global:
   scrape_interval: 1s
@@ -89,10 +88,29 @@ scrape_configs:
     static_configs:
       - targets: ['127.0.0.1:$push_port']
 YAML
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
-  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn > "$work/prometheus.log" 2>&1 &
-bench_pids+=($!)
 trap 'kill "${bench_pids[@]}" 2>/dev/null || true; stop_local_redis' EXIT INT TERM
+# Prometheus on a free port, started again on another one if it exits before it is ready (its
+# port taken between the choice and its bind); its log is shown when it never gets ready.
+prom_ready=""
+for _ in 1 2 3; do
+  prom_port=$(free_port)
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
+    --web.listen-address="127.0.0.1:$prom_port" --log.level=warn > "$work/prometheus.log" 2>&1 &
+  prom_pid=$!
+  bench_pids+=("$prom_pid")
+  for _ in $(seq 1 300); do
+    if curl -fsS "http://127.0.0.1:$prom_port/-/ready" >/dev/null 2>&1; then prom_ready=1; break; fi
+    kill -0 "$prom_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  [ -n "$prom_ready" ] && break
+  kill "$prom_pid" 2>/dev/null || true
+done
+if [ -z "$prom_ready" ]; then
+  echo "FAILED: Prometheus did not get ready; its log:" >&2
+  tail -n 30 "$work/prometheus.log" >&2
+  exit 1
+fi
 for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$push_port/-/ready" >/dev/null 2>&1 && break; sleep 0.2; done
 # Three series per feature, pushed once; Prometheus scrapes them from the Pushgateway.
 awk 'BEGIN { for (i = 0; i < 1000; i++) printf "bench_error_ratio{feature=\"f%d\"} 0.001\nbench_latency_p95{feature=\"f%d\"} 0.2\nbench_saturation{feature=\"f%d\"} 0.5\n", i, i, i }' \
@@ -115,10 +133,16 @@ awk 'BEGIN { for (i = 0; i < 1000; i++) printf "bench_error_ratio{feature=\"f%d\
 YAML
   done
 } > "$work/bench.yaml"
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$prom_port/api/v1/query?query=count(bench_saturation)" 2>/dev/null | grep -q '"1000"' && break
+scraped=""
+for _ in $(seq 1 240); do
+  if curl -fsS "http://127.0.0.1:$prom_port/api/v1/query?query=count(bench_saturation)" 2>/dev/null | grep -q '"1000"'; then scraped=1; break; fi
   sleep 0.5
 done
+if [ -z "$scraped" ]; then
+  echo "FAILED: Prometheus never held the 3,000 pushed series; its log:" >&2
+  tail -n 30 "$work/prometheus.log" >&2
+  exit 1
+fi
 # The baseline, measured side by side: the same 3,000 query strings, one per check per feature,
 # POST /api/v1/query one after another over one keep-alive connection (libcurl, one handle).
 awk 'BEGIN { for (i = 0; i < 1000; i++) printf "max(bench_error_ratio{feature=\"f%d\"})\nmax(bench_latency_p95{feature=\"f%d\"})\nmax(bench_saturation{feature=\"f%d\"})\n", i, i, i }' \

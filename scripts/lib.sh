@@ -46,7 +46,8 @@ ensure_swift() {
 free_port() {
   local port
   for _ in $(seq 1 200); do
-    port=$(( (RANDOM % 30000) + 20000 ))
+    # Below Linux's ephemeral range (32768 and up), where outgoing connections take ports.
+    port=$(( (RANDOM % 12000) + 20000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0

@@ -376,10 +376,5 @@ private func problem(
 }
 
 private func json(_ value: some Encodable, status: HTTPResponse.Status, contentType: String = "application/json") -> Response {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
-    var headers = HTTPFields()
-    headers[.contentType] = contentType
-    return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    jsonResponse(OFREP.encode(value), status: status, contentType: contentType)
 }

@@ -77,8 +77,9 @@ struct JSONReader {
         case string(String)
         case bool(Bool)
         case null
-        /// A number, as its literal text (`37.125`, `1e2`).
-        case number(String)
+        /// A number, as its literal bytes (`37.125`, `1e2`): a slice of the body, so a number
+        /// the evaluation path skips costs no allocation.
+        case number(ArraySlice<UInt8>)
         case array
         case object
     }
@@ -158,7 +159,7 @@ struct JSONReader {
         case 0x2D, 0x30...0x39:
             let start = index
             try number()
-            return .number(String(decoding: bytes[start..<index], as: UTF8.self))
+            return .number(bytes[start..<index])
         default: throw Malformed()
         }
     }

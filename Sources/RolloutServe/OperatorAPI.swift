@@ -251,7 +251,7 @@ struct ActionBody: Sendable {
         guard action == .setPercent else { return ActionBody(reason: text) }
         let percentText: String
         switch percent {
-        case .number(let literal)?: percentText = literal
+        case .number(let literal)?: percentText = String(decoding: literal, as: UTF8.self)
         case .string(let literal)?: percentText = literal
         case nil, .null?: throw Problem.missing("percent")
         default: throw Problem.invalidPercent("a \(percent.map(kind) ?? "value")")

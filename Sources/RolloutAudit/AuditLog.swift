@@ -83,6 +83,13 @@ public struct AuditLog: Sendable {
     /// `text` on one line: control characters (newlines included) become spaces, runs of
     /// spaces fold into one, and the ends are trimmed.
     public static func singleLine(_ text: String) -> String {
+        // Most texts are printable ASCII already on one line: returned as they are.
+        var previousWasSpace = true
+        let alreadySingle = text.utf8.allSatisfy { byte in
+            defer { previousWasSpace = byte == 0x20 }
+            return (0x20..<0x7F).contains(byte) && !(byte == 0x20 && previousWasSpace)
+        }
+        if alreadySingle && !previousWasSpace { return text }
         var result = ""
         var lastWasSpace = true
         for scalar in text.unicodeScalars {

@@ -286,3 +286,9 @@ struct NotificationError: Error, Sendable, CustomStringConvertible {
 private func shown(_ duration: Duration) -> String {
     duration.components.attoseconds == 0 ? formatDuration(duration) : "\(duration.wholeNanoseconds / 1_000_000)ms"
 }
+
+/// Whether an AsyncHTTPClient failure is a timeout (rather than a refused or broken connection).
+func isTimeout(_ error: any Error) -> Bool {
+    guard let error = error as? HTTPClientError else { return false }
+    return error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout
+}

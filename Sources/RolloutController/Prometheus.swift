@@ -1,9 +1,8 @@
-import AsyncHTTPClient
 import Foundation
 import Logging
-import NIOCore
 import NIOHTTP1
 import RolloutGate
+import RolloutRedis
 
 /// Instant queries against Prometheus's HTTP API (`POST /api/v1/query`), with a timeout per
 /// attempt (the whole answer, headers to last byte) and retries with exponential backoff for
@@ -20,9 +19,10 @@ public struct PrometheusClient: Sendable {
     public let guards: EndpointGuard
     /// What an attempt's timeout is measured on (injected so a test can move time itself).
     public let clock: any Clock<Duration>
-    private var http: HTTPClient { .shared }
+    /// Keep-alive connections to `base`, or what is wrong with its host or port.
+    private let connections: Result<HTTP1Client, PrometheusError>
 
-    /// A client over AsyncHTTPClient's shared client (no lifecycle to manage). By default 3
+    /// A client with its own keep-alive connections (closed when the last copy goes). By default 3
     /// attempts, 200 ms then 400 ms apart, with full jitter; the breaker opens after 5
     /// consecutive failed attempts for 30 s; at most 32 queries in flight.
     public init(
@@ -30,11 +30,20 @@ public struct PrometheusClient: Sendable {
         retry: RetryPolicy = RetryPolicy(baseDelay: .milliseconds(200), maxDelay: .seconds(5), maxAttempts: 3, jitter: true),
         guards: EndpointGuard = EndpointGuard(name: "prometheus"), clock: any Clock<Duration> = ContinuousClock()
     ) {
+        self.init(base: base, timeout: timeout, retry: retry, guards: guards, clock: clock, trust: RedisURL.TLS())
+    }
+
+    /// The same, trusting `trust` for an https:// Prometheus (tests pass their own CA; a run
+    /// uses the system's store, which `SSL_CERT_FILE` and `SSL_CERT_DIR` can point elsewhere).
+    init(base: HTTPEndpoint, timeout: Duration, retry: RetryPolicy, guards: EndpointGuard, clock: any Clock<Duration>, trust: RedisURL.TLS) {
         self.base = base
         self.timeout = timeout
         self.retry = retry
         self.guards = guards
         self.clock = clock
+        connections = HTTPOrigin.parse(base)
+            .map { HTTP1Client(origin: $0, peer: "Prometheus", trust: trust) }
+            .mapError { PrometheusError(.unreachable, "The Prometheus URL \(base) \($0.reason); is prometheus: right?") }
     }
 
     /// The longest one query can take: every attempt's timeout and the longest wait between
@@ -85,36 +94,35 @@ public struct PrometheusClient: Sendable {
         return answer
     }
 
-    /// One attempt, its whole answer (head and body) within `limit`: the answer is raced against
-    /// `clock`, and the loser is cancelled, which closes the connection of a stalled or
-    /// trickling answer. (AsyncHTTPClient's own deadline on a gathered answer was tried: it
-    /// failed the answer in time but left the stalled connection open in a CI run, so it is
-    /// not used.)
+    /// One attempt, its whole answer (head and body) within `limit`. The sockets' deadline, on
+    /// the continuous clock, ends a stalled or trickling answer and closes its connection; on
+    /// another clock (a test's), the attempt is also raced against `clock`, and the loser is
+    /// cancelled, which shuts the connection down at once.
     private func once(_ query: String, within limit: Duration) async throws(PrometheusError) -> Double? {
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
-        headers.add(name: "Accept", value: "application/json")
-        // No gzip: an instant query's answer is a few hundred bytes, and compressing it costs
-        // Prometheus and inflating it costs the run more than the bytes saved (the profile's
-        // zlib entries). AsyncHTTPClient asks for gzip only when the request does not say.
-        headers.add(name: "Accept-Encoding", value: "identity")
-        let body = ByteBuffer(string: "query=" + formEncoded(query))
-        let url = base.url + "/api/v1/query"
-        let http = self.http
-        var request = HTTPClientRequest(url: url)
-        request.method = .POST
-        request.headers = headers
-        request.body = .bytes(body)
-        let answer = await withTimeLimit(limit, clock: clock) { [request] () async throws -> (HTTPResponseStatus, ByteBuffer) in
-            let response = try await http.execute(request, timeout: .nanoseconds(limit.wholeNanoseconds))
-            return (response.status, try await response.body.collect(upTo: Self.maxAnswerBytes))
+        let connections = try self.connections.get()
+        let request = connections.request(
+            method: "POST", path: "/api/v1/query", contentType: "application/x-www-form-urlencoded", body: Array(("query=" + formEncoded(query)).utf8))
+        let deadline = ContinuousClock.now.advanced(by: limit)
+        let outcome: Result<HTTPAnswer, HTTPFailure>?
+        if clock is ContinuousClock {
+            outcome = await connections.exchange(request, maxBody: Self.maxAnswerBytes, deadline: deadline)
+        } else {
+            switch await withTimeLimit(limit, clock: clock, { await connections.exchange(request, maxBody: Self.maxAnswerBytes, deadline: deadline) }) {
+            case .success(let exchanged)?: outcome = exchanged
+            case .failure?, nil: outcome = nil
+            }
         }
-        switch answer {
-        case .success(let (status, body))?:
-            return try parse(body: Data(body.readableBytesView), status: status, query: query)
-        case .failure(let error)? where !isTimeout(error):
-            throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error). Is it running, and is prometheus: right?")
-        case .failure?, nil:
+        switch outcome {
+        case .success(let answer)?:
+            return try parse(body: Data(answer.body), status: HTTPResponseStatus(statusCode: answer.status), query: query)
+        case .failure(.transport(let error))? where error.code != .timeout:
+            throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error.message) Is it running, and is prometheus: right?")
+        case .failure(.malformed(let why))?:
+            throw PrometheusError(.unreachable, "Prometheus at \(base) sent \(why); is something else listening there, or a proxy in between?")
+        case .failure(.tooLarge(let limit))?:
+            throw PrometheusError(
+                .unparsable, "Prometheus at \(base) sent an answer of more than \(limit / 1024 / 1024) MiB (query: \(query.prefix(120))); a check needs one value.")
+        case .failure(.transport)?, .failure(.cancelled)?, nil:
             let cut = limit < timeout ? " (cut to the \(limit.wholeMilliseconds) ms left of the run's time for Prometheus)" : ""
             throw PrometheusError(
                 .timeout,
@@ -335,10 +343,3 @@ func withTimeLimit<Value: Sendable>(
         return first
     }
 }
-
-/// Whether an AsyncHTTPClient failure is a timeout (rather than a refused or broken connection).
-func isTimeout(_ error: any Error) -> Bool {
-    guard let error = error as? HTTPClientError else { return false }
-    return error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout
-}
-

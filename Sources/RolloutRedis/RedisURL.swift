@@ -22,6 +22,14 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         public var keyPath: String?
         /// Skips certificate and host-name verification. For tests only.
         public var insecure: Bool
+
+        /// TLS settings; by default the system's trust store, full verification, no client certificate.
+        package init(caCertificatePath: String? = nil, certificatePath: String? = nil, keyPath: String? = nil, insecure: Bool = false) {
+            self.caCertificatePath = caCertificatePath
+            self.certificatePath = certificatePath
+            self.keyPath = keyPath
+            self.insecure = insecure
+        }
     }
 
     /// Where the server listens.

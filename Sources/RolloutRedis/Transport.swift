@@ -8,17 +8,22 @@ import Darwin
 import CRolloutCrypto
 
 /// A point on the monotonic clock by which an I/O call must finish.
-typealias Deadline = ContinuousClock.Instant
+package typealias Deadline = ContinuousClock.Instant
 
 /// A connected byte stream, blocking from its caller's point of view, bounded by deadlines.
-/// Not thread-safe: one connection, one owner (see ``RedisConnection``).
-protocol ByteStream: AnyObject {
+/// Not thread-safe: one connection, one owner (see ``RedisConnection``), except
+/// ``shutdown()``. Used for Redis and, by the controller, for Prometheus's HTTP API: messages
+/// name the peer the stream was opened to.
+package protocol ByteStream: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer, deadline: Deadline) throws(RedisError)
     /// Reads at least one byte; throws `.connectionClosed` at end of stream.
     func read(into buffer: UnsafeMutableRawBufferPointer, deadline: Deadline) throws(RedisError) -> Int
     /// Whether the socket has bytes or an end of stream while no reply is due: the server
     /// closed it (idle timeout, CLIENT KILL, restart) or the stream is out of step.
     var isReadableWhileIdle: Bool { get }
+    /// Ends both directions of the socket without closing its descriptor, so a read or write
+    /// blocked in another thread returns at once. The owner must serialize it with ``close()``.
+    func shutdown()
     func close()
 }
 
@@ -28,23 +33,29 @@ private func errnoText(_ code: Int32 = errno) -> String {
 
 /// A non-blocking POSIX socket whose reads and writes wait with poll(2) until their deadline.
 /// Sends use MSG_NOSIGNAL, so a closed peer is an error, never a SIGPIPE.
-final class SocketStream: ByteStream {
+package final class SocketStream: ByteStream {
     private(set) var fd: Int32
+    /// Who is at the other end, for messages: "Redis", "Prometheus".
+    let peer: String
 
-    private init(fd: Int32) { self.fd = fd }
+    private init(fd: Int32, peer: String) {
+        self.fd = fd
+        self.peer = peer
+    }
 
     deinit { close() }
 
     static func connect(to endpoint: RedisURL.Endpoint, deadline: Deadline) throws(RedisError) -> SocketStream {
         switch endpoint {
         case .tcp(let host, let port):
-            return try connectTCP(host: host, port: port, deadline: deadline)
+            return try connectTCP(host: host, port: port, peer: "Redis", deadline: deadline)
         case .unix(let path):
             return try connectUnix(path: path, deadline: deadline)
         }
     }
 
-    private static func connectTCP(host: String, port: Int, deadline: Deadline) throws(RedisError) -> SocketStream {
+    /// A TCP connection to `peer` (named in messages) at `host`:`port`, within `deadline`.
+    package static func connectTCP(host: String, port: Int, peer: String, deadline: Deadline) throws(RedisError) -> SocketStream {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         #if canImport(Glibc)
@@ -57,18 +68,18 @@ final class SocketStream: ByteStream {
         let status = getaddrinfo(host, String(port), &hints, &list)
         guard status == 0, let first = list else {
             let why = String(cString: gai_strerror(status))
-            throw RedisError(.connectFailed, "Cannot resolve Redis host '\(host)': \(why). Check the host in the Redis URL.")
+            throw RedisError(.connectFailed, "Cannot resolve \(peer) host '\(host)': \(why). Check the host in the \(peer) URL.")
         }
         defer { freeaddrinfo(list) }
 
-        var lastError = RedisError(.connectFailed, "Cannot connect to Redis at \(host):\(port).")
+        var lastError = RedisError(.connectFailed, "Cannot connect to \(peer) at \(host):\(port).")
         var candidate: UnsafeMutablePointer<addrinfo>? = first
         while let info = candidate {
             candidate = info.pointee.ai_next
             do {
                 let stream = try connect(
                     family: info.pointee.ai_family, address: info.pointee.ai_addr, length: info.pointee.ai_addrlen,
-                    label: "\(host):\(port)", deadline: deadline)
+                    label: "\(host):\(port)", peer: peer, deadline: deadline)
                 var one: Int32 = 1
                 setsockopt(stream.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
                 return stream
@@ -96,13 +107,13 @@ final class SocketStream: ByteStream {
             try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(RedisError) in
                 try connect(
                     family: AF_UNIX, address: generic, length: socklen_t(MemoryLayout<sockaddr_un>.size),
-                    label: path, deadline: deadline)
+                    label: path, peer: "Redis", deadline: deadline)
             }
         }
     }
 
     private static func connect(
-        family: Int32, address: UnsafePointer<sockaddr>?, length: socklen_t, label: String, deadline: Deadline
+        family: Int32, address: UnsafePointer<sockaddr>?, length: socklen_t, label: String, peer: String, deadline: Deadline
     ) throws(RedisError) -> SocketStream {
         #if canImport(Glibc)
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
@@ -111,31 +122,30 @@ final class SocketStream: ByteStream {
         #endif
         let fd = socket(family, type, 0)
         guard fd >= 0 else { throw RedisError(.io, "socket() failed: \(errnoText()).") }
-        let stream = SocketStream(fd: fd)
+        let stream = SocketStream(fd: fd, peer: peer)
         #if !canImport(Glibc)
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         #endif
         if Glibc.connect(fd, address, length) != 0 {
             let code = errno
             guard code == EINPROGRESS || code == EAGAIN || code == EINTR else {
-                throw connectError(code, label: label)
+                throw connectError(code, label: label, peer: peer)
             }
-            try stream.wait(for: Int16(POLLOUT), deadline: deadline, what: "connecting to Redis at \(label)")
+            try stream.wait(for: Int16(POLLOUT), deadline: deadline, what: "connecting to \(peer) at \(label)")
             var soError: Int32 = 0
             var size = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &size)
-            if soError != 0 { throw connectError(soError, label: label) }
+            if soError != 0 { throw connectError(soError, label: label, peer: peer) }
         }
         return stream
     }
 
-    private static func connectError(_ code: Int32, label: String) -> RedisError {
+    private static func connectError(_ code: Int32, label: String, peer: String) -> RedisError {
         if code == ECONNREFUSED || code == ENOENT {
-            return RedisError(
-                .connectionRefused,
-                "Connection refused by \(label): no Redis server listens there. Is redis-server running, and is the URL right?")
+            let hint = peer == "Redis" ? "Is redis-server running, and is the URL right?" : "Is it running, and is the URL right?"
+            return RedisError(.connectionRefused, "Connection refused by \(label): no \(peer) server listens there. \(hint)")
         }
-        return RedisError(.connectFailed, "Cannot connect to Redis at \(label): \(errnoText(code)).")
+        return RedisError(.connectFailed, "Cannot connect to \(peer) at \(label): \(errnoText(code)).")
     }
 
     /// Waits until the socket is ready for `events` or the deadline passes.
@@ -154,7 +164,7 @@ final class SocketStream: ByteStream {
         }
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer, deadline: Deadline) throws(RedisError) {
+    package func write(_ bytes: UnsafeRawBufferPointer, deadline: Deadline) throws(RedisError) {
         var offset = 0
         while offset < bytes.count {
             guard let base = bytes.baseAddress else { return }
@@ -165,18 +175,18 @@ final class SocketStream: ByteStream {
             }
             let code = errno
             if sent < 0 && (code == EAGAIN || code == EWOULDBLOCK) {
-                try wait(for: Int16(POLLOUT), deadline: deadline, what: "sending to Redis")
+                try wait(for: Int16(POLLOUT), deadline: deadline, what: "sending to \(peer)")
             } else if sent < 0 && code == EINTR {
                 continue
             } else if code == EPIPE || code == ECONNRESET {
-                throw RedisError(.connectionClosed, "Redis closed the connection while a command was sent.")
+                throw RedisError(.connectionClosed, "\(peer) closed the connection while a request was sent.")
             } else {
-                throw RedisError(.io, "send() to Redis failed: \(errnoText(code)).")
+                throw RedisError(.io, "send() to \(peer) failed: \(errnoText(code)).")
             }
         }
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, deadline: Deadline) throws(RedisError) -> Int {
+    package func read(into buffer: UnsafeMutableRawBufferPointer, deadline: Deadline) throws(RedisError) -> Int {
         while true {
             guard let base = buffer.baseAddress else { return 0 }
             let count = recv(fd, base, buffer.count, 0)
@@ -187,24 +197,28 @@ final class SocketStream: ByteStream {
             let code = errno
             switch code {
             case EAGAIN, EWOULDBLOCK:
-                try wait(for: Int16(POLLIN), deadline: deadline, what: "waiting for Redis to answer")
+                try wait(for: Int16(POLLIN), deadline: deadline, what: "waiting for \(peer) to answer")
             case EINTR:
                 continue
             case ECONNRESET:
                 throw RedisError(.connectionClosed, "Server reset the connection.")
             default:
-                throw RedisError(.io, "recv() from Redis failed: \(errnoText(code)).")
+                throw RedisError(.io, "recv() from \(peer) failed: \(errnoText(code)).")
             }
         }
     }
 
-    var isReadableWhileIdle: Bool {
+    package var isReadableWhileIdle: Bool {
         guard fd >= 0 else { return true }
         var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         return poll(&descriptor, 1, 0) != 0
     }
 
-    func close() {
+    package func shutdown() {
+        if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    package func close() {
         if fd >= 0 {
             _ = Glibc.close(fd)
             fd = -1
@@ -214,7 +228,7 @@ final class SocketStream: ByteStream {
 
 /// TLS over a ``SocketStream`` with OpenSSL. OpenSSL reads and writes memory BIOs and this
 /// type moves the bytes with send/recv, so deadlines hold and no SIGPIPE can be raised.
-final class TLSStream: ByteStream {
+package final class TLSStream: ByteStream {
     private let socket: SocketStream
     private let context: OpaquePointer
     private let ssl: OpaquePointer
@@ -222,7 +236,7 @@ final class TLSStream: ByteStream {
     private let outgoing: OpaquePointer
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 16)
 
-    static func connect(socket: SocketStream, host: String, settings: RedisURL.TLS, deadline: Deadline) throws(RedisError)
+    package static func connect(socket: SocketStream, host: String, settings: RedisURL.TLS, deadline: Deadline) throws(RedisError)
         -> TLSStream
     {
         guard let context = SSL_CTX_new(TLS_client_method()) else {
@@ -314,7 +328,9 @@ final class TLSStream: ByteStream {
                 let why = String(cString: X509_verify_cert_error_string(verify))
                 throw RedisError(
                     .tls,
-                    "The Redis server's certificate was rejected: \(why). Pass the CA that signed it with cacert=, or check the host name \(host)."
+                    socket.peer == "Redis"
+                        ? "The Redis server's certificate was rejected: \(why). Pass the CA that signed it with cacert=, or check the host name \(host)."
+                        : "\(socket.peer)'s certificate was rejected: \(why). Trust the CA that signed it (SSL_CERT_FILE), or check the host name \(host)."
                 )
             }
             throw RedisError(.tls, "The TLS handshake with \(host) failed: \(Self.openSSLErrors()). Is the port a TLS port?")
@@ -341,7 +357,7 @@ final class TLSStream: ByteStream {
         _ = BIO_write(incoming, scratch.baseAddress, Int32(count))
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer, deadline: Deadline) throws(RedisError) {
+    package func write(_ bytes: UnsafeRawBufferPointer, deadline: Deadline) throws(RedisError) {
         var offset = 0
         while offset < bytes.count {
             guard let base = bytes.baseAddress else { return }
@@ -354,14 +370,14 @@ final class TLSStream: ByteStream {
             }
             let code = SSL_get_error(ssl, written)
             if code == SSL_ERROR_WANT_READ {
-                try fillIncoming(deadline: deadline, what: "sending to Redis over TLS")
+                try fillIncoming(deadline: deadline, what: "sending to \(socket.peer) over TLS")
             } else {
-                throw RedisError(.tls, "TLS write to Redis failed: \(Self.openSSLErrors()).")
+                throw RedisError(.tls, "TLS write to \(socket.peer) failed: \(Self.openSSLErrors()).")
             }
         }
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, deadline: Deadline) throws(RedisError) -> Int {
+    package func read(into buffer: UnsafeMutableRawBufferPointer, deadline: Deadline) throws(RedisError) -> Int {
         while true {
             ERR_clear_error()
             let count = SSL_read(ssl, buffer.baseAddress, Int32(clamping: buffer.count))
@@ -370,20 +386,22 @@ final class TLSStream: ByteStream {
             switch code {
             case SSL_ERROR_WANT_READ:
                 try flushOutgoing(deadline: deadline)
-                try fillIncoming(deadline: deadline, what: "waiting for Redis to answer")
+                try fillIncoming(deadline: deadline, what: "waiting for \(socket.peer) to answer")
             case SSL_ERROR_ZERO_RETURN:
                 throw RedisError(.connectionClosed, "Server closed the TLS connection.")
             default:
-                throw RedisError(.tls, "TLS read from Redis failed: \(Self.openSSLErrors()).")
+                throw RedisError(.tls, "TLS read from \(socket.peer) failed: \(Self.openSSLErrors()).")
             }
         }
     }
 
-    var isReadableWhileIdle: Bool {
+    package var isReadableWhileIdle: Bool {
         socket.isReadableWhileIdle || SSL_pending(ssl) > 0 || BIO_ctrl_pending(incoming) > 0
     }
 
-    func close() { socket.close() }
+    package func shutdown() { socket.shutdown() }
+
+    package func close() { socket.close() }
 
     private static func isIPAddress(_ host: String) -> Bool {
         var v4 = in_addr()

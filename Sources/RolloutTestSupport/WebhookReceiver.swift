@@ -30,6 +30,9 @@ public final class WebhookReceiver: Sendable {
         /// Answer with this status and a body that echoes the request target (path and query),
         /// as a careless receiver echoes the token it refuses.
         case echoing(Int)
+        /// Send these bytes as they are (an answer framed any way, or not HTTP at all), then
+        /// close the connection when `thenClose`, else read the next request on it.
+        case raw(String, thenClose: Bool)
     }
 
     /// One request as received.
@@ -79,6 +82,9 @@ public final class WebhookReceiver: Sendable {
     /// connection ended by ``stop()`` does not count.
     public var closedByClient: Int { server.state.withLock { $0.closedByClient } }
 
+    /// How many connections were accepted: with keep-alive, fewer than the requests.
+    public var connectionsAccepted: Int { server.state.withLock { $0.accepted } }
+
     /// Stops accepting, ends every connection (hanging ones included) and waits for their
     /// threads to finish.
     public func stop() { server.stop() }
@@ -90,6 +96,7 @@ private final class Server: Sendable {
         var script: [WebhookReceiver.Behaviour]
         var connections: Set<Int32> = []
         var closedByClient = 0
+        var accepted = 0
         var listening = true
         var stopped = false
     }
@@ -136,6 +143,7 @@ private final class Server: Sendable {
             let accepted = state.withLock { state -> Bool in
                 guard !state.stopped else { return false }
                 state.connections.insert(client)
+                state.accepted += 1
                 return true
             }
             guard accepted else {
@@ -174,6 +182,8 @@ private final class Server: Sendable {
             case .trickle(let interval):
                 holdUntilClosed(fd, head: Self.longHead, tricklingEvery: interval)
                 return
+            case .raw(let bytes, let thenClose):
+                guard sendAll(fd, Array(bytes.utf8)), !thenClose else { return }
             case .status(let code), .echoing(let code):
                 let closing = request.header("connection")?.lowercased() == "close"
                 var body = code == 204 || code == 304 ? "" : (200..<300).contains(code) ? "ok" : "scripted failure \(code)"

@@ -26,6 +26,12 @@ struct AuditLogTests {
         ("bell\u{07}nul\u{00}esc\u{1b}[31m", "bell nul esc [31m"),
         ("para\u{2028}sep", "para sep"),
         ("", ""),
+        ("already one line", "already one line"),
+        (" leading", "leading"),
+        ("trailing ", "trailing"),
+        ("two  spaces", "two spaces"),
+        ("delete\u{7F}char", "delete char"),
+        ("café  crème", "café crème"),
     ])
     func reasonsAreFoldedToOneLine(input: String, expected: String) {
         #expect(AuditLog.singleLine(input) == expected)

@@ -5,7 +5,9 @@ import Synchronization
 ///
 /// Every call runs on the client's own serial dispatch queue, so the blocking socket I/O
 /// never occupies a thread of Swift's cooperative pool, and hiredis's state is touched by
-/// one thread at a time. A broken connection is dropped and the next call reconnects.
+/// one thread at a time. Calls made while the queue is busy go out together in one write,
+/// each keeping its own commands contiguous and its own deadline (automatic pipelining). A
+/// broken connection is dropped and the next call reconnects.
 public final class RedisClient: Sendable {
     /// Where the client connects; printing it hides the password.
     public let url: RedisURL
@@ -17,6 +19,7 @@ public final class RedisClient: Sendable {
     private let queue: DispatchQueue
     private let slot = ConnectionSlot()
     private let closed = Atomic<Bool>(false)
+    private let waiting = Mutex(Waiting())
 
     /// A client for `url`; nothing connects until the first command.
     public init(url: RedisURL, connectTimeout: Duration = .milliseconds(250), commandTimeout: Duration = .seconds(1)) {
@@ -29,7 +32,7 @@ public final class RedisClient: Sendable {
     /// Sends one command; an error reply throws ``RedisError`` with code `.serverError`. With
     /// `waitingUntil`, the reply is awaited until then instead of for the command timeout.
     public func send(_ command: RedisCommand, waitingUntil: ContinuousClock.Instant? = nil) async throws(RedisError) -> RedisValue {
-        let replies = try await run { connection throws(RedisError) in try connection.send([command], deadline: waitingUntil) }
+        let replies = try await exchange(try encoded([command]), count: 1, deadline: waitingUntil).replies
         guard let reply = replies.first else {
             throw RedisError(.protocolError, "Redis sent no reply to \(command.name).")
         }
@@ -45,7 +48,7 @@ public final class RedisClient: Sendable {
     /// the server refuses gives an `.error` value in its place; the others still run.
     public func pipeline(_ commands: [RedisCommand]) async throws(RedisError) -> [RedisValue] {
         guard !commands.isEmpty else { return [] }
-        return try await run { connection throws(RedisError) in try connection.send(commands) }
+        return try await exchange(try encoded(commands), count: commands.count, deadline: nil).replies
     }
 
     /// ``pipeline(_:)-([RedisCommand])``, with the moment the last reply arrived, taken on the
@@ -53,17 +56,14 @@ public final class RedisClient: Sendable {
     /// dates a ``RedisServerTime`` read in the pipeline).
     public func pipelineWithArrival(_ commands: [RedisCommand]) async throws(RedisError) -> (replies: [RedisValue], arrivedAt: ContinuousClock.Instant) {
         guard !commands.isEmpty else { return ([], .now) }
-        return try await run { connection throws(RedisError) in
-            let replies = try connection.send(commands)
-            return (replies, ContinuousClock.now)
-        }
+        return try await exchange(try encoded(commands), count: commands.count, deadline: nil)
     }
 
     /// Sends a pipeline formatted in advance: for a request repeated often (the gate's
     /// refresh), the commands are encoded once, not at every call.
     public func pipeline(_ prepared: PreparedPipeline) async throws(RedisError) -> [RedisValue] {
         guard prepared.count > 0 else { return [] }
-        return try await run { connection throws(RedisError) in try connection.send(encoded: prepared.bytes, count: prepared.count) }
+        return try await exchange(prepared.bytes, count: prepared.count, deadline: nil).replies
     }
 
     /// Runs a Lua script by its SHA-1 (EVALSHA), sending the source (EVAL) only when the
@@ -105,41 +105,106 @@ public final class RedisClient: Sendable {
         }
     }
 
-    private func run<Result: Sendable>(
-        _ body: @escaping @Sendable (RedisConnection) throws(RedisError) -> Result
-    ) async throws(RedisError) -> Result {
-        let outcome: Swift.Result<Result, RedisError> = await withCheckedContinuation { continuation in
-            queue.async { [self] in
-                continuation.resume(returning: runOnQueue(body))
+    private func encoded(_ commands: [RedisCommand]) throws(RedisError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for command in commands { try appendFormatted(command, to: &bytes) }
+        return bytes
+    }
+
+    /// Sends `count` encoded commands and reads their replies, with the moment the last one
+    /// arrived. Calls made while the queue is busy are sent together when it is free, in one
+    /// write, and their replies read in order (automatic pipelining: under load, one round
+    /// trip and a few syscalls for many calls instead of several each).
+    private func exchange(
+        _ bytes: [UInt8], count: Int, deadline: ContinuousClock.Instant?
+    ) async throws(RedisError) -> (replies: [RedisValue], arrivedAt: ContinuousClock.Instant) {
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Exchange.Outcome, Never>) in
+            let request = Exchange(bytes: bytes, count: count, deadline: deadline, continuation: continuation)
+            let startsDraining = waiting.withLock { state -> Bool in
+                state.requests.append(request)
+                defer { state.draining = true }
+                return !state.draining
             }
+            if startsDraining { queue.async { [self] in drain() } }
         }
         return try outcome.get()
     }
 
-    private func runOnQueue<Result>(
-        _ body: (RedisConnection) throws(RedisError) -> Result
-    ) -> Swift.Result<Result, RedisError> {
-        if closed.load(ordering: .acquiring) {
-            return .failure(RedisError(.clientClosed, "The Redis client for \(url) was closed."))
+    /// Sends what waits, batch after batch, until nothing does (on the queue).
+    private func drain() {
+        while true {
+            let batch = waiting.withLock { state -> [Exchange] in
+                let taken = state.requests
+                state.requests = []
+                if taken.isEmpty { state.draining = false }
+                return taken
+            }
+            if batch.isEmpty { return }
+            send(batch)
         }
+    }
+
+    /// One write for every exchange of `batch`, then each one's replies by its own deadline.
+    /// A failure drops the connection (hiredis's rule: a connection that failed mid-exchange
+    /// cannot be trusted again) and fails the exchange it happened in and every later one of
+    /// the batch, whose commands may or may not have run: never a blind resend.
+    private func send(_ batch: [Exchange]) {
+        if closed.load(ordering: .acquiring) {
+            let error = RedisError(.clientClosed, "The Redis client for \(url) was closed.")
+            for exchange in batch { exchange.continuation.resume(returning: .failure(error)) }
+            return
+        }
+        var finished = 0
         do throws(RedisError) {
             let connection: RedisConnection
             if let existing = slot.connection, !existing.isBroken {
                 connection = existing
             } else {
+                slot.connection?.close()
+                slot.connection = nil
                 connection = try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
                 slot.connection = connection
             }
-            return .success(try body(connection))
+            let now = ContinuousClock.now
+            let deadlines = batch.map { $0.deadline ?? now.advanced(by: commandTimeout) }
+            if batch.count == 1 {
+                try connection.writeAll(batch[0].bytes, deadline: deadlines[0])
+            } else {
+                try connection.writeAll(batch.reduce(into: []) { $0 += $1.bytes }, deadline: deadlines.min() ?? now)
+            }
+            for (exchange, deadline) in zip(batch, deadlines) {
+                var replies: [RedisValue] = []
+                replies.reserveCapacity(exchange.count)
+                while replies.count < exchange.count {
+                    replies.append(try connection.readReply(deadline: deadline))
+                }
+                finished += 1
+                exchange.continuation.resume(returning: .success((replies, ContinuousClock.now)))
+            }
         } catch {
-            // hiredis's rule: a connection that failed mid-exchange cannot be trusted again.
             if error.breaksConnection {
                 slot.connection?.close()
                 slot.connection = nil
             }
-            return .failure(error)
+            for exchange in batch[finished...] { exchange.continuation.resume(returning: .failure(error)) }
         }
     }
+}
+
+/// One call waiting to be sent: its encoded commands, how many replies it reads, its deadline
+/// (the command timeout when nil) and who waits for it.
+private struct Exchange: Sendable {
+    typealias Outcome = Result<(replies: [RedisValue], arrivedAt: ContinuousClock.Instant), RedisError>
+    let bytes: [UInt8]
+    let count: Int
+    let deadline: ContinuousClock.Instant?
+    let continuation: CheckedContinuation<Outcome, Never>
+}
+
+/// The calls waiting for the queue, and whether a drain is scheduled or running.
+private struct Waiting: Sendable {
+    var requests: [Exchange] = []
+    var draining = false
 }
 
 /// The client's connection, touched only from the client's serial queue: that queue is

@@ -99,7 +99,7 @@ final class RedisConnection {
         }
     }
 
-    private func writeAll(_ bytes: [UInt8], deadline: Deadline) throws(RedisError) {
+    func writeAll(_ bytes: [UInt8], deadline: Deadline) throws(RedisError) {
         let result: Result<Void, RedisError> = bytes.withUnsafeBytes { raw in
             Result { () throws(RedisError) in try stream.write(raw, deadline: deadline) }
         }

@@ -37,6 +37,38 @@ struct RedisClientTests {
         #expect(replies[3].string == "2")
     }
 
+    /// Calls made at once from many tasks share writes (automatic pipelining): each still gets
+    /// its own replies, in its own order, and a server error stays with the call that caused it.
+    @Test func concurrentCallsEachGetTheirOwnReplies() async throws {
+        let server = try await RedisServer.start()
+        let client = RedisClient(url: server.url())
+        defer { client.close() }
+        let results = try await withThrowingTaskGroup(of: (Int, [RedisValue]).self) { group in
+            for index in 0..<500 {
+                group.addTask {
+                    if index % 50 == 7 {
+                        return (index, try await client.pipeline([RedisCommand("SADD", "k\(index)", "x"), RedisCommand("GET", "k\(index)")]))
+                    }
+                    return (index, try await client.pipeline([RedisCommand("SET", "k\(index)", "v\(index)"), RedisCommand("GET", "k\(index)")]))
+                }
+            }
+            return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+        }
+        #expect(results.count == 500)
+        for (index, replies) in results {
+            if index % 50 == 7 {
+                #expect(replies.first == .integer(1))
+                guard replies.count == 2, case .error(let text) = replies[1] else {
+                    Issue.record("call \(index): expected an error reply, got \(replies)")
+                    continue
+                }
+                #expect(text.hasPrefix("WRONGTYPE"))
+            } else {
+                #expect(replies == [.status("OK"), .bulkString(Array("v\(index)".utf8))], "call \(index)")
+            }
+        }
+    }
+
     @Test func largePipelineIsOneCallAndComplete() async throws {
         let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())

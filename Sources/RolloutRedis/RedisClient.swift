@@ -154,6 +154,16 @@ public final class RedisClient: Sendable {
             for exchange in batch { exchange.continuation.resume(returning: .failure(error)) }
             return
         }
+        // A call whose own deadline passed while it waited is not sent: it fails alone, and
+        // cannot make the write or the replies of the others late.
+        let now = ContinuousClock.now
+        let batch = batch.filter { exchange in
+            guard let deadline = exchange.deadline, deadline <= now else { return true }
+            exchange.continuation.resume(
+                returning: .failure(RedisError(.timeout, "The time for this Redis call ran out before it could be sent; nothing was sent.")))
+            return false
+        }
+        guard !batch.isEmpty else { return }
         var finished = 0
         do throws(RedisError) {
             let connection: RedisConnection
@@ -165,12 +175,12 @@ public final class RedisClient: Sendable {
                 connection = try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
                 slot.connection = connection
             }
-            let now = ContinuousClock.now
-            let deadlines = batch.map { $0.deadline ?? now.advanced(by: commandTimeout) }
+            let sent = ContinuousClock.now
+            let deadlines = batch.map { $0.deadline ?? sent.advanced(by: commandTimeout) }
             if batch.count == 1 {
                 try connection.writeAll(batch[0].bytes, deadline: deadlines[0])
             } else {
-                try connection.writeAll(batch.reduce(into: []) { $0 += $1.bytes }, deadline: deadlines.min() ?? now)
+                try connection.writeAll(batch.reduce(into: []) { $0 += $1.bytes }, deadline: deadlines.max() ?? sent)
             }
             for (exchange, deadline) in zip(batch, deadlines) {
                 var replies: [RedisValue] = []

@@ -69,6 +69,24 @@ struct RedisClientTests {
         }
     }
 
+    /// A call whose deadline passed before it could be sent is not sent: it fails with a
+    /// timeout, the key stays unset, and the connection goes on serving other calls.
+    @Test func aCallWhoseDeadlinePassedIsNotSent() async throws {
+        let server = try await RedisServer.start()
+        let client = RedisClient(url: server.url())
+        defer { client.close() }
+        let id = try await client.send("CLIENT", "ID")
+        do {
+            _ = try await client.send(RedisCommand("SET", "late", "1"), waitingUntil: .now.advanced(by: .seconds(-1)))
+            Issue.record("a call past its deadline was answered")
+        } catch {
+            #expect(error.code == .timeout)
+            #expect(error.message.contains("nothing was sent"))
+        }
+        #expect(try await client.send("GET", "late") == .null)
+        #expect(try await client.send("CLIENT", "ID") == id, "the same connection")
+    }
+
     @Test func largePipelineIsOneCallAndComplete() async throws {
         let server = try await RedisServer.start()
         let client = RedisClient(url: server.url())

@@ -1,6 +1,23 @@
 public import Foundation
 import Synchronization
 
+/// Every child started and not reaped yet: killed when the test process exits, so a fixture
+/// a test never released (or a crash of the test process) leaves no server running.
+private let unreapedChildren = Mutex<Set<pid_t>>([])
+
+private let killUnreapedChildrenAtExit: Void = {
+    atexit {
+        for pid in unreapedChildren.withLock({ $0 }) { kill(pid, SIGKILL) }
+    }
+}()
+
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), which Swift's Glibc
+/// module does not declare.
+private let closeFromInChild: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+}()
+
 /// A child process started with posix_spawn and reaped with waitpid. Foundation's `Process`
 /// waits by running a run loop, which can hang on a thread of Swift's cooperative pool.
 public final class ChildProcess: @unchecked Sendable {
@@ -31,6 +48,10 @@ public final class ChildProcess: @unchecked Sendable {
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
         for fd in closeInChild { posix_spawn_file_actions_addclose(&actions, fd) }
+        // Nothing else of this process reaches the child: a socket a fixture accepted without
+        // close-on-exec (or any descriptor another test opened meanwhile) stays open in a
+        // long-lived child, so closing it here would not end the connection.
+        if let closeFrom = closeFromInChild { _ = closeFrom(&actions, 3) }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         let env = environment ?? ProcessInfo.processInfo.environment
@@ -54,6 +75,8 @@ public final class ChildProcess: @unchecked Sendable {
         let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard result == 0 else { throw FixtureError("cannot start \(executable): \(String(cString: strerror(result)))") }
         self.pid = pid
+        _ = killUnreapedChildrenAtExit
+        unreapedChildren.withLock { _ = $0.insert(pid) }
     }
 
     deinit { terminate(SIGKILL) }
@@ -65,6 +88,7 @@ public final class ChildProcess: @unchecked Sendable {
             var raw: Int32 = 0
             if waitpid(pid, &raw, WNOHANG) == pid {
                 status = raw
+                unreapedChildren.withLock { _ = $0.remove(pid) }
                 return true
             }
             return false
@@ -79,6 +103,7 @@ public final class ChildProcess: @unchecked Sendable {
                 var raw: Int32 = 0
                 while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
                 status = raw
+                unreapedChildren.withLock { _ = $0.remove(pid) }
             }
             let raw = status ?? 0
             // WIFEXITED / WEXITSTATUS / WTERMSIG are macros; decode by hand.
@@ -124,6 +149,16 @@ public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) 
         let thread = Thread { continuation.resume(with: Result { try body() }) }
         thread.start()
     }
+}
+
+/// Stops a released fixture's server (SIGTERM, then waits) and removes its directory on a
+/// thread of its own: a deinit never blocks the releasing thread, often one of the
+/// cooperative pool's two, while the server shuts down.
+func stopInBackground(_ process: ChildProcess?, removing directory: String) {
+    Thread {
+        process?.terminate(SIGTERM)
+        try? FileManager.default.removeItem(atPath: directory)
+    }.start()
 }
 
 /// Runs `executable` to completion (see ``runCommandBlocking(_:_:environment:input:)``), off
@@ -249,7 +284,7 @@ public func rolloutBinary() throws -> String {
 /// held. The one way tests wait for an event they cannot be told of: `limit` only bounds a
 /// failure, so it can be generous.
 public func eventually(
-    within limit: Duration = .seconds(5), every interval: Duration = .milliseconds(5), _ condition: () async -> Bool
+    within limit: Duration = .seconds(30), every interval: Duration = .milliseconds(5), _ condition: () async -> Bool
 ) async -> Bool {
     let deadline = ContinuousClock.now.advanced(by: limit)
     while ContinuousClock.now < deadline {

@@ -19,17 +19,6 @@ extension Tag {
     @Tag public static var e2e: Self
 }
 
-private let fixturePIDs = Mutex<[pid_t]>([])
-
-/// Kills every fixture process still running when the test process exits.
-private func killFixturesAtExit() {
-    for pid in fixturePIDs.withLock({ $0 }) { kill(pid, SIGKILL) }
-}
-
-private let registerAtExit: Void = {
-    atexit { killFixturesAtExit() }
-}()
-
 /// A `/metrics` endpoint the test controls: a tiny HTTP/1.1 server on a free loopback port,
 /// serving whatever text ``set(_:)`` last gave it, in Prometheus's text format.
 public final class MetricsEndpoint: Sendable {
@@ -57,7 +46,7 @@ public final class MetricsEndpoint: Sendable {
 
     private func serve() {
         while !stopped.load(ordering: .relaxed) {
-            let client = accept(fd, nil, nil)
+            let client = acceptClosingOnExec(fd)
             if client < 0 {
                 if stopped.load(ordering: .relaxed) { return }
                 continue
@@ -85,7 +74,6 @@ public final class PrometheusServer: @unchecked Sendable {
     private var process: ChildProcess?
 
     public init(scraping targets: [Int]) throws {
-        _ = registerAtExit
         guard executablePath("prometheus") != nil else {
             throw FixtureError("prometheus is not installed: run scripts/test.sh, or apt-get install prometheus")
         }
@@ -121,10 +109,8 @@ public final class PrometheusServer: @unchecked Sendable {
         }
     }
 
-    deinit {
-        stop()
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+    /// Released: stopped and its directory removed in the background (``stopInBackground(_:removing:)``).
+    deinit { stopInBackground(lock.withLock { self.process }, removing: directory) }
 
     public var url: String { "http://127.0.0.1:\(port)" }
 
@@ -132,7 +118,6 @@ public final class PrometheusServer: @unchecked Sendable {
         guard let binary = executablePath("prometheus") else { throw FixtureError("prometheus is not installed") }
         try? FileManager.default.removeItem(atPath: log)
         let process = try ChildProcess(binary, arguments, output: log)
-        fixturePIDs.withLock { $0.append(process.pid) }
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if let (status, body) = try? httpGet(port: port, path: "/-/ready"), status == 200, body.contains("Prometheus") { return process }
@@ -219,7 +204,6 @@ public final class PushgatewayServer: @unchecked Sendable {
     private let process: ChildProcess
 
     public init() throws {
-        _ = registerAtExit
         guard let binary = executablePath("prometheus-pushgateway") else {
             throw FixtureError("prometheus-pushgateway is not installed: run scripts/test.sh, or apt-get install prometheus-pushgateway")
         }
@@ -228,7 +212,6 @@ public final class PushgatewayServer: @unchecked Sendable {
         process = try ChildProcess(
             binary, ["--web.listen-address=127.0.0.1:\(port)", "--persistence.file=\(directory)/metrics.store", "--log.level=warn"],
             output: directory + "/pushgateway.log")
-        fixturePIDs.withLock { $0.append(process.pid) }
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if let (status, _) = try? httpGet(port: port, path: "/-/ready"), status == 200 { return }
@@ -305,7 +288,7 @@ public final class SlowProxy: Sendable {
 /// handing both sockets to `start`.
 private func acceptProxied(_ listener: Int32, upstreamPort: Int, _ start: (_ client: Int32, _ upstream: Int32) -> Void) {
     while true {
-        let client = accept(listener, nil, nil)
+        let client = acceptClosingOnExec(listener)
         if client < 0 { return }
         guard let upstream = connectToLoopback(port: upstreamPort, receiveTimeoutSeconds: 0) else {
             close(client)

@@ -55,7 +55,7 @@ public func freeLoopbackPort() throws -> Int {
 
 /// A listening TCP socket on 127.0.0.1 with a port the kernel chose.
 func listenOnLoopback(backlog: Int32 = 64) throws -> (fd: Int32, port: Int) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -72,9 +72,17 @@ func listenOnLoopback(backlog: Int32 = 64) throws -> (fd: Int32, port: Int) {
     return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
 
+/// `accept(2)`, with the new descriptor closed on exec: a child another test spawns does not
+/// keep the connection open after the fixture closed it.
+func acceptClosingOnExec(_ listener: Int32) -> Int32 {
+    let client = accept(listener, nil, nil)
+    if client >= 0 { _ = fcntl(client, F_SETFD, FD_CLOEXEC) }
+    return client
+}
+
 /// A TCP connection to 127.0.0.1:`port` with a receive timeout, or nil when refused.
 public func connectToLoopback(port: Int, receiveTimeoutSeconds: Int = 5) -> Int32? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var address = sockaddr_in()
@@ -90,7 +98,7 @@ public func connectToLoopback(port: Int, receiveTimeoutSeconds: Int = 5) -> Int3
 }
 
 private func canBind(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { return false }
     defer { close(fd) }
     var address = sockaddr_in()
@@ -187,10 +195,8 @@ public final class RedisServer: @unchecked Sendable {
         }
     }
 
-    deinit {
-        stop()
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+    /// Released: stopped and its directory removed in the background (``stopInBackground(_:removing:)``).
+    deinit { stopInBackground(lock.withLock { self.process }, removing: directory) }
 
     /// Starts redis-server and waits until it answers PING on `port`.
     private static func launch(binary: String, arguments: [String], port: Int, log: String) throws -> ChildProcess {
@@ -394,7 +400,7 @@ public final class HostileServer: Sendable {
 
     private func acceptLoop() {
         while true {
-            let client = accept(fd, nil, nil)
+            let client = acceptClosingOnExec(fd)
             if client < 0 { return }
             Thread { [self] in answer(client) }.start()
         }

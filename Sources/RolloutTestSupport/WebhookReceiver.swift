@@ -135,7 +135,7 @@ private final class Server: Sendable {
             running.subtract(1, ordering: .releasing)
         }
         while true {
-            let client = accept(listener, nil, nil)
+            let client = acceptClosingOnExec(listener)
             if client < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }
                 return

@@ -101,6 +101,21 @@ struct HTTP1ClientTests {
         #expect(closing.requests.count == 1)
     }
 
+    /// A child process started while the stand-in holds a connection open does not inherit it,
+    /// so the stand-in's close still ends the connection. (An inherited copy kept it open, and
+    /// the query waited for its whole timeout: a full test run started servers meanwhile.)
+    @Test(.tags(.webhook))
+    func aChildStartedMeanwhileDoesNotKeepAClosedConnectionOpen() async throws {
+        let stand = try WebhookReceiver([.raw(Self.contentLength(), thenClose: false), .close], otherwise: .raw(Self.contentLength(), thenClose: false))
+        defer { stand.stop() }
+        let client = try Self.client(stand)
+        #expect(try await client.value(of: "up") == 0.25)
+        let child = try ChildProcess("/bin/sleep", ["120"], output: "/dev/null")
+        #expect(try await client.value(of: "up") == 0.25)
+        #expect(stand.connectionsAccepted == 2)
+        await child.terminateOffPool(SIGKILL)
+    }
+
     static let notHTTP: [(answer: String, says: String)] = [
         ("SSH-2.0-OpenSSH_9.2\r\n\r\n", "HTTP/1.x status line"),
         ("HTTP/1.1 2x0 OK\r\n\r\n", "three digits"),
@@ -157,6 +172,7 @@ struct HTTP1ClientTests {
             #expect(error.code == .ambiguous && error.message.contains("300 series"), "\(error)")
         }
         #expect(try await client.value(of: "sum(demo_many)") == 300)
+        await prometheus.stopOffPool()
     }
 
     /// https:// to a real Prometheus serving TLS with certificates made here: the query is
@@ -176,7 +192,6 @@ struct HTTP1ClientTests {
                 "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data", "--web.config.file=\(directory)/web.yml",
                 "--web.listen-address=127.0.0.1:\(port)", "--log.level=warn",
             ], output: directory + "/prometheus.log")
-        defer { prometheus.terminate() }
         let base = try HTTPEndpoint.parse("https://localhost:\(port)").get()
         func client(trusting ca: String) -> PrometheusClient {
             PrometheusClient(
@@ -194,5 +209,6 @@ struct HTTP1ClientTests {
         let failure = await Self.failure(client(trusting: certificates.otherCACertificate), "vector(1)")
         #expect(failure?.code == .unreachable)
         #expect(failure?.message.contains("certificate was rejected") == true, "\(String(describing: failure))")
+        await prometheus.terminateOffPool()
     }
 }

@@ -30,7 +30,7 @@ struct ShippedRedisConfigTests {
             // With an hour-long poll, only the invalidation subscription (push, or the full refresh
             // it triggers once subscribed) can deliver this change: it proves the ACL allows it.
             _ = try await controller.send("SET", "flags:google:enabled", "false")
-            #expect(await eventually(within: .seconds(3)) { gate.decision("google", for: Subject(id: "a")).reason == .killSwitch })
+            #expect(await eventually(within: .seconds(30)) { gate.decision("google", for: Subject(id: "a")).reason == .killSwitch })
         }
         let reader = RedisClient(url: gateURL)
         defer { reader.close() }

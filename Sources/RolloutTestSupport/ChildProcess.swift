@@ -35,7 +35,7 @@ public final class ChildProcess: @unchecked Sendable {
     /// Starts `executable` with stdout and stderr to separate files (stderr to stdout's when nil).
     public init(
         _ executable: String, _ arguments: [String], stdout: String, stderr: String?, input: String = "/dev/null",
-        environment: [String: String]? = nil, closeInChild: [Int32] = []
+        environment: [String: String]? = nil
     ) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -47,7 +47,6 @@ public final class ChildProcess: @unchecked Sendable {
         } else {
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
-        for fd in closeInChild { posix_spawn_file_actions_addclose(&actions, fd) }
         // Nothing else of this process reaches the child: a socket a fixture accepted without
         // close-on-exec (or any descriptor another test opened meanwhile) stays open in a
         // long-lived child, so closing it here would not end the connection.
@@ -203,13 +202,13 @@ public final class PipedProcess: @unchecked Sendable {
         var input: [Int32] = [0, 0]
         var output: [Int32] = [0, 0]
         guard pipe(&input) == 0, pipe(&output) == 0 else { throw FixtureError("pipe() failed") }
-        // Close-on-exec, so children spawned by other tests do not hold these pipes open.
+        // Close-on-exec, so no child holds these pipes open (this one opens its stdin and
+        // stdout anew from them).
         for fd in input + output { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { _, new in new }
         process = try ChildProcess(
-            executable, arguments, stdout: "/dev/fd/\(output[1])", stderr: "/dev/null", input: "/dev/fd/\(input[0])", environment: env,
-            closeInChild: [input[1], output[0]])
+            executable, arguments, stdout: "/dev/fd/\(output[1])", stderr: "/dev/null", input: "/dev/fd/\(input[0])", environment: env)
         close(input[0])
         close(output[1])
         toChild = Mutex(input[1])

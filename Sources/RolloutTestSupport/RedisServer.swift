@@ -53,9 +53,14 @@ public func freeLoopbackPort() throws -> Int {
     throw FixtureError("no free loopback port found")
 }
 
+/// A new TCP socket, closed on exec: no child process another test spawns holds it open.
+private func loopbackSocket() -> Int32 {
+    socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+}
+
 /// A listening TCP socket on 127.0.0.1 with a port the kernel chose.
 func listenOnLoopback(backlog: Int32 = 64) throws -> (fd: Int32, port: Int) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    let fd = loopbackSocket()
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -82,7 +87,7 @@ func acceptClosingOnExec(_ listener: Int32) -> Int32 {
 
 /// A TCP connection to 127.0.0.1:`port` with a receive timeout, or nil when refused.
 public func connectToLoopback(port: Int, receiveTimeoutSeconds: Int = 5) -> Int32? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    let fd = loopbackSocket()
     var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var address = sockaddr_in()
@@ -98,7 +103,7 @@ public func connectToLoopback(port: Int, receiveTimeoutSeconds: Int = 5) -> Int3
 }
 
 private func canBind(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    let fd = loopbackSocket()
     guard fd >= 0 else { return false }
     defer { close(fd) }
     var address = sockaddr_in()

@@ -81,12 +81,18 @@ struct HTTP1ClientTests {
         #expect(request.text == "query=max%28errors%7Bfeature%3D%22a%20b%22%7D%29")
     }
 
+    /// A stand-in that answers the first request and keeps the connection, closes it at the
+    /// second without answering, and answers every later one.
+    static func closingTheSecondRequest() throws -> WebhookReceiver {
+        try WebhookReceiver([.raw(contentLength(), thenClose: false), .close], otherwise: .raw(contentLength(), thenClose: false))
+    }
+
     /// A kept-alive connection the server closes when the next request arrives (its idle
     /// timeout, racing the request) is replaced once by a new connection, without an attempt
     /// of the retry policy; a new connection closed the same way is a failure.
     @Test(.tags(.webhook))
     func aReusedConnectionClosedBeforeItsAnswerIsReplacedOnce() async throws {
-        let stand = try WebhookReceiver([.raw(Self.contentLength(), thenClose: false), .close], otherwise: .raw(Self.contentLength(), thenClose: false))
+        let stand = try Self.closingTheSecondRequest()
         defer { stand.stop() }
         let client = try Self.client(stand)
         #expect(try await client.value(of: "up") == 0.25)
@@ -106,14 +112,15 @@ struct HTTP1ClientTests {
     /// the query waited for its whole timeout: a full test run started servers meanwhile.)
     @Test(.tags(.webhook))
     func aChildStartedMeanwhileDoesNotKeepAClosedConnectionOpen() async throws {
-        let stand = try WebhookReceiver([.raw(Self.contentLength(), thenClose: false), .close], otherwise: .raw(Self.contentLength(), thenClose: false))
+        let stand = try Self.closingTheSecondRequest()
         defer { stand.stop() }
         let client = try Self.client(stand)
         #expect(try await client.value(of: "up") == 0.25)
-        let child = try ChildProcess("/bin/sleep", ["120"], output: "/dev/null")
+        // A child that lives until its stdin closes (when `child` is released).
+        let child = try PipedProcess("/bin/cat", [])
         #expect(try await client.value(of: "up") == 0.25)
         #expect(stand.connectionsAccepted == 2)
-        await child.terminateOffPool(SIGKILL)
+        withExtendedLifetime(child) {}
     }
 
     static let notHTTP: [(answer: String, says: String)] = [

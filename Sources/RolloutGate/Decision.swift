@@ -141,20 +141,61 @@ public struct Subject: Sendable, Hashable {
 @available(*, deprecated, renamed: "Subject")
 public typealias Actor = Subject
 
+/// Which of the gate's rules decided, and its numbers: what a check needs, in a few bytes that
+/// cost nothing to copy or destroy. A ``Decision`` adds the words (``FeatureState/decide(for:overriddenBy:percentOverride:)``).
+enum Rule {
+    case killSwitch
+    case processOverride
+    case denied
+    case allowed
+    case internalOnly
+    case bucket(bucket: Int, percent: RolloutPercent, fromWorkspace: Bool, isOn: Bool)
+    case anonymousActor(percent: RolloutPercent)
+
+    var isOn: Bool {
+        switch self {
+        case .killSwitch, .processOverride, .denied, .internalOnly: return false
+        case .allowed: return true
+        case .bucket(_, _, _, let isOn): return isOn
+        case .anonymousActor(let percent): return percent == .full
+        }
+    }
+}
+
 extension FeatureState {
     /// The gate's rules, first match wins (docs/bucketing.md, "Decision order"), for a valid
     /// state. `overridden` is the process-level kill switch; `percentOverride` answers as if
     /// rollout_percent were that (the CLI's `--at`).
     public func decide(for actor: Subject, overriddenBy variable: String? = nil, percentOverride: RolloutPercent? = nil) -> Decision {
-        if !enabled { return Decision(isOn: false, reason: .killSwitch) }
-        if let variable { return Decision(isOn: false, reason: .processOverride(variable: variable)) }
+        let rule = rule(for: actor, overridden: variable != nil, percentOverride: percentOverride)
+        let reason: Decision.Reason
+        switch rule {
+        case .killSwitch: reason = .killSwitch
+        case .processOverride: reason = .processOverride(variable: variable ?? feature.overrideVariable)
+        case .denied: reason = .denied
+        case .allowed: reason = .allowed
+        case .internalOnly: reason = .internalOnly
+        case .bucket(let bucket, let percent, let fromWorkspace, _):
+            reason = .bucket(
+                scheme: bucketing, bucket: bucket, threshold: Bucketing.threshold(scheme: bucketing, percent: percent),
+                percent: percent, fromWorkspace: fromWorkspace)
+        case .anonymousActor(let percent): reason = .anonymousActor(percent: percent)
+        }
+        return Decision(isOn: rule.isOn, reason: reason)
+    }
+
+    /// The rule that decides for `actor`: the one place the decision order is written.
+    @inline(__always)
+    func rule(for actor: Subject, overridden: Bool, percentOverride: RolloutPercent?) -> Rule {
+        if !enabled { return .killSwitch }
+        if overridden { return .processOverride }
         if !deny.isEmpty || !allow.isEmpty {
             // Only built when a set exists: the common path allocates nothing.
             let key = actor.stickinessKey
-            if deny.contains(key) { return Decision(isOn: false, reason: .denied) }
-            if allow.contains(key) { return Decision(isOn: true, reason: .allowed) }
+            if deny.contains(key) { return .denied }
+            if allow.contains(key) { return .allowed }
         }
-        if internalOnly && !actor.isInternal { return Decision(isOn: false, reason: .internalOnly) }
+        if internalOnly && !actor.isInternal { return .internalOnly }
         var percent = percentOverride ?? rolloutPercent
         var fromWorkspace = false
         if percentOverride == nil, let workspace = actor.workspace, !workspaces.isEmpty, let override = workspaces[workspace] {
@@ -162,12 +203,10 @@ extension FeatureState {
             fromWorkspace = true
         }
         guard let bucket = Bucketing.bucket(scheme: bucketing, feature: feature, workspace: actor.workspace, actor: actor.id) else {
-            return Decision(isOn: percent == .full, reason: .anonymousActor(percent: percent))
+            return .anonymousActor(percent: percent)
         }
-        return Decision(
-            isOn: Bucketing.isInside(bucket: bucket, scheme: bucketing, percent: percent),
-            reason: .bucket(
-                scheme: bucketing, bucket: bucket, threshold: Bucketing.threshold(scheme: bucketing, percent: percent),
-                percent: percent, fromWorkspace: fromWorkspace))
+        return .bucket(
+            bucket: bucket, percent: percent, fromWorkspace: fromWorkspace,
+            isOn: Bucketing.isInside(bucket: bucket, scheme: bucketing, percent: percent))
     }
 }

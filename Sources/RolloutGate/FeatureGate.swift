@@ -183,10 +183,16 @@ public final class FeatureGate: Service, Sendable {
 
     // MARK: Checks (the hot path)
 
-    /// Whether `feature` is on for `subject`.
-    @inlinable
+    /// Whether `feature` is on for `subject`: the same rules as ``decision(_:for:)``, without
+    /// building the reason.
     public func isEnabled(_ feature: FeatureName, for subject: Subject) -> Bool {
-        decision(feature, for: subject).isOn
+        let freshness = currentFreshness()
+        let decided = readSide.read { stripe -> Bool? in
+            guard let entry = published.withCurrent({ $0.entry(named: feature) }) ?? nil else { return nil }
+            return entry._withUnsafeGuaranteedRef { $0.isOn(for: subject, freshness: freshness, stripe: stripe) }
+        }
+        if let decided { return decided }
+        return notFound(feature).isOn
     }
 
     /// The decision for `subject`, with its reason.
@@ -210,6 +216,12 @@ public final class FeatureGate: Service, Sendable {
             }
         }
         if let decided { return decided }
+        return notFound(feature)
+    }
+
+    /// The answer for a feature the snapshot has no entry for.
+    @inline(never)
+    private func notFound(_ feature: FeatureName) -> Decision {
         // Validated only when not found: the snapshot holds valid names only.
         guard feature.isValid else { return invalidName(feature) }
         request(feature)
@@ -860,6 +872,15 @@ final class Entry: Sendable {
         if let stripe { tally.decisions.count(isOn: decision.isOn, stripe: stripe) }
         return decision
     }
+
+    /// What ``decide(for:freshness:percentOverride:count:)`` answers, counted, without its reason.
+    @inline(__always)
+    func isOn(for subject: Subject, freshness: Decision.Freshness?, stripe: Int) -> Bool {
+        let isOn = freshness != nil && invalidKey == nil
+            && state.rule(for: subject, overridden: overrideVariable != nil, percentOverride: nil).isOn
+        tally.decisions.count(isOn: isOn, stripe: stripe)
+        return isOn
+    }
 }
 
 /// Decisions counted on the hot path in striped cells, flushed into swift-metrics counters by
@@ -897,10 +918,15 @@ public struct FeatureHandle: Sendable {
     let slot: Slot
     let gate: FeatureGate
 
-    /// Whether the feature is on for `subject`.
-    @inlinable
+    /// Whether the feature is on for `subject`: the same rules as ``decision(for:)``, without
+    /// building the reason.
     public func isEnabled(for subject: Subject) -> Bool {
-        decision(for: subject).isOn
+        let freshness = gate.currentFreshness()
+        let decided = gate.readSide.read { stripe -> Bool? in
+            slot.entry.withCurrent { $0.isOn(for: subject, freshness: freshness, stripe: stripe) }
+        }
+        if let decided { return decided }
+        return notFound().isOn
     }
 
     /// The decision for `subject`, with its reason.
@@ -922,6 +948,12 @@ public struct FeatureHandle: Sendable {
             }
         }
         if let decided { return decided }
+        return notFound()
+    }
+
+    /// The answer while the slot is empty.
+    @inline(never)
+    private func notFound() -> Decision {
         // Validated only when empty: an invalid name's slot is never filled.
         guard name.isValid else { return gate.invalidName(name) }
         return Decision(isOn: false, reason: .noData)

@@ -38,7 +38,8 @@ final class ReadSide: Sendable {
         private let before: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
         /// The epoch the current read started in; 0 when the thread is not reading.
         let active = Atomic<UInt64>(0)
-        /// Which stripe of a ``StripedTally`` this thread counts in.
+        /// Which stripe of a ``StripedTally`` this thread counts in: its own (below
+        /// ``ReadSide/stripes``), or the one all further threads share.
         let stripe: Int
         /// Whether a live thread owns this reader (an exited thread's reader is reused).
         let owned = Atomic<Bool>(true)
@@ -56,7 +57,8 @@ final class ReadSide: Sendable {
     let epoch = Atomic<UInt64>(1)
     /// Whether membarrier(2) does the readers' fencing (see the type's comment).
     let expedited: Bool
-    /// How many stripes a striped counter has: enough that threads rarely share one.
+    /// How many threads count in stripes of their own: twice the processors (at least 4, at
+    /// most 64). Threads beyond that share one more stripe.
     let stripes: Int
     private let registry = Mutex<[Reader]>([])
     private let key: pthread_key_t
@@ -100,7 +102,7 @@ final class ReadSide: Sendable {
             if let free = readers.first(where: { $0.owned.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged }) {
                 return free
             }
-            let reader = Reader(stripe: readers.count % stripes)
+            let reader = Reader(stripe: min(readers.count, stripes))
             readers.append(reader)
             return reader
         }
@@ -168,20 +170,28 @@ final class Retired: Sendable {
     }
 }
 
-/// A count of decisions split into per-stripe cells on separate cache lines, so threads
-/// counting at once do not share a line; summed (and reset) by the refresher.
+/// A count of decisions split into per-thread cells on separate cache lines, so threads
+/// counting at once do not share a line, and read by the refresher.
+///
+/// The first ``ReadSide/stripes`` stripes each have one writer, the thread whose reader owns
+/// that stripe (a reader serves one live thread at a time), so a count there is a plain load
+/// and store: no locked instruction on the hot path. Threads beyond those share the last
+/// stripe and add atomically. Cells only grow; ``take()`` reports what grew since its last call.
 final class StripedTally: @unchecked Sendable {
-    // @unchecked: `cells` is written only through the C atomic helpers (relaxed fetch-add and
-    // exchange), and freed in deinit, when no check can reach this tally any more.
+    // @unchecked: `cells` is written only through the C atomic helpers (an owned stripe by its
+    // one thread, the shared stripe by atomic adds), read with relaxed loads, and freed in
+    // deinit, when no check can reach this tally any more. `seen` is under its mutex.
     private let cells: UnsafeMutableRawPointer
-    private let stripes: Int
+    private let ownedStripes: Int
+    private let seen: Mutex<[UInt64]>
     private static let lineBytes = 64
 
     init() {
-        stripes = ReadSide.shared.stripes
-        let bytes = stripes * Self.lineBytes
+        ownedStripes = ReadSide.shared.stripes
+        let bytes = (ownedStripes + 1) * Self.lineBytes
         cells = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Self.lineBytes)
         cells.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        seen = Mutex([UInt64](repeating: 0, count: 2 * (ownedStripes + 1)))
     }
 
     deinit { cells.deallocate() }
@@ -189,20 +199,28 @@ final class StripedTally: @unchecked Sendable {
     /// Counts one decision in `stripe`'s cell.
     @inline(__always)
     func count(isOn: Bool, stripe: Int) {
-        let cell = (cells + stripe &* 64).assumingMemoryBound(to: UInt64.self)
-        CRolloutSync_add(isOn ? cell : cell + 1, 1)
+        let cell = (cells + stripe &* Self.lineBytes).assumingMemoryBound(to: UInt64.self)
+        if stripe < ownedStripes {
+            CRolloutSync_bump_owned(isOn ? cell : cell + 1)
+        } else {
+            CRolloutSync_add(isOn ? cell : cell + 1, 1)
+        }
     }
 
     /// The decisions counted since the last call: (on, off).
     func take() -> (on: UInt64, off: UInt64) {
-        var on: UInt64 = 0
-        var off: UInt64 = 0
-        for stripe in 0..<stripes {
-            let cell = (cells + stripe * Self.lineBytes).assumingMemoryBound(to: UInt64.self)
-            on &+= CRolloutSync_take(cell)
-            off &+= CRolloutSync_take(cell + 1)
+        seen.withLock { seen in
+            var on: UInt64 = 0
+            var off: UInt64 = 0
+            for stripe in 0...ownedStripes {
+                let cell = (cells + stripe * Self.lineBytes).assumingMemoryBound(to: UInt64.self)
+                let (nowOn, nowOff) = (CRolloutSync_load(cell), CRolloutSync_load(cell + 1))
+                on &+= nowOn &- seen[2 * stripe]
+                off &+= nowOff &- seen[2 * stripe + 1]
+                (seen[2 * stripe], seen[2 * stripe + 1]) = (nowOn, nowOff)
+            }
+            return (on, off)
         }
-        return (on, off)
     }
 }
 

@@ -255,4 +255,50 @@ struct CheckSafetyTests {
         #expect(tallies.checked.load(ordering: .relaxed) > 0)
         #expect(google.decision(for: Subject(id: "user-1")).reason == gate.decision("google", for: Subject(id: "user-1")).reason)
     }
+
+    @Test func everyDecisionIsCountedFromMoreThreadsThanHaveStripesOfTheirOwn() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:google:rollout_percent", "100")
+        let metrics = TestMetrics()
+        try await withMetricsFactory(metrics) {
+            var configuration = FeatureGate.Configuration()
+            configuration.pushInvalidation = false
+            let gate = FeatureGate(redisURL: server.url(), features: ["google"], configuration: configuration)
+            #expect(await gate.prepare(["google"]))
+            let google = gate.feature("google")
+            // Up to 64 threads count in stripes of their own (plain stores); the rest share one
+            // (atomic adds). 80 threads at once use both kinds, on any machine.
+            let threads = 80
+            let checksPerThread = 2_000
+            let started = DispatchSemaphore(value: 0)
+            let go = DispatchSemaphore(value: 0)
+            let done = DispatchSemaphore(value: 0)
+            for thread in 0..<threads {
+                Thread {
+                    started.signal()
+                    go.wait()
+                    for index in 0..<checksPerThread {
+                        let subject = Subject(id: "user-\(thread)-\(index)")
+                        _ = index % 2 == 0 ? gate.isEnabled("google", for: subject) : google.isEnabled(for: subject)
+                    }
+                    _ = gate.isEnabled("google", for: Subject(id: ""))  // anonymous: on at 100%
+                    _ = google.decision(for: Subject(id: "x"), atPercent: .zero)  // a preview: not counted
+                    done.signal()
+                }.start()
+            }
+            try await offThePool { for _ in 0..<threads { started.wait() } }
+            for _ in 0..<threads { go.signal() }
+            try await offThePool { for _ in 0..<threads { done.wait() } }
+            #expect(await gate.refresh())  // counts reach swift-metrics at each refresh
+            let on = try metrics.expectCounter("rollout_gate_decisions_total", [("feature", "google"), ("result", "on")])
+            #expect(on.totalValue == threads * (checksPerThread + 1))
+            // Counted once: the next refresh adds only what was checked since.
+            _ = gate.decision("google", for: Subject(id: "one-more"))
+            #expect(await gate.refresh())
+            #expect(on.totalValue == threads * (checksPerThread + 1) + 1)
+        }
+    }
+
 }

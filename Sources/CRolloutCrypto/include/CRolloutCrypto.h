@@ -11,10 +11,10 @@
 
 /// The first 8 bytes, big-endian, of SHA-256(prefix ":" middle ":" key), where a NULL
 /// prefix or middle (with its ":") is left out. Used by bucketing: it hashes the pieces
-/// without joining them, so no buffer is built for the key.
-uint64_t CRolloutCrypto_sha256_head64(const char *prefix, size_t prefix_len,
-                                      const char *middle, size_t middle_len,
-                                      const char *key, size_t key_len);
+/// without joining them in Swift (a small stack buffer here), so nothing is allocated.
+uint64_t CRolloutCrypto_sha256_head64(const void *prefix, size_t prefix_len,
+                                      const void *middle, size_t middle_len,
+                                      const void *key, size_t key_len);
 
 /// SHA-256 of one buffer through the low-level SHA256_Init/Update/Final sequence.
 void CRolloutCrypto_sha256(const void *data, size_t len, uint8_t out[32]);

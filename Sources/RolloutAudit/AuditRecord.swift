@@ -48,6 +48,17 @@ public struct AuditRecord: Sendable, Hashable, CustomStringConvertible {
         return id.map { line + "  id=" + $0 } ?? line
     }
 
+    /// The `feature` field of a stream entry, read without parsing the rest; nil when it has none.
+    static func feature(ofStreamEntry entry: RedisValue) -> String? {
+        guard let parts = entry.array, parts.count == 2, let flat = parts[1].array else { return nil }
+        var index = 0
+        while index + 1 < flat.count {
+            if flat[index].string == "feature" { return flat[index + 1].string }
+            index += 2
+        }
+        return nil
+    }
+
     /// A stream entry as XRANGE returns it (`[id, [field, value, ...]]`); nil when it is not one
     /// of ours (a person's XADD with other fields is skipped, not guessed at).
     init?(streamEntry: RedisValue) {

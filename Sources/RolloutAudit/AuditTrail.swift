@@ -115,7 +115,7 @@ extension AuditTrail {
     /// to about ``maxLength``).
     package func newest(of feature: FeatureName?, limit: Int, scanning: Int = maxLength + 1_000) async throws(RedisError) -> [AuditRecord] {
         var found: [AuditRecord] = []
-        try await scanBackwards(scanning: scanning) { record in
+        try await scanBackwards(scanning: scanning, wanting: { feature == nil || $0 == feature?.rawValue }) { record in
             if feature == nil || record.feature == feature { found.append(record) }
             return found.count < limit
         }
@@ -126,7 +126,8 @@ extension AuditTrail {
     package func newestOfEach(_ features: Set<FeatureName>, scanning: Int) async throws(RedisError) -> [FeatureName: AuditRecord] {
         var found: [FeatureName: AuditRecord] = [:]
         guard !features.isEmpty else { return found }
-        try await scanBackwards(scanning: scanning) { record in
+        let names = Set(features.map(\.rawValue))
+        try await scanBackwards(scanning: scanning, wanting: { names.contains($0) }) { record in
             if features.contains(record.feature), found[record.feature] == nil { found[record.feature] = record }
             return found.count < features.count
         }
@@ -134,18 +135,22 @@ extension AuditTrail {
     }
 
     /// Hands the stream's records to `visit`, newest first, until it answers false, the stream
-    /// ends or `scanning` entries were read.
-    private func scanBackwards(scanning: Int, _ visit: (AuditRecord) -> Bool) async throws(RedisError) {
+    /// ends or `scanning` entries were read. Only entries whose `feature` field `wanting`
+    /// accepts are parsed (a scan of the whole stream for one feature parses only its records).
+    private func scanBackwards(
+        scanning: Int, wanting: (String) -> Bool, _ visit: (AuditRecord) -> Bool
+    ) async throws(RedisError) {
         var end = "+"
         var read = 0
         while read < scanning {
-            let count = min(500, scanning - read)
+            // Pages of 2,000: a whole stream (about 100,000 records) in about 50 round trips.
+            let count = min(2_000, scanning - read)
             let batch = try await redis.send(RedisCommand("XREVRANGE", Self.streamKey, end, "-", "COUNT", String(count)))
             guard let entries = batch.array else {
                 throw RedisError(.protocolError, "Redis answered XREVRANGE \(Self.streamKey) with \(batch), not a list of records.")
             }
             read += entries.count
-            for entry in entries {
+            for entry in entries where AuditRecord.feature(ofStreamEntry: entry).map(wanting) ?? false {
                 if let record = AuditRecord(streamEntry: entry), !visit(record) { return }
             }
             guard entries.count == count, let lastID = entries.last?.array?.first?.string else { return }

@@ -45,9 +45,9 @@ public struct AlertWebhook: Sendable {
             var request = request
             let body = try await request.collectBody(upTo: FlagServer.maximumBodySize)
             guard let webhook else {
-                return problem(
-                    501, "webhook-not-configured", "The Alertmanager webhook is not configured",
-                    "rollout serve was started without --config: the webhook needs the controller's policy (rollout serve --config rollout.yaml).")
+                return Problem(
+                    .webhookNotConfigured, status: 501,
+                    detail: "rollout serve was started without --config: the webhook needs the controller's policy (rollout serve --config rollout.yaml).").response
             }
             return await webhook.answer(Array(buffer: body))
         }
@@ -59,9 +59,7 @@ public struct AlertWebhook: Sendable {
         switch AlertmanagerPayload.parse(body) {
         case .failure(let fault):
             logger.warning("Alertmanager payload refused", metadata: ["alert.field": "\(fault.field)", "error": "\(fault.detail)"])
-            return problem(
-                400, "invalid-alert-payload", "The body is not an Alertmanager webhook payload (version 4)", fault.detail,
-                field: fault.field.isEmpty ? nil : fault.field)
+            return Problem(.invalidAlertPayload, status: 400, detail: fault.detail, field: fault.field.isEmpty ? nil : fault.field).response
         case .success(let parsed): payload = parsed
         }
         var results: [AlertResult] = []
@@ -82,16 +80,16 @@ public struct AlertWebhook: Sendable {
         }
         let encoded = AlertAnswer(receiver: payload.receiver, groupKey: payload.groupKey, alerts: results)
         if let unavailable {
-            return problem(
-                503, "alert-dependency-unavailable", "Redis or Prometheus is unreachable",
-                "\(unavailable). The alerts not acted on were released: Alertmanager retries a 5xx, and its retry acts.",
-                alerts: results)
+            return Problem(
+                .alertDependencyUnavailable, status: 503,
+                detail: "\(unavailable). The alerts not acted on were released: Alertmanager retries a 5xx, and its retry acts.",
+                alerts: results).response
         }
         if inProgress {
-            return problem(
-                503, "alert-in-progress", "Another delivery of an alert is being acted on",
-                "Another delivery of the same alert (fingerprint and startsAt) is being acted on now. Alertmanager retries a 5xx; the retry answers with its outcome.",
-                alerts: results)
+            return Problem(
+                .alertInProgress, status: 503,
+                detail: "Another delivery of the same alert (fingerprint and startsAt) is being acted on now. Alertmanager retries a 5xx; the retry answers with its outcome.",
+                alerts: results).response
         }
         return json(encoded, status: .ok)
     }
@@ -356,23 +354,6 @@ struct AlertmanagerPayload: Decodable, Sendable {
             return Fault(field: "", detail: "the body is not a webhook payload")
         }
     }
-}
-
-/// An RFC 9457 problem (`application/problem+json`): type, title, status, detail, and the field
-/// at fault or the alerts' results when there are.
-private func problem(
-    _ status: Int, _ type: String, _ title: String, _ detail: String, field: String? = nil, alerts: [AlertResult]? = nil
-) -> Response {
-    struct Problem: Encodable {
-        var type: String
-        var title: String
-        var status: Int
-        var detail: String
-        var field: String?
-        var alerts: [AlertResult]?
-    }
-    let body = Problem(type: "urn:rollout-gate:problem:" + type, title: title, status: status, detail: detail, field: field, alerts: alerts)
-    return json(body, status: HTTPResponse.Status(code: status), contentType: "application/problem+json")
 }
 
 private func json(_ value: some Encodable, status: HTTPResponse.Status, contentType: String = "application/json") -> Response {

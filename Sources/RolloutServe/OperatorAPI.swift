@@ -17,9 +17,6 @@ struct OperatorAPI: Sendable {
 
     /// The author of changes made without a tokens file (loopback only).
     static let anonymousAuthor = "api:anonymous"
-    /// How many of the newest audit records `GET /v1/features` reads to find each feature's
-    /// last change (a single feature's read scans the whole stream).
-    static let listAuditScan = 10_000
     /// The bounds of `?limit=` on the audit route, and its default.
     static let auditLimits = 1...1000
     static let defaultAuditLimit = 50
@@ -86,13 +83,13 @@ struct OperatorAPI: Sendable {
     func list() async throws(Problem) -> ListAnswer {
         let store = FeatureStore(redis: redis, auditLog: auditLog)
         let (features, stray) = try await redisRead { () async throws(RedisError) in try await store.listFeatures() }
-        let statuses = try await status(of: features, auditScan: Self.listAuditScan)
+        let statuses = try await status(of: features)
         return ListAnswer(features: statuses, strayKeys: stray, snapshot: snapshot)
     }
 
     /// One feature's status with the gate's snapshot.
     func detail(_ feature: FeatureName, warning: String? = nil) async throws(Problem) -> DetailAnswer {
-        let statuses = try await status(of: [feature], auditScan: AuditTrail.maxLength + 1_000)
+        let statuses = try await status(of: [feature])
         guard let status = statuses.first else { throw Problem.unknownFeature(feature.rawValue, detail: nil) }
         return DetailAnswer(status: status, snapshot: snapshot, warning: warning)
     }
@@ -109,13 +106,15 @@ struct OperatorAPI: Sendable {
     }
 
     /// The status of `features`: their keys, the controller's marks, and the newest audit
-    /// record of each among the newest `auditScan` records.
-    func status(of features: [FeatureName], auditScan: Int) async throws(Problem) -> [FeatureStatus] {
+    /// record of each. The stream is read newest first until every feature has its record, so
+    /// a feature never changed through the tools costs a read of the whole stream (trimmed to
+    /// about ``AuditTrail/maxLength`` records: about 0.3 s on loopback, docs/serve.md).
+    func status(of features: [FeatureName]) async throws(Problem) -> [FeatureStatus] {
         let store = FeatureStore(redis: redis, auditLog: auditLog)
         let (states, marks, changes) = try await redisRead { () async throws(RedisError) in
             (
                 try await store.read(features), try await store.controllerMarks(features),
-                try await AuditTrail(redis: redis).newestOfEach(Set(features), scanning: auditScan)
+                try await AuditTrail(redis: redis).newestOfEach(Set(features), scanning: AuditTrail.maxLength + 1_000)
             )
         }
         return features.indices.map { index in
@@ -286,6 +285,10 @@ struct Problem: Error, Sendable, Encodable {
         case conflict = "conflict"
         case corruptState = "corrupt-state"
         case internalError = "internal-error"
+        case webhookNotConfigured = "webhook-not-configured"
+        case invalidAlertPayload = "invalid-alert-payload"
+        case alertDependencyUnavailable = "alert-dependency-unavailable"
+        case alertInProgress = "alert-in-progress"
 
         var title: String {
             switch self {
@@ -300,6 +303,10 @@ struct Problem: Error, Sendable, Encodable {
             case .conflict: return "The feature changed meanwhile"
             case .corruptState: return "The feature's keys are invalid"
             case .internalError: return "Internal error"
+            case .webhookNotConfigured: return "The Alertmanager webhook is not configured"
+            case .invalidAlertPayload: return "The body is not an Alertmanager webhook payload (version 4)"
+            case .alertDependencyUnavailable: return "Redis or Prometheus is unreachable"
+            case .alertInProgress: return "Another delivery of an alert is being acted on"
             }
         }
     }
@@ -310,14 +317,17 @@ struct Problem: Error, Sendable, Encodable {
     let detail: String
     let field: String?
     let feature: String?
+    /// The webhook's per-alert results, when it acted on some before failing.
+    let alerts: [AlertResult]?
 
-    init(_ kind: Kind, status: Int, detail: String, field: String? = nil, feature: String? = nil) {
+    init(_ kind: Kind, status: Int, detail: String, field: String? = nil, feature: String? = nil, alerts: [AlertResult]? = nil) {
         type = "urn:rollout-gate:problem:" + kind.rawValue
         title = kind.title
         self.status = status
         self.detail = detail
         self.field = field
         self.feature = feature
+        self.alerts = alerts
     }
 
     static func unknownFeature(_ name: String, detail: String?) -> Problem {

@@ -33,6 +33,9 @@ struct Rollout: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
+        // A write past the file size limit (RLIMIT_FSIZE) fails with EFBIG and is reported
+        // like any failed write, instead of killing the process (SIGXFSZ's default).
+        signal(SIGXFSZ, SIG_IGN)
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -263,4 +263,52 @@ struct OperatorAPITests {
         #expect(result.status == 2, "\(result.stderr)")
         #expect(result.stderr.contains("/nonexistent-folder/rollout_log.md") && result.stderr.contains("ROLLOUT_AUDIT_LOG"))
     }
+
+    @Test func theListFindsALastChangeBehindTensOfThousandsOfNewerRecords() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        let directory = try makeTemporaryDirectory("serve-api")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let environment = ["REDIS_URL": server.urlString, "ROLLOUT_AUDIT_LOG": directory + "/rollout_log.md"]
+        let set = try await runCommand(try rolloutBinary(), ["flags", "set-percent", "quiet", "5", "--reason", "long ago"], environment: environment)
+        #expect(set.status == 0, "\(set.stderr)")
+        // 25,000 newer records of another feature, shaped like the one the CLI wrote.
+        let template = try #require(try await streamRecords(admin).first)
+        let fields = template.merging(["feature": "busy"]) { $1 }.flatMap { [$0.key, $0.value] }
+        _ = try await admin.send("SET", "flags:busy:rollout_percent", "5")
+        for _ in 0..<25 {
+            _ = try await admin.pipeline((0..<1_000).map { _ in RedisCommand("XADD", ["rollout:audit", "*"] + fields) })
+        }
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        let list = try await call(serve.base + "/v1/features", method: .GET)
+        let features = try #require(list.json["features"] as? [[String: Any]], "\(list.body)")
+        let quiet = try #require(features.first { $0["feature"] as? String == "quiet" })
+        let change = try #require(quiet["last_change"] as? [String: Any], "\(quiet)")
+        #expect(change["reason"] as? String == "long ago" && change["to"] as? Double == 5)
+        #expect((features.first { $0["feature"] as? String == "busy" }?["last_change"] as? [String: Any]) != nil)
+    }
+
+    @Test func aChangeWhoseLogCannotBeWrittenAnswersItsNewStateWithAWarning() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:checkout:rollout_percent", "10")
+        let directory = try makeTemporaryDirectory("serve-api")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // The log is as large as the server may make a file: its check before the change
+        // passes, the append after it fails (EFBIG), as when the disk fills in between.
+        try String(repeating: "x", count: 1024).write(toFile: directory + "/rollout_log.md", atomically: false, encoding: .utf8)
+        let serve = try Serve(server, directory: directory, fileSizeLimitBlocks: 2)
+        #expect(await ready(serve))
+        let paused = try await call(serve.base + "/v1/features/checkout/pause", body: "{\"reason\": \"disk trouble\"}")
+        #expect(paused.status == 200 && paused.json["paused"] as? Bool == true, "\(paused.status) \(paused.body)")
+        let warning = try #require(paused.json["warning"] as? String, "\(paused.body)")
+        #expect(warning.contains("recorded in Redis") && warning.contains("rollout audit sync"), "\(warning)")
+        // Made and recorded: the stream holds it, for the log to catch up from.
+        #expect(try await streamRecords(admin).last?["reason"] == "disk trouble")
+        #expect(try await admin.send("GET", "flags:checkout:paused").string == "true")
+    }
+
 }

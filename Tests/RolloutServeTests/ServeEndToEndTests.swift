@@ -24,11 +24,13 @@ final class Serve: Sendable {
     /// unless a policy (`--config`) names its own.
     let auditLog: String
 
-    convenience init(_ server: RedisServer, directory: String, arguments: [String] = []) throws {
-        try self.init(redisURL: server.urlString, directory: directory, arguments: arguments)
+    convenience init(_ server: RedisServer, directory: String, arguments: [String] = [], fileSizeLimitBlocks: Int? = nil) throws {
+        try self.init(redisURL: server.urlString, directory: directory, arguments: arguments, fileSizeLimitBlocks: fileSizeLimitBlocks)
     }
 
-    init(redisURL: String, directory: String, arguments: [String] = []) throws {
+    /// `fileSizeLimitBlocks` runs the server under `ulimit -f` (blocks of 512 bytes): a write
+    /// that would grow a file past it fails, as on a full disk.
+    init(redisURL: String, directory: String, arguments: [String] = [], fileSizeLimitBlocks: Int? = nil) throws {
         let log = directory + "/serve.log"
         let binary = try rolloutBinary()
         auditLog = directory + "/rollout_log.md"
@@ -37,7 +39,11 @@ final class Serve: Sendable {
         if !arguments.contains("--config") { settings["ROLLOUT_AUDIT_LOG"] = auditLog }
         let environment = ProcessInfo.processInfo.environment.merging(settings) { $1 }
         start = { port in
-            try ChildProcess(binary, ["serve", "--listen", "127.0.0.1:\(port)"] + arguments, output: log, environment: environment)
+            let command = ["serve", "--listen", "127.0.0.1:\(port)"] + arguments
+            guard let blocks = fileSizeLimitBlocks else {
+                return try ChildProcess(binary, command, output: log, environment: environment)
+            }
+            return try ChildProcess("/bin/sh", ["-c", "ulimit -f \(blocks) && exec \"$0\" \"$@\"", binary] + command, output: log, environment: environment)
         }
         self.log = log
         let port = try freeLoopbackPort()

@@ -40,9 +40,8 @@ public enum Bucketing {
 
     /// The first 8 bytes, big-endian, of SHA-256(`salt:` `workspace:` actor). The pieces are
     /// read in place through their UTF-8 spans: nothing is joined, allocated or retained in
-    /// Swift. Measured side by side (docs/performance.md, "The check"): reading a string's
-    /// bytes costs 15-20 ns through a span, more through `withContiguousStorageIfAvailable`
-    /// closures, which retained the strings they captured.
+    /// Swift (closures over `withContiguousStorageIfAvailable` retained the strings they
+    /// captured, twice per check: docs/performance.md, "The check").
     @usableFromInline
     static func head64(salt: String?, workspace: String?, actor: String) -> UInt64 {
         let key = actor.utf8.span

@@ -178,17 +178,20 @@ public struct FlagServer: Sendable {
 
     /// Serves on `host`:`port` with the gate refreshing beside it until SIGTERM or SIGINT: then
     /// it stops accepting, lets requests in flight finish (at most 10 s), stops the gate's
-    /// refresher and returns. Connections are bounded (1,024 at once, 60 s idle), bodies too
-    /// (``maximumBodySize``: 413).
-    public func run(host: String, port: Int, logger: Logger) async throws {
+    /// refresher and returns. Connections are bounded (`maximumConnections` at once, further
+    /// ones wait to be accepted; closed after `idleTimeout` idle), bodies too
+    /// (``maximumBodySize``: 413), headers by NIO's HTTP/1.1 parser (80 KiB: the connection closes).
+    public func run(
+        host: String, port: Int, maximumConnections: Int = 1024, idleTimeout: Duration = .seconds(60), logger: Logger
+    ) async throws {
         let gate = gate
         let tokens = tokens
         let app = Application(
             router: router(logger: logger),
-            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+            server: .http1(configuration: .init(idleTimeout: .milliseconds(idleTimeout.components.seconds * 1000 + idleTimeout.components.attoseconds / 1_000_000_000_000_000))),
             configuration: .init(
                 address: .hostname(host, port: port), serverName: "rollout-serve",
-                availableConnectionsDelegate: MaximumAvailableConnections(1024)),
+                availableConnectionsDelegate: MaximumAvailableConnections(maximumConnections)),
             onServerRunning: { channel in
                 logger.notice(
                     tokens == nil ? "rollout serve is listening on loopback only, without authentication (no --tokens-file)" : "rollout serve is listening",

@@ -35,9 +35,20 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var policyOptions: ControllerCommand.PolicyOptions
     @Option(help: ArgumentHelp("The alert label naming the feature an alert is about.", valueName: "label"))
     var alertFeatureLabel = "feature"
+    @Option(help: ArgumentHelp("At most this many connections at once (1 to 100000); further ones wait to be accepted.", valueName: "count"))
+    var maxConnections = 1024
+    @Option(help: ArgumentHelp("Close a connection that has been idle this long (1s to 1h).", valueName: "duration"))
+    var idleTimeout = "60s"
+
+    /// The bounds of `--idle-timeout`.
+    static let idleTimeouts = Duration.seconds(1)...Duration.seconds(3600)
 
     func validate() throws {
         _ = try Self.address(listen, authenticated: tokensFile.path != nil)
+        guard (1...100_000).contains(maxConnections) else {
+            throw ValidationError("--max-connections \(maxConnections) is outside the allowed 1 to 100000.")
+        }
+        _ = try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts)
         guard !alertFeatureLabel.isEmpty, alertFeatureLabel.utf8.count <= 128 else {
             throw ValidationError("--alert-feature-label must be a label name of 1 to 128 characters.")
         }
@@ -106,6 +117,8 @@ struct ServeCommand: AsyncParsableCommand {
                 "Alertmanager webhook on POST /v1/alerts",
                 metadata: ["policy.features": "\(policy.features.count)", "alert.feature_label": "\(alertFeatureLabel)", "dry_run": "\(policy.dryRun)"])
         }
-        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog).run(host: host, port: port, logger: logger)
+        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog).run(
+            host: host, port: port, maximumConnections: maxConnections,
+            idleTimeout: try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts), logger: logger)
     }
 }

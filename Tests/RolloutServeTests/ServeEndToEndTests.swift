@@ -305,6 +305,72 @@ struct ServeEndToEndTests {
         #expect(await serve.process.exitStatus() == 0, "\(serve.logText)")
     }
 
+    @Test func connectionsHeadersAndIdlenessAreBoundedFromOutside() async throws {
+        let server = try await RedisServer.start()
+        let directory = try makeTemporaryDirectory("serve")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let serve = try Serve(server, directory: directory, arguments: ["--idle-timeout", "1s"])
+        #expect(await ready(serve))
+        let health = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        func connected(to serve: Serve = serve) throws -> Int32 {
+            try #require(connectToLoopback(port: serve.port, receiveTimeoutSeconds: 30))
+        }
+
+        // Headers beyond the parser's limit (80 KiB) end the connection without an answer
+        // from a handler; the server goes on.
+        let big = try connected()
+        sendAll(big, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + String(repeating: "a", count: 100 * 1024) + "\r\n\r\n")
+        let refused = try await offThePool { read(big, until: { _ in false }) }
+        close(big)
+        #expect(refused.closed && !refused.text.contains(" 200 "), "\(refused.text.prefix(200))")
+        #expect(try await call(serve.base + "/healthz", method: .GET).status == 200)
+
+        // An idle connection is closed after --idle-timeout.
+        let idle = try connected()
+        defer { close(idle) }
+        sendAll(idle, health)
+        let first = try await offThePool { read(idle, until: isWholeResponse) }
+        #expect(first.text.hasPrefix("HTTP/1.1 200"), "\(first.text)")
+        let after = try await offThePool { read(idle, until: { _ in false }) }
+        #expect(after.closed, "the idle connection was not closed within 30 s")
+
+        // At most --max-connections at once: with two open, a third waits to be accepted, and
+        // is answered once one of the two closes (idle connections stay open for 60 s here).
+        let bounded = try Serve(server, directory: directory, arguments: ["--max-connections", "2"])
+        // Ready when a request on a connection of its own is answered (the shared HTTP client
+        // would keep a connection open in its pool, taking one of the two).
+        #expect(await eventually(within: .seconds(60)) {
+            (try? await offThePool { () -> Bool in
+                guard let probe = connectToLoopback(port: bounded.port) else { return false }
+                defer { close(probe) }
+                sendAll(probe, "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                return readUntilClosed(probe).hasPrefix("HTTP/1.1 200")
+            }) == true
+        })
+        let one = try connected(to: bounded)
+        let two = try connected(to: bounded)
+        defer { close(two) }
+        for fd in [one, two] {
+            sendAll(fd, health)
+            #expect(try await offThePool { read(fd, until: isWholeResponse) }.text.hasPrefix("HTTP/1.1 200"))
+        }
+        guard let third = connectToLoopback(port: bounded.port, receiveTimeoutSeconds: 2) else {
+            Issue.record("the kernel refused the third connection: it should wait in the backlog")
+            close(one)
+            return
+        }
+        defer { close(third) }
+        sendAll(third, health)
+        // Not answered while two are open (it waits 2 s, the receive timeout, for bytes that must not come).
+        let waiting = try await offThePool { read(third, until: isWholeResponse) }
+        #expect(waiting.text.isEmpty && !waiting.closed, "\(waiting.text)")
+        close(one)
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(third, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let answered = try await offThePool { read(third, until: isWholeResponse) }
+        #expect(answered.text.hasPrefix("HTTP/1.1 200"), "\(answered.text)")
+    }
+
     @Test func metricsCountEveryRouteByStatusAndShowTheGate() async throws {
         let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())
@@ -449,12 +515,31 @@ func sendAll(_ fd: Int32, _ text: String) {
 /// What `fd` receives until the peer closes it (or its receive timeout passes). Blocking: call it
 /// off the cooperative pool.
 func readUntilClosed(_ fd: Int32) -> String {
+    read(fd, until: { _ in false }).text
+}
+
+/// What `fd` receives until `isComplete` says so, the peer closes it (`closed`), or its receive
+/// timeout passes or the connection fails (neither). Blocking: call it off the cooperative pool.
+func read(_ fd: Int32, until isComplete: ([UInt8]) -> Bool) -> (text: String, closed: Bool) {
     var received = [UInt8]()
     var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
+    var closed = false
+    while !isComplete(received) {
         let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if count == 0 { closed = true }
         if count <= 0 { break }
         received += chunk[0..<count]
     }
-    return String(decoding: received, as: UTF8.self)
+    return (String(decoding: received, as: UTF8.self), closed)
+}
+
+/// Whether `bytes` hold one whole HTTP/1.1 response with a Content-Length body.
+func isWholeResponse(_ bytes: [UInt8]) -> Bool {
+    let text = String(decoding: bytes, as: UTF8.self)
+    guard let end = text.range(of: "\r\n\r\n") else { return false }
+    let head = text[..<end.lowerBound].lowercased()
+    guard let line = head.split(separator: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
+        let length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces))
+    else { return true }
+    return text[end.upperBound...].utf8.count >= length
 }

@@ -9,9 +9,9 @@ import Synchronization
 /// headers; the URL is a secret, never logged).
 public final class ChangeEvents: Sendable {
     /// The most streams open at once; more are 503.
-    public static let maximumSubscribers = 1_000
+    public let maximumSubscribers: Int
     /// How often a comment keeps an idle stream (and the proxies on its way) open.
-    public static let keepAliveInterval = Duration.seconds(15)
+    public let keepAliveInterval: Duration
     /// How long a URL's credential is good for: until the end of the hour after the one it
     /// was made in, so the bulk answer (and its ETag) changes with it at most once an hour.
     static let credentialHour: Int64 = 3600
@@ -21,14 +21,16 @@ public final class ChangeEvents: Sendable {
 
     /// Events signed with a random key of this process (a restart invalidates its URLs; a
     /// client fetches the bulk answer again and gets the new one).
-    public init() {
+    public init(maximumSubscribers: Int = 1_000, keepAliveInterval: Duration = .seconds(15)) {
+        self.maximumSubscribers = maximumSubscribers
+        self.keepAliveInterval = keepAliveInterval
         var generator = SystemRandomNumberGenerator()
         key = (0..<32).map { _ in generator.next() }
     }
 
     /// A subscriber slot, or nil when ``maximumSubscribers`` are open.
     func subscribe() -> Bool {
-        if subscribers.wrappingAdd(1, ordering: .relaxed).newValue > Self.maximumSubscribers {
+        if subscribers.wrappingAdd(1, ordering: .relaxed).newValue > maximumSubscribers {
             subscribers.wrappingSubtract(1, ordering: .relaxed)
             return false
         }

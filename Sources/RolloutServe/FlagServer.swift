@@ -27,18 +27,19 @@ public struct FlagServer: Sendable {
     /// The operator API's own Redis connection (status reads and changes; evaluations never use it).
     let operatorRedis: RedisClient?
     /// The change-event streams and their URL credentials.
-    let events = ChangeEvents()
+    let events: ChangeEvents
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
     /// A server answering from `gate`, to requests carrying one of `tokens` when given, showing
     /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given, acting on Alertmanager's
     /// alerts with `alerts` when given, with the operator API (`/v1/features`) recording its
-    /// changes in `auditLog` when given.
+    /// changes in `auditLog` when given, with `events`' bounds on change-event streams.
     public init(
         gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil, alerts: AlertWebhook? = nil,
-        auditLog: AuditLog? = nil
+        auditLog: AuditLog? = nil, events: ChangeEvents = ChangeEvents()
     ) {
+        self.events = events
         self.gate = gate
         self.tokens = tokens
         self.metrics = metrics
@@ -207,8 +208,9 @@ public struct FlagServer: Sendable {
     }
 
     /// The event stream: a comment at once, `refetchEvaluation` after each change (bursts
-    /// coalesced by the gate's change stream), a keep-alive comment every 15 s; it ends at a
-    /// graceful shutdown. 503 when ``ChangeEvents/maximumSubscribers`` are open.
+    /// coalesced by the gate's change stream), a keep-alive comment every
+    /// ``ChangeEvents/keepAliveInterval``; it ends at a graceful shutdown. 503 when
+    /// ``ChangeEvents/maximumSubscribers`` are open.
     func eventResponse() -> Response {
         guard events.subscribe() else { return Response(status: .serviceUnavailable) }
         let events = events
@@ -231,7 +233,7 @@ public struct FlagServer: Sendable {
                         }
                         group.addTask {
                             while !Task.isCancelled {
-                                try await Task.sleep(for: ChangeEvents.keepAliveInterval)
+                                try await Task.sleep(for: events.keepAliveInterval)
                                 tick.yield(false)
                             }
                         }

@@ -40,7 +40,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Close a connection that has been idle this long (1s to 1h).", valueName: "duration"))
     var idleTimeout = "60s"
 
-    /// The bounds of `--idle-timeout`.
+    @Option(help: ArgumentHelp("At most this many change-event streams at once (1 to 100000); more are 503.", valueName: "count"))
+    var maxEventStreams = 1000
+    @Option(help: ArgumentHelp("How often an idle change-event stream gets a keep-alive comment (1s to 1h).", valueName: "duration"))
+    var eventKeepAlive = "15s"
+
+    /// The bounds of `--idle-timeout` and `--event-keep-alive`.
     static let idleTimeouts = Duration.seconds(1)...Duration.seconds(3600)
 
     func validate() throws {
@@ -49,6 +54,10 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--max-connections \(maxConnections) is outside the allowed 1 to 100000.")
         }
         _ = try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts)
+        _ = try boundedDuration("--event-keep-alive", eventKeepAlive, in: Self.idleTimeouts)
+        guard (1...100_000).contains(maxEventStreams) else {
+            throw ValidationError("--max-event-streams \(maxEventStreams) is outside the allowed 1 to 100000.")
+        }
         guard !alertFeatureLabel.isEmpty, alertFeatureLabel.utf8.count <= 128 else {
             throw ValidationError("--alert-feature-label must be a label name of 1 to 128 characters.")
         }
@@ -117,7 +126,12 @@ struct ServeCommand: AsyncParsableCommand {
                 "Alertmanager webhook on POST /v1/alerts",
                 metadata: ["policy.features": "\(policy.features.count)", "alert.feature_label": "\(alertFeatureLabel)", "dry_run": "\(policy.dryRun)"])
         }
-        try await FlagServer(gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog).run(
+        try await FlagServer(
+            gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog,
+            events: ChangeEvents(
+                maximumSubscribers: maxEventStreams,
+                keepAliveInterval: try boundedDuration("--event-keep-alive", eventKeepAlive, in: Self.idleTimeouts))
+        ).run(
             host: host, port: port, maximumConnections: maxConnections,
             idleTimeout: try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts), logger: logger)
     }

@@ -470,6 +470,34 @@ struct ServeEventsTests {
         #expect(await serve.process.exitStatus() == 0, "\((try? String(contentsOfFile: serve.log, encoding: .utf8)) ?? "")")
     }
 
+    @Test func eventStreamsAreKeptAliveAndBounded() async throws {
+        let (server, admin, directory) = try await checkoutAtTen()
+        defer {
+            admin.close()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let serve = try Serve(server, directory: directory, arguments: ["--max-event-streams", "2", "--event-keep-alive", "1s"])
+        #expect(await ready(serve))
+        let first = try await EventStreamReader(url: serve.base + "/ofrep/v1/events")
+        defer { first.close() }
+        let second = try await EventStreamReader(url: serve.base + "/ofrep/v1/events")
+        defer { second.close() }
+        #expect(first.status == 200 && second.status == 200)
+        // A third is refused while two are open.
+        let third = try await EventStreamReader(url: serve.base + "/ofrep/v1/events")
+        third.close()
+        #expect(third.status == 503)
+        // An idle stream gets keep-alive comments.
+        #expect(await eventually(within: .seconds(30)) { first.text.contains(": keep-alive\n\n") }, "\(first.text)")
+        // A stream closed by its client frees its place (the server finds out at its next write).
+        second.close()
+        #expect(await eventually(within: .seconds(30)) {
+            guard let again = try? await EventStreamReader(url: serve.base + "/ofrep/v1/events") else { return false }
+            again.close()
+            return again.status == 200
+        })
+    }
+
     @Test func withTokensTheAdvertisedURLCarriesItsOwnCredential() async throws {
         let (server, admin, directory) = try await checkoutAtTen()
         defer {

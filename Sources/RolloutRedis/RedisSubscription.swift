@@ -26,14 +26,24 @@ public final class RedisSubscription: Sendable {
     private let connectTimeout: Duration
     private let commandTimeout: Duration
     private let prepare: @Sendable (Int64) -> [RedisCommand]
+    private let forReading: Bool
     private let stopped = Atomic<Bool>(false)
     private let queue = DispatchQueue(label: "rollout-gate.redis.subscription")
 
     /// A subscription to `channels`; nothing connects until ``events()`` is iterated.
-    public init(
+    public convenience init(
         url: RedisURL, channels: [String], connectTimeout: Duration = .milliseconds(250),
         commandTimeout: Duration = .seconds(1), prepare: @escaping @Sendable (_ clientID: Int64) -> [RedisCommand] = { _ in [] }
     ) {
+        self.init(url: url, channels: channels, connectTimeout: connectTimeout, commandTimeout: commandTimeout, forReading: false, prepare: prepare)
+    }
+
+    /// A subscription that, when `forReading`, follows a sentinel URL's `readFrom=` (the gate's invalidations).
+    package init(
+        url: RedisURL, channels: [String], connectTimeout: Duration, commandTimeout: Duration, forReading: Bool,
+        prepare: @escaping @Sendable (_ clientID: Int64) -> [RedisCommand]
+    ) {
+        self.forReading = forReading
         self.url = url
         self.channels = channels
         self.connectTimeout = connectTimeout
@@ -63,7 +73,7 @@ public final class RedisSubscription: Sendable {
         var backoff = Duration.milliseconds(50)
         while !isStopped {
             do throws(RedisError) {
-                let connection = try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+                let connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, forReading: forReading)
                 defer { connection.close() }
                 let id = try connection.send([RedisCommand("CLIENT", "ID")]).first?.integer ?? -1
                 let setup = prepare(id)

@@ -17,23 +17,24 @@ public final class RedisClient: Sendable {
     public let commandTimeout: Duration
 
     private let queue: DispatchQueue
-    // A gate's reader: with a sentinel URL saying readFrom=replica, it connects to a replica.
-    private let forReading: Bool
+    // A gate's reader (nil for anyone who may write): with a sentinel URL saying
+    // readFrom=replica, it connects to a replica, the one its subscription shares.
+    private let reader: ReaderAffinity?
     private let slot = ConnectionSlot()
     private let closed = Atomic<Bool>(false)
     private let waiting = Mutex(Waiting())
 
     /// A client for `url`; nothing connects until the first command.
     public convenience init(url: RedisURL, connectTimeout: Duration = .milliseconds(250), commandTimeout: Duration = .seconds(1)) {
-        self.init(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, forReading: false)
+        self.init(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: nil)
     }
 
-    /// A client that, when `forReading`, follows a sentinel URL's `readFrom=` (the gate's reads).
-    package init(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration, forReading: Bool) {
+    /// A client that, given a `reader` affinity, follows a sentinel URL's `readFrom=` (the gate's reads).
+    package init(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration, reader: ReaderAffinity?) {
         self.url = url
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
-        self.forReading = forReading
+        self.reader = reader
         self.queue = DispatchQueue(label: "rollout-gate.redis")
     }
 
@@ -181,7 +182,7 @@ public final class RedisClient: Sendable {
                 slot.connection?.close()
                 slot.connection = nil
                 // Through the sentinels for a sentinel URL: every reconnect re-resolves the node.
-                connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, forReading: forReading)
+                connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: reader)
                 slot.connection = connection
             }
             let sent = ContinuousClock.now

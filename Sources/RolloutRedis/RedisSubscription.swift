@@ -26,7 +26,7 @@ public final class RedisSubscription: Sendable {
     private let connectTimeout: Duration
     private let commandTimeout: Duration
     private let prepare: @Sendable (Int64) -> [RedisCommand]
-    private let forReading: Bool
+    private let reader: ReaderAffinity?
     private let stopped = Atomic<Bool>(false)
     private let queue = DispatchQueue(label: "rollout-gate.redis.subscription")
 
@@ -35,15 +35,15 @@ public final class RedisSubscription: Sendable {
         url: RedisURL, channels: [String], connectTimeout: Duration = .milliseconds(250),
         commandTimeout: Duration = .seconds(1), prepare: @escaping @Sendable (_ clientID: Int64) -> [RedisCommand] = { _ in [] }
     ) {
-        self.init(url: url, channels: channels, connectTimeout: connectTimeout, commandTimeout: commandTimeout, forReading: false, prepare: prepare)
+        self.init(url: url, channels: channels, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: nil, prepare: prepare)
     }
 
-    /// A subscription that, when `forReading`, follows a sentinel URL's `readFrom=` (the gate's invalidations).
+    /// A subscription that, given a `reader` affinity, follows a sentinel URL's `readFrom=` (the gate's invalidations).
     package init(
-        url: RedisURL, channels: [String], connectTimeout: Duration, commandTimeout: Duration, forReading: Bool,
+        url: RedisURL, channels: [String], connectTimeout: Duration, commandTimeout: Duration, reader: ReaderAffinity?,
         prepare: @escaping @Sendable (_ clientID: Int64) -> [RedisCommand]
     ) {
-        self.forReading = forReading
+        self.reader = reader
         self.url = url
         self.channels = channels
         self.connectTimeout = connectTimeout
@@ -73,7 +73,7 @@ public final class RedisSubscription: Sendable {
         var backoff = Duration.milliseconds(50)
         while !isStopped {
             do throws(RedisError) {
-                let connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, forReading: forReading)
+                let connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: reader)
                 defer { connection.close() }
                 let id = try connection.send([RedisCommand("CLIENT", "ID")]).first?.integer ?? -1
                 let setup = prepare(id)

@@ -1,19 +1,50 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
 extension RedisConnection {
     /// A connection to the node `url` designates: for a direct URL its endpoint; for a sentinel
-    /// URL the node the sentinels name now (the primary, or a replica when `forReading` and the
-    /// URL says `readFrom=replica`), checked with ROLE. Blocking: runs on a client's own queue.
-    static func open(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration, forReading: Bool = false) throws(RedisError) -> RedisConnection {
+    /// URL the node the sentinels name now (the primary; a replica for a `reader` when the URL
+    /// says `readFrom=replica`), checked with ROLE. Blocking: runs on a client's own queue.
+    static func open(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration, reader: ReaderAffinity?) throws(RedisError) -> RedisConnection {
         guard let sentinel = url.sentinel else {
             return try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
         }
-        let discovery = SentinelDiscovery(
-            url: url, sentinel: sentinel, wantsReplica: forReading && sentinel.readFrom == .replica,
-            connectTimeout: connectTimeout, commandTimeout: commandTimeout)
-        return try discovery.connect()
+        let primary = SentinelDiscovery(url: url, sentinel: sentinel, reader: nil, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+        guard let reader, sentinel.readFrom == .replica else { return try primary.connect() }
+        let replica = SentinelDiscovery(url: url, sentinel: sentinel, reader: reader, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+        do {
+            return try replica.connect()
+        } catch {
+            // No healthy replica: the primary answers reads rather than none.
+            let connection = try primary.connect()
+            reader.note(connection.url.endpoint)
+            return connection
+        }
+    }
+}
+
+/// The node a gate's reader and its invalidation subscription share. With readFrom=replica
+/// each picks among the healthy replicas; the second prefers the one the first chose, so the
+/// invalidations that arrive come from the node the reads then see (`CLIENT TRACKING` on a
+/// replica reports a key when that replica applied the change).
+package final class ReaderAffinity: Sendable {
+    private let chosen = Mutex<RedisURL.Endpoint?>(nil)
+
+    package init() {}
+
+    /// `candidates` with the shared node first, if it is among them.
+    func ordered(_ candidates: [RedisURL.Sentinel.Address]) -> [RedisURL.Sentinel.Address] {
+        guard case .tcp(let host, let port)? = chosen.withLock({ $0 }) else { return candidates }
+        let shared = RedisURL.Sentinel.Address(host: host, port: port)
+        return candidates.contains(shared) ? [shared] + candidates.filter { $0 != shared } : candidates
+    }
+
+    /// Remembers the node a connection was made to.
+    func note(_ endpoint: RedisURL.Endpoint) {
+        chosen.withLock { $0 = endpoint }
     }
 }
 
@@ -25,7 +56,8 @@ extension RedisConnection {
 struct SentinelDiscovery {
     let url: RedisURL
     let sentinel: RedisURL.Sentinel
-    let wantsReplica: Bool
+    /// Set when looking for a replica for a reader.
+    let reader: ReaderAffinity?
     let connectTimeout: Duration
     let commandTimeout: Duration
 
@@ -34,6 +66,8 @@ struct SentinelDiscovery {
         let sentinel: RedisURL.Sentinel.Address
         let reason: String
     }
+
+    private var wantsReplica: Bool { reader != nil }
 
     func connect() throws(RedisError) -> RedisConnection {
         let giveUpAt = ContinuousClock.now.advanced(by: connectTimeout * 4)
@@ -50,6 +84,7 @@ struct SentinelDiscovery {
                     for node in candidates {
                         switch checked(node) {
                         case .success(let connection):
+                            reader?.note(connection.url.endpoint)
                             return connection
                         case .failure(let miss):
                             if miss.roleDisagreed { roleDisagreed = true }
@@ -80,7 +115,7 @@ struct SentinelDiscovery {
         if wantsReplica {
             let reply = try connection.send([RedisCommand("SENTINEL", "replicas", sentinel.primaryName)]).first ?? .null
             if case .error(let text) = reply { throw RedisError.fromServer(text, context: "SENTINEL replicas") }
-            return Self.healthyReplicas(reply).shuffled()
+            return reader?.ordered(Self.healthyReplicas(reply).shuffled()) ?? []
         }
         let reply = try connection.send([RedisCommand("SENTINEL", "get-master-addr-by-name", sentinel.primaryName)]).first ?? .null
         if case .error(let text) = reply { throw RedisError.fromServer(text, context: "SENTINEL get-master-addr-by-name") }

@@ -78,4 +78,50 @@ struct SentinelFailoverTests {
         }
         await topology.stopOffPool()
     }
+
+    /// readFrom=replica: the gate's reads (HGETALL, which no sentinel sends) go to one replica,
+    /// its invalidation subscription is on that same replica, and a change written to the
+    /// primary reaches the gate by push through replication.
+    @Test func readFromReplicaReadsAndSubscribesOnOneReplica() async throws {
+        let topology = try await SentinelTopology.start()
+        _ = try await topology.query(topology.nodes[0], "SET", "flags:google:rollout_percent", "100")
+        for replica in topology.nodes.dropFirst() {
+            #expect(await eventually { (try? await topology.query(replica, "GET", "flags:google:rollout_percent").string) == "100" })
+        }
+        var configuration = FeatureGate.Configuration()
+        configuration.refreshInterval = .seconds(3600)  // only push can deliver the change in time
+        let gate = FeatureGate(redisURL: try topology.url(readFrom: "replica"), features: ["google"], configuration: configuration)
+        try await whileRunning(gate) {
+            #expect(await eventually { gate.isEnabled("google", for: Subject(id: "a")) })
+            func readsHere(_ node: RedisServer) async -> Bool {
+                let stats = (try? await topology.query(node, "INFO", "commandstats").string) ?? ""
+                return stats.contains("cmdstat_hgetall:")
+            }
+            func gateSubscribedHere(_ node: RedisServer) async -> Bool {
+                let clients = (try? await topology.query(node, "CLIENT", "LIST").string) ?? ""
+                // The gate's connections have no name; the sentinels' are named sentinel-*.
+                return clients.split(separator: "\n").contains { $0.contains(" name= ") && $0.contains(" sub=1 ") }
+            }
+            #expect(await eventually {
+                let first = await gateSubscribedHere(topology.nodes[1])
+                let second = await gateSubscribedHere(topology.nodes[2])
+                return first || second
+            })
+            let primaryReads = await readsHere(topology.nodes[0])
+            let primarySubscribed = await gateSubscribedHere(topology.nodes[0])
+            #expect(!primaryReads && !primarySubscribed)
+            var readers: [Bool] = []
+            var subscribers: [Bool] = []
+            for replica in topology.nodes.dropFirst() {
+                readers.append(await readsHere(replica))
+                subscribers.append(await gateSubscribedHere(replica))
+            }
+            #expect(readers.filter { $0 }.count == 1)
+            #expect(readers == subscribers)
+
+            _ = try await topology.query(topology.nodes[0], "SET", "flags:google:enabled", "false")
+            #expect(await eventually(within: .seconds(30)) { gate.decision("google", for: Subject(id: "a")).reason == .killSwitch })
+        }
+        await topology.stopOffPool()
+    }
 }

@@ -71,6 +71,9 @@ public final class RedisSubscription: Sendable {
 
     private func loop(_ continuation: AsyncStream<Event>.Continuation) {
         var backoff = Duration.milliseconds(50)
+        // With a sentinel URL: a failover announced by a sentinel ends the wait at once.
+        let watch = url.sentinel.map { SentinelFailoverWatch(url: url, sentinel: $0, connectTimeout: connectTimeout) }
+        defer { watch?.end() }
         while !isStopped {
             do throws(RedisError) {
                 let connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: reader)
@@ -89,6 +92,9 @@ public final class RedisSubscription: Sendable {
                 var confirmed = 0
                 backoff = .milliseconds(50)
                 while !isStopped {
+                    if watch?.takeAnnouncement() == true {
+                        throw RedisError(.connectionClosed, "A sentinel announced a failover; reconnecting to the node the sentinels name now.")
+                    }
                     let reply: RedisValue
                     do {
                         reply = try connection.readReply(deadline: .now.advanced(by: .milliseconds(100)))
@@ -116,9 +122,10 @@ public final class RedisSubscription: Sendable {
                 continuation.yield(.disconnected(error))
                 // Sleep in slices so stop() is honoured quickly.
                 let until = ContinuousClock.now.advanced(by: backoff)
-                while !isStopped && ContinuousClock.now < until {
+                while !isStopped && ContinuousClock.now < until && watch?.hasAnnouncement != true {
                     usleep(20_000)
                 }
+                if watch?.takeAnnouncement() == true { backoff = .milliseconds(50) }
                 backoff = min(backoff * 2, .seconds(2))
             }
         }

@@ -35,11 +35,20 @@ package final class ReaderAffinity: Sendable {
 
     package init() {}
 
-    /// `candidates` with the shared node first, if it is among them.
+    /// `candidates` with the shared node first. When it is not among them, the first candidate
+    /// becomes the shared node at once (before connecting), so the reader and the subscription
+    /// connecting at the same moment choose the same one.
     func ordered(_ candidates: [RedisURL.Sentinel.Address]) -> [RedisURL.Sentinel.Address] {
-        guard case .tcp(let host, let port)? = chosen.withLock({ $0 }) else { return candidates }
-        let shared = RedisURL.Sentinel.Address(host: host, port: port)
-        return candidates.contains(shared) ? [shared] + candidates.filter { $0 != shared } : candidates
+        let shared = chosen.withLock { chosen -> RedisURL.Sentinel.Address? in
+            if case .tcp(let host, let port)? = chosen, candidates.contains(RedisURL.Sentinel.Address(host: host, port: port)) {
+                return RedisURL.Sentinel.Address(host: host, port: port)
+            }
+            guard let first = candidates.first else { return nil }
+            chosen = .tcp(host: first.host, port: first.port)
+            return first
+        }
+        guard let shared else { return candidates }
+        return [shared] + candidates.filter { $0 != shared }
     }
 
     /// Remembers the node a connection was made to.

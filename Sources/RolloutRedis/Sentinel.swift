@@ -87,4 +87,11 @@ extension RedisURL {
             return options
         }
     }
+
+    /// Whether `other` reaches the same data: the same endpoint and database, and for sentinel
+    /// URLs the same sentinels and primary name. Credentials, TLS files and `readFrom` may differ.
+    package func reachesTheSameData(as other: RedisURL) -> Bool {
+        endpoint == other.endpoint && database == other.database && sentinel?.sentinels == other.sentinel?.sentinels
+            && sentinel?.primaryName == other.sentinel?.primaryName
+    }
 }

@@ -82,4 +82,16 @@ struct SentinelURLTests {
             return !["S3CRET", "PASS"].contains { shown.contains($0) }
         }
     }
+
+    /// `rollout serve` refuses a --redis-url that is not the policy's Redis: with sentinel URLs,
+    /// another primary name or sentinel list is other data; credentials and readFrom are not.
+    @Test func sameDataMeansSameSentinelsAndPrimaryName() throws {
+        let base = try RedisURL(parsing: "redis-sentinel://gate:a@s1,s2#m")
+        #expect(base.reachesTheSameData(as: try RedisURL(parsing: "redis-sentinel://controller:b@s1:26379,s2?readFrom=replica#m")))
+        #expect(!base.reachesTheSameData(as: try RedisURL(parsing: "redis-sentinel://s1,s2#other")))
+        #expect(!base.reachesTheSameData(as: try RedisURL(parsing: "redis-sentinel://s1,s3#m")))
+        #expect(!base.reachesTheSameData(as: try RedisURL(parsing: "redis-sentinel://s1,s2/1#m")))
+        #expect(!base.reachesTheSameData(as: try RedisURL(parsing: "redis://s1:26379")))
+        #expect(try RedisURL(parsing: "redis://h:6379/0").reachesTheSameData(as: try RedisURL(parsing: "redis://u:p@h")))
+    }
 }

@@ -58,4 +58,29 @@ struct SentinelDiscoveryTests {
             #expect(!error.message.contains("PASS"))
         }
     }
+
+    /// A forced failover (SENTINEL FAILOVER) demotes the primary the client is connected to;
+    /// Sentinel kills that node's clients, so the client's next call re-resolves and writes
+    /// land on the new primary, none on the demoted one (READONLY would refuse them anyway).
+    @Test func writesFollowAForcedFailoverToTheNewPrimary() async throws {
+        let topology = try await SentinelTopology.start()
+        let client = RedisClient(url: try topology.url())
+        defer { client.close() }
+        #expect(try await client.send("SET", "flags:before:enabled", "true") == .status("OK"))
+        #expect(try await topology.query(topology.sentinels[0], "SENTINEL", "FAILOVER", topology.primaryName) == .status("OK"))
+        var promoted: RedisServer?
+        #expect(await eventually(every: .milliseconds(20)) {
+            guard let primary = await topology.currentPrimary(), primary !== topology.nodes[0],
+                await topology.role(of: primary) == "master", await topology.role(of: topology.nodes[0]) == "slave"
+            else { return false }
+            promoted = primary
+            return true
+        })
+        let newPrimary = try #require(promoted)
+        #expect(await eventually { (try? await client.send("SET", "flags:after:enabled", "true")) == .status("OK") })
+        #expect(try await topology.query(newPrimary, "GET", "flags:after:enabled").string == "true")
+        #expect(try await topology.query(newPrimary, "GET", "flags:before:enabled").string == "true")
+        await topology.stopOffPool()
+    }
 }
+

@@ -74,6 +74,9 @@ public final class FeatureGate: Service, Sendable {
     public let configuration: Configuration
 
     private let redis: RedisClient
+    // With a sentinel URL saying readFrom=replica: the replica the reads and the
+    // invalidation subscription share.
+    private let readerAffinity = ReaderAffinity()
     /// False for a gate made by RolloutGateTesting: no Redis, its snapshot is what a test sets.
     private let readsRedis: Bool
     private let logger: Logger
@@ -122,7 +125,7 @@ public final class FeatureGate: Service, Sendable {
         self.readsRedis = true
         self.clock = GateClock(clock)
         self.redis = RedisClient(
-            url: redisURL, connectTimeout: configuration.connectTimeout, commandTimeout: configuration.commandTimeout)
+            url: redisURL, connectTimeout: configuration.connectTimeout, commandTimeout: configuration.commandTimeout, reader: readerAffinity)
         self.snapshotWriter = configuration.snapshotFile.flatMap {
             configuration.writesSnapshotFile ? SnapshotFileWriter(path: $0, logger: logger) : nil
         }
@@ -758,7 +761,7 @@ public final class FeatureGate: Service, Sendable {
     private func listenForInvalidations() async {
         let subscription = RedisSubscription(
             url: redisURL, channels: ["__redis__:invalidate"], connectTimeout: configuration.connectTimeout,
-            commandTimeout: configuration.commandTimeout,
+            commandTimeout: configuration.commandTimeout, reader: readerAffinity,
             prepare: { id in
                 [RedisCommand("CLIENT", "TRACKING", "ON", "REDIRECT", String(id), "BCAST", "PREFIX", "flags:")]
             })

@@ -17,15 +17,24 @@ public final class RedisClient: Sendable {
     public let commandTimeout: Duration
 
     private let queue: DispatchQueue
+    // A gate's reader (nil for anyone who may write): with a sentinel URL saying
+    // readFrom=replica, it connects to a replica, the one its subscription shares.
+    private let reader: ReaderAffinity?
     private let slot = ConnectionSlot()
     private let closed = Atomic<Bool>(false)
     private let waiting = Mutex(Waiting())
 
     /// A client for `url`; nothing connects until the first command.
-    public init(url: RedisURL, connectTimeout: Duration = .milliseconds(250), commandTimeout: Duration = .seconds(1)) {
+    public convenience init(url: RedisURL, connectTimeout: Duration = .milliseconds(250), commandTimeout: Duration = .seconds(1)) {
+        self.init(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: nil)
+    }
+
+    /// A client that, given a `reader` affinity, follows a sentinel URL's `readFrom=` (the gate's reads).
+    package init(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration, reader: ReaderAffinity?) {
         self.url = url
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
+        self.reader = reader
         self.queue = DispatchQueue(label: "rollout-gate.redis")
     }
 
@@ -172,7 +181,8 @@ public final class RedisClient: Sendable {
             } else {
                 slot.connection?.close()
                 slot.connection = nil
-                connection = try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+                // Through the sentinels for a sentinel URL: every reconnect re-resolves the node.
+                connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: reader)
                 slot.connection = connection
             }
             let sent = ContinuousClock.now
@@ -182,14 +192,23 @@ public final class RedisClient: Sendable {
             } else {
                 try connection.writeAll(batch.reduce(into: []) { $0 += $1.bytes }, deadline: deadlines.max() ?? sent)
             }
+            var demoted = false
             for (exchange, deadline) in zip(batch, deadlines) {
                 var replies: [RedisValue] = []
                 replies.reserveCapacity(exchange.count)
                 while replies.count < exchange.count {
-                    replies.append(try connection.readReply(deadline: deadline))
+                    let reply = try connection.readReply(deadline: deadline)
+                    if case .error(let text) = reply, text.hasPrefix("READONLY") { demoted = true }
+                    replies.append(reply)
                 }
                 finished += 1
                 exchange.continuation.resume(returning: .success((replies, ContinuousClock.now)))
+            }
+            // READONLY: this node is a replica now (a failover). The write failed and is not
+            // retried; the next call connects to whatever node the sentinels name then.
+            if demoted && url.sentinel != nil {
+                slot.connection?.close()
+                slot.connection = nil
             }
         } catch {
             if error.breaksConnection {

@@ -26,14 +26,24 @@ public final class RedisSubscription: Sendable {
     private let connectTimeout: Duration
     private let commandTimeout: Duration
     private let prepare: @Sendable (Int64) -> [RedisCommand]
+    private let reader: ReaderAffinity?
     private let stopped = Atomic<Bool>(false)
     private let queue = DispatchQueue(label: "rollout-gate.redis.subscription")
 
     /// A subscription to `channels`; nothing connects until ``events()`` is iterated.
-    public init(
+    public convenience init(
         url: RedisURL, channels: [String], connectTimeout: Duration = .milliseconds(250),
         commandTimeout: Duration = .seconds(1), prepare: @escaping @Sendable (_ clientID: Int64) -> [RedisCommand] = { _ in [] }
     ) {
+        self.init(url: url, channels: channels, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: nil, prepare: prepare)
+    }
+
+    /// A subscription that, given a `reader` affinity, follows a sentinel URL's `readFrom=` (the gate's invalidations).
+    package init(
+        url: RedisURL, channels: [String], connectTimeout: Duration, commandTimeout: Duration, reader: ReaderAffinity?,
+        prepare: @escaping @Sendable (_ clientID: Int64) -> [RedisCommand]
+    ) {
+        self.reader = reader
         self.url = url
         self.channels = channels
         self.connectTimeout = connectTimeout
@@ -61,9 +71,12 @@ public final class RedisSubscription: Sendable {
 
     private func loop(_ continuation: AsyncStream<Event>.Continuation) {
         var backoff = Duration.milliseconds(50)
+        // With a sentinel URL: a failover announced by a sentinel ends the wait at once.
+        let watch = url.sentinel.map { SentinelFailoverWatch(url: url, sentinel: $0, connectTimeout: connectTimeout) }
+        defer { watch?.end() }
         while !isStopped {
             do throws(RedisError) {
-                let connection = try RedisConnection(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+                let connection = try RedisConnection.open(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: reader)
                 defer { connection.close() }
                 let id = try connection.send([RedisCommand("CLIENT", "ID")]).first?.integer ?? -1
                 let setup = prepare(id)
@@ -79,6 +92,9 @@ public final class RedisSubscription: Sendable {
                 var confirmed = 0
                 backoff = .milliseconds(50)
                 while !isStopped {
+                    if watch?.takeAnnouncement() == true {
+                        throw RedisError(.connectionClosed, "A sentinel announced a failover; reconnecting to the node the sentinels name now.")
+                    }
                     let reply: RedisValue
                     do {
                         reply = try connection.readReply(deadline: .now.advanced(by: .milliseconds(100)))
@@ -106,9 +122,10 @@ public final class RedisSubscription: Sendable {
                 continuation.yield(.disconnected(error))
                 // Sleep in slices so stop() is honoured quickly.
                 let until = ContinuousClock.now.advanced(by: backoff)
-                while !isStopped && ContinuousClock.now < until {
+                while !isStopped && ContinuousClock.now < until && watch?.hasAnnouncement != true {
                     usleep(20_000)
                 }
+                if watch?.takeAnnouncement() == true { backoff = .milliseconds(50) }
                 backoff = min(backoff * 2, .seconds(2))
             }
         }

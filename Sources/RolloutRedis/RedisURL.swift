@@ -1,6 +1,8 @@
 /// Where and how to reach Redis, parsed from a URL:
 /// `redis://[user[:password]@]host[:port][/db]`, `rediss://...` for TLS (query options
-/// `cacert=`, `cert=`, `key=`, `insecure=`), or `unix:///path/redis.sock[?db=N]`.
+/// `cacert=`, `cert=`, `key=`, `insecure=`), `unix:///path/redis.sock[?db=N]`, or
+/// `redis-sentinel://[user[:password]@]host1[:port1][,host2[:port2]...][/db]#primary-name`
+/// (`rediss-sentinel://` for TLS): see ``Sentinel``.
 ///
 /// Its `description` never shows the password.
 public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
@@ -42,17 +44,23 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     public var database: Int
     /// TLS settings; nil for a plain connection.
     public var tls: TLS?
+    /// For a `redis-sentinel://` URL: the sentinels that name the data node at each connect
+    /// (`endpoint` is then the first sentinel). Nil for a direct URL.
+    public var sentinel: Sentinel?
 
     /// The default: `redis://127.0.0.1:6379`.
     public static let localDefault = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379))
 
     /// A URL from its parts.
-    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil) {
+    public init(
+        endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil, sentinel: Sentinel? = nil
+    ) {
         self.endpoint = endpoint
         self.username = username
         self.password = password
         self.database = database
         self.tls = tls
+        self.sentinel = sentinel
     }
 
     /// Parses a URL; the error names what is wrong and never echoes any part of the URL but its
@@ -60,7 +68,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     public init(parsing text: String) throws(RedisError) {
         let trimmed = text.trimmingSpaces()
         guard let schemeEnd = trimmed.firstRange(of: "://") else {
-            throw Self.invalid("it has no scheme; write redis://host:port, rediss://host:port or unix:///path")
+            throw Self.invalid("it has no scheme; write redis://host:port, rediss://host:port, unix:///path or redis-sentinel://host:port#primary")
         }
         let scheme = trimmed[..<schemeEnd.lowerBound].lowercased()
         var rest = Substring(trimmed[schemeEnd.upperBound...])
@@ -82,10 +90,17 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                 password = Self.percentDecoded(userInfo)
             }
         }
-        guard ["redis", "rediss", "unix"].contains(scheme) else {
+        guard ["redis", "rediss", "unix", "redis-sentinel", "rediss-sentinel"].contains(scheme) else {
             // The text before "://" is shown only when it looks like a scheme: it could be a password.
             let isSchemeLike = scheme.first?.isLetter == true && scheme.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+.-".contains($0)) }
-            throw Self.invalid("the scheme \(isSchemeLike ? "'\(scheme)' " : "")is not redis, rediss or unix")
+            throw Self.invalid("the scheme \(isSchemeLike ? "'\(scheme)' " : "")is not redis, rediss, unix, redis-sentinel or rediss-sentinel")
+        }
+        let isSentinel = scheme.hasSuffix("-sentinel")
+        // The primary's name is the fragment; a '#' in a query value must be written %23.
+        var primaryName: String?
+        if isSentinel, let hash = rest.firstIndex(of: "#") {
+            primaryName = Self.percentDecoded(rest[rest.index(after: hash)...])
+            rest = rest[..<hash]
         }
 
         var query: [(String, String)] = []
@@ -101,9 +116,10 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
 
         var database = 0
         var tls: TLS?
+        var sentinel: Sentinel?
         let endpoint: Endpoint
         switch scheme {
-        case "redis", "rediss":
+        case "redis", "rediss", "redis-sentinel", "rediss-sentinel":
             var hostPort = rest
             if let slash = rest.firstIndex(of: "/") {
                 hostPort = rest[..<slash]
@@ -115,9 +131,14 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                     database = db
                 }
             }
-            let (host, port) = try Self.hostAndPort(hostPort)
-            endpoint = .tcp(host: host, port: port)
-            if scheme == "rediss" { tls = TLS(caCertificatePath: nil, certificatePath: nil, keyPath: nil, insecure: false) }
+            if isSentinel {
+                sentinel = try Sentinel(hosts: hostPort, primaryName: primaryName)
+                endpoint = sentinel?.sentinels.first.map { .tcp(host: $0.host, port: $0.port) } ?? .tcp(host: "127.0.0.1", port: Sentinel.defaultPort)
+            } else {
+                let (host, port) = try Self.hostAndPort(hostPort)
+                endpoint = .tcp(host: host, port: port)
+            }
+            if scheme.hasPrefix("rediss") { tls = TLS(caCertificatePath: nil, certificatePath: nil, keyPath: nil, insecure: false) }
         case "unix":
             guard rest.hasPrefix("/"), rest.count > 1 else {
                 throw Self.invalid("a unix URL needs an absolute socket path: unix:///path/redis.sock")
@@ -146,14 +167,18 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                     guard let flag = parseBool(value) else { throw Self.invalid("insecure= is not true or false") }
                     tls?.insecure = flag
                 }
+            case "sentineluser", "sentinelpassword", "readfrom":
+                guard sentinel != nil else { throw Self.invalid("\(name)= needs a sentinel URL: write redis-sentinel://host:26379#primary") }
+                try sentinel?.apply(option: name, value: value)
             default:
-                throw Self.invalid("it has an unknown option after the '?'; known: db, user, password, cacert, cert, key, insecure")
+                throw Self.invalid(
+                    "it has an unknown option after the '?'; known: db, user, password, cacert, cert, key, insecure\(isSentinel ? ", sentinelUser, sentinelPassword, readFrom" : "")")
             }
         }
         if let tls, (tls.certificatePath == nil) != (tls.keyPath == nil) {
             throw Self.invalid("cert= and key= go together: give both or neither")
         }
-        self.init(endpoint: endpoint, username: username, password: password, database: database, tls: tls)
+        self.init(endpoint: endpoint, username: username, password: password, database: database, tls: tls, sentinel: sentinel)
     }
 
     /// The URL with the password replaced by `***`: safe for logs, errors and JSON.
@@ -167,6 +192,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             if let key = tls.keyPath { options.append("key=\(key)") }
             if tls.insecure { options.append("insecure=true") }
         }
+        if let sentinel {
+            let query = (options + sentinel.options).joined(separator: "&")
+            let hosts = sentinel.sentinels.map(\.description).joined(separator: ",")
+            return "\(tls == nil ? "redis" : "rediss")-sentinel://\(auth)\(hosts)/\(database)\(query.isEmpty ? "" : "?" + query)#\(sentinel.primaryName)"
+        }
         switch endpoint {
         case .tcp(let host, let port):
             let shownHost = host.contains(":") ? "[\(host)]" : host
@@ -177,7 +207,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    private static func hostAndPort(_ text: Substring) throws(RedisError) -> (String, Int) {
+    static func hostAndPort(_ text: Substring, defaultPort: Int = 6379) throws(RedisError) -> (String, Int) {
         var host: Substring
         var portText: Substring?
         if text.hasPrefix("[") {
@@ -194,7 +224,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             host = text
         }
         if host.isEmpty { host = "127.0.0.1" }
-        var port = 6379
+        var port = defaultPort
         if let portText {
             guard let value = Int(portText), (1...65535).contains(value) else {
                 throw invalid("the port after the last ':' is not a number from 1 to 65535 (if that is a password, write user:password@host)")
@@ -204,7 +234,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         return (percentDecoded(host), port)
     }
 
-    private static func invalid(_ why: String) -> RedisError {
+    static func invalid(_ why: String) -> RedisError {
         RedisError(.invalidURL, "The Redis URL is not valid: \(why).")
     }
 

@@ -76,7 +76,7 @@ struct ServeCommand: AsyncParsableCommand {
         if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
         if options.redisURLText != nil {
             let served = try options.redisURL()
-            guard served.endpoint == policy.redis.endpoint, served.database == policy.redis.database else {
+            guard served.reachesTheSameData(as: policy.redis) else {
                 throw ValidationError(
                     "--redis-url \(served) and the policy's Redis \(policy.redis) are different servers or databases: the webhook would act on one and serve the other. Give one Redis (leave out --redis-url to use the policy's; credentials may differ).")
             }

@@ -24,8 +24,11 @@ public final class RedisClient: Sendable {
     private let closed = Atomic<Bool>(false)
     private let waiting = Mutex(Waiting())
 
-    /// A client for `url`; nothing connects until the first command.
-    public convenience init(url: RedisURL, connectTimeout: Duration = .milliseconds(250), commandTimeout: Duration = .seconds(1)) {
+    /// A client for `url`; nothing connects until the first command. The connect timeout
+    /// bounds the TCP connect, the TLS handshake and AUTH together: 1 s by default, which a
+    /// loaded machine or a Redis across a region still meets (a gate sets its own, 250 ms,
+    /// through ``FeatureGate/Configuration``).
+    public convenience init(url: RedisURL, connectTimeout: Duration = .seconds(1), commandTimeout: Duration = .seconds(1)) {
         self.init(url: url, connectTimeout: connectTimeout, commandTimeout: commandTimeout, reader: nil)
     }
 

@@ -94,8 +94,8 @@ struct DeadlineTests {
         // query_timeout 1s, 3 attempts, backoff at most 200 ms then 400 ms.
         let budget = EvaluationBudget(prometheus: PrometheusClient(base: HTTPEndpoint.placeholder, timeout: .seconds(1)), redis: redis)
         #expect(budget.prometheus == .milliseconds(3600))
-        // Each round trip: the 250 ms connect timeout and a write's deadline (RedisServerTime.writeBudget).
-        #expect(budget.redis == .milliseconds(3250) * 6)
+        // Each round trip: the 1 s connect timeout and a write's deadline (RedisServerTime.writeBudget).
+        #expect(budget.redis == .milliseconds(4000) * 6)
         #expect(budget.lockTTL == (budget.prometheus + budget.redis) * 3 / 2)
         let start = ContinuousClock.now
         #expect(start.duration(to: budget.prometheusDeadline(from: start)) + budget.redis < budget.lockTTL)

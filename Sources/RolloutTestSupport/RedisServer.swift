@@ -211,6 +211,12 @@ public final class RedisServer: @unchecked Sendable {
         while Date() < deadline {
             // PING, not a bare connect: a connect could reach another process on a taken port.
             if let answer = try? pingRedis(port: port), answer.hasPrefix("+PONG") || answer.hasPrefix("-NOAUTH") || answer.hasPrefix("-ERR") {
+                // The answer may come from another process that took the port (a restart on
+                // the port of a server killed earlier): then ours has exited, unable to bind.
+                if answer.hasPrefix("+PONG"), let pid = try? serverProcessID(port: port), pid != Int(process.pid) {
+                    process.terminate(SIGKILL)
+                    throw FixtureError("port \(port) answers for another process (pid \(pid)): this redis-server could not take it")
+                }
                 return process
             }
             if process.hasExited() {
@@ -220,6 +226,24 @@ public final class RedisServer: @unchecked Sendable {
         }
         process.terminate(SIGKILL)
         throw FixtureError("redis-server did not listen on port \(port) within 10 s")
+    }
+
+    /// The `process_id` that `INFO server` on `port` reports.
+    private static func serverProcessID(port: Int) throws -> Int? {
+        guard let fd = connectToLoopback(port: port, receiveTimeoutSeconds: 1) else { throw FixtureError("not listening") }
+        defer { close(fd) }
+        let info = Array("INFO server\r\n".utf8)
+        _ = info.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var received = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !String(decoding: received, as: UTF8.self).contains("process_id:") || !String(decoding: received, as: UTF8.self).hasSuffix("\r\n") {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            received += buffer[0..<count]
+        }
+        let text = String(decoding: received, as: UTF8.self)
+        guard let line = text.split(separator: "\r\n").first(where: { $0.hasPrefix("process_id:") }) else { return nil }
+        return Int(line.dropFirst("process_id:".count))
     }
 
     private static func pingRedis(port: Int) throws -> String {

@@ -567,7 +567,9 @@ func read(_ fd: Int32, until isComplete: ([UInt8]) -> Bool) -> (text: String, cl
 /// How many connections wait in the kernel's accept queue of the socket listening on
 /// 127.0.0.1:`port` (the `rx_queue` of its LISTEN line in /proc/net/tcp); nil when none listens.
 func acceptQueueLength(port: Int) -> Int? {
-    guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return nil }
+    // Read to the end: a /proc file says its size is 0, so a read sized by stat stops early.
+    guard let data = FileHandle(forReadingAtPath: "/proc/net/tcp").flatMap({ try? $0.readToEnd() }) else { return nil }
+    let table = String(decoding: data, as: UTF8.self)
     let local = "0100007F:" + String(format: "%04X", port)
     for line in table.split(separator: "\n").dropFirst() {
         let fields = line.split(separator: " ")

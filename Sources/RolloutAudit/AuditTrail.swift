@@ -123,7 +123,7 @@ extension AuditTrail {
     }
 
     /// The newest record of each of `features` found among the newest `scanning` stream entries.
-    package func newestOfEach(_ features: Set<FeatureName>, scanning: Int) async throws(RedisError) -> [FeatureName: AuditRecord] {
+    package func newestOfEach(_ features: Set<FeatureName>, scanning: Int = maxLength + 1_000) async throws(RedisError) -> [FeatureName: AuditRecord] {
         var found: [FeatureName: AuditRecord] = [:]
         guard !features.isEmpty else { return found }
         let names = Set(features.map(\.rawValue))

@@ -189,7 +189,7 @@ public struct FlagServer: Sendable {
         let tokens = tokens
         let app = Application(
             router: router(logger: logger),
-            server: .http1(configuration: .init(idleTimeout: .milliseconds(idleTimeout.components.seconds * 1000 + idleTimeout.components.attoseconds / 1_000_000_000_000_000))),
+            server: .http1(configuration: .init(idleTimeout: .milliseconds(idleTimeout.wholeMilliseconds))),
             configuration: .init(
                 address: .hostname(host, port: port), serverName: "rollout-serve",
                 availableConnectionsDelegate: MaximumAvailableConnections(maximumConnections)),

@@ -114,7 +114,7 @@ struct OperatorAPI: Sendable {
         let (states, marks, changes) = try await redisRead { () async throws(RedisError) in
             (
                 try await store.read(features), try await store.controllerMarks(features),
-                try await AuditTrail(redis: redis).newestOfEach(Set(features), scanning: AuditTrail.maxLength + 1_000)
+                try await AuditTrail(redis: redis).newestOfEach(Set(features))
             )
         }
         return features.indices.map { index in

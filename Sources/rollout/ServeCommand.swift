@@ -48,13 +48,18 @@ struct ServeCommand: AsyncParsableCommand {
     /// The bounds of `--idle-timeout` and `--event-keep-alive`.
     static let idleTimeouts = Duration.seconds(1)...Duration.seconds(3600)
 
+    /// `--idle-timeout` and `--event-keep-alive`, each within ``idleTimeouts``.
+    func durations() throws -> (idle: Duration, keepAlive: Duration) {
+        (try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts),
+         try boundedDuration("--event-keep-alive", eventKeepAlive, in: Self.idleTimeouts))
+    }
+
     func validate() throws {
         _ = try Self.address(listen, authenticated: tokensFile.path != nil)
         guard (1...100_000).contains(maxConnections) else {
             throw ValidationError("--max-connections \(maxConnections) is outside the allowed 1 to 100000.")
         }
-        _ = try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts)
-        _ = try boundedDuration("--event-keep-alive", eventKeepAlive, in: Self.idleTimeouts)
+        _ = try durations()
         guard (1...100_000).contains(maxEventStreams) else {
             throw ValidationError("--max-event-streams \(maxEventStreams) is outside the allowed 1 to 100000.")
         }
@@ -126,13 +131,14 @@ struct ServeCommand: AsyncParsableCommand {
                 "Alertmanager webhook on POST /v1/alerts",
                 metadata: ["policy.features": "\(policy.features.count)", "alert.feature_label": "\(alertFeatureLabel)", "dry_run": "\(policy.dryRun)"])
         }
+        let durations = try durations()
         try await FlagServer(
             gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog,
             events: ChangeEvents(
                 maximumSubscribers: maxEventStreams,
-                keepAliveInterval: try boundedDuration("--event-keep-alive", eventKeepAlive, in: Self.idleTimeouts))
+                keepAliveInterval: durations.keepAlive)
         ).run(
             host: host, port: port, maximumConnections: maxConnections,
-            idleTimeout: try boundedDuration("--idle-timeout", idleTimeout, in: Self.idleTimeouts), logger: logger)
+            idleTimeout: durations.idle, logger: logger)
     }
 }

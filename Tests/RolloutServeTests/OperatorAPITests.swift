@@ -28,6 +28,16 @@ private func streamRecords(_ admin: RedisClient) async throws -> [[String: Strin
     }
 }
 
+/// Runs `rollout ARGUMENTS` against `server` with its audit log in `directory`, as an operator
+/// would from a shell, and expects it to succeed.
+private func rolloutSucceeds(
+    _ arguments: [String], on server: RedisServer, directory: String, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let environment = ["REDIS_URL": server.urlString, "ROLLOUT_AUDIT_LOG": directory + "/rollout_log.md"]
+    let result = try await runCommand(try rolloutBinary(), arguments, environment: environment)
+    #expect(result.status == 0, "\(result.stderr)", sourceLocation: sourceLocation)
+}
+
 @Suite("rollout serve: the operator API, against redis-server", .tags(.redis), .requiresRedis, .serialized)
 struct OperatorAPITests {
     @Test func statusShowsEveryFeatureWithItsControllerMarksInvalidKeysAndLastChange() async throws {
@@ -36,10 +46,8 @@ struct OperatorAPITests {
         defer { admin.close() }
         let directory = try makeTemporaryDirectory("serve-api")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let environment = ["REDIS_URL": server.urlString, "ROLLOUT_AUDIT_LOG": directory + "/rollout_log.md"]
         // A change made with the CLI: the last change the API shows.
-        let set = try await runCommand(try rolloutBinary(), ["flags", "set-percent", "checkout", "37.5", "--reason", "canary"], environment: environment)
-        #expect(set.status == 0, "\(set.stderr)")
+        try await rolloutSucceeds(["flags", "set-percent", "checkout", "37.5", "--reason", "canary"], on: server, directory: directory)
         _ = try await admin.pipeline([
             RedisCommand("SET", "flags:checkout:bucketing", "v1"),
             RedisCommand("SET", "flags:frozen:rollout_percent", "20"), RedisCommand("SET", "flags:frozen:paused", "true"),
@@ -89,8 +97,7 @@ struct OperatorAPITests {
         expectProblem(try await call(serve.base + "/v1/features/Bad%20Name", method: .GET), 404, "unknown-feature")
 
         // Its audit records, newest first, bounded by limit.
-        let second = try await runCommand(try rolloutBinary(), ["flags", "pause", "checkout", "--reason", "look"], environment: environment)
-        #expect(second.status == 0, "\(second.stderr)")
+        try await rolloutSucceeds(["flags", "pause", "checkout", "--reason", "look"], on: server, directory: directory)
         let audit = try await call(serve.base + "/v1/features/checkout/audit", method: .GET)
         let records = try #require(audit.json["records"] as? [[String: Any]], "\(audit.body)")
         #expect(records.compactMap { $0["change"] as? String } == ["paused", "0% -> 37.5%"])
@@ -270,9 +277,7 @@ struct OperatorAPITests {
         defer { admin.close() }
         let directory = try makeTemporaryDirectory("serve-api")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let environment = ["REDIS_URL": server.urlString, "ROLLOUT_AUDIT_LOG": directory + "/rollout_log.md"]
-        let set = try await runCommand(try rolloutBinary(), ["flags", "set-percent", "quiet", "5", "--reason", "long ago"], environment: environment)
-        #expect(set.status == 0, "\(set.stderr)")
+        try await rolloutSucceeds(["flags", "set-percent", "quiet", "5", "--reason", "long ago"], on: server, directory: directory)
         // 25,000 newer records of another feature, shaped like the one the CLI wrote.
         let template = try #require(try await streamRecords(admin).first)
         let fields = template.merging(["feature": "busy"]) { $1 }.flatMap { [$0.key, $0.value] }

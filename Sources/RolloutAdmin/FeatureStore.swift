@@ -12,13 +12,20 @@ public struct FeatureStore: Sendable {
     public let auditLog: AuditLog
     /// Who is written in the audit log's `by=` field.
     public let author: String
+    /// How many replicas must acknowledge each change (`WAIT` after it); fewer throws
+    /// ``AdminError/Cause/notReplicated(_:)`` once the change is made and recorded.
+    public let replicas: ReplicaAcknowledgement
     let now: @Sendable () -> Timestamp
 
     /// A store writing through `redis` and recording in `auditLog`; `now` is injected for tests.
-    public init(redis: RedisClient, auditLog: AuditLog, author: String = "manual", now: @escaping @Sendable () -> Timestamp = Timestamp.now) {
+    public init(
+        redis: RedisClient, auditLog: AuditLog, author: String = "manual", replicas: ReplicaAcknowledgement = .automatic,
+        now: @escaping @Sendable () -> Timestamp = Timestamp.now
+    ) {
         self.redis = redis
         self.auditLog = auditLog
         self.author = author
+        self.replicas = replicas
         self.now = now
     }
 
@@ -240,8 +247,10 @@ public struct FeatureStore: Sendable {
     /// Applies `change` with redis/operator_change.lua (the audit log was checked by
     /// ``readWithServerTime(_:)``, which dates it)
     /// (its records in the audit stream in the same atomic step; refused after its deadline, so
-    /// a change this process gave up on never lands later), then writes the log from the stream.
-    /// Returns one result per step (SADD's count of new members...).
+    /// a change this process gave up on never lands later), then `WAIT`s for ``replicas`` in the
+    /// same round trip, then writes the log from the stream. Returns one result per step (SADD's
+    /// count of new members...). Too few replicas: the change stands, a `not replicated` record
+    /// follows its own, and ``AdminError/Cause/notReplicated(_:)`` is thrown.
     @discardableResult
     func apply(_ change: OperatorChange, time: RedisServerTime? = nil) async throws(AdminError) -> [Int64] {
         // A name literal that breaks the rule (the only way to make one) never addresses a key.
@@ -254,12 +263,19 @@ public struct FeatureStore: Sendable {
         } else {
             serverTime = try await readWithServerTime([]).0
         }
+        let wait: ReplicaWait
+        do {
+            wait = try await redis.replicaWait(replicas)
+        } catch {
+            throw AdminError(.redis(error))
+        }
         let reply: RedisValue
+        let replication: Replication?
         let deadline = serverTime.writeDeadline()
         do {
-            reply = try await redis.evaluate(
+            (reply, replication) = try await redis.evaluate(
                 Scripts.operatorChange, keys: [AuditTrail.streamKey] + change.keys, arguments: change.arguments(deadline: deadline.serverMilliseconds),
-                waitingUntil: deadline.waitUntil)
+                waitingUntil: deadline.waitUntil, thenWaiting: wait)
         } catch {
             throw AdminError(.unconfirmed(error))
         }
@@ -277,11 +293,22 @@ public struct FeatureStore: Sendable {
             throw AdminError(.conflict("\(key) changed while this command ran, so nothing was changed: look again, then run it again."))
         }
         let results = parts[1].array?.compactMap(\.integer) ?? []
+        let trail = AuditTrail(redis: redis)
+        var shortfall: NotReplicated?
+        if let replication, !replication.isReplicated {
+            let notes = change.records.map { AuditRecord.notReplicated(after: $0, replication) }
+            var noted = true
+            for note in notes {
+                do throws(RedisError) { try await trail.append(note) } catch { noted = false }
+            }
+            shortfall = NotReplicated(replication: replication, changes: change.records, noted: noted)
+        }
         do {
-            try await AuditTrail(redis: redis).project(into: auditLog)
+            try await trail.project(into: auditLog)
         } catch {
             throw AdminError(.recordedNotLogged(error))
         }
+        if let shortfall { throw AdminError(.notReplicated(shortfall)) }
         return results
     }
 }
@@ -300,6 +327,9 @@ public struct AdminError: Error, Sendable, CustomStringConvertible {
         case unconfirmed(RedisError)
         /// The change was made and recorded in the audit stream; writing the Markdown log failed.
         case recordedNotLogged(AuditLogError)
+        /// The change was made and recorded, but fewer replicas than asked acknowledged it: a
+        /// failover before they catch up may lose it.
+        case notReplicated(NotReplicated)
         /// A key has a type or value the keyspace does not allow; nothing was changed.
         case corruptState(String)
         /// A value the change depends on moved while the command ran; nothing was changed.
@@ -321,8 +351,26 @@ public struct AdminError: Error, Sendable, CustomStringConvertible {
             return "\(error) The change was not confirmed: if Redis made it before it stopped answering, its record is in \(AuditTrail.streamKey) and the next rollout command writes it to the audit log; it cannot be made later, since the change refuses itself after its deadline. Look with `rollout flags get` before running it again."
         case .recordedNotLogged(let error):
             return "The change was made and recorded in Redis (\(AuditTrail.streamKey)), but the audit log file was not written: \(error) The next rollout command, controller run or `rollout audit sync` writes it."
+        case .notReplicated(let shortfall):
+            return shortfall.description
         case .corruptState(let text), .conflict(let text), .invalidInput(let text): return text
         }
+    }
+}
+
+/// A change made and recorded on the primary that fewer replicas acknowledged than asked.
+public struct NotReplicated: Sendable, CustomStringConvertible {
+    /// What `WAIT` said.
+    public let replication: Replication
+    /// The change's audit records.
+    public let changes: [AuditRecord]
+    /// Whether the `not replicated` note was recorded after them (it is lost only when Redis
+    /// failed right after the change).
+    public let noted: Bool
+
+    public var description: String {
+        let what = changes.map { "\($0.feature) \($0.change)" }.joined(separator: "; ")
+        return "The change was made on the primary and recorded (\(what)), but \(replication). It stands; a failover before the replicas catch up may lose it. Check the replicas (INFO replication on the primary, SENTINEL replicas), then look with `rollout flags get`; --min-replicas sets how many must acknowledge (0: none)."
     }
 }
 

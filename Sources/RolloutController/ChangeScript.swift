@@ -129,8 +129,13 @@ package struct ChangeScript: Sendable {
             + (marker.map { [$0.value, String(max(1, $0.ttl.wholeMilliseconds))] } ?? [])
     }
 
-    /// Runs it, waiting for the reply until `waitUntil`.
-    package func run(on redis: RedisClient, waitingUntil waitUntil: ContinuousClock.Instant? = nil) async throws(RedisError) -> Outcome {
-        Outcome(reply: try await redis.evaluate(Scripts.applyChange, keys: redisKeys, arguments: arguments, waitingUntil: waitUntil))
+    /// Runs it, waiting for the reply until `waitUntil`, then `WAIT`s as `wait` says in the
+    /// same round trip (the replication is nil when none was asked for).
+    package func run(
+        on redis: RedisClient, waitingUntil waitUntil: ContinuousClock.Instant? = nil, thenWaiting wait: ReplicaWait = .none
+    ) async throws(RedisError) -> (Outcome, Replication?) {
+        let (reply, replication) = try await redis.evaluate(
+            Scripts.applyChange, keys: redisKeys, arguments: arguments, waitingUntil: waitUntil, thenWaiting: wait)
+        return (Outcome(reply: reply), replication)
     }
 }

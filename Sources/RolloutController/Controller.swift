@@ -131,7 +131,7 @@ public struct Controller: Sendable {
 
     /// How long one feature's evaluation may hold its lock (`flags:<f>:lock`'s TTL): a caller
     /// that claims work around a run (the alert webhook) keeps its claim at least this long.
-    public var lockTTL: Duration { EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL }
+    public var lockTTL: Duration { EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout).lockTTL }
 
     private func evaluate(_ feature: FeaturePolicy, _ trigger: Trigger) async -> FeatureReport {
         let lockKey = FeatureKeys(feature.feature).lock
@@ -140,7 +140,7 @@ public struct Controller: Sendable {
         // so they happen under the lock, in one round trip (the reads are dropped if it is held).
         let lock = policy.dryRun
             ? nil
-            : RedisCommand("SET", lockKey, owner, "NX", "PX", String(EvaluationBudget(prometheus: prometheus, redis: redis).lockTTL.wholeMilliseconds))
+            : RedisCommand("SET", lockKey, owner, "NX", "PX", String(EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout).lockTTL.wholeMilliseconds))
         let (result, mayHoldLock) = await evaluateHoldingLock(feature, report: FeatureReport(feature: feature.feature), trigger, lock: lock)
         if lock != nil, mayHoldLock {
             // Released by its owner only; the TTL frees it if this process dies first.
@@ -237,6 +237,8 @@ public struct Controller: Sendable {
         var stopped: Hold?
         /// The plan's change was not made: the verdict is reported as a hold.
         var changeRefused = false
+        /// A write that reached fewer replicas than asked (it stands).
+        var notReplicated: Replication?
     }
 
     /// Writes `plan` (a dry run only records what it would write): the acknowledgement, then
@@ -246,11 +248,14 @@ public struct Controller: Sendable {
         if let acknowledgement = plan.acknowledgement {
             if policy.dryRun {
                 await recordDryRun(feature.feature, acknowledgement.change, acknowledgement.reason, by: acknowledgement.by, at: plan.time)
-            } else if let hold = await acknowledge(acknowledgement, of: feature.feature, read: read, at: plan.time) {
-                applied.stopped = hold
-                return applied
             } else {
+                let (hold, shortfall) = await acknowledge(acknowledgement, of: feature.feature, read: read, at: plan.time)
+                if let hold {
+                    applied.stopped = hold
+                    return applied
+                }
                 applied.acknowledged = true
+                applied.notReplicated = shortfall
             }
         }
         switch plan.writes {
@@ -265,11 +270,15 @@ public struct Controller: Sendable {
         case .change(let change):
             if policy.dryRun {
                 await recordDryRun(feature.feature, change.change, plan.explanation, by: "controller", at: plan.time)
-            } else if let hold = await applyChange(change, of: feature, read: read, marker: marker) {
-                applied.stopped = hold
-                applied.changeRefused = true
             } else {
-                applied.guardReleased = change.guardWrite == .release
+                let (hold, shortfall) = await applyChange(change, of: feature, read: read, marker: marker)
+                if let hold {
+                    applied.stopped = hold
+                    applied.changeRefused = true
+                } else {
+                    applied.guardReleased = change.guardWrite == .release
+                    applied.notReplicated = shortfall ?? applied.notReplicated
+                }
             }
         }
         return applied
@@ -277,33 +286,64 @@ public struct Controller: Sendable {
 
     /// 8. Records a percent the controller did not write (redis/acknowledge_percent.lua); the
     /// hold when it was not recorded.
-    private func acknowledge(_ acknowledgement: Plan.Acknowledgement, of feature: FeatureName, read: FeatureRead, at time: Timestamp) async -> Hold? {
+    /// With the replication when too few replicas acknowledged the write.
+    private func acknowledge(
+        _ acknowledgement: Plan.Acknowledgement, of feature: FeatureName, read: FeatureRead, at time: Timestamp
+    ) async -> (Hold?, Replication?) {
         let keys = FeatureKeys(feature)
         let record = AuditRecord(time: time, feature: feature, change: acknowledgement.change, reason: acknowledgement.reason, by: acknowledgement.by, run: owner)
-        let deadline = read.serverTime.writeDeadline()
         do {
-            let acknowledged = try await redis.evaluate(
+            let wait = try await redis.replicaWait(policy.replicas)
+            let deadline = read.serverTime.writeDeadline()
+            let (acknowledged, replication) = try await redis.evaluate(
                 Scripts.acknowledgePercent,
                 keys: [keys.rolloutPercent, keys.controllerPercent, keys.lastPercent, keys.lastChangeTime, keys.healthySince, AuditTrail.streamKey],
                 arguments: [
                     read.preconditions.percent, acknowledgement.known?.description ?? "", time.description, String(deadline.serverMilliseconds),
                     String(AuditTrail.maxLength),
-                ] + record.scriptArguments, waitingUntil: deadline.waitUntil)
-            if let refusal = ScriptRefusal(acknowledged) { return Hold(refusal) }
+                ] + record.scriptArguments, waitingUntil: deadline.waitUntil, thenWaiting: wait)
+            if let refusal = ScriptRefusal(acknowledged) { return (Hold(refusal), nil) }
             guard acknowledged == .integer(1) else {
-                return Hold(.concurrentChange, "rollout_percent changed again (or another controller adopted the feature) while the controller looked at it")
+                return (Hold(.concurrentChange, "rollout_percent changed again (or another controller adopted the feature) while the controller looked at it"), nil)
             }
-            return nil
+            return (nil, await noted(replication, after: [record]))
         } catch {
-            return Hold(.redisError, "Redis: \(error)")
+            return (Hold(.redisError, "Redis: \(error)"), nil)
         }
+    }
+
+    /// `replication` when the write reached too few replicas, after recording a `not replicated`
+    /// note behind each of `records` in the audit stream (the change stands); nil otherwise.
+    private func noted(_ replication: Replication?, after records: [AuditRecord]) async -> Replication? {
+        guard let replication, !replication.isReplicated else { return nil }
+        for record in records {
+            let note = AuditRecord.notReplicated(after: record, replication)
+            do {
+                try await AuditTrail(redis: redis).append(note)
+            } catch {
+                logger.error("Cannot record that a change was not replicated", metadata: ["feature.name": "\(record.feature)", "error": "\(error)"])
+            }
+        }
+        logger.error(
+            "A change reached too few replicas; it stands on the primary, and a failover before they catch up may lose it",
+            metadata: ["feature.name": "\(records.first?.feature.rawValue ?? "")", "replication": "\(replication)"])
+        return replication
     }
 
     /// 7. The change under compare-and-set (redis/apply_change.lua): written only if
     /// rollout_percent, paused, enabled and the guard are as read, and only while this run still
-    /// holds the lock; the hold when it was not written.
-    private func applyChange(_ change: Plan.Change, of feature: FeaturePolicy, read: FeatureRead, marker: ChangeMarker?) async -> Hold? {
+    /// holds the lock; the hold when it was not written, the replication when too few replicas
+    /// acknowledged it.
+    private func applyChange(
+        _ change: Plan.Change, of feature: FeaturePolicy, read: FeatureRead, marker: ChangeMarker?
+    ) async -> (Hold?, Replication?) {
         let keys = FeatureKeys(feature.feature)
+        let wait: ReplicaWait
+        do {
+            wait = try await redis.replicaWait(policy.replicas)
+        } catch {
+            return (Hold(.redisError, "Redis: \(error); nothing was written"), nil)
+        }
         let deadline = read.serverTime.writeDeadline()
         // The change's record, then the guard's release or the flap pause, in the order they happen.
         func record(_ what: String, _ reason: String) -> AuditRecord {
@@ -316,12 +356,13 @@ public struct Controller: Sendable {
             keys: keys, preconditions: read.preconditions, owner: owner, deadlineServerMilliseconds: deadline.serverMilliseconds, change: change,
             records: records, marker: marker)
         let outcome: ChangeScript.Outcome
+        var replication: Replication?
         do {
-            outcome = try await script.run(on: redis, waitingUntil: deadline.waitUntil)
+            (outcome, replication) = try await script.run(on: redis, waitingUntil: deadline.waitUntil, thenWaiting: wait)
         } catch where error.code == .serverError {
             // Redis refused the script (an ACL without XADD, out of memory): its first writes are
             // the audit records, so a refusal writes nothing.
-            return Hold(.redisError, "Redis refused the change: \(error); nothing was written")
+            return (Hold(.redisError, "Redis refused the change: \(error); nothing was written"), nil)
         } catch {
             // A timeout or a broken connection after the script was sent: it may have run before
             // its deadline (then its audit record is in the stream, and the log catches up from
@@ -329,7 +370,7 @@ public struct Controller: Sendable {
             let confirmed = try? await redis.pipeline([RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.controllerPercent)])
             let target = change.to.description
             guard confirmed?.map(\.string) == [target, target], target != read.preconditions.percent else {
-                return Hold(.redisError, "Redis: \(error); the change was not confirmed")
+                return (Hold(.redisError, "Redis: \(error); the change was not confirmed"), nil)
             }
             logger.warning(
                 "Redis failed after the change was sent; it was applied (confirmed by reading it back)",
@@ -337,10 +378,10 @@ public struct Controller: Sendable {
             outcome = .applied
         }
         switch outcome {
-        case .applied: return nil
-        case .refused(let refusal): return Hold(refusal)
-        case .lockLost: return Hold(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written")
-        case .concurrentChange: return Hold(.concurrentChange, "a person changed the feature (or its guard) during the run; their change wins")
+        case .applied: return (nil, await noted(replication, after: records))
+        case .refused(let refusal): return (Hold(refusal), nil)
+        case .lockLost: return (Hold(.locked, "the lock expired during the evaluation; another controller may be deciding, so nothing was written"), nil)
+        case .concurrentChange: return (Hold(.concurrentChange, "a person changed the feature (or its guard) during the run; their change wins"), nil)
         }
     }
 
@@ -381,6 +422,7 @@ public struct Controller: Sendable {
     private func report(_ applied: Applied, of plan: Plan, feature: FeatureName, into report: FeatureReport) -> FeatureReport {
         var report = report
         report.verdict = plan.verdict
+        report.notReplicated = applied.notReplicated
         if applied.changeRefused { report.verdict?.action = .hold }
         if applied.acknowledged, let acknowledgement = plan.acknowledgement {
             if acknowledgement.known != nil { report.manualChange = acknowledgement.change } else { report.adopted = true }
@@ -410,7 +452,7 @@ public struct Controller: Sendable {
     /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
     /// phase's deadline, well inside the lock's TTL; the failures sorted by name.
     private func query(_ feature: FeaturePolicy) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
-        let deadline = EvaluationBudget(prometheus: prometheus, redis: redis).prometheusDeadline()
+        let deadline = EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout).prometheusDeadline()
         var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
         var failures: [String] = []
         await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<Double?, PrometheusError>).self) { group in

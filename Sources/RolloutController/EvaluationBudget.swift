@@ -20,10 +20,15 @@ struct EvaluationBudget: Sendable, Hashable {
     /// lock's release.
     static let redisRoundTrips = 6
 
-    init(prometheus: PrometheusClient, redis: RedisClient) {
+    /// At most this many of them are writes followed by `WAIT` (the acknowledgement and the
+    /// change), each waiting up to the replica timeout longer.
+    static let replicatedWrites = 2
+
+    init(prometheus: PrometheusClient, redis: RedisClient, replicaTimeout: Duration) {
         self.prometheus = prometheus.longestQuery
         // A write waits for its reply as long as its deadline allows (RedisServerTime.writeBudget).
         self.redis = (redis.connectTimeout + max(redis.commandTimeout, RedisServerTime.writeBudget)) * Self.redisRoundTrips
+            + (replicaTimeout + redis.commandTimeout) * Self.replicatedWrites
         margin = max(.seconds(10), (self.prometheus + self.redis) / 2)
     }
 

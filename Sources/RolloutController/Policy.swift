@@ -9,6 +9,8 @@ public struct ControllerPolicy: Sendable {
     public var prometheus: HTTPEndpoint
     /// Redis (`REDIS_URL` overrides).
     public var redis: RedisURL
+    /// How many replicas must acknowledge each change (`redis.min_replicas`, `redis.replica_timeout`).
+    public var replicas: ReplicaAcknowledgement = .automatic
     /// The Pushgateway, if telemetry is wanted (`PUSHGATEWAY_URL` overrides).
     public var pushgateway: HTTPEndpoint?
     /// The Markdown audit log (`ROLLOUT_AUDIT_LOG` overrides).
@@ -62,13 +64,26 @@ public struct ControllerPolicy: Sendable {
             reader.fail("prometheus", "is required: the base URL of Prometheus, e.g. http://127.0.0.1:9090")
             prometheus = .placeholder
         }
-        let redisText = environment["REDIS_URL"].nonEmpty ?? top?["redis"].flatMap { reader.string($0, at: "redis") }
+        // `redis:` is the URL, or a mapping of `url`, `min_replicas` and `replica_timeout`.
+        var redisNode = top?["redis"]
+        var redisField = "redis"
+        if let node = redisNode, node.mapping != nil {
+            let redisMapping = reader.mapping(node, at: "redis", known: ["url", "min_replicas", "replica_timeout"]) ?? [:]
+            redisNode = redisMapping["url"]
+            redisField = "redis.url"
+            replicas = ReplicaAcknowledgement(
+                minimum: redisMapping["min_replicas"].flatMap { reader.count($0, at: "redis.min_replicas", minimum: 0, maximum: 100) },
+                timeout: redisMapping["replica_timeout"].flatMap {
+                    reader.duration($0, at: "redis.replica_timeout", in: PolicyDurationRange.replicaTimeout)
+                } ?? ReplicaAcknowledgement.defaultTimeout)
+        }
+        let redisText = environment["REDIS_URL"].nonEmpty ?? redisNode.flatMap { reader.string($0, at: redisField) }
         redis = .localDefault
         if let redisText {
             do {
                 redis = try RedisURL(parsing: redisText)
             } catch {
-                reader.fail(environment["REDIS_URL"].nonEmpty == nil ? "redis" : "REDIS_URL", error.message)
+                reader.fail(environment["REDIS_URL"].nonEmpty == nil ? redisField : "REDIS_URL", error.message)
             }
         }
         if let text = environment["PUSHGATEWAY_URL"].nonEmpty ?? top?["pushgateway"].flatMap({ reader.string($0, at: "pushgateway") }) {
@@ -601,6 +616,8 @@ public enum PolicyDurationRange {
     public static let burnWindow = Duration.seconds(1)...Duration.seconds(90 * 86_400)
     /// Retry delays (base_delay, max_delay).
     public static let retryDelay = Duration.zero...Duration.seconds(3600)
+    /// redis.replica_timeout, `--replica-timeout`: how long a change waits for its replicas.
+    public static let replicaTimeout = Duration.milliseconds(1)...Duration.seconds(60)
 }
 
 /// `100ms to 5m`: a range as the messages and docs write it.

@@ -1,6 +1,7 @@
 public import RolloutAdmin
 public import RolloutAudit
 public import RolloutGate
+public import RolloutRedis
 
 /// What the controller did with one feature.
 public struct FeatureReport: Sendable {
@@ -34,6 +35,9 @@ public struct FeatureReport: Sendable {
     public var manualChange: String?
     /// The feature was seen for the first time and its percent adopted this run.
     public var adopted = false
+    /// The run's write reached fewer replicas than asked: it stands on the primary, with a
+    /// `not replicated` audit note, and the run exits 1.
+    public var notReplicated: Replication?
     /// Every query of this feature was answered (no data included): Prometheus is up.
     public var prometheusAnswered = false
     /// The condition last notified, as read (`flags:<f>:notified`).

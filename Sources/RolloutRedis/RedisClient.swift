@@ -59,8 +59,14 @@ public final class RedisClient: Sendable {
     /// Sends every command in one round trip and returns one reply each, in order. A command
     /// the server refuses gives an `.error` value in its place; the others still run.
     public func pipeline(_ commands: [RedisCommand]) async throws(RedisError) -> [RedisValue] {
+        try await pipeline(commands, waitingUntil: nil)
+    }
+
+    /// ``pipeline(_:)-([RedisCommand])`` whose replies are awaited until `waitingUntil` (nil:
+    /// the command timeout) instead.
+    package func pipeline(_ commands: [RedisCommand], waitingUntil: ContinuousClock.Instant?) async throws(RedisError) -> [RedisValue] {
         guard !commands.isEmpty else { return [] }
-        return try await exchange(try encoded(commands), count: commands.count, deadline: nil).replies
+        return try await exchange(try encoded(commands), count: commands.count, deadline: waitingUntil).replies
     }
 
     /// ``pipeline(_:)-([RedisCommand])``, with the moment the last reply arrived, taken on the

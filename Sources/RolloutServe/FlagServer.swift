@@ -4,7 +4,7 @@ import HummingbirdCore
 public import Logging
 import Metrics
 public import Prometheus
-import RolloutRedis
+public import RolloutRedis
 public import RolloutAudit
 import ServiceLifecycle
 import UnixSignals
@@ -28,18 +28,22 @@ public struct FlagServer: Sendable {
     let operatorRedis: RedisClient?
     /// The change-event streams and their URL credentials.
     let events: ChangeEvents
+    /// How many replicas must acknowledge an operator change (`WAIT`).
+    let replicas: ReplicaAcknowledgement
     /// The largest request body read; larger is 413.
     public static let maximumBodySize = 64 * 1024
 
     /// A server answering from `gate`, to requests carrying one of `tokens` when given, showing
     /// `metrics` (see ``bootstrapMetrics()``) at `/metrics` when given, acting on Alertmanager's
     /// alerts with `alerts` when given, with the operator API (`/v1/features`) recording its
-    /// changes in `auditLog` when given, with `events`' bounds on change-event streams.
+    /// changes in `auditLog` when given (each acknowledged by `replicas`: fewer answer with a
+    /// warning), with `events`' bounds on change-event streams.
     public init(
         gate: FeatureGate, tokens: TokenStore? = nil, metrics: PrometheusCollectorRegistry? = nil, alerts: AlertWebhook? = nil,
-        auditLog: AuditLog? = nil, events: ChangeEvents = ChangeEvents()
+        auditLog: AuditLog? = nil, replicas: ReplicaAcknowledgement = .automatic, events: ChangeEvents = ChangeEvents()
     ) {
         self.events = events
+        self.replicas = replicas
         self.gate = gate
         self.tokens = tokens
         self.metrics = metrics
@@ -165,7 +169,7 @@ public struct FlagServer: Sendable {
         }
         AlertWebhook.addRoute(to: &routes, webhook: alerts, server: server)
         if let auditLog, let operatorRedis {
-            OperatorAPI(server: self, redis: operatorRedis, auditLog: auditLog, logger: logger).register(on: &routes)
+            OperatorAPI(server: self, redis: operatorRedis, auditLog: auditLog, replicas: replicas, logger: logger).register(on: &routes)
         }
         routes.add(.get, "/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)

@@ -13,6 +13,7 @@ struct OperatorAPI: Sendable {
     let server: FlagServer
     let redis: RedisClient
     let auditLog: AuditLog
+    let replicas: ReplicaAcknowledgement
     let logger: Logger
 
     /// The author of changes made without a tokens file (loopback only).
@@ -155,7 +156,7 @@ struct OperatorAPI: Sendable {
 
     /// Makes the change as `rollout flags` does, recorded by `author`; answers the new status.
     func perform(_ action: Action, _ body: ActionBody, on feature: FeatureName, author: String) async throws(Problem) -> DetailAnswer {
-        let store = FeatureStore(redis: redis, auditLog: auditLog, author: author)
+        let store = FeatureStore(redis: redis, auditLog: auditLog, author: author, replicas: replicas)
         var warning: String?
         do {
             switch action {
@@ -168,11 +169,16 @@ struct OperatorAPI: Sendable {
                 try await store.setPercent(feature, to: percent, reason: body.reason)
             }
         } catch let error as AdminError {
-            if case .recordedNotLogged = error.cause {
+            switch error.cause {
+            case .recordedNotLogged:
                 // Made and recorded in Redis: the answer is the new state, with the warning.
                 warning = error.description
                 logger.error("An operator change was made but the audit log was not written", metadata: ["feature.name": "\(feature)", "error": "\(error)"])
-            } else {
+            case .notReplicated:
+                // Made and recorded on the primary, not confirmed by its replicas: the same.
+                warning = error.description
+                logger.error("An operator change was made but too few replicas acknowledged it", metadata: ["feature.name": "\(feature)", "error": "\(error)"])
+            default:
                 throw Problem(error)
             }
         } catch let problem as Problem {
@@ -365,7 +371,7 @@ struct Problem: Error, Sendable, Encodable {
         case .conflict: self.init(.conflict, status: 409, detail: error.description)
         case .corruptState: self.init(.corruptState, status: 409, detail: error.description)
         case .invalidInput: self.init(.invalidField, status: 400, detail: error.description)
-        case .recordedNotLogged: self.init(.internalError, status: 500, detail: error.description)
+        case .recordedNotLogged, .notReplicated: self.init(.internalError, status: 500, detail: error.description)
         }
     }
 

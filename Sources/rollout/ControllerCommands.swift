@@ -5,6 +5,7 @@ import RolloutAdmin
 import RolloutAudit
 import RolloutController
 import RolloutGate
+import RolloutRedis
 
 struct ControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,7 +39,8 @@ struct ControllerCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "One pass over every feature of the policy: for cron, systemd timers and CI schedules.",
             discussion: """
-                Exit codes: 0 ok (changes, holds, paused), 1 Prometheus or Redis unreachable, 2 invalid \
+                Exit codes: 0 ok (changes, holds, paused), 1 Prometheus or Redis unreachable (or a change \
+                fewer replicas acknowledged than --min-replicas asks: it stands, with a warning), 2 invalid \
                 configuration, 3 corrupt state. Each hold carries a reason code: paused, disabled, dwell, \
                 cooldown, no_data, invalid_data, insufficient_sample, prom_unreachable, concurrent_change, locked, at_last_step, \
                 check_violated, at_rollback_target, redis_error, corrupt_state, guard_locked, frozen, \
@@ -51,13 +53,15 @@ struct ControllerCommand: AsyncParsableCommand {
         @Flag(name: .long, help: "Print one JSON document instead of text.") var json = false
         @Option(name: .long, help: ArgumentHelp("Keep running, one pass every interval (e.g. 10m).", valueName: "interval"))
         var every: String?
+        @OptionGroup var replicaOptions: ReplicaOptions
 
         func validate() throws {
             if let every { _ = try boundedDuration("--every", every, in: .seconds(1)...(.seconds(86_400))) }
         }
 
         func run() async throws {
-            let policy = try await policyOptions.load(dryRun: dryRun)
+            var policy = try await policyOptions.load(dryRun: dryRun)
+            if let replicas = try replicaOptions.acknowledgement(over: policy.replicas) { policy.replicas = replicas }
             let logger = Logger(label: "rollout-controller")
             // Before anything changes: a change must never exist without its line in the log.
             if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
@@ -156,6 +160,9 @@ func describe(_ report: RunReport) -> String {
         }
         if feature.pausedByFlapProtection { lines.append("  PAUSED by flap protection: too many rollbacks within an hour; a person must look") }
         if feature.adopted { lines.append("  adopted: first sight of this feature; its percent is recorded and the dwell starts now") }
+        if let replication = feature.notReplicated {
+            lines.append("  WARNING not replicated: \(replication); the change stands on the primary, a failover before the replicas catch up may lose it")
+        }
     }
     if !report.auditRecordsCaughtUp.isEmpty {
         lines.append("audit log: \(report.auditRecordsCaughtUp.count) record(s) of earlier runs written now (they had been recorded in Redis only):")
@@ -223,6 +230,11 @@ func render(_ report: RunReport) -> [String: Any] {
             item["guard_event"] = feature.guardEvent?.rawValue as Any
             item["paused_by_flap_protection"] = feature.pausedByFlapProtection
             item["adopted"] = feature.adopted
+            // Only a write that asked replicas to acknowledge it says whether they did.
+            if let replication = feature.notReplicated {
+                item["replicated"] = false
+                item["replication"] = ["required": replication.required, "acknowledged": replication.acknowledged, "detail": replication.description]
+            }
             if let requests = feature.requests { item["requests"] = requests }
             if !feature.queryErrors.isEmpty { item["query_errors"] = feature.queryErrors }
             return item

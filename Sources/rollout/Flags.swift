@@ -105,7 +105,7 @@ struct Flags: AsyncParsableCommand {
 
         func run() async throws {
             let name = try featureName(feature)
-            let created = try await options.store().initialize(name, reason: reason)
+            let created = try await options.changing { try await $0.initialize(name, reason: reason) }
             if options.json {
                 try printJSON(["feature": name.rawValue, "created": created])
             } else if created.isEmpty {
@@ -134,7 +134,7 @@ struct Flags: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let value = try percent(percentText, "The percent")
-            let previous = try await options.store().setPercent(name, to: value, reason: reason)
+            let previous = try await options.changing { try await $0.setPercent(name, to: value, reason: reason) }
             if options.json {
                 try printJSON(["feature": name.rawValue, "percent": value.description, "previous": previous?.description as Any])
             } else {
@@ -158,7 +158,7 @@ struct Flags: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let flag = parseBool(value) ?? true
-            try await options.store().setInternalOnly(name, flag, reason: reason)
+            try await options.changing { try await $0.setInternalOnly(name, flag, reason: reason) }
             try report(options, name, "internal_only \(flag)")
         }
     }
@@ -195,7 +195,7 @@ struct Flags: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let value = try percent(percentText, "The percent")
-            try await options.store().setWorkspace(workspace, of: name, to: value, reason: reason)
+            try await options.changing { try await $0.setWorkspace(workspace, of: name, to: value, reason: reason) }
             try report(options, name, "workspace \(workspace) -> \(value)%")
         }
     }
@@ -209,7 +209,7 @@ struct Flags: AsyncParsableCommand {
 
         func run() async throws {
             let name = try featureName(feature)
-            try await options.store().unsetWorkspace(workspace, of: name, reason: reason)
+            try await options.changing { try await $0.unsetWorkspace(workspace, of: name, reason: reason) }
             try report(options, name, "workspace \(workspace) unset")
         }
     }
@@ -270,7 +270,7 @@ struct Switch<Kind: SwitchKind>: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        try await Kind.apply(options.store(), name, reason: reason)
+        try await options.changing { try await Kind.apply($0, name, reason: reason) }
         try report(options, name, Kind.done)
     }
 }
@@ -295,7 +295,7 @@ struct MembersAdd<Kind: MemberListKind>: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let added = try await options.store().add(ids, to: Kind.list, of: name, reason: reason)
+        let added = try await options.changing { try await $0.add(ids, to: Kind.list, of: name, reason: reason) }
         try report(options, name, "\(Kind.list.rawValue) +\(added) new of \(ids.count)")
     }
 }
@@ -316,7 +316,7 @@ struct MembersRemove<Kind: MemberListKind>: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let removed = try await options.store().remove(ids, from: Kind.list, of: name, reason: reason)
+        let removed = try await options.changing { try await $0.remove(ids, from: Kind.list, of: name, reason: reason) }
         try report(options, name, "\(Kind.list.rawValue) -\(removed) of \(ids.count)")
     }
 }

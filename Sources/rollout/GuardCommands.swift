@@ -30,7 +30,7 @@ struct GuardCommand: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let duration = parsePolicyDuration(window) ?? .seconds(900)
-            let lasts = try await options.store().lockGuard(name, for: duration, reason: reason)
+            let lasts = try await options.changing { try await $0.lockGuard(name, for: duration, reason: reason) }
             switch lasts {
             case .zero: try report(options, name, "already locked with no expiry; kept")
             case duration: try report(options, name, "guard locked for \(formatDuration(duration))")
@@ -47,7 +47,7 @@ struct GuardCommand: AsyncParsableCommand {
 
         func run() async throws {
             let name = try featureName(feature)
-            let removed = try await options.store().unlockGuard(name, reason: reason)
+            let removed = try await options.changing { try await $0.unlockGuard(name, reason: reason) }
             try report(options, name, removed == nil ? "was not locked" : "guard unlocked")
         }
     }

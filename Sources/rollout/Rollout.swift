@@ -60,6 +60,36 @@ func boundedDuration(_ option: String, _ text: String, in range: ClosedRange<Dur
     return duration
 }
 
+/// `--min-replicas` and `--replica-timeout`: what each change asks of the primary's replicas.
+struct ReplicaOptions: ParsableArguments {
+    @Option(
+        name: .customLong("min-replicas"),
+        help: ArgumentHelp(
+            "Replicas that must acknowledge each change (WAIT); fewer: the change stands, with a warning, and the command exits 1. Default: the policy's redis.min_replicas if any, else 1 when the primary has a replica connected, else 0.",
+            valueName: "n"))
+    var minReplicas: Int?
+
+    @Option(
+        name: .customLong("replica-timeout"),
+        help: ArgumentHelp("How long a change waits for its replicas (1ms to 1m). Default: the policy's redis.replica_timeout, else 500ms.", valueName: "duration"))
+    var timeoutText: String?
+
+    func validate() throws {
+        if let minReplicas, minReplicas < 0 { throw ValidationError("--min-replicas must be 0 or more; it was \(minReplicas).") }
+        _ = try timeout()
+    }
+
+    private func timeout() throws -> Duration? {
+        try timeoutText.map { try boundedDuration("--replica-timeout", $0, in: PolicyDurationRange.replicaTimeout) }
+    }
+
+    /// The options over `base` (a policy's): nil when neither option is given.
+    func acknowledgement(over base: ReplicaAcknowledgement = .automatic) throws -> ReplicaAcknowledgement? {
+        guard minReplicas != nil || timeoutText != nil else { return nil }
+        return ReplicaAcknowledgement(minimum: minReplicas ?? base.minimum, timeout: try timeout() ?? base.timeout)
+    }
+}
+
 /// Options every command shares.
 struct ConnectionOptions: ParsableArguments {
     @Option(
@@ -74,6 +104,11 @@ struct ConnectionOptions: ParsableArguments {
 
     @Flag(name: .long, help: "Print JSON for scripts instead of text.")
     var json = false
+
+    @OptionGroup var replicaOptions: ReplicaOptions
+
+    /// What `--min-replicas` and `--replica-timeout` ask of each change.
+    func replicas() throws -> ReplicaAcknowledgement { try replicaOptions.acknowledgement() ?? .automatic }
 
     func redisURL() throws -> RedisURL {
         let text = redisURLText ?? ProcessInfo.processInfo.environment["REDIS_URL"]
@@ -94,7 +129,30 @@ struct ConnectionOptions: ParsableArguments {
     }
 
     func store() throws -> FeatureStore {
-        FeatureStore(redis: try redisClient(), auditLog: auditLog)
+        FeatureStore(redis: try redisClient(), auditLog: auditLog, replicas: try replicas())
+    }
+
+    /// Runs `change` through ``store()``. When fewer replicas acknowledged it than asked, the
+    /// change stands (it is on the primary, recorded, with a `not replicated` note after it):
+    /// this prints what changed with `"replicated": false` (JSON) or a warning on stderr (text),
+    /// then exits 1 so that a scheduler or a script notices.
+    func changing<Result>(_ change: (FeatureStore) async throws -> Result) async throws -> Result {
+        do {
+            return try await change(try store())
+        } catch let error as AdminError {
+            guard case .notReplicated(let shortfall) = error.cause else { throw error }
+            if json {
+                try printJSON([
+                    "changes": shortfall.changes.map { ["feature": $0.feature.rawValue, "change": $0.change] },
+                    "replicated": false, "replicas_required": shortfall.replication.required,
+                    "replicas_acknowledged": shortfall.replication.acknowledged, "warning": shortfall.description,
+                ])
+            } else {
+                for record in shortfall.changes { print("\(record.feature): \(record.change)") }
+                FileHandle.standardError.write(Data("warning: \(shortfall)\n".utf8))
+            }
+            throw RolloutExit.failure.exit
+        }
     }
 }
 

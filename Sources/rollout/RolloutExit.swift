@@ -39,7 +39,7 @@ enum RolloutExit: Int32, Sendable {
             case .invalidInput: self = .invalidInput
             case .auditLog(let audit) where audit.code == .unwritable: self = .invalidInput
             case .corruptState: self = .corruptState
-            case .redis, .auditLog, .unconfirmed, .recordedNotLogged, .conflict: self = .failure
+            case .redis, .auditLog, .unconfirmed, .recordedNotLogged, .notReplicated, .conflict: self = .failure
             }
         case is KeyspaceError, is PolicyError, is SnapshotError, is TokenFileError:
             self = .invalidInput
@@ -51,21 +51,24 @@ enum RolloutExit: Int32, Sendable {
     }
 
     /// One controller run, from what it saw: corrupt state over an unreachable Prometheus or
-    /// Redis (or an audit log not written after a change: the change stands, recorded in
-    /// Redis) over success. Holds for any other reason are the controller doing its job.
-    init(holdReasons: [Verdict.HoldReason], auditLogWritten: Bool) {
+    /// Redis (or an audit log not written after a change, or a change too few replicas
+    /// acknowledged: either stands, recorded in Redis) over success. Holds for any other
+    /// reason are the controller doing its job.
+    init(holdReasons: [Verdict.HoldReason], auditLogWritten: Bool, replicated: Bool = true) {
         if holdReasons.contains(.corruptState) {
             self = .corruptState
-        } else if holdReasons.contains(.promUnreachable) || holdReasons.contains(.redisError) || !auditLogWritten {
+        } else if holdReasons.contains(.promUnreachable) || holdReasons.contains(.redisError) || !auditLogWritten || !replicated {
             self = .failure
         } else {
             self = .success
         }
     }
 
-    /// ``init(holdReasons:auditLogWritten:)`` for a run's report.
+    /// ``init(holdReasons:auditLogWritten:replicated:)`` for a run's report.
     init(of report: RunReport) {
-        self.init(holdReasons: report.features.compactMap(\.holdReason), auditLogWritten: report.auditLogError == nil)
+        self.init(
+            holdReasons: report.features.compactMap(\.holdReason), auditLogWritten: report.auditLogError == nil,
+            replicated: report.features.allSatisfy { $0.notReplicated == nil })
     }
 
     /// A whole `watch`: stopped by a signal, else failure when it rolled back or a poll could

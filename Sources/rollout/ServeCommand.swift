@@ -78,6 +78,8 @@ struct ServeCommand: AsyncParsableCommand {
         var policy = try await policyOptions.load()
         // --audit-log names the webhook's audit log over the policy's audit_log (and ROLLOUT_AUDIT_LOG).
         if let path = options.auditLogPath { policy.auditLog = path }
+        // --min-replicas and --replica-timeout hold for the webhook's changes as for the API's.
+        if let replicas = try options.replicaOptions.acknowledgement(over: policy.replicas) { policy.replicas = replicas }
         if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
         if options.redisURLText != nil {
             let served = try options.redisURL()
@@ -133,7 +135,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let durations = try durations()
         try await FlagServer(
-            gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog,
+            gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog, replicas: policy?.replicas ?? options.replicas(),
             events: ChangeEvents(
                 maximumSubscribers: maxEventStreams,
                 keepAliveInterval: durations.keepAlive)

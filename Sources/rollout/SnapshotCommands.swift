@@ -39,7 +39,7 @@ struct SnapshotCommand: AsyncParsableCommand {
         @Flag(name: .long, help: "Print the difference it would make; change nothing.") var dryRun = false
 
         func run() async throws {
-            let result = try await options.store().restoreSnapshot(from: file, dryRun: dryRun)
+            let result = try await options.changing { try await $0.restoreSnapshot(from: file, dryRun: dryRun) }
             if options.json {
                 try printJSON(["changes": result.changes, "dry_run": dryRun, "pre_restore_snapshot": result.preRestorePath as Any])
                 return

@@ -92,15 +92,16 @@ struct DeadlineTests {
         let redis = RedisClient(url: .localDefault)  // never connects: only its timeouts are read
         defer { redis.close() }
         // query_timeout 1s, 3 attempts, backoff at most 200 ms then 400 ms.
-        let budget = EvaluationBudget(prometheus: PrometheusClient(base: HTTPEndpoint.placeholder, timeout: .seconds(1)), redis: redis)
+        let budget = EvaluationBudget(prometheus: PrometheusClient(base: HTTPEndpoint.placeholder, timeout: .seconds(1)), redis: redis, replicaTimeout: ReplicaAcknowledgement.defaultTimeout)
         #expect(budget.prometheus == .milliseconds(3600))
-        // Each round trip: the 1 s connect timeout and a write's deadline (RedisServerTime.writeBudget).
-        #expect(budget.redis == .milliseconds(4000) * 6)
+        // Each round trip: the 1 s connect timeout and a write's deadline (RedisServerTime.writeBudget);
+        // the two writes followed by WAIT, each its 500 ms and the 1 s command timeout more.
+        #expect(budget.redis == .milliseconds(4000) * 6 + .milliseconds(1500) * 2)
         #expect(budget.lockTTL == (budget.prometheus + budget.redis) * 3 / 2)
         let start = ContinuousClock.now
         #expect(start.duration(to: budget.prometheusDeadline(from: start)) + budget.redis < budget.lockTTL)
         // A slow Prometheus setting lengthens the lock with it, keeping the margin.
-        let slow = EvaluationBudget(prometheus: PrometheusClient(base: HTTPEndpoint.placeholder, timeout: .seconds(60)), redis: redis)
+        let slow = EvaluationBudget(prometheus: PrometheusClient(base: HTTPEndpoint.placeholder, timeout: .seconds(60)), redis: redis, replicaTimeout: ReplicaAcknowledgement.defaultTimeout)
         #expect(slow.prometheus == .seconds(180) + .milliseconds(600))
         #expect(slow.lockTTL == (slow.prometheus + slow.redis) * 3 / 2)
     }

@@ -34,7 +34,7 @@ struct CompareAndSetTests {
         let script = ChangeScript(
             keys: keys, preconditions: .init(percent: expected.0, paused: expected.1, enabled: expected.2, guardValue: expectedGuard), owner: owner,
             deadlineServerMilliseconds: deadline, change: change, records: records, marker: marker)
-        return try await script.run(on: redis)
+        return try await script.run(on: redis).0
     }
 
     func record(_ change: String) -> AuditRecord {

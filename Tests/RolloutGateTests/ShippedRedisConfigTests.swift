@@ -34,6 +34,8 @@ struct ShippedRedisConfigTests {
         }
         let reader = RedisClient(url: gateURL)
         defer { reader.close() }
+        // Sentinel discovery checks each node's ROLE.
+        #expect(try await reader.send("ROLE").array?.first?.string == "master")
         for command in [RedisCommand("SET", "flags:google:enabled", "true"), RedisCommand("GET", "other"), RedisCommand("FLUSHALL")] {
             await #expect {
                 try await reader.send(command)
@@ -57,6 +59,9 @@ struct ShippedRedisConfigTests {
         #expect(try await controller.send("XLEN", "rollout:audit") == .integer(1))
         // `rollout serve`'s operator API reads the newest records first.
         #expect(try await controller.send("XREVRANGE", "rollout:audit", "+", "-", "COUNT", "1").array?.count == 1)
+        // A change waits for its replicas (ROLE counts them, WAIT waits): none here, so 0.
+        #expect(try await controller.connectedReplicas() == 0)
+        #expect(try await controller.send("WAIT", "0", "1") == .integer(0))
         await #expect {
             try await controller.send("SET", "unrelated", "x")
         } throws: { error in

@@ -180,9 +180,15 @@ struct SentinelDiscovery {
         return .failure(NodeMiss(reason: "named \(node), whose ROLE is \(kind), not master", roleDisagreed: true))
     }
 
-    /// A short reason for the error list: the code's words (`connection refused`, `timeout`).
+    /// A short reason for the error list: the code's words (`connection refused`, `timeout`);
+    /// for TLS, what OpenSSL said and what to check (the message holds addresses and file
+    /// paths, never a password).
     private static func reason(_ error: RedisError) -> String {
-        error.code == .serverError ? error.message : "\(error.code)".replacingUnderscores()
+        switch error.code {
+        case .serverError: return error.message
+        case .tls: return "TLS: " + (error.message.hasSuffix(".") ? String(error.message.dropLast()) : error.message)
+        default: return "\(error.code)".replacingUnderscores()
+        }
     }
 }
 

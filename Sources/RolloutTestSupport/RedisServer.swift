@@ -147,24 +147,31 @@ public final class RedisServer: @unchecked Sendable {
     private var process: ChildProcess?
 
     /// Starts redis-server with extra `arguments` (e.g. `["--requirepass", "s3cret"]`);
-    /// `tls: true` adds a TLS port with certificates made by openssl for this server.
+    /// `tls: true` adds a TLS port with certificates made by openssl for this server, or with
+    /// `certificates` when given (one CA shared by several servers).
     /// Starts a server off the cooperative pool: starting one blocks until it answers PING,
     /// and a test suite starting many at once on the pool (two threads on a 2-core machine)
     /// would starve every other test's timers and network I/O.
     public static func start(
-        arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1"
+        arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1",
+        certificates: TestCertificates? = nil
     ) async throws -> RedisServer {
-        try await offThePool { try RedisServer(arguments: arguments, tls: tls, configFile: configFile, tlsHostNames: tlsHostNames) }
+        try await offThePool {
+            try RedisServer(arguments: arguments, tls: tls, configFile: configFile, tlsHostNames: tlsHostNames, certificates: certificates)
+        }
     }
 
-    public init(arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1") throws {
+    public init(
+        arguments: [String] = [], tls: Bool = false, configFile: String? = nil, tlsHostNames: String = "DNS:localhost,IP:127.0.0.1",
+        certificates: TestCertificates? = nil
+    ) throws {
         guard let binary = executablePath("redis-server") else {
             throw FixtureError("redis-server is not installed: run scripts/test.sh, or apt-get install redis-server")
         }
         let directory = try makeTemporaryDirectory("redis")
         self.directory = directory
         unixSocketPath = directory + "/redis.sock"
-        let certificates = tls ? try TestCertificates(directory: directory, subjectAltName: tlsHostNames) : nil
+        let certificates = tls ? try certificates ?? TestCertificates(directory: directory, subjectAltName: tlsHostNames) : nil
         self.certificates = certificates
         // Another process may take a port between the check and redis-server's bind: retry
         // with new ports when redis-server says so.

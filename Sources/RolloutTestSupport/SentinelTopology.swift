@@ -3,7 +3,7 @@ public import RolloutRedis
 
 /// A Sentinel deployment on loopback for one test: a primary, two replicas (`--replicaof`) and
 /// three sentinels (quorum 2, `down-after-milliseconds 1000`), every one a ``RedisServer`` on a
-/// free port, each sentinel with its own writable config file. ``start(password:sentinelPassword:)``
+/// free port, each sentinel with its own writable config file. ``start(password:sentinelPassword:tls:)``
 /// returns once the replicas are in sync and every sentinel knows both replicas and the two
 /// other sentinels (so a failover can be elected). Released or ``stop()``ped: all stopped.
 public final class SentinelTopology: Sendable {
@@ -18,21 +18,35 @@ public final class SentinelTopology: Sendable {
     /// The sentinels' own `requirepass` (and `sentinel sentinel-pass`), if any.
     public let sentinelPassword: String?
 
-    private init(nodes: [RedisServer], sentinels: [RedisServer], password: String?, sentinelPassword: String?) {
+    /// With TLS: the one CA and server certificate every node and sentinel uses, so a single
+    /// `cacert=` verifies them all. Nil for a plain topology.
+    public let certificates: TestCertificates?
+
+    private init(nodes: [RedisServer], sentinels: [RedisServer], password: String?, sentinelPassword: String?, certificates: TestCertificates?) {
         self.nodes = nodes
         self.sentinels = sentinels
         self.password = password
         self.sentinelPassword = sentinelPassword
+        self.certificates = certificates
     }
 
     /// Starts the topology and waits until it is ready (see the type's description).
-    public static func start(password: String? = nil, sentinelPassword: String? = nil) async throws -> SentinelTopology {
+    ///
+    /// With `tls: true` every node and sentinel also listens on a TLS port (certificates of one
+    /// CA, made by openssl here) and they talk to each other only over TLS (`tls-replication
+    /// yes`: replication, the sentinels' monitoring and their hello messages), so the addresses
+    /// the sentinels hand out are TLS ports: ``urlString(sentinelPorts:readFrom:caCertificate:)``
+    /// is then a `rediss-sentinel://` URL. The plain ports stay open for the fixture's own
+    /// queries (``query(_:_:_:)``) only: nothing announces them.
+    public static func start(password: String? = nil, sentinelPassword: String? = nil, tls: Bool = false) async throws -> SentinelTopology {
+        let certificates = try tls ? await offThePool { try TestCertificates(directory: try makeTemporaryDirectory("sentinel-ca")) } : nil
         let auth = password.map { ["--requirepass", $0, "--masterauth", $0] } ?? []
         // No delay before a diskless sync: else the first replica sync takes about 5 s.
-        let primary = try await RedisServer.start(arguments: ["--repl-diskless-sync-delay", "0"] + auth)
+        let primary = try await startServer(["--repl-diskless-sync-delay", "0"] + auth, certificates: certificates)
+        let primaryPort = (tls ? primary.tlsPort : nil) ?? primary.port
         var nodes = [primary]
         for _ in 0..<2 {
-            nodes.append(try await RedisServer.start(arguments: ["--replicaof", "127.0.0.1", String(primary.port)] + auth))
+            nodes.append(try await startServer(["--replicaof", "127.0.0.1", String(primaryPort)] + auth, certificates: certificates))
         }
         var sentinels: [RedisServer] = []
         for _ in 0..<3 {
@@ -40,7 +54,7 @@ public final class SentinelTopology: Sendable {
             let file = directory + "/sentinel.conf"
             var lines = [
                 "sentinel resolve-hostnames no",
-                "sentinel monitor mymaster 127.0.0.1 \(primary.port) 2",
+                "sentinel monitor mymaster 127.0.0.1 \(primaryPort) 2",
                 "sentinel down-after-milliseconds mymaster 1000",
                 "sentinel failover-timeout mymaster 5000",
                 "sentinel parallel-syncs mymaster 2",
@@ -48,14 +62,27 @@ public final class SentinelTopology: Sendable {
             if let password { lines.append("sentinel auth-pass mymaster \(password)") }
             if let sentinelPassword { lines += ["requirepass \(sentinelPassword)", "sentinel sentinel-pass \(sentinelPassword)"] }
             try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
-            sentinels.append(try await RedisServer.start(arguments: ["--sentinel"], configFile: file))
+            sentinels.append(try await startServer(["--sentinel"], configFile: file, certificates: certificates))
         }
-        let topology = SentinelTopology(nodes: nodes, sentinels: sentinels, password: password, sentinelPassword: sentinelPassword)
+        let topology = SentinelTopology(
+            nodes: nodes, sentinels: sentinels, password: password, sentinelPassword: sentinelPassword, certificates: certificates)
         guard await eventually(within: .seconds(30), every: .milliseconds(50), { await topology.isReady() }) else {
             topology.stop()
             throw FixtureError("the Sentinel topology did not get ready within 30 s (logs under \(sentinels[0].directory))")
         }
         return topology
+    }
+
+    /// A node or sentinel; with `certificates`, with a TLS port and TLS between the servers.
+    private static func startServer(_ arguments: [String], configFile: String? = nil, certificates: TestCertificates?) async throws -> RedisServer {
+        let tlsReplication = certificates == nil ? [] : ["--tls-replication", "yes"]
+        return try await RedisServer.start(
+            arguments: tlsReplication + arguments, tls: certificates != nil, configFile: configFile, certificates: certificates)
+    }
+
+    /// The port the topology announces for `server`: its TLS port with TLS, else its port.
+    public func announcedPort(of server: RedisServer) -> Int {
+        (certificates == nil ? nil : server.tlsPort) ?? server.port
     }
 
     /// Whether the replicas are online and every sentinel sees 2 replicas and 2 other sentinels.
@@ -74,18 +101,22 @@ public final class SentinelTopology: Sendable {
 
     /// The URL of this topology: the sentinels at `sentinelPorts` (all by default, in order),
     /// with the data nodes' password in the user info and the sentinels' as `sentinelPassword=`.
-    public func urlString(sentinelPorts: [Int]? = nil, readFrom: String? = nil) -> String {
-        let hosts = (sentinelPorts ?? sentinels.map(\.port)).map { "127.0.0.1:\($0)" }.joined(separator: ",")
+    /// With TLS, `rediss-sentinel://` with `cacert=` the topology's CA (`caCertificate` instead
+    /// when given; an empty one leaves `cacert=` out, for the system's trust store).
+    public func urlString(sentinelPorts: [Int]? = nil, readFrom: String? = nil, caCertificate: String? = nil) -> String {
+        let hosts = (sentinelPorts ?? sentinels.map { announcedPort(of: $0) }).map { "127.0.0.1:\($0)" }.joined(separator: ",")
         var options: [String] = []
         if let sentinelPassword { options.append("sentinelPassword=\(sentinelPassword)") }
         if let readFrom { options.append("readFrom=\(readFrom)") }
+        if let ca = caCertificate ?? certificates?.caCertificate, !ca.isEmpty { options.append("cacert=\(ca)") }
         let auth = password.map { ":\($0)@" } ?? ""
-        return "redis-sentinel://\(auth)\(hosts)\(options.isEmpty ? "" : "?" + options.joined(separator: "&"))#\(primaryName)"
+        let scheme = certificates == nil ? "redis-sentinel" : "rediss-sentinel"
+        return "\(scheme)://\(auth)\(hosts)\(options.isEmpty ? "" : "?" + options.joined(separator: "&"))#\(primaryName)"
     }
 
-    /// The parsed ``urlString(sentinelPorts:readFrom:)``.
-    public func url(sentinelPorts: [Int]? = nil, readFrom: String? = nil) throws -> RedisURL {
-        try RedisURL(parsing: urlString(sentinelPorts: sentinelPorts, readFrom: readFrom))
+    /// The parsed ``urlString(sentinelPorts:readFrom:caCertificate:)``.
+    public func url(sentinelPorts: [Int]? = nil, readFrom: String? = nil, caCertificate: String? = nil) throws -> RedisURL {
+        try RedisURL(parsing: urlString(sentinelPorts: sentinelPorts, readFrom: readFrom, caCertificate: caCertificate))
     }
 
     /// A direct URL to `server` (a data node or a sentinel), with its password.
@@ -106,7 +137,7 @@ public final class SentinelTopology: Sendable {
             if let parts = try? await query(sentinel, "SENTINEL", "get-master-addr-by-name", primaryName).array,
                 let port = parts.last?.string.flatMap({ Int($0) })
             {
-                return nodes.first { $0.port == port }
+                return nodes.first { announcedPort(of: $0) == port }
             }
         }
         return nil

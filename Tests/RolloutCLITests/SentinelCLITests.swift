@@ -10,11 +10,7 @@ struct SentinelCLITests {
         let cli = try await CLI()
         let topology = try await SentinelTopology.start(password: "data-secret", sentinelPassword: "sentinel-secret")
         let environment = ["REDIS_URL": topology.urlString(readFrom: "replica")]
-        #expect(try await cli.run("flags", "init", "google", environment: environment).status == 0)
-        #expect(try await cli.run("flags", "internal-only", "google", "false", "--reason", "open", environment: environment).status == 0)
-        let set = try await cli.run("flags", "set-percent", "google", "50", "--reason", "Half", environment: environment)
-        #expect(set.status == 0)
-        #expect(set.stdout == "google: 0% -> 50%\n")
+        let set = try await rollOutGoogleToHalf(cli, environment: environment)
         #expect(try await topology.query(topology.nodes[0], "GET", "flags:google:rollout_percent").string == "50")
         let check = try await cli.run("check", "google", "--actor", "user_123", environment: ["REDIS_URL": topology.urlString()])
         #expect(check.status == 0)
@@ -36,4 +32,14 @@ struct SentinelCLITests {
             print("rollout \(arguments[0]) with every sentinel down: \(result.stderr)")
         }
     }
+}
+
+/// `flags init google`, open it (internal-only false), `set-percent google 50`: the result of the last.
+func rollOutGoogleToHalf(_ cli: CLI, environment: [String: String]) async throws -> CommandResult {
+    #expect(try await cli.run("flags", "init", "google", environment: environment).status == 0)
+    #expect(try await cli.run("flags", "internal-only", "google", "false", "--reason", "open", environment: environment).status == 0)
+    let set = try await cli.run("flags", "set-percent", "google", "50", "--reason", "Half", environment: environment)
+    #expect(set.status == 0)
+    #expect(set.stdout == "google: 0% -> 50%\n")
+    return set
 }

@@ -9,8 +9,9 @@ struct SentinelFailoverTests {
     /// The primary is SIGKILLed while a gate (sentinel URL) answers checks in a loop: no answer
     /// for an untouched feature changes, and a kill switch set on the new primary reaches the
     /// gate (by push once its subscription re-resolved, or by the full refresh that follows).
-    @Test func gateKeepsAnsweringAcrossAKilledPrimaryAndSeesTheNewOne() async throws {
-        let topology = try await SentinelTopology.start(password: "data-secret")
+    /// Plain, and with TLS between every node, sentinel and the gate (`rediss-sentinel://`).
+    @Test(arguments: [false, true]) func gateKeepsAnsweringAcrossAKilledPrimaryAndSeesTheNewOne(tls: Bool) async throws {
+        let topology = try await SentinelTopology.start(password: "data-secret", tls: tls)
         let admin = RedisClient(url: try topology.url())
         defer { admin.close() }
         _ = try await admin.pipeline([
@@ -68,7 +69,7 @@ struct SentinelFailoverTests {
             #expect(await eventually(within: .seconds(30), every: .milliseconds(2)) { gate.decision("target", for: Subject(id: "a")).reason == .killSwitch })
             let reachedIn = ContinuousClock.now - setAt
             // Measured, not asserted (a busy CI machine): reported in the test's output.
-            print("sentinel failover: switch-master seen \(failoverTook) after SIGKILL; kill switch reached the gate \(reachedIn) after it was set")
+            print("sentinel failover\(tls ? " over TLS" : ""): switch-master seen \(failoverTook) after SIGKILL; kill switch reached the gate \(reachedIn) after it was set")
             #expect(subjects.map { gate.isEnabled("steady", for: $0) } == baseline)
 
             // Push works on the new primary too: a second change arrives without a poll.

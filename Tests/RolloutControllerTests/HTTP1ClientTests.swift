@@ -206,12 +206,14 @@ struct HTTP1ClientTests {
                 clock: ContinuousClock(), trust: RedisURL.TLS(caCertificatePath: ca))
         }
         let trusting = client(trusting: certificates.caCertificate)
-        // Prometheus takes a moment to listen: ask until it answers (or has exited).
-        var answer: Double?
-        for _ in 0..<200 where answer == nil && !prometheus.hasExited() {
-            answer = try? await trusting.value(of: "vector(1)")
-            if answer == nil { try await Task.sleep(for: .milliseconds(100)) }
+        // Prometheus takes a moment to listen (long on a loaded machine): ask until it answers
+        // (or has exited).
+        let answered = await eventually(within: .seconds(120), every: .milliseconds(100)) {
+            if prometheus.hasExited() { return true }
+            return (try? await trusting.value(of: "vector(1)")) != nil
         }
+        var answer: Double?
+        if answered { answer = try? await trusting.value(of: "vector(1)") }
         #expect(answer == 1, "\((try? String(contentsOfFile: directory + "/prometheus.log", encoding: .utf8)) ?? "")")
         let failure = await Self.failure(client(trusting: certificates.otherCACertificate), "vector(1)")
         #expect(failure?.code == .unreachable)

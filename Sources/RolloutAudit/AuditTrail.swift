@@ -76,8 +76,13 @@ public struct AuditTrail: Sendable {
             throw error
         } catch {
             await onFileQueue { file.close() }
+            // Every change is recorded in the stream in the same script as the change, so what
+            // is missing from the file is in Redis, and the next run that reaches it writes it.
+            var cause = "\(error)"
+            while cause.hasSuffix(".") { cause.removeLast() }
             throw AuditLogError(
-                .stream, "Cannot read the audit stream \(Self.streamKey) to write \(path): \(error). The records are safe in Redis; the next run writes them.")
+                .stream,
+                "Cannot read the audit stream \(Self.streamKey) to bring \(path) up to date: \(cause). Every change is recorded in the stream with it; the next run that reaches Redis writes the records to the file.")
         }
         await onFileQueue { file.close() }
         return written

@@ -76,8 +76,9 @@ public struct Controller: Sendable {
                 let written = try await AuditTrail(redis: redis).project(into: auditLog)
                 report.auditRecordsCaughtUp = written.filter { $0.run != owner }
             } catch {
-                report.auditLogError = error.description
-                logger.error("Cannot write the audit log; its records are safe in Redis", metadata: ["error": "\(error)"])
+                // A stream error says itself where the records are; a file error does not.
+                report.auditLogError = error.description + (error.code == .stream ? "" : " The records are safe in Redis; the next run writes them.")
+                logger.error("The audit log is not up to date", metadata: ["error": "\(error)"])
             }
         }
         // The connection stays open for the next pass (`--every`); it closes with the controller.

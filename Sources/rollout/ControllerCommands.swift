@@ -168,7 +168,7 @@ func describe(_ report: RunReport) -> String {
         lines.append("audit log: \(report.auditRecordsCaughtUp.count) record(s) of earlier runs written now (they had been recorded in Redis only):")
         for record in report.auditRecordsCaughtUp { lines.append("  \(record)") }
     }
-    if let error = report.auditLogError { lines.append("audit log NOT written (the records are safe in Redis; the next run writes them): \(error)") }
+    if let error = report.auditLogError { lines.append("audit log NOT written: \(error)") }
     return lines.joined(separator: "\n")
 }
 

@@ -150,10 +150,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Benchmarks (scripts/bench.sh): plain timing loops, no dependency beyond our modules.
+        // Benchmarks (scripts/bench.sh): plain timing loops over our modules. The failover mode
+        // starts the tests' Sentinel topology (RolloutTestSupport), which only this
+        // executable and the test targets link: the shipped `rollout` never does.
         .executableTarget(
             name: "rollout-bench",
-            dependencies: ["RolloutGate", "RolloutRedis", "CRolloutCrypto"],
+            dependencies: [
+                "RolloutGate", "RolloutRedis", "CRolloutCrypto", "RolloutTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Fixtures for tests: real redis-server processes on free loopback ports.

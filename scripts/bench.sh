@@ -4,7 +4,9 @@
 # --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
 # allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet|serve
 # runs one section (the controller section doubles as the release-build smoke run; fleet, about
-# 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server).
+# 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server;
+# failover, about 1 minute, runs only when asked for: a Sentinel topology per round, its primary
+# SIGKILLed, BENCH_FAILOVER_ROUNDS=8 rounds, BENCH_FAILOVER_THREADS=1 checking thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -70,6 +72,19 @@ echo
 echo "== a fleet on one redis-server: 200 gates x 1,000 features, 60 s, push on and off"
 "$bin/rollout-bench" --fleet 200 1000 60 on "$url" 2>&1 | grep '^fleet:'
 "$bin/rollout-bench" --fleet 200 1000 60 off "$url" 2>&1 | grep '^fleet:'
+fi
+
+if [ "${BENCH_ONLY:-}" = "failover" ]; then
+echo
+echo "== the failover as the gate sees it: primary SIGKILLed under two gates (readFrom=primary, readFrom=replica)"
+# The bench starts and stops its own topology (RolloutTestSupport's SentinelTopology: a primary,
+# two replicas, three sentinels) in a process group of its own, so the trap stops every server
+# even when the bench itself crashed; their folders are under $work.
+TMPDIR="$work/" setsid "$bin/rollout-bench" --failover "${BENCH_FAILOVER_ROUNDS:-8}" "${BENCH_FAILOVER_THREADS:-1}" &
+failover_pid=$!
+trap 'kill -KILL -- "-$failover_pid" 2>/dev/null || true; stop_local_redis' EXIT INT TERM
+wait "$failover_pid"
+trap stop_local_redis EXIT INT TERM
 fi
 
 if want controller; then

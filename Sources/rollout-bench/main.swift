@@ -2,6 +2,7 @@
 // redis-server and builds in release mode:
 //   rollout-bench REDIS_URL [iterations]
 //   rollout-bench --checks N REDIS_URL   (N checks after one load; for valgrind's allocation count)
+//   rollout-bench --failover ROUNDS THREADS   (starts its own Sentinel topology: Failover.swift)
 import CRolloutCrypto
 import Foundation
 import RolloutGate
@@ -63,6 +64,15 @@ let keys = actors.map { Array("google:\($0)".utf8) }
 var sink: UInt64 = 0
 
 let arguments = CommandLine.arguments
+if arguments.count == 4, arguments[1] == "--failover", let rounds = Int(arguments[2]), let threads = Int(arguments[3]), rounds > 0, threads > 0 {
+    do {
+        try await runFailoverBench(rounds: rounds, threads: threads)
+    } catch {
+        print("FAILED: \(error)")
+        exit(1)
+    }
+    exit(0)
+}
 if arguments.count == 4, arguments[1] == "--checks", let count = Int(arguments[2]), let url = try? RedisURL(parsing: arguments[3]) {
     // N gate checks after one load, counted by scripts/bench/count_mallocs.c: run with two
     // values of N; the difference in allocations over the difference in N is per check.
@@ -148,7 +158,7 @@ if arguments.count == 7, arguments[1] == "--fleet", let gates = Int(arguments[2]
     exit(0)
 }
 guard arguments.count >= 2, let url = try? RedisURL(parsing: arguments[1]) else {
-    print("usage: rollout-bench REDIS_URL [iterations] | rollout-bench --checks N REDIS_URL | rollout-bench --fleet GATES FEATURES SECONDS on|off REDIS_URL")
+    print("usage: rollout-bench REDIS_URL [iterations] | rollout-bench --checks N REDIS_URL | rollout-bench --fleet GATES FEATURES SECONDS on|off REDIS_URL | rollout-bench --failover ROUNDS THREADS")
     exit(2)
 }
 let iterations = arguments.count > 2 ? Int(arguments[2]) ?? 2_000_000 : 2_000_000

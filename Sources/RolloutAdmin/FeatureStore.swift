@@ -296,12 +296,8 @@ public struct FeatureStore: Sendable {
         let trail = AuditTrail(redis: redis)
         var shortfall: NotReplicated?
         if let replication, !replication.isReplicated {
-            let notes = change.records.map { AuditRecord.notReplicated(after: $0, replication) }
-            var noted = true
-            for note in notes {
-                do throws(RedisError) { try await trail.append(note) } catch { noted = false }
-            }
-            shortfall = NotReplicated(replication: replication, changes: change.records, noted: noted)
+            let failure = await trail.noteNotReplicated(change.records, replication)
+            shortfall = NotReplicated(replication: replication, changes: change.records, noted: failure == nil)
         }
         do {
             try await trail.project(into: auditLog)

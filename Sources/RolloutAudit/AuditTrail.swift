@@ -165,22 +165,25 @@ extension AuditTrail {
 }
 
 extension AuditTrail {
-    /// Appends `record` to the stream on its own (`XADD ... MAXLEN ~`): for what is learnt only
-    /// after a change's script has recorded it, such as a write that did not reach its replicas.
-    /// The Markdown log gets it at the next ``project(into:)``.
-    package func append(_ record: AuditRecord) async throws(RedisError) {
-        let fields = zip(["time", "feature", "change", "reason", "by", "run"], record.scriptArguments).flatMap { [$0, $1] }
-        _ = try await redis.send(RedisCommand("XADD", [Self.streamKey, "MAXLEN", "~", String(Self.maxLength), "*"] + fields))
-    }
-}
-
-extension AuditRecord {
-    /// The note recorded after a change that fewer replicas acknowledged than asked (`WAIT`):
-    /// the change stands on the primary, and a failover before the replicas catch up may lose it.
-    package static func notReplicated(after change: AuditRecord, _ replication: Replication) -> AuditRecord {
-        AuditRecord(
-            time: change.time, feature: change.feature, change: "not replicated",
-            reason: "\(replication) (\(change.change)): the change stands on the primary; a failover before the replicas catch up may lose it",
-            by: change.by, run: change.run)
+    /// Records a `not replicated` note after each of `records`, the records of one change that
+    /// fewer replicas acknowledged than asked (`WAIT`): the change stands on the primary, and a
+    /// failover before the replicas catch up may lose it. Each note is its own `XADD`, since this
+    /// is learnt only after the change's script recorded the change; the Markdown log gets them
+    /// at the next ``project(into:)``. Returns the first error, nil when every note was recorded.
+    package func noteNotReplicated(_ records: [AuditRecord], _ replication: Replication) async -> RedisError? {
+        var failure: RedisError?
+        for record in records {
+            let note = AuditRecord(
+                time: record.time, feature: record.feature, change: "not replicated",
+                reason: "\(replication) (\(record.change)): the change stands on the primary; a failover before the replicas catch up may lose it",
+                by: record.by, run: record.run)
+            let fields = zip(["time", "feature", "change", "reason", "by", "run"], note.scriptArguments).flatMap { [$0, $1] }
+            do {
+                _ = try await redis.send(RedisCommand("XADD", [Self.streamKey, "MAXLEN", "~", String(Self.maxLength), "*"] + fields))
+            } catch {
+                failure = failure ?? error
+            }
+        }
+        return failure
     }
 }

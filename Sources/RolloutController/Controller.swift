@@ -132,7 +132,10 @@ public struct Controller: Sendable {
 
     /// How long one feature's evaluation may hold its lock (`flags:<f>:lock`'s TTL): a caller
     /// that claims work around a run (the alert webhook) keeps its claim at least this long.
-    public var lockTTL: Duration { EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout).lockTTL }
+    public var lockTTL: Duration { budget.lockTTL }
+
+    /// The time one feature's evaluation may take, phase by phase, from the clients' timeouts.
+    private var budget: EvaluationBudget { EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout) }
 
     private func evaluate(_ feature: FeaturePolicy, _ trigger: Trigger) async -> FeatureReport {
         let lockKey = FeatureKeys(feature.feature).lock
@@ -141,7 +144,7 @@ public struct Controller: Sendable {
         // so they happen under the lock, in one round trip (the reads are dropped if it is held).
         let lock = policy.dryRun
             ? nil
-            : RedisCommand("SET", lockKey, owner, "NX", "PX", String(EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout).lockTTL.wholeMilliseconds))
+            : RedisCommand("SET", lockKey, owner, "NX", "PX", String(budget.lockTTL.wholeMilliseconds))
         let (result, mayHoldLock) = await evaluateHoldingLock(feature, report: FeatureReport(feature: feature.feature), trigger, lock: lock)
         if lock != nil, mayHoldLock {
             // Released by its owner only; the TTL frees it if this process dies first.
@@ -317,13 +320,8 @@ public struct Controller: Sendable {
     /// note behind each of `records` in the audit stream (the change stands); nil otherwise.
     private func noted(_ replication: Replication?, after records: [AuditRecord]) async -> Replication? {
         guard let replication, !replication.isReplicated else { return nil }
-        for record in records {
-            let note = AuditRecord.notReplicated(after: record, replication)
-            do {
-                try await AuditTrail(redis: redis).append(note)
-            } catch {
-                logger.error("Cannot record that a change was not replicated", metadata: ["feature.name": "\(record.feature)", "error": "\(error)"])
-            }
+        if let error = await AuditTrail(redis: redis).noteNotReplicated(records, replication) {
+            logger.error("Cannot record that a change was not replicated", metadata: ["feature.name": "\(records.first?.feature.rawValue ?? "")", "error": "\(error)"])
         }
         logger.error(
             "A change reached too few replicas; it stands on the primary, and a failover before they catch up may lose it",
@@ -453,7 +451,7 @@ public struct Controller: Sendable {
     /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
     /// phase's deadline, well inside the lock's TTL; the failures sorted by name.
     private func query(_ feature: FeaturePolicy) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
-        let deadline = EvaluationBudget(prometheus: prometheus, redis: redis, replicaTimeout: policy.replicas.timeout).prometheusDeadline()
+        let deadline = budget.prometheusDeadline()
         var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
         var failures: [String] = []
         await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<Double?, PrometheusError>).self) { group in

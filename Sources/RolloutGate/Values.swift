@@ -229,11 +229,6 @@ public func formatDuration(_ duration: Duration) -> String {
 }
 
 extension Duration {
-    /// The duration in whole milliseconds (rounded down), as Redis's PX and PTTL count.
-    public var wholeMilliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-
     /// The duration in whole nanoseconds (rounded toward zero), saturating at Int64's range.
     public var wholeNanoseconds: Int64 {
         let (seconds, attoseconds) = components

@@ -41,7 +41,14 @@ public struct RedisServerTime: Sendable {
     public func writeDeadline(within budget: Duration = Self.writeBudget) -> WriteDeadline {
         let now = ContinuousClock.now
         let window = (now - readAt) + budget
-        let server = milliseconds + window.components.seconds * 1000 + window.components.attoseconds / 1_000_000_000_000_000
+        let server = milliseconds + window.wholeMilliseconds
         return WriteDeadline(serverMilliseconds: server, waitUntil: now + budget + .milliseconds(50))
+    }
+}
+
+extension Duration {
+    /// The duration in whole milliseconds (rounded down), as Redis's PX, PTTL and WAIT count.
+    public var wholeMilliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
     }
 }

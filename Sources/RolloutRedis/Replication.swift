@@ -29,15 +29,9 @@ public struct ReplicaAcknowledgement: Sendable, Hashable, CustomStringConvertibl
         minimum ?? (connected > 0 ? 1 : 0)
     }
 
-    /// `WAIT`'s timeout argument, in whole milliseconds, at least 1 (`WAIT n 0` waits forever).
-    var waitMilliseconds: Int64 {
-        let (seconds, attoseconds) = timeout.components
-        return max(1, seconds * 1_000 + attoseconds / 1_000_000_000_000_000)
-    }
-
     /// `min 1 within 500ms`, `automatic within 500ms`.
     public var description: String {
-        "\(minimum.map { "min \($0)" } ?? "automatic") within \(waitMilliseconds)ms"
+        "\(minimum.map { "min \($0)" } ?? "automatic") within \(timeout.wholeMilliseconds)ms"
     }
 }
 
@@ -67,8 +61,7 @@ public struct Replication: Sendable, Hashable, CustomStringConvertible {
     /// `1 of 1 replica acknowledged the write within 500 ms`.
     public var description: String {
         if let refusal { return "Redis refused WAIT (\(refusal)), so no replica confirmed the write: grant +wait to this Redis user" }
-        let milliseconds = ReplicaAcknowledgement(minimum: nil, timeout: timeout).waitMilliseconds
-        return "\(acknowledged) of \(required) replica\(required == 1 ? "" : "s") acknowledged the write within \(milliseconds) ms"
+        return "\(acknowledged) of \(required) replica\(required == 1 ? "" : "s") acknowledged the write within \(timeout.wholeMilliseconds) ms"
     }
 }
 
@@ -81,6 +74,11 @@ public struct ReplicaWait: Sendable, Hashable {
 
     /// None: the write is not followed by `WAIT`.
     public static let none = ReplicaWait(count: 0, timeout: .zero)
+
+    /// `WAIT <count> <milliseconds>`, at least 1 ms (`WAIT n 0` waits forever).
+    var command: RedisCommand {
+        RedisCommand("WAIT", String(count), String(max(1, timeout.wholeMilliseconds)))
+    }
 }
 
 extension RedisClient {
@@ -112,27 +110,25 @@ extension RedisClient {
         guard required > 0 else {
             return (try await evaluate(script, keys: keys, arguments: arguments, waitingUntil: waitingUntil), nil)
         }
-        let replicas = ReplicaAcknowledgement(minimum: required, timeout: wait.timeout)
-        let wait = RedisCommand("WAIT", String(required), String(replicas.waitMilliseconds))
         let tail = [String(keys.count)] + keys + arguments
         // The script's own deadline (checked by Redis) still refuses a late run: waiting longer
         // for the replies only learns the outcome later.
-        let waitedFor = ContinuousClock.now.advanced(by: replicas.timeout + commandTimeout)
+        let waitedFor = ContinuousClock.now.advanced(by: wait.timeout + commandTimeout)
         let deadline = waitingUntil.map { max($0, waitedFor) } ?? waitedFor
-        var replies = try await pipeline([RedisCommand("EVALSHA", [script.sha1] + tail), wait], waitingUntil: deadline)
+        var replies = try await pipeline([RedisCommand("EVALSHA", [script.sha1] + tail), wait.command], waitingUntil: deadline)
         if case .error(let text) = replies[0], text.hasPrefix("NOSCRIPT") {
-            replies = try await pipeline([RedisCommand("EVAL", [script.source] + tail), wait], waitingUntil: deadline)
+            replies = try await pipeline([RedisCommand("EVAL", [script.source] + tail), wait.command], waitingUntil: deadline)
         }
         guard replies.count == 2 else { throw RedisError(.protocolError, "Redis sent \(replies.count) replies to a script and WAIT.") }
         let reply = try replies[0].throwingServerError(context: "EVALSHA")
         // The script ran: whatever WAIT says, its write stands; only the report differs.
         switch replies[1] {
         case .integer(let acknowledged):
-            return (reply, Replication(required: required, acknowledged: Int(acknowledged), timeout: replicas.timeout))
+            return (reply, Replication(required: required, acknowledged: Int(acknowledged), timeout: wait.timeout))
         case .error(let text):
-            return (reply, Replication(required: required, acknowledged: 0, timeout: replicas.timeout, refusal: text))
+            return (reply, Replication(required: required, acknowledged: 0, timeout: wait.timeout, refusal: text))
         default:
-            return (reply, Replication(required: required, acknowledged: 0, timeout: replicas.timeout, refusal: "an answer that is not a count"))
+            return (reply, Replication(required: required, acknowledged: 0, timeout: wait.timeout, refusal: "an answer that is not a count"))
         }
     }
 }

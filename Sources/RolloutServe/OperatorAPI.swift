@@ -170,14 +170,11 @@ struct OperatorAPI: Sendable {
             }
         } catch let error as AdminError {
             switch error.cause {
-            case .recordedNotLogged:
-                // Made and recorded in Redis: the answer is the new state, with the warning.
+            case .recordedNotLogged, .notReplicated:
+                // Made and recorded in Redis, but the audit log was not written or too few
+                // replicas acknowledged it: the answer is the new state, with the warning.
                 warning = error.description
-                logger.error("An operator change was made but the audit log was not written", metadata: ["feature.name": "\(feature)", "error": "\(error)"])
-            case .notReplicated:
-                // Made and recorded on the primary, not confirmed by its replicas: the same.
-                warning = error.description
-                logger.error("An operator change was made but too few replicas acknowledged it", metadata: ["feature.name": "\(feature)", "error": "\(error)"])
+                logger.error("An operator change was made, with a warning", metadata: ["feature.name": "\(feature)", "error": "\(error)"])
             default:
                 throw Problem(error)
             }

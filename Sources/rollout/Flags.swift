@@ -100,12 +100,13 @@ struct Flags: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a feature in the original system's initial state: enabled, internal only, 0%, not paused. Never overwrites a key.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Option(help: "Why, for the audit log.") var reason = "initialized"
 
         func run() async throws {
             let name = try featureName(feature)
-            let created = try await options.changing { try await $0.initialize(name, reason: reason) }
+            let created = try await options.changing(replicaOptions) { try await $0.initialize(name, reason: reason) }
             if options.json {
                 try printJSON(["feature": name.rawValue, "created": created])
             } else if created.isEmpty {
@@ -121,6 +122,7 @@ struct Flags: AsyncParsableCommand {
             commandName: "set-percent",
             abstract: "Set the rollout percent (0 to 100, at most three decimals), recording last_percent and last_change_time.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Argument(help: "The new percent.") var percentText: String
         @Option(help: "Why, for the audit log (required).") var reason: String
@@ -134,7 +136,7 @@ struct Flags: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let value = try percent(percentText, "The percent")
-            let previous = try await options.changing { try await $0.setPercent(name, to: value, reason: reason) }
+            let previous = try await options.changing(replicaOptions) { try await $0.setPercent(name, to: value, reason: reason) }
             if options.json {
                 try printJSON(["feature": name.rawValue, "percent": value.description, "previous": previous?.description as Any])
             } else {
@@ -147,6 +149,7 @@ struct Flags: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "internal-only", abstract: "Limit the feature to internal actors (true) or open it to the rollout (false).")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Argument(help: "true or false.") var value: String
         @Option(help: "Why, for the audit log.") var reason = ""
@@ -158,7 +161,7 @@ struct Flags: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let flag = parseBool(value) ?? true
-            try await options.changing { try await $0.setInternalOnly(name, flag, reason: reason) }
+            try await options.changing(replicaOptions) { try await $0.setInternalOnly(name, flag, reason: reason) }
             try report(options, name, "internal_only \(flag)")
         }
     }
@@ -181,6 +184,7 @@ struct Flags: AsyncParsableCommand {
     struct WorkspaceSet: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "set", abstract: "Set a workspace's percent.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Argument(help: "The workspace id.") var workspace: String
         @Argument(help: "The percent.") var percentText: String
@@ -195,7 +199,7 @@ struct Flags: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let value = try percent(percentText, "The percent")
-            try await options.changing { try await $0.setWorkspace(workspace, of: name, to: value, reason: reason) }
+            try await options.changing(replicaOptions) { try await $0.setWorkspace(workspace, of: name, to: value, reason: reason) }
             try report(options, name, "workspace \(workspace) -> \(value)%")
         }
     }
@@ -203,13 +207,14 @@ struct Flags: AsyncParsableCommand {
     struct WorkspaceUnset: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "unset", abstract: "Remove a workspace's percent.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Argument(help: "The workspace id.") var workspace: String
         @Option(help: "Why, for the audit log.") var reason = ""
 
         func run() async throws {
             let name = try featureName(feature)
-            try await options.changing { try await $0.unsetWorkspace(workspace, of: name, reason: reason) }
+            try await options.changing(replicaOptions) { try await $0.unsetWorkspace(workspace, of: name, reason: reason) }
             try report(options, name, "workspace \(workspace) unset")
         }
     }
@@ -263,6 +268,7 @@ enum Disable: SwitchKind {
 struct Switch<Kind: SwitchKind>: AsyncParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(commandName: Kind.name, abstract: Kind.abstract) }
     @OptionGroup var options: ConnectionOptions
+    @OptionGroup var replicaOptions: ReplicaOptions
     @Argument(help: "The feature.") var feature: String
     @Option(help: "Why, for the audit log.") var reason = ""
 
@@ -270,7 +276,7 @@ struct Switch<Kind: SwitchKind>: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        try await options.changing { try await Kind.apply($0, name, reason: reason) }
+        try await options.changing(replicaOptions) { try await Kind.apply($0, name, reason: reason) }
         try report(options, name, Kind.done)
     }
 }
@@ -284,6 +290,7 @@ struct MembersAdd<Kind: MemberListKind>: AsyncParsableCommand {
         CommandConfiguration(commandName: "add", abstract: "Add stickiness keys (ACTOR or WORKSPACE:ACTOR) to the \(Kind.list.rawValue) set.")
     }
     @OptionGroup var options: ConnectionOptions
+    @OptionGroup var replicaOptions: ReplicaOptions
     @Argument(help: "The feature.") var feature: String
     @Argument(help: "Stickiness keys.") var ids: [String]
     @Option(help: "Why, for the audit log.") var reason = ""
@@ -295,7 +302,7 @@ struct MembersAdd<Kind: MemberListKind>: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let added = try await options.changing { try await $0.add(ids, to: Kind.list, of: name, reason: reason) }
+        let added = try await options.changing(replicaOptions) { try await $0.add(ids, to: Kind.list, of: name, reason: reason) }
         try report(options, name, "\(Kind.list.rawValue) +\(added) new of \(ids.count)")
     }
 }
@@ -305,6 +312,7 @@ struct MembersRemove<Kind: MemberListKind>: AsyncParsableCommand {
         CommandConfiguration(commandName: "remove", abstract: "Remove stickiness keys from the \(Kind.list.rawValue) set.")
     }
     @OptionGroup var options: ConnectionOptions
+    @OptionGroup var replicaOptions: ReplicaOptions
     @Argument(help: "The feature.") var feature: String
     @Argument(help: "Stickiness keys.") var ids: [String]
     @Option(help: "Why, for the audit log.") var reason = ""
@@ -316,7 +324,7 @@ struct MembersRemove<Kind: MemberListKind>: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let removed = try await options.changing { try await $0.remove(ids, from: Kind.list, of: name, reason: reason) }
+        let removed = try await options.changing(replicaOptions) { try await $0.remove(ids, from: Kind.list, of: name, reason: reason) }
         try report(options, name, "\(Kind.list.rawValue) -\(removed) of \(ids.count)")
     }
 }

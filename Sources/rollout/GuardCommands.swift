@@ -2,6 +2,7 @@ import ArgumentParser
 import RolloutAdmin
 import RolloutController
 import RolloutGate
+import RolloutRedis
 
 struct GuardCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,6 +20,7 @@ struct GuardCommand: AsyncParsableCommand {
     struct Lock: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "No promotion of the feature until the window ends or it is unlocked.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Option(help: ArgumentHelp("How long the lock lasts, e.g. 15m, 2h.", valueName: "duration")) var window = "15m"
         @Option(help: "Why, for the audit log and the lock's value.") var reason = ""
@@ -30,7 +32,7 @@ struct GuardCommand: AsyncParsableCommand {
         func run() async throws {
             let name = try featureName(feature)
             let duration = parsePolicyDuration(window) ?? .seconds(900)
-            let lasts = try await options.changing { try await $0.lockGuard(name, for: duration, reason: reason) }
+            let lasts = try await options.changing(replicaOptions) { try await $0.lockGuard(name, for: duration, reason: reason) }
             switch lasts {
             case .zero: try report(options, name, "already locked with no expiry; kept")
             case duration: try report(options, name, "guard locked for \(formatDuration(duration))")
@@ -42,12 +44,13 @@ struct GuardCommand: AsyncParsableCommand {
     struct Unlock: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove the feature's guard lock, whoever set it.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The feature.") var feature: String
         @Option(help: "Why, for the audit log.") var reason = ""
 
         func run() async throws {
             let name = try featureName(feature)
-            let removed = try await options.changing { try await $0.unlockGuard(name, reason: reason) }
+            let removed = try await options.changing(replicaOptions) { try await $0.unlockGuard(name, reason: reason) }
             try report(options, name, removed == nil ? "was not locked" : "guard unlocked")
         }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RolloutController
 import RolloutGate
+import RolloutRedis
 
 struct RetryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -105,11 +105,6 @@ struct ConnectionOptions: ParsableArguments {
     @Flag(name: .long, help: "Print JSON for scripts instead of text.")
     var json = false
 
-    @OptionGroup var replicaOptions: ReplicaOptions
-
-    /// What `--min-replicas` and `--replica-timeout` ask of each change.
-    func replicas() throws -> ReplicaAcknowledgement { try replicaOptions.acknowledgement() ?? .automatic }
-
     func redisURL() throws -> RedisURL {
         let text = redisURLText ?? ProcessInfo.processInfo.environment["REDIS_URL"]
         guard let text, !text.isEmpty else { return .localDefault }
@@ -128,17 +123,19 @@ struct ConnectionOptions: ParsableArguments {
         AuditLog(path: auditLogPath ?? ProcessInfo.processInfo.environment["ROLLOUT_AUDIT_LOG"].flatMap { $0.isEmpty ? nil : $0 } ?? "./rollout_log.md")
     }
 
-    func store() throws -> FeatureStore {
-        FeatureStore(redis: try redisClient(), auditLog: auditLog, replicas: try replicas())
+    /// A store for reading, or for changes each acknowledged by `replicas`.
+    func store(replicas: ReplicaAcknowledgement = .automatic) throws -> FeatureStore {
+        FeatureStore(redis: try redisClient(), auditLog: auditLog, replicas: replicas)
     }
 
-    /// Runs `change` through ``store()``. When fewer replicas acknowledged it than asked, the
+    /// Runs `change` through ``store(replicas:)`` with what `replicas` (a write command's
+    /// `--min-replicas` and `--replica-timeout`) asks. When fewer replicas acknowledged it than asked, the
     /// change stands (it is on the primary, recorded, with a `not replicated` note after it):
     /// this prints what changed with `"replicated": false` (JSON) or a warning on stderr (text),
     /// then exits 1 so that a scheduler or a script notices.
-    func changing<Result>(_ change: (FeatureStore) async throws -> Result) async throws -> Result {
+    func changing<Result>(_ replicas: ReplicaOptions, _ change: (FeatureStore) async throws -> Result) async throws -> Result {
         do {
-            return try await change(try store())
+            return try await change(try store(replicas: try replicas.acknowledgement() ?? .automatic))
         } catch let error as AdminError {
             guard case .notReplicated(let shortfall) = error.cause else { throw error }
             if json {

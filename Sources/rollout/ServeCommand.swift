@@ -28,6 +28,7 @@ struct ServeCommand: AsyncParsableCommand {
             """
     )
     @OptionGroup var options: ConnectionOptions
+    @OptionGroup var replicaOptions: ReplicaOptions
     @Option(help: ArgumentHelp("Where to listen: HOST:PORT (without --tokens-file, loopback only: 127.0.0.1, ::1 or localhost).", valueName: "host:port"))
     var listen = "127.0.0.1:8016"
     @OptionGroup var tokensFile: TokensFileOption
@@ -79,7 +80,7 @@ struct ServeCommand: AsyncParsableCommand {
         // --audit-log names the webhook's audit log over the policy's audit_log (and ROLLOUT_AUDIT_LOG).
         if let path = options.auditLogPath { policy.auditLog = path }
         // --min-replicas and --replica-timeout hold for the webhook's changes as for the API's.
-        if let replicas = try options.replicaOptions.acknowledgement(over: policy.replicas) { policy.replicas = replicas }
+        if let replicas = try replicaOptions.acknowledgement(over: policy.replicas) { policy.replicas = replicas }
         if !policy.dryRun { try await AuditLog(path: policy.auditLog).preflight() }
         if options.redisURLText != nil {
             let served = try options.redisURL()
@@ -135,7 +136,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let durations = try durations()
         try await FlagServer(
-            gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog, replicas: policy?.replicas ?? options.replicas(),
+            gate: gate, tokens: tokens, metrics: metrics, alerts: alerts, auditLog: auditLog, replicas: policy?.replicas ?? replicaOptions.acknowledgement() ?? .automatic,
             events: ChangeEvents(
                 maximumSubscribers: maxEventStreams,
                 keepAliveInterval: durations.keepAlive)

@@ -35,11 +35,12 @@ struct SnapshotCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Restore FILE after checking FILE.sha256; the current state is saved first to FILE.pre-restore-TIME.json.")
         @OptionGroup var options: ConnectionOptions
+        @OptionGroup var replicaOptions: ReplicaOptions
         @Argument(help: "The snapshot file.") var file: String
         @Flag(name: .long, help: "Print the difference it would make; change nothing.") var dryRun = false
 
         func run() async throws {
-            let result = try await options.changing { try await $0.restoreSnapshot(from: file, dryRun: dryRun) }
+            let result = try await options.changing(replicaOptions) { try await $0.restoreSnapshot(from: file, dryRun: dryRun) }
             if options.json {
                 try printJSON(["changes": result.changes, "dry_run": dryRun, "pre_restore_snapshot": result.preRestorePath as Any])
                 return

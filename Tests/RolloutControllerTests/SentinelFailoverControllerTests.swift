@@ -63,7 +63,7 @@ struct SentinelFailoverControllerTests {
         #expect(try await topology.query(newPrimary, "GET", "flags:chain:rollout_percent").string == "10")
         let lines = world.auditLines()
         #expect(lines.count == 1, "\(lines)")
-        #expect(lines.first?.contains("chain") == true && lines.first?.contains("10") == true)
+        #expect(lines.first?.contains("  chain  0% -> 10%  reason=healthy: 0% -> 10%  by=controller") == true, "\(lines)")
         await topology.stopOffPool()
     }
 }

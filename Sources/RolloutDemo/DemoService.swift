@@ -1,24 +1,30 @@
 import Foundation
 public import Hummingbird
 import Logging
+public import Prometheus
 public import RolloutGate
 import Synchronization
 
 /// The demo service of the quickstart: every request goes through the gate; the new code path
 /// (feature on) can be made to fail or slow down at will; `/metrics` exposes what the
 /// controller's checks read: `action_exec_total`, `action_error_total` and the
-/// `action_latency_seconds` histogram, labelled `provider` (the feature) and `path` (new|old).
+/// `action_latency_seconds` histogram, labelled `provider` (the feature) and `path` (new|old),
+/// and the gate's own series from `registry`, among them the cohort counts each request is
+/// recorded in (``FeatureHandle/record(_:failed:duration:)``), which a `cohort` check compares.
 public struct DemoService: Sendable {
     /// The feature gating the new code path.
     public let feature: FeatureName
     /// The gate the requests go through.
     public let gate: FeatureGate
     private let state: DemoState
+    private let registry: PrometheusCollectorRegistry
 
-    /// A demo for `feature` through `gate`.
-    public init(feature: FeatureName, gate: FeatureGate) {
+    /// A demo for `feature` through `gate`; `registry` is the one swift-metrics was
+    /// bootstrapped with (`PrometheusMetricsFactory(registry:)`), served on `/metrics`.
+    public init(feature: FeatureName, gate: FeatureGate, registry: PrometheusCollectorRegistry) {
         self.feature = feature
         self.gate = gate
+        self.registry = registry
         state = DemoState(provider: feature.rawValue)
     }
 
@@ -35,7 +41,9 @@ public struct DemoService: Sendable {
         router.get("/metrics") { _, _ -> Response in
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: state.exposition())))
+            var text = [UInt8](state.exposition().utf8)
+            registry.emit(into: &text)
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: text)))
         }
         router.post("/faults") { request, _ -> String in
             let errorRate = request.uri.queryParameters.get("error_rate").flatMap(Double.init)
@@ -59,9 +67,10 @@ public struct DemoService: Sendable {
         }
     }
 
-    /// One request: old path, or new path with the injected faults.
+    /// One request: old path, or new path with the injected faults, recorded in its cohort.
     func serve(handle: FeatureHandle, actor: String) async -> (path: String, failed: Bool) {
-        let isNew = handle.isEnabled(for: Subject(id: actor))
+        let decision = handle.decision(for: Subject(id: actor))
+        let isNew = decision.isOn
         let faults = state.faults()
         // The old path takes 20-60 ms; the new one the same plus the injected latency.
         var seconds = Double.random(in: 0.020...0.060)
@@ -69,6 +78,7 @@ public struct DemoService: Sendable {
         try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
         let failed = isNew && Double.random(in: 0..<1) < faults.errorRate
         state.record(path: isNew ? "new" : "old", seconds: seconds, failed: failed)
+        handle.record(decision, failed: failed, duration: .nanoseconds(Int64(seconds * 1e9)))
         return (isNew ? "new" : "old", failed)
     }
 }

@@ -85,7 +85,7 @@ public final class FeatureGate: Service, Sendable {
 
     // The published snapshot: an Unmanaged<Snapshot> (+1), swapped by the refresher, read by
     // checks inside ReadSide.read without retaining it.
-    private let published = AtomicReference<Snapshot>()
+    let published = AtomicReference<Snapshot>()
     private let retired = Retired()
     // Freshness, on the gate's clock (nanoseconds): when the last full read returned, and
     // until when a snapshot that old counts as live.
@@ -357,10 +357,14 @@ public final class FeatureGate: Service, Sendable {
     }
 
     /// Re-reads every known feature now, in one pipelined round trip. Returns false when
-    /// Redis could not be read (the last good snapshot stays in use).
+    /// Redis could not be read (the last good snapshot stays in use). Counted decisions and
+    /// recorded requests reach swift-metrics here (for a RolloutGateTesting gate, only that).
     @discardableResult
     public func refresh() async -> Bool {
-        guard readsRedis else { return true }
+        guard readsRedis else {
+            flushDecisionCounts()
+            return true
+        }
         return await refresh(work.withLock { Array($0.known) })
     }
 
@@ -481,6 +485,8 @@ public final class FeatureGate: Service, Sendable {
                 return
             }
             noteAge()
+            // Also while push invalidation makes full refreshes rare: the counts stay current.
+            flushDecisionCounts()
             let sinceFull = clock.nanoseconds() - work.withLock { $0.lastFullRequest }
             if !pushConnected.load(ordering: .relaxed) || sinceFull >= configuration.fullRefreshInterval.wholeNanoseconds {
                 request(all: true)
@@ -741,8 +747,9 @@ public final class FeatureGate: Service, Sendable {
         }
     }
 
-    /// Moves the decision counts of the hot path (striped counters) into swift-metrics
-    /// counters; done at every refresh, so the metric lags by at most one refresh interval.
+    /// Moves the decision counts and recorded requests of the hot path (striped counters) into
+    /// swift-metrics; done every refresh interval and at each refresh, so the metrics lag by
+    /// at most one refresh interval.
     private func flushDecisionCounts() {
         for tally in tallies.withLock({ Array($0.values) }) { tally.flush() }
     }
@@ -872,7 +879,7 @@ final class Entry: Sendable {
         } else {
             decision = Decision(isOn: false, reason: .staleSnapshot)
         }
-        if let stripe { tally.decisions.count(isOn: decision.isOn, stripe: stripe) }
+        if let stripe { tally.decisions.add(to: decision.isOn ? 0 : 1, stripe: stripe) }
         return decision
     }
 
@@ -881,30 +888,69 @@ final class Entry: Sendable {
     func isOn(for subject: Subject, freshness: Decision.Freshness?, stripe: Int) -> Bool {
         let isOn = freshness != nil && invalidKey == nil
             && state.rule(for: subject, overridden: overrideVariable != nil, percentOverride: nil).isOn
-        tally.decisions.count(isOn: isOn, stripe: stripe)
+        tally.decisions.add(to: isOn ? 0 : 1, stripe: stripe)
         return isOn
     }
 }
 
 /// Decisions counted on the hot path in striped cells, flushed into swift-metrics counters by
-/// the refresher (a metrics backend call per check would cost more than the hash).
+/// the refresher (a metrics backend call per check would cost more than the hash); and the
+/// feature's cohort recorder, made at its first ``FeatureHandle/record(_:failed:duration:)``.
 final class Tally: Sendable {
-    let decisions = StripedTally()
+    /// Decisions: on (0), off (1).
+    let decisions = StripedCounts(width: 2)
     /// `ROLLOUT_<FEATURE>_ENABLED`, computed once.
     let variableName: String
+    private let feature: FeatureName
     private let onCounter: Counter
     private let offCounter: Counter
+    // The cohort recorder's address, 0 until the first record; +1 retained, released in deinit.
+    private let cohortAddress = Atomic<UInt>(0)
 
     init(feature: FeatureName) {
+        self.feature = feature
         variableName = feature.overrideVariable
         onCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "on")])
         offCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "off")])
     }
 
+    deinit {
+        if let pointer = UnsafeRawPointer(bitPattern: cohortAddress.load(ordering: .acquiring)) {
+            Unmanaged<CohortTally>.fromOpaque(pointer).release()
+        }
+    }
+
+    /// Counts one request of a cohort; the recorder is made on the first.
+    @inline(__always)
+    func record(_ cohort: Cohort, failed: Bool, duration: Duration, stripe: Int) {
+        if let pointer = UnsafeRawPointer(bitPattern: cohortAddress.load(ordering: .acquiring)) {
+            Unmanaged<CohortTally>.fromOpaque(pointer)._withUnsafeGuaranteedRef {
+                $0.record(cohort, failed: failed, duration: duration, stripe: stripe)
+            }
+        } else {
+            makeCohorts().record(cohort, failed: failed, duration: duration, stripe: stripe)
+        }
+    }
+
+    @inline(never)
+    private func makeCohorts() -> CohortTally {
+        let made = CohortTally(feature: feature)
+        let address = UInt(bitPattern: Unmanaged.passRetained(made).toOpaque())
+        let (exchanged, original) = cohortAddress.compareExchange(expected: 0, desired: address, ordering: .acquiringAndReleasing)
+        if exchanged { return made }
+        // Another thread made it first: use that one (ours, never published, goes away).
+        Unmanaged.passUnretained(made).release()
+        guard let pointer = UnsafeRawPointer(bitPattern: original) else { return made }
+        return Unmanaged<CohortTally>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
     func flush() {
-        let (on, off) = decisions.take()
-        if on > 0 { onCounter.increment(by: Int(truncatingIfNeeded: on)) }
-        if off > 0 { offCounter.increment(by: Int(truncatingIfNeeded: off)) }
+        let counts = decisions.take()
+        if counts[0] > 0 { onCounter.increment(by: Int(truncatingIfNeeded: counts[0])) }
+        if counts[1] > 0 { offCounter.increment(by: Int(truncatingIfNeeded: counts[1])) }
+        if let pointer = UnsafeRawPointer(bitPattern: cohortAddress.load(ordering: .acquiring)) {
+            Unmanaged<CohortTally>.fromOpaque(pointer).takeUnretainedValue().flush()
+        }
     }
 }
 

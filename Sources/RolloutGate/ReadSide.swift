@@ -38,7 +38,7 @@ final class ReadSide: Sendable {
         private let before: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
         /// The epoch the current read started in; 0 when the thread is not reading.
         let active = Atomic<UInt64>(0)
-        /// Which stripe of a ``StripedTally`` this thread counts in: its own (below
+        /// Which stripe of a ``StripedCounts`` this thread counts in: its own (below
         /// ``ReadSide/stripes``), or the one all further threads share.
         let stripe: Int
         /// Whether a live thread owns this reader (an exited thread's reader is reused).
@@ -170,56 +170,63 @@ final class Retired: Sendable {
     }
 }
 
-/// A count of decisions split into per-thread cells on separate cache lines, so threads
-/// counting at once do not share a line, and read by the refresher.
+/// Counts split into per-thread cells on separate cache lines, so threads counting at once do
+/// not share a line, and read by the refresher: the decision tallies (2 counts: on, off) and
+/// the cohort recorder's (``CohortTally``).
 ///
 /// The first ``ReadSide/stripes`` stripes each have one writer, the thread whose reader owns
 /// that stripe (a reader serves one live thread at a time), so a count there is a plain load
 /// and store: no locked instruction on the hot path. Threads beyond those share the last
 /// stripe and add atomically. Cells only grow; ``take()`` reports what grew since its last call.
-final class StripedTally: @unchecked Sendable {
+final class StripedCounts: @unchecked Sendable {
     // @unchecked: `cells` is written only through the C atomic helpers (an owned stripe by its
     // one thread, the shared stripe by atomic adds), read with relaxed loads, and freed in
-    // deinit, when no check can reach this tally any more. `seen` is under its mutex.
+    // deinit, when no check can reach these counts any more. `seen` is under its mutex.
     private let cells: UnsafeMutableRawPointer
     private let ownedStripes: Int
+    /// How many counts each stripe holds.
+    let width: Int
+    /// Bytes from one stripe to the next: whole cache lines.
+    private let stride: Int
     private let seen: Mutex<[UInt64]>
     private static let lineBytes = 64
 
-    init() {
+    init(width: Int) {
+        self.width = width
         ownedStripes = ReadSide.shared.stripes
-        let bytes = (ownedStripes + 1) * Self.lineBytes
+        stride = (width * MemoryLayout<UInt64>.size + Self.lineBytes - 1) / Self.lineBytes * Self.lineBytes
+        let bytes = (ownedStripes + 1) * stride
         cells = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Self.lineBytes)
         cells.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-        seen = Mutex([UInt64](repeating: 0, count: 2 * (ownedStripes + 1)))
+        seen = Mutex([UInt64](repeating: 0, count: width * (ownedStripes + 1)))
     }
 
     deinit { cells.deallocate() }
 
-    /// Counts one decision in `stripe`'s cell.
+    /// Adds `amount` to count `index` (below ``width``) in `stripe`'s cells.
     @inline(__always)
-    func count(isOn: Bool, stripe: Int) {
-        let cell = (cells + stripe &* Self.lineBytes).assumingMemoryBound(to: UInt64.self)
+    func add(_ amount: UInt64 = 1, to index: Int, stripe: Int) {
+        let cell = (cells + stripe &* stride).assumingMemoryBound(to: UInt64.self) + index
         if stripe < ownedStripes {
-            CRolloutSync_bump_owned(isOn ? cell : cell + 1)
+            CRolloutSync_add_owned(cell, amount)
         } else {
-            CRolloutSync_add(isOn ? cell : cell + 1, 1)
+            CRolloutSync_add(cell, amount)
         }
     }
 
-    /// The decisions counted since the last call: (on, off).
-    func take() -> (on: UInt64, off: UInt64) {
+    /// What each count grew by since the last call, over all stripes.
+    func take() -> [UInt64] {
         seen.withLock { seen in
-            var on: UInt64 = 0
-            var off: UInt64 = 0
+            var grown = [UInt64](repeating: 0, count: width)
             for stripe in 0...ownedStripes {
-                let cell = (cells + stripe * Self.lineBytes).assumingMemoryBound(to: UInt64.self)
-                let (nowOn, nowOff) = (CRolloutSync_load(cell), CRolloutSync_load(cell + 1))
-                on &+= nowOn &- seen[2 * stripe]
-                off &+= nowOff &- seen[2 * stripe + 1]
-                (seen[2 * stripe], seen[2 * stripe + 1]) = (nowOn, nowOff)
+                let row = (cells + stripe * stride).assumingMemoryBound(to: UInt64.self)
+                for index in 0..<width {
+                    let now = CRolloutSync_load(row + index)
+                    grown[index] &+= now &- seen[stripe * width + index]
+                    seen[stripe * width + index] = now
+                }
             }
-            return (on, off)
+            return grown
         }
     }
 }

@@ -150,6 +150,26 @@ public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) 
     }
 }
 
+/// Runs `body(thread)` on `threads` threads of their own, all started before any begins (so
+/// they run at once, as request threads do), and awaits them all without holding a thread of
+/// the cooperative pool.
+public func onThreadsAtOnce(_ threads: Int, _ body: @escaping @Sendable (_ thread: Int) -> Void) async throws {
+    let started = DispatchSemaphore(value: 0)
+    let go = DispatchSemaphore(value: 0)
+    let done = DispatchSemaphore(value: 0)
+    for thread in 0..<threads {
+        Thread {
+            started.signal()
+            go.wait()
+            body(thread)
+            done.signal()
+        }.start()
+    }
+    try await offThePool { for _ in 0..<threads { started.wait() } }
+    for _ in 0..<threads { go.signal() }
+    try await offThePool { for _ in 0..<threads { done.wait() } }
+}
+
 /// Stops a released fixture's server (SIGTERM, then waits) and removes its directory on a
 /// thread of its own: a deinit never blocks the releasing thread, often one of the
 /// cooperative pool's two, while the server shuts down.

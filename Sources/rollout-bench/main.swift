@@ -228,6 +228,14 @@ func timeChecksInTurns(gate: FeatureGate, handle: FeatureHandle, iterations: Int
         ("FeatureHandle.isEnabled (cached, v2, 50%)", { index in
             if handle.isEnabled(for: subjects[index & 1023]) { digest &+= 1 }
         }),
+        ("FeatureHandle.decision (cached, v2, 50%)", { index in
+            if handle.decision(for: subjects[index & 1023]).isOn { digest &+= 1 }
+        }),
+        ("FeatureHandle.decision, then record(_:failed:duration:)", { index in
+            let decision = handle.decision(for: subjects[index & 1023])
+            handle.record(decision, failed: index & 63 == 0, duration: .milliseconds(index & 127))
+            if decision.isOn { digest &+= 1 }
+        }),
     ])
     if digest == 42 { print("") }
     return ratios
@@ -236,6 +244,7 @@ let rounds = 21
 print("\n== the same, timed in turns (\(rounds) rounds of \(iterations / 10); best round, and the median ratio to the SHA-256 of the same round)")
 let ratios = timeChecksInTurns(gate: gate, handle: handle, iterations: iterations / 10, rounds: rounds)
 print(String(format: "check by name / fast SHA-256 = %.2f (budget: at most 1.4), by handle = %.2f (budget: at most 1.2)", ratios[4], ratios[5]))
+print(String(format: "recording a request: decision + record / decision = %.2f (budget: at most 2, recording no dearer than the check)", ratios[7] / ratios[6]))
 
 print("\n== checks per second from several threads at once (best of 3; this machine has \(ProcessInfo.processInfo.activeProcessorCount) cores)")
 /// Checks per second when `threads` threads each run `perThread` checks of `body` at once.
@@ -270,6 +279,11 @@ let perThread = iterations
 for (label, check) in [
     ("by handle", { @Sendable (subject: Subject) in handle.isEnabled(for: subject) }),
     ("by name", { @Sendable (subject: Subject) in gate.isEnabled("google", for: subject) }),
+    ("decision + record, by handle", { @Sendable (subject: Subject) in
+        let decision = handle.decision(for: subject)
+        handle.record(decision, failed: false, duration: .milliseconds(20))
+        return decision.isOn
+    }),
 ] as [(String, @Sendable (Subject) -> Bool)] {
     let one = throughput(threads: 1, perThread: perThread, check)
     let two = throughput(threads: 2, perThread: perThread, check)

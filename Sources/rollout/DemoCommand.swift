@@ -1,6 +1,8 @@
 import ArgumentParser
 import Hummingbird
 import Logging
+import Metrics
+import Prometheus
 import RolloutDemo
 import RolloutGate
 
@@ -10,7 +12,9 @@ struct DemoServiceCommand: AsyncParsableCommand {
         abstract: "A demo service whose requests go through the gate, with Prometheus metrics on /metrics (scripts/quickstart.sh).",
         discussion: """
             GET /action?actor=ID answers through the gate; GET /metrics serves action_exec_total, \
-            action_error_total and action_latency_seconds; POST /faults?error_rate=0.3&latency=0.8 \
+            action_error_total and action_latency_seconds, and the gate's series, with each request \
+            recorded in its cohort (rollout_cohort_requests_total, rollout_cohort_failures_total, \
+            rollout_cohort_duration_seconds); POST /faults?error_rate=0.3&latency=0.8 \
             makes the new code path fail or slow down.
             """
     )
@@ -27,10 +31,13 @@ struct DemoServiceCommand: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
+        // Before the gate, whose metrics are made when it is.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         var configuration = FeatureGate.Configuration()
         configuration.refreshInterval = .seconds(1)
         let gate = FeatureGate(redisURL: try options.redisURL(), features: [name], configuration: configuration)
-        let demo = DemoService(feature: name, gate: gate)
+        let demo = DemoService(feature: name, gate: gate, registry: registry)
         let load = self.load
         let app = Application(
             router: demo.router(), configuration: .init(address: .hostname("127.0.0.1", port: port)), services: [gate],

@@ -31,6 +31,15 @@ struct DemoServiceTests {
         #expect(metrics.contains("# TYPE action_latency_seconds histogram"))
         #expect(metrics.contains("action_error_total{provider=\"demo\",path=\"new\"} 1"))
         #expect(metrics.contains("action_latency_seconds_bucket{provider=\"demo\",path=\"new\",le=\"+Inf\"}"))
+        // Each request recorded in its cohort by the gate (at 100%, all in "on"), flushed at
+        // the gate's refresh (every second here).
+        let recorded = await eventually(within: .seconds(30), every: .milliseconds(100)) {
+            let text = (try? await offThePool { try httpGet(port: port, path: "/metrics").1 }) ?? ""
+            return text.contains("rollout_cohort_failures_total{feature=\"demo\",cohort=\"on\"} 1")
+                && text.contains("rollout_cohort_duration_seconds_bucket{feature=\"demo\",cohort=\"on\",le=\"+Inf\"}")
+                && text.contains("rollout_cohort_duration_seconds_count{feature=\"demo\",cohort=\"on\"}")
+        }
+        #expect(recorded)
         // A kill switch moves requests back to the old path.
         _ = try await redis.send("SET", "flags:demo:enabled", "false")
         let old = await answers("old\n", port: port)

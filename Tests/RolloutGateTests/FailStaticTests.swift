@@ -283,25 +283,14 @@ struct CheckSafetyTests {
             // (atomic adds). 80 threads at once use both kinds, on any machine.
             let threads = 80
             let checksPerThread = 2_000
-            let started = DispatchSemaphore(value: 0)
-            let go = DispatchSemaphore(value: 0)
-            let done = DispatchSemaphore(value: 0)
-            for thread in 0..<threads {
-                Thread {
-                    started.signal()
-                    go.wait()
-                    for index in 0..<checksPerThread {
-                        let subject = Subject(id: "user-\(thread)-\(index)")
-                        _ = index % 2 == 0 ? gate.isEnabled("google", for: subject) : google.isEnabled(for: subject)
-                    }
-                    _ = gate.isEnabled("google", for: Subject(id: ""))  // anonymous: on at 100%
-                    _ = google.decision(for: Subject(id: "x"), atPercent: .zero)  // a preview: not counted
-                    done.signal()
-                }.start()
+            try await onThreadsAtOnce(threads) { thread in
+                for index in 0..<checksPerThread {
+                    let subject = Subject(id: "user-\(thread)-\(index)")
+                    _ = index % 2 == 0 ? gate.isEnabled("google", for: subject) : google.isEnabled(for: subject)
+                }
+                _ = gate.isEnabled("google", for: Subject(id: ""))  // anonymous: on at 100%
+                _ = google.decision(for: Subject(id: "x"), atPercent: .zero)  // a preview: not counted
             }
-            try await offThePool { for _ in 0..<threads { started.wait() } }
-            for _ in 0..<threads { go.signal() }
-            try await offThePool { for _ in 0..<threads { done.wait() } }
             #expect(await gate.refresh())  // counts reach swift-metrics at each refresh
             let on = try metrics.expectCounter("rollout_gate_decisions_total", [("feature", "google"), ("result", "on")])
             #expect(on.totalValue == threads * (checksPerThread + 1))

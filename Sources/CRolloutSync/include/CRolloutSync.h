@@ -19,10 +19,10 @@ static inline void CRolloutSync_compiler_barrier(void) { __asm__ __volatile__(""
 /// Adds `amount` to `*cell` atomically, with no ordering (a counter).
 static inline void CRolloutSync_add(uint64_t *cell, uint64_t amount) { __atomic_fetch_add(cell, amount, __ATOMIC_RELAXED); }
 
-/// Adds 1 to a cell only the calling thread writes: a load and a store, no locked
+/// Adds `amount` to a cell only the calling thread writes: a load and a store, no locked
 /// instruction (other threads may read it meanwhile and see the old or the new value).
-static inline void CRolloutSync_bump_owned(uint64_t *cell) {
-    __atomic_store_n(cell, __atomic_load_n(cell, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+static inline void CRolloutSync_add_owned(uint64_t *cell, uint64_t amount) {
+    __atomic_store_n(cell, __atomic_load_n(cell, __ATOMIC_RELAXED) + amount, __ATOMIC_RELAXED);
 }
 
 /// Reads `*cell` with no ordering (never a torn value).

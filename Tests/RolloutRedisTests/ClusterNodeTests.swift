@@ -46,6 +46,28 @@ struct ClusterNodeTests {
         #expect(error?.message.hasPrefix("\(node.unixSocketPath) is a Redis Cluster node") == true)
     }
 
+    /// Sentinels are not asked their mode: a connection made as to a sentinel takes the cluster
+    /// node as it is, one made as to a data node refuses it.
+    @Test func connectionsToSentinelsDoNotAskTheMode() async throws {
+        let node = try await RedisServer.startClusterNode()
+        let url = node.url()
+        let asSentinel = try await offThePool { () throws -> String? in
+            let connection = try RedisConnection(url: url, connectTimeout: .seconds(2), commandTimeout: .seconds(2), peer: .sentinel)
+            defer { connection.close() }
+            return try connection.send([RedisCommand("PING")]).first?.string
+        }
+        #expect(asSentinel == "PONG")
+        let asDataNode = try await offThePool { () -> RedisError.Code? in
+            do throws(RedisError) {
+                _ = try RedisConnection(url: url, connectTimeout: .seconds(2), commandTimeout: .seconds(2))
+                return nil
+            } catch {
+                return error.code
+            }
+        }
+        #expect(asDataNode == .clusterNode)
+    }
+
     /// AUTH, HELLO and SELECT in one round trip against a standalone server.
     @Test func aStandaloneServerConnectsWithPasswordAndDatabase() async throws {
         let server = try await RedisServer.start(arguments: ["--requirepass", "s3cret-pass"])

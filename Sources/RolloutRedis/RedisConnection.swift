@@ -88,7 +88,7 @@ final class RedisConnection {
     }
 
     /// The server's address for messages: `host:port` (`[v6]:port`) or the socket path; never a secret.
-    var address: String {
+    private var address: String {
         switch url.endpoint {
         case .tcp(let host, let port): return (host.contains(":") ? "[\(host)]" : host) + ":\(port)"
         case .unix(let path): return path

@@ -44,7 +44,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let io = Code(.io)
         /// The client was closed by its owner.
         public static let clientClosed = Code(.clientClosed)
-        /// The server is a Redis Cluster node (its HELLO says `mode cluster`); nothing was sent.
+        /// The server is a Redis Cluster node (its HELLO says `mode cluster`): refused at connect,
+        /// before any of the caller's commands was sent.
         public static let clusterNode = Code(.clusterNode)
 
         public var description: String { base.rawValue }
@@ -74,7 +75,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
                 "Redis refused authentication\(where_): \(text). Check the user and password in the Redis URL.",
                 serverErrorPrefix: prefix)
         case "MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN":
-            // Only a cluster sends these: a Redis before 6, without HELLO, passes the connect check.
+            // Only a cluster sends these. The connect refuses one it can tell (HELLO's mode); these
+            // come from one it could not (a Redis before 6 has no HELLO).
             return RedisError(
                 .serverError, "Redis answered with a Redis Cluster error\(where_): \(text). \(clusterAdvice)", serverErrorPrefix: prefix)
         default:

@@ -2,11 +2,12 @@
 # Reproduces the figures in docs/performance.md: builds in release mode, starts its own
 # redis-server on a free loopback port, runs the benchmarks, compares `rollout check
 # --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
-# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet|serve
+# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet|failover|hello|serve
 # runs one section (the controller section doubles as the release-build smoke run; fleet, about
 # 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server;
 # failover, about 1 minute, runs only when asked for: a Sentinel topology per round, its primary
-# SIGKILLed, BENCH_FAILOVER_ROUNDS=8 rounds, BENCH_FAILOVER_THREADS=1 checking thread).
+# SIGKILLed, BENCH_FAILOVER_ROUNDS=8 rounds, BENCH_FAILOVER_THREADS=1 checking thread; hello,
+# a few seconds, runs only when asked for: what HELLO 2 adds to a connect).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -16,6 +17,14 @@ ensure_packages libhiredis-dev libssl-dev redis-server redis-tools gcc
 
 start_local_redis
 url="redis://127.0.0.1:$port"
+
+# HELLO's cost is measured on raw sockets: no build needed.
+if [ "${BENCH_ONLY:-}" = "hello" ]; then
+  echo "== HELLO 2 in the connect: one connect (TCP, handshake, first PING), ${BENCH_HELLO_CONNECTS:-3000} of each, medians"
+  ensure_packages python3
+  python3 scripts/bench/hello_cost.py "$port" "${BENCH_HELLO_CONNECTS:-3000}"
+  exit 0
+fi
 
 echo "==> building (release)"
 swift build -c release --product rollout 2>&1 | tail -n 1

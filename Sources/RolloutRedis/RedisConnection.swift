@@ -9,7 +9,14 @@ final class RedisConnection {
     private let reader: RESPReader
     private let buffer: UnsafeMutableRawBufferPointer
 
-    init(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration) throws(RedisError) {
+    /// What is at the other end: a data node is asked its mode at connect (a Redis Cluster
+    /// node is refused); a sentinel is not asked.
+    enum Peer {
+        case dataNode
+        case sentinel
+    }
+
+    init(url: RedisURL, connectTimeout: Duration, commandTimeout: Duration, peer: Peer = .dataNode) throws(RedisError) {
         self.url = url
         self.commandTimeout = commandTimeout
         let deadline = ContinuousClock.now.advanced(by: connectTimeout)
@@ -22,7 +29,7 @@ final class RedisConnection {
         reader = try RESPReader()
         // Allocated last: once every stored property is set, a throwing init still runs deinit.
         buffer = .allocate(byteCount: 64 * 1024, alignment: 16)
-        try handshake()
+        try handshake(asksMode: peer == .dataNode)
     }
 
     deinit {
@@ -30,8 +37,12 @@ final class RedisConnection {
         buffer.deallocate()
     }
 
-    /// AUTH and SELECT, in one round trip.
-    private func handshake() throws(RedisError) {
+    /// AUTH, HELLO and SELECT, in one round trip. `HELLO 2` (which keeps RESP2, the protocol
+    /// hiredis 0.14 reads) tells the server's mode: a Redis Cluster node is refused here, with
+    /// advice, rather than failing later on MOVED or CROSSSLOT. HELLO is not a new way to fail:
+    /// a server that refuses it (a Redis before 6, a renamed command, NOAUTH when the URL has
+    /// no password) counts as not a cluster, and the connect goes on.
+    private func handshake(asksMode: Bool) throws(RedisError) {
         var commands: [RedisCommand] = []
         if let password = url.password {
             if let username = url.username {
@@ -40,20 +51,47 @@ final class RedisConnection {
                 commands.append(RedisCommand("AUTH", password))
             }
         }
+        if asksMode {
+            commands.append(RedisCommand("HELLO", "2"))
+        }
         if url.database != 0 {
             commands.append(RedisCommand("SELECT", String(url.database)))
         }
         guard !commands.isEmpty else { return }
         let replies = try send(commands)
+        // In command order: a refused AUTH explains the rest; a cluster node explains its
+        // refused SELECT ("SELECT is not allowed in cluster mode").
         for (command, reply) in zip(commands, replies) {
-            if case .error(let text) = reply {
-                if command.name == "AUTH" {
-                    throw RedisError(
-                        .authenticationFailed,
-                        "Redis refused authentication for \(url): \(text). Check the user and password in the Redis URL.")
-                }
+            switch (command.name, reply) {
+            case ("HELLO", _):
+                if Self.mode(inHello: reply) == "cluster" { throw RedisError.clusterNode(at: address) }
+            case ("AUTH", .error(let text)):
+                throw RedisError(
+                    .authenticationFailed,
+                    "Redis refused authentication for \(url): \(text). Check the user and password in the Redis URL.")
+            case (_, .error(let text)):
                 throw RedisError.fromServer(text, context: "selecting database \(url.database)")
+            default:
+                continue
             }
+        }
+    }
+
+    /// The `mode` field of a RESP2 HELLO reply (a flat list of field, value): `standalone`,
+    /// `sentinel` or `cluster`; nil for an error reply or a reply without it.
+    static func mode(inHello reply: RedisValue) -> String? {
+        guard let fields = reply.array else { return nil }
+        for index in stride(from: 0, to: fields.count - 1, by: 2) where fields[index].string == "mode" {
+            return fields[index + 1].string
+        }
+        return nil
+    }
+
+    /// The server's address for messages: `host:port` (`[v6]:port`) or the socket path; never a secret.
+    private var address: String {
+        switch url.endpoint {
+        case .tcp(let host, let port): return (host.contains(":") ? "[\(host)]" : host) + ":\(port)"
+        case .unix(let path): return path
         }
     }
 

@@ -15,6 +15,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
             case tls
             case io
             case clientClosed = "client_closed"
+            case clusterNode = "cluster_node"
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -43,6 +44,9 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let io = Code(.io)
         /// The client was closed by its owner.
         public static let clientClosed = Code(.clientClosed)
+        /// The server is a Redis Cluster node (its HELLO says `mode cluster`): refused at connect,
+        /// before any of the caller's commands was sent.
+        public static let clusterNode = Code(.clusterNode)
 
         public var description: String { base.rawValue }
     }
@@ -70,10 +74,25 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
                 .authenticationFailed,
                 "Redis refused authentication\(where_): \(text). Check the user and password in the Redis URL.",
                 serverErrorPrefix: prefix)
+        case "MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN":
+            // Only a cluster sends these. The connect refuses one it can tell (HELLO's mode); these
+            // come from one it could not (a Redis before 6 has no HELLO).
+            return RedisError(
+                .serverError, "Redis answered with a Redis Cluster error\(where_): \(text). \(clusterAdvice)", serverErrorPrefix: prefix)
         default:
             return RedisError(.serverError, "Redis answered with an error\(where_): \(text)", serverErrorPrefix: prefix)
         }
     }
+
+    /// The connect to `address` reached a Redis Cluster node.
+    package static func clusterNode(at address: String) -> RedisError {
+        RedisError(.clusterNode, "\(address) is a Redis Cluster node (HELLO says mode cluster). \(clusterAdvice)")
+    }
+
+    private static let clusterAdvice =
+        "rollout-gate needs a standalone primary or Sentinel, not Redis Cluster: point the Redis URL (--redis-url, REDIS_URL) at a "
+        + "standalone primary (redis://host:6379) or at its sentinels (redis-sentinel://host:26379#name). "
+        + "See docs/operations.md, \"Why not Redis Cluster\"."
 
     /// Whether the connection that produced this error can no longer be trusted.
     package var breaksConnection: Bool {

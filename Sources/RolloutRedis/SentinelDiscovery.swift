@@ -119,7 +119,7 @@ struct SentinelDiscovery {
     private func ask(_ address: RedisURL.Sentinel.Address) throws(RedisError) -> [RedisURL.Sentinel.Address] {
         let sentinelURL = RedisURL(
             endpoint: .tcp(host: address.host, port: address.port), username: sentinel.username, password: sentinel.password, tls: url.tls)
-        let connection = try RedisConnection(url: sentinelURL, connectTimeout: connectTimeout, commandTimeout: connectTimeout)
+        let connection = try RedisConnection(url: sentinelURL, connectTimeout: connectTimeout, commandTimeout: connectTimeout, peer: .sentinel)
         defer { connection.close() }
         if wantsReplica {
             let reply = try connection.send([RedisCommand("SENTINEL", "replicas", sentinel.primaryName)]).first ?? .null

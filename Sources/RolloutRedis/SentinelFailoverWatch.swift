@@ -55,7 +55,7 @@ final class SentinelFailoverWatch: Sendable {
         let sentinelURL = RedisURL(
             endpoint: .tcp(host: address.host, port: address.port), username: sentinel.username, password: sentinel.password, tls: url.tls)
         do throws(RedisError) {
-            let connection = try RedisConnection(url: sentinelURL, connectTimeout: connectTimeout, commandTimeout: connectTimeout)
+            let connection = try RedisConnection(url: sentinelURL, connectTimeout: connectTimeout, commandTimeout: connectTimeout, peer: .sentinel)
             defer { connection.close() }
             try connection.write([RedisCommand("SUBSCRIBE", "+switch-master")])
             while !isEnded {

@@ -207,6 +207,16 @@ public final class RedisServer: @unchecked Sendable {
         }
     }
 
+    /// A redis-server in cluster mode, one node and no slots assigned: it answers HELLO with
+    /// `mode cluster` and every key command with CLUSTERDOWN. Its nodes.conf lives in its own
+    /// directory (`--dir`).
+    public static func startClusterNode(arguments: [String] = []) async throws -> RedisServer {
+        try await start(arguments: clusterNodeArguments + arguments)
+    }
+
+    /// The arguments that make a server a cluster node (for fixtures that take arguments).
+    public static let clusterNodeArguments = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+
     /// Released: stopped and its directory removed in the background (``stopInBackground(_:removing:)``).
     deinit { stopInBackground(lock.withLock { self.process }, removing: directory) }
 

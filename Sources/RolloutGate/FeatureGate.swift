@@ -123,11 +123,12 @@ public final class FeatureGate: Service, Sendable {
         self.configuration = configuration
         self.logger = logger
         self.readsRedis = true
-        self.clock = GateClock(clock)
+        let gateClock = GateClock(clock)
+        self.clock = gateClock
         self.redis = RedisClient(
             url: redisURL, connectTimeout: configuration.connectTimeout, commandTimeout: configuration.commandTimeout, reader: readerAffinity)
         self.snapshotWriter = configuration.snapshotFile.flatMap {
-            configuration.writesSnapshotFile ? SnapshotFileWriter(path: $0, logger: logger) : nil
+            configuration.writesSnapshotFile ? SnapshotFileWriter(path: $0, logger: logger, clock: gateClock) : nil
         }
         work.withLock { $0.known.formUnion(features.filter(\.isValid)) }
     }

@@ -110,16 +110,30 @@ final class SnapshotFileWriter: Sendable {
         var lastStart: Int64 = .min
         var failing = false
         var waiter: AsyncStream<Void>.Continuation?
+        /// The snapshot of a change that came while a write was in flight, for the end of that
+        /// write to start when no ``run(clock:snapshot:)`` is there to do it.
+        var latest: FlagSnapshot?
     }
 
-    init(path: String, logger: Logger) {
+    private let clock: GateClock
+
+    init(path: String, logger: Logger, clock: GateClock) {
         self.path = path
         self.logger = logger
+        self.clock = clock
     }
 
     /// Notes that the snapshot changed, and starts the write when it is due.
     func changed(now: Int64, snapshot: () -> FlagSnapshot) {
-        state.withLock { $0.pending = true }
+        let inFlight = state.withLock { state -> Bool in
+            state.pending = true
+            return state.writing
+        }
+        if inFlight {
+            // Rare: built only while a write is in flight.
+            let latest = snapshot()
+            state.withLock { $0.latest = latest }
+        }
         if flushIfDue(now: now, snapshot: snapshot) != nil {
             state.withLock { _ = $0.waiter?.yield() }
         }
@@ -137,6 +151,7 @@ final class SnapshotFileWriter: Sendable {
             state.pending = false
             state.writing = true
             state.lastStart = now
+            state.latest = nil
             return .write
         }
         switch step {
@@ -154,12 +169,12 @@ final class SnapshotFileWriter: Sendable {
     }
 
     private func finished(_ result: Result<Void, SnapshotError>) {
-        let (wasFailing, pending) = state.withLock { state -> (Bool, Bool) in
+        let (wasFailing, pending, waiter, latest) = state.withLock { state in
             defer {
                 state.writing = false
                 state.failing = (try? result.get()) == nil
             }
-            return (state.failing, state.pending)
+            return (state.failing, state.pending, state.waiter, state.latest)
         }
         switch result {
         case .failure(let error) where !wasFailing:
@@ -171,7 +186,14 @@ final class SnapshotFileWriter: Sendable {
         default:
             break
         }
-        if pending { state.withLock { _ = $0.waiter?.yield() } }
+        guard pending else { return }
+        if let waiter {
+            waiter.yield()
+        } else if let latest {
+            // No run() loop (a gate used through prepare() and refresh()): the change that
+            // came during the write is written now if due, else at the next change.
+            flushIfDue(now: clock.nanoseconds()) { latest }
+        }
     }
 
     /// Writes pending changes once they are due, until cancelled: run by ``FeatureGate/run()``.

@@ -153,11 +153,12 @@ let package = Package(
         ),
         // Benchmarks (scripts/bench.sh): plain timing loops over our modules. The failover mode
         // starts the tests' Sentinel topology (RolloutTestSupport), which only this
-        // executable and the test targets link: the shipped `rollout` never does.
+        // executable and the test targets link: the shipped `rollout` never does. The cohort
+        // mode simulates rollouts through RolloutController's cohort comparison.
         .executableTarget(
             name: "rollout-bench",
             dependencies: [
-                "RolloutGate", "RolloutRedis", "CRolloutCrypto", "RolloutTestSupport",
+                "RolloutGate", "RolloutRedis", "CRolloutCrypto", "RolloutTestSupport", "RolloutController",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -197,6 +198,8 @@ let package = Package(
                 "RolloutAdmin", "RolloutAudit", "RolloutController", "RolloutGate", "RolloutRedis", "RolloutTestSupport",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
+            // cohort_vectors.py: the reference values of CohortComparisonTests.
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -2,12 +2,14 @@
 # Reproduces the figures in docs/performance.md: builds in release mode, starts its own
 # redis-server on a free loopback port, runs the benchmarks, compares `rollout check
 # --actors-from` over 1,000,000 ids with a C program doing the same work, and counts heap
-# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet|failover|hello|serve
+# allocations per gate check. Stops what it started. BENCH_ONLY=gate|check|allocations|controller|fleet|failover|hello|serve|cohort
 # runs one section (the controller section doubles as the release-build smoke run; fleet, about
 # 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server;
 # failover, about 1 minute, runs only when asked for: a Sentinel topology per round, its primary
 # SIGKILLed, BENCH_FAILOVER_ROUNDS=8 rounds, BENCH_FAILOVER_THREADS=1 checking thread; hello,
-# a few seconds, runs only when asked for: what HELLO 2 adds to a connect).
+# a few seconds, runs only when asked for: what HELLO 2 adds to a connect; cohort: the cohort
+# comparison's simulation, BENCH_COHORT_ROLLOUTS=2000 rollouts per scenario checked 144 times
+# each, seeded with BENCH_COHORT_SEED=13, no server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -94,6 +96,12 @@ failover_pid=$!
 trap 'kill -KILL -- "-$failover_pid" 2>/dev/null || true; stop_local_redis' EXIT INT TERM
 wait "$failover_pid"
 trap stop_local_redis EXIT INT TERM
+fi
+
+if want cohort; then
+echo
+echo "== the cohort comparison, simulated: false alarms, detection, an outside incident"
+"$bin/rollout-bench" --cohort "${BENCH_COHORT_ROLLOUTS:-2000}" "${BENCH_COHORT_SEED:-13}"
 fi
 
 if want controller; then

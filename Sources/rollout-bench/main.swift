@@ -3,6 +3,7 @@
 //   rollout-bench REDIS_URL [iterations]
 //   rollout-bench --checks N REDIS_URL   (N checks after one load; for valgrind's allocation count)
 //   rollout-bench --failover ROUNDS THREADS   (starts its own Sentinel topology: Failover.swift)
+//   rollout-bench --cohort ROLLOUTS SEED   (the cohort comparison's simulation: Cohort.swift)
 import CRolloutCrypto
 import Foundation
 import RolloutGate
@@ -67,6 +68,15 @@ let arguments = CommandLine.arguments
 if arguments.count == 4, arguments[1] == "--failover", let rounds = Int(arguments[2]), let threads = Int(arguments[3]), rounds > 0, threads > 0 {
     do {
         try await runFailoverBench(rounds: rounds, threads: threads)
+    } catch {
+        print("FAILED: \(error)")
+        exit(1)
+    }
+    exit(0)
+}
+if arguments.count == 4, arguments[1] == "--cohort", let rollouts = Int(arguments[2]), let seed = UInt64(arguments[3]), rollouts > 0 {
+    do {
+        try runCohortBench(rollouts: rollouts, seed: seed)
     } catch {
         print("FAILED: \(error)")
         exit(1)

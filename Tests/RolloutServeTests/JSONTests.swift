@@ -1,4 +1,5 @@
 import Foundation
+import RolloutTestSupport
 @testable import RolloutServe
 import Testing
 
@@ -36,16 +37,7 @@ struct HandWrittenJSONTests {
     }
 
     /// A seeded generator: the same documents on every run.
-    private struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    private typealias SplitMix = SplitMix64
 
     private static let pieces = [
         "a", "user-1", "Zürich", "日本", "😀", " ", "\\\"", "\\\\", "\\/", "\\n", "\\t", "\\b", "\\f", "\\r", "\\u00e9", "\\u0000",

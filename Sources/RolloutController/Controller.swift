@@ -219,7 +219,9 @@ public struct Controller: Sendable {
 
     /// 3. Every query's answer put in `observation`; the failures, sorted, when any query failed.
     private func answers(_ feature: FeaturePolicy, into observation: inout Observation) async -> Result<Void, QueryFailures> {
-        let answers = await query(feature)
+        // The cohort checks count since the last change: the step's own evidence.
+        let window = observation.state.lastChangeTime.map { now().duration(since: $0) }
+        let answers = await query(feature, cohortWindow: window)
         guard answers.failures.isEmpty else { return .failure(QueryFailures(failures: answers.failures)) }
         for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }
         for check in feature.burnRateChecks {
@@ -228,6 +230,16 @@ public struct Controller: Sendable {
             observation.windowValues[check.name] = ratios
         }
         if feature.minRequests != nil { observation.requests = .some(answers.values[.minRequests] ?? nil) }
+        if window != nil {
+            for check in feature.cohortChecks {
+                func value(_ cohort: Cohort, failures: Bool) -> Double? {
+                    answers.values[.cohort(check: check.name, cohort, failures: failures)] ?? nil
+                }
+                observation.cohortAnswers[check.name] = CohortAnswers(
+                    onFailures: value(.on, failures: true), onRequests: value(.on, failures: false),
+                    offFailures: value(.off, failures: true), offRequests: value(.off, failures: false))
+            }
+        }
         return .success(())
     }
 
@@ -450,12 +462,12 @@ public struct Controller: Sendable {
 
     /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
     /// phase's deadline, well inside the lock's TTL; the failures sorted by name.
-    private func query(_ feature: FeaturePolicy) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
+    private func query(_ feature: FeaturePolicy, cohortWindow: Duration?) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
         let deadline = budget.prometheusDeadline()
         var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
         var failures: [String] = []
         await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<Double?, PrometheusError>).self) { group in
-            for query in feature.queries {
+            for query in feature.queries(cohortWindow: cohortWindow) {
                 group.addTask {
                     let result: Result<Double?, PrometheusError>
                     do throws(PrometheusError) {

@@ -14,6 +14,9 @@ public struct Observation: Sendable, Hashable {
     public var requests: Double??
     /// Each burn-rate check's error ratio per window; nil for no data.
     public var windowValues: [String: [Duration: Double?]] = [:]
+    /// Each cohort check's four counts since the last change (absent: not queried, as before
+    /// any recorded change).
+    public var cohortAnswers: [String: CohortAnswers] = [:]
     /// Consecutive violating runs before this one, by check outcome name (`flags:<f>:streaks`).
     public var streaks: [String: Int] = [:]
     /// The guard lock, if the feature has one (`flags:<f>:guard`).
@@ -60,6 +63,9 @@ public struct Verdict: Sendable, Hashable {
         /// rate never is). A broken query or exporter, not evidence: no promotion, no rollback.
         case invalidData = "invalid_data"
         case insufficientSample = "insufficient_sample"
+        /// A cohort check cannot tell yet whether the feature's cohort is worse: its interval
+        /// straddles max_regression. No promotion, no rollback; more traffic decides.
+        case insufficientEvidence = "insufficient_evidence"
         case promUnreachable = "prom_unreachable"
         case concurrentChange = "concurrent_change"
         case locked
@@ -108,6 +114,8 @@ public struct Verdict: Sendable, Hashable {
             case noData = "no_data"
             /// A negative value: not judged against the bound, and never healthy.
             case invalidData = "invalid_data"
+            /// A cohort check whose interval straddles max_regression: never healthy.
+            case inconclusive
         }
     }
 
@@ -210,6 +218,27 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
                 limit: "burn \(format(pair.factor))x")
         }
     }
+    // Cohort checks: the interval against max_regression (CohortComparison), since the last change.
+    var cohortSummaries: [String: String] = [:]
+    for check in policy.cohortChecks {
+        let limit = "max_regression \(check.comparison.maxRegression)"
+        guard let answers = observation.cohortAnswers[check.name] else {
+            judge(check.name, nil, invalid: false, violated: { _ in false }, action: check.onViolation, consecutive: check.consecutive, limit: limit)
+            continue
+        }
+        if let negative = answers.negative {
+            judge(check.name, negative, invalid: true, violated: { _ in false }, action: check.onViolation, consecutive: check.consecutive, limit: limit)
+            continue
+        }
+        let judged = check.judge(answers)
+        cohortSummaries[check.name] = judged.summary(of: check)
+        var isRegression = false
+        if case .regression = judged { isRegression = true }
+        judge(
+            check.name, judged.estimate, invalid: false, violated: { _ in isRegression }, action: check.onViolation,
+            consecutive: check.consecutive, limit: limit)
+        if case .inconclusive = judged, let last = verdict.checks.indices.last { verdict.checks[last].status = .inconclusive }
+    }
     // Alert checks report only; a burning error budget is always worth an alert too.
     verdict.alerts = verdict.checks.filter { $0.status == .violated && ($0.onViolation == .alert || burnNames.contains($0.name)) }.map(\.name)
     // Names are unique (the policy refuses duplicates); never trap on one all the same.
@@ -245,7 +274,8 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     // 5. Rollback first: it never waits for dwell, cooldown, a guard or a freeze.
     let rollbackViolations = verdict.checks.filter { $0.status == .violated && $0.onViolation == .rollback }
     if !rollbackViolations.isEmpty {
-        let names = rollbackViolations.map { "\($0.name)=\(format($0.value))" }.joined(separator: ", ")
+        let names = rollbackViolations.map { "\($0.name)=\(format($0.value))\(cohortSummaries[$0.name].map { " (\($0))" } ?? "")" }
+            .joined(separator: ", ")
         let target = policy.rollbackTarget(from: current, lastGood: observation.lastGood)
         if target < current {
             verdict.action = .rollback(to: target)
@@ -266,9 +296,15 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     }
 
     // 4. No data is never healthy.
-    let missing = verdict.checks.filter { $0.status == .noData }.map(\.name)
+    let missing = verdict.checks.filter { $0.status == .noData }.map { check in
+        cohortSummaries[check.name].map { "\(check.name) (\($0))" } ?? check.name
+    }
     if !missing.isEmpty {
         return hold(.noData, "no data for \(missing.joined(separator: ", ")): no promotion without evidence")
+    }
+    let inconclusive = verdict.checks.filter { $0.status == .inconclusive }.map { "\($0.name): \(cohortSummaries[$0.name] ?? "inconclusive")" }
+    if !inconclusive.isEmpty {
+        return hold(.insufficientEvidence, "\(inconclusive.joined(separator: "; ")); no promotion until the evidence decides")
     }
     let holds = verdict.checks.filter { $0.status == .violated && $0.onViolation == .hold }
     if !holds.isEmpty {

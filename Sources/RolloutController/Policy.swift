@@ -148,6 +148,8 @@ public struct FeaturePolicy: Sendable, Hashable {
     public var checks: [Check]
     /// The error-budget checks (`type: burn_rate`), all run for every decision.
     public var burnRateChecks: [BurnRateCheck]
+    /// The cohort comparisons (`type: cohort`), all run for every decision.
+    public var cohortChecks: [CohortCheck]
     /// After a rollback, no promotion for this long (`flags:<f>:guard`, a key with a TTL).
     public var guardWindow: Duration
     /// The guard is released early once every check has had data and been healthy this long.
@@ -298,6 +300,7 @@ public struct FeaturePolicy: Sendable, Hashable {
         }
         checks = []
         burnRateChecks = []
+        cohortChecks = []
         if let node = mapping["checks"], let sequence = reader.sequence(node, at: "\(at).checks") {
             var names = Set<String>()
             for (index, item) in sequence.enumerated() {
@@ -314,8 +317,10 @@ public struct FeaturePolicy: Sendable, Hashable {
                     if let check = Check(item, at: place, reader: &reader) { checks.append(check) }
                 case "burn_rate":
                     if let check = BurnRateCheck(item, at: place, reader: &reader) { burnRateChecks.append(check) }
+                case "cohort":
+                    if let check = CohortCheck(item, at: place, feature: feature, reader: &reader) { cohortChecks.append(check) }
                 default:
-                    reader.fail("\(place).type", "is \"\(type)\"; write threshold (the default) or burn_rate")
+                    reader.fail("\(place).type", "is \"\(type)\"; write threshold (the default), burn_rate or cohort")
                 }
             }
             if sequence.isEmpty { reader.fail("\(at).checks", "is empty: without a check the controller has no evidence and never promotes") }
@@ -332,7 +337,8 @@ public struct FeaturePolicy: Sendable, Hashable {
         freeze = mapping["freeze"].flatMap { reader.freezeWindows($0, at: "\(at).freeze") } ?? []
         // Each check outcome is named once: threshold checks by name, burn-rate pairs as name[long/short].
         var outcomes = Set<String>()
-        let outcomeNames = checks.map(\.name) + burnRateChecks.flatMap { check in check.windows.map(check.outcomeName) }
+        let outcomeNames =
+            checks.map(\.name) + burnRateChecks.flatMap { check in check.windows.map(check.outcomeName) } + cohortChecks.map(\.name)
         for name in outcomeNames where !outcomes.insert(name).inserted {
             reader.fail("\(at).checks", "name \(name) twice: two checks or two window pairs with the same windows; each must be distinct")
         }
@@ -370,6 +376,8 @@ public struct FeaturePolicy: Sendable, Hashable {
             case window(check: String, Duration)
             /// The traffic floor.
             case minRequests
+            /// One of a cohort check's four counts: a cohort's failures or requests.
+            case cohort(check: String, Cohort, failures: Bool)
         }
 
         /// What the answer is for; keys the answers, so no check name can collide with another query.
@@ -381,9 +389,23 @@ public struct FeaturePolicy: Sendable, Hashable {
     }
 
     /// Every query an evaluation sends: the threshold checks, each window of each burn-rate
-    /// check once, and the traffic floor.
-    public var queries: [Query] {
+    /// check once, the traffic floor, and each cohort check's four counts over `cohortWindow`
+    /// (the time since the feature's last change; nil sends none: no change recorded yet).
+    public func queries(cohortWindow: Duration?) -> [Query] {
         var queries = checks.map { Query(purpose: .check($0.name), label: $0.name, query: $0.query) }
+        if let cohortWindow {
+            for check in cohortChecks {
+                for cohort in Cohort.allCases {
+                    for (failures, template) in [(true, check.failures), (false, check.requests)] {
+                        queries.append(
+                            Query(
+                                purpose: .cohort(check: check.name, cohort, failures: failures),
+                                label: "\(check.name)[\(cohort) \(failures ? "failures" : "requests")]",
+                                query: CohortCheck.query(template, cohort: cohort, window: cohortWindow)))
+                    }
+                }
+            }
+        }
         for check in burnRateChecks {
             for window in check.distinctWindows {
                 queries.append(

@@ -105,7 +105,7 @@ struct ControllerCommand: AsyncParsableCommand {
 
         func run() async throws {
             let policy = try await policyOptions.load()
-            let queries = policy.features.flatMap { feature in feature.queries.map { ("\(feature.feature).\($0.label)", $0.query) } }
+            let queries = policy.features.flatMap { feature in feature.queries(cohortWindow: .seconds(3600)).map { ("\(feature.feature).\($0.label)", $0.query) } }
             print("ok: \(policy.features.count) feature(s), \(queries.count) quer\(queries.count == 1 ? "y" : "ies")")
             guard online else { return }
             let prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)

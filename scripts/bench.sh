@@ -7,7 +7,7 @@
 # 3 minutes, runs only when asked for: 200 gates x 1,000 features against one redis-server;
 # failover, about 1 minute, runs only when asked for: a Sentinel topology per round, its primary
 # SIGKILLed, BENCH_FAILOVER_ROUNDS=8 rounds, BENCH_FAILOVER_THREADS=1 checking thread;
-# cohort: the cohort comparison's simulation, BENCH_COHORT_ROLLOUTS=2000 rollouts per scenario
+# cohort: the cohort comparison's simulation, BENCH_COHORT_ROLLOUTS=10000 rollouts per scenario
 # checked 144 times each, seeded with BENCH_COHORT_SEED=13, no server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,7 +92,7 @@ fi
 if want cohort; then
 echo
 echo "== the cohort comparison, simulated: false alarms, detection, an outside incident"
-"$bin/rollout-bench" --cohort "${BENCH_COHORT_ROLLOUTS:-2000}" "${BENCH_COHORT_SEED:-13}"
+"$bin/rollout-bench" --cohort "${BENCH_COHORT_ROLLOUTS:-10000}" "${BENCH_COHORT_SEED:-13}"
 fi
 
 if want controller; then

@@ -171,8 +171,8 @@ public enum CohortVerdict: Sendable, Hashable {
     case inconclusive(CohortInterval, needs: CohortShortfall?)
 }
 
-/// The settings of a cohort comparison, checked once; ``judge(on:off:)-(CohortCounts,_)`` and
-/// ``judge(on:off:)-(CohortMeans,_)`` apply them.
+/// The settings of a cohort comparison, checked once; its two `judge(on:off:)` methods, for
+/// ratios and for means, apply them.
 public struct CohortComparison: Sendable, Hashable {
     public let maxRegression: MaxRegression
     /// The false-alarm rate over all runs together, in (0, 1).
@@ -235,8 +235,10 @@ public struct CohortComparison: Sendable, Hashable {
 
     /// The comparison of two means, sum / count (a latency from a histogram).
     public func judge(on: CohortMeans, off: CohortMeans) -> CohortVerdict {
-        let onCount = Self.clean(on.count)
-        let offCount = Self.clean(off.count)
+        // A sum that is not finite leaves nothing to compare: as no data.
+        let sums = [on.sum, on.sumOfSquares, off.sum, off.sumOfSquares]
+        let onCount = sums.allSatisfy(\.isFinite) ? Self.clean(on.count) : 0
+        let offCount = sums.allSatisfy(\.isFinite) ? Self.clean(off.count) : 0
         guard onCount >= Double(minRequests), offCount >= Double(minRequests) else {
             return .noData(on: onCount, off: offCount)
         }

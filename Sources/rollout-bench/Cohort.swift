@@ -11,53 +11,10 @@
 // two-proportion z-test on the same counts at each check, and a service-wide fixed threshold
 // (failure ratio over the last 10 minutes above 2%). The draws come from RolloutTestSupport's
 // SplitMix64, seeded per scenario and rollout, so that a rollout's draws depend only on the seed
-// and its index.
+// and its index; its binomial draws are exact (SplitMix64.binomial).
 import Foundation
 import RolloutController
 import RolloutTestSupport
-
-extension SplitMix64 {
-    /// Uniform in [0, 1), 53 random bits.
-    mutating func uniform() -> Double {
-        Double(next() >> 11) * 0x1p-53
-    }
-
-    /// An exact Binomial(n, p) draw by inversion, searching outwards from the mode (each step
-    /// takes the next probability from the last by the ratio of binomial terms): about
-    /// sqrt(n p (1 - p)) steps, and no underflow where (1 - p)^n is below the smallest double.
-    mutating func binomial(_ n: Int, _ p: Double) -> Int {
-        if n <= 0 || p <= 0 { return 0 }
-        if p >= 1 { return n }
-        let q = 1 - p
-        let mode = min(n, Int(Double(n + 1) * p))
-        let atMode = exp(
-            lgamma(Double(n + 1)) - lgamma(Double(mode + 1)) - lgamma(Double(n - mode + 1)) + Double(mode) * log(p)
-                + Double(n - mode) * log(q))
-        var u = uniform() - atMode
-        if u <= 0 { return mode }
-        let odds = p / q
-        var low = mode
-        var high = mode
-        var lowProbability = atMode
-        var highProbability = atMode
-        while low > 0 || high < n {
-            if low > 0 {
-                lowProbability *= Double(low) / Double(n - low + 1) / odds
-                low -= 1
-                u -= lowProbability
-                if u <= 0 { return low }
-            }
-            if high < n {
-                highProbability *= Double(n - high) / Double(high + 1) * odds
-                high += 1
-                u -= highProbability
-                if u <= 0 { return high }
-            }
-        }
-        // What rounding left of the unit interval: the mode.
-        return mode
-    }
-}
 
 private struct CohortScenario {
     /// The share of requests in the feature's cohort.

@@ -8,7 +8,7 @@
 # failover, about 1 minute, runs only when asked for: a Sentinel topology per round, its primary
 # SIGKILLed, BENCH_FAILOVER_ROUNDS=8 rounds, BENCH_FAILOVER_THREADS=1 checking thread; hello,
 # a few seconds, runs only when asked for: what HELLO 2 adds to a connect; cohort: the cohort
-# comparison's simulation, BENCH_COHORT_ROLLOUTS=2000 rollouts per scenario checked 144 times
+# comparison's simulation, BENCH_COHORT_ROLLOUTS=10000 rollouts per scenario checked 144 times
 # each, seeded with BENCH_COHORT_SEED=13, no server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,7 +101,7 @@ fi
 if want cohort; then
 echo
 echo "== the cohort comparison, simulated: false alarms, detection, an outside incident"
-"$bin/rollout-bench" --cohort "${BENCH_COHORT_ROLLOUTS:-2000}" "${BENCH_COHORT_SEED:-13}"
+"$bin/rollout-bench" --cohort "${BENCH_COHORT_ROLLOUTS:-10000}" "${BENCH_COHORT_SEED:-13}"
 fi
 
 if want controller; then

@@ -94,6 +94,7 @@ public enum MaxRegression: Sendable, Hashable, CustomStringConvertible {
         return Double(text)
     }
 
+    /// The threshold as a policy writes it: `0.5pp`, `20%`, `50ms`.
     public var description: String {
         switch self {
         case .ratio(let value): "\(Self.format(value * 100))pp"
@@ -126,6 +127,7 @@ extension Character {
 
 /// A setting of the cohort comparison that cannot be used, with what to write instead.
 public struct CohortComparisonError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What is wrong and what to write instead.
     public let message: String
 
     init(_ message: String) {
@@ -140,9 +142,10 @@ public struct CohortComparisonError: Error, Sendable, Hashable, CustomStringConv
 public struct CohortInterval: Sendable, Hashable {
     /// The estimate of on − factor·off.
     public let estimate: Double
-    /// The interval's bounds: it holds the true value at every run at once with probability
-    /// at least 1 − alpha (asymptotically).
+    /// The interval's lower bound. The interval holds the true value at every run at once with
+    /// probability at least 1 − alpha (asymptotically).
     public let lower: Double
+    /// The interval's upper bound.
     public let upper: Double
     /// What the interval is compared with: max_regression for an absolute one, 0 for a
     /// relative one.
@@ -154,7 +157,9 @@ public struct CohortInterval: Sendable, Hashable {
 /// More requests that each cohort roughly needs before the interval can leave the threshold,
 /// if the estimate and the variance stay where they are.
 public struct CohortShortfall: Sendable, Hashable {
+    /// More requests in the feature's cohort.
     public let on: Int
+    /// More requests in the rest.
     public let off: Int
 }
 
@@ -171,20 +176,22 @@ public enum CohortVerdict: Sendable, Hashable {
     case inconclusive(CohortInterval, needs: CohortShortfall?)
 }
 
-/// The settings of a cohort comparison, checked once; ``judge(on:off:)-(CohortCounts,_)`` and
-/// ``judge(on:off:)-(CohortMeans,_)`` apply them.
+/// The settings of a cohort comparison, checked once; its two `judge(on:off:)` methods, for
+/// ratios and for means, apply them.
 public struct CohortComparison: Sendable, Hashable {
+    /// How much worse the feature's cohort may be.
     public let maxRegression: MaxRegression
     /// The false-alarm rate over all runs together, in (0, 1).
     public let alpha: Double
     /// At least this many requests in each cohort before anything is concluded.
     public let minRequests: Int
     /// The total number of requests (both cohorts) at which the confidence sequence is tightest:
-    /// its tuning parameter (GrowthBook's "N*").
+    /// its tuning parameter (GrowthBook's "sequential tuning parameter").
     public let plannedRequests: Double
 
     /// 100,000 requests in both cohorts: about half an hour at 50 requests per second.
     public static let defaultPlannedRequests = 100_000.0
+    /// A 5% false-alarm rate.
     public static let defaultAlpha = 0.05
 
     public init(
@@ -235,8 +242,10 @@ public struct CohortComparison: Sendable, Hashable {
 
     /// The comparison of two means, sum / count (a latency from a histogram).
     public func judge(on: CohortMeans, off: CohortMeans) -> CohortVerdict {
-        let onCount = Self.clean(on.count)
-        let offCount = Self.clean(off.count)
+        // A sum that is not finite leaves nothing to compare: as no data.
+        let sums = [on.sum, on.sumOfSquares, off.sum, off.sumOfSquares]
+        let onCount = sums.allSatisfy(\.isFinite) ? Self.clean(on.count) : 0
+        let offCount = sums.allSatisfy(\.isFinite) ? Self.clean(off.count) : 0
         guard onCount >= Double(minRequests), offCount >= Double(minRequests) else {
             return .noData(on: onCount, off: offCount)
         }

@@ -1,82 +1,52 @@
 // The cohort comparison keeps its promises (issue 13 §3), `BENCH_ONLY=cohort scripts/bench.sh`:
 //   rollout-bench --cohort ROLLOUTS SEED
-// A seeded, reproducible simulation of ROLLOUTS rollouts of a feature at 10%, each checked every
-// 10 minutes for a day (144 checks), with 50 requests per second in all: each request lands in
-// the feature's cohort with probability 0.1 and fails with its cohort's probability (binomial
-// draws). Three scenarios: A/A (both cohorts fail 1% of requests), the feature's cohort failing
-// at twice that, and an outside incident raising both cohorts' failures tenfold for 30 minutes.
+// A seeded, reproducible simulation of ROLLOUTS rollouts per scenario, each checked every 10
+// minutes for a day (144 checks), with 50 requests per second in all: each request lands in the
+// feature's cohort with the rollout's share and fails with its cohort's probability (binomial
+// draws). The scenarios: A/A (both cohorts fail 1% of requests) at 10% and 1%, the feature's
+// cohort failing at twice that at 10%, 1%, 50% and 99%, at 1.25 times that at 10%, and an
+// outside incident raising both cohorts' failures tenfold for 30 minutes at 10%.
 // Four checks watch each rollout and roll it back at their first alarm: the cohort comparison
 // (CohortComparison, counts since the rollout began) at max_regression 0pp and 20%, a plain
 // two-proportion z-test on the same counts at each check, and a service-wide fixed threshold
 // (failure ratio over the last 10 minutes above 2%). The draws come from RolloutTestSupport's
 // SplitMix64, seeded per scenario and rollout, so that a rollout's draws depend only on the seed
-// and its index.
+// and its index; its binomial draws are exact (SplitMix64.binomial).
 import Foundation
 import RolloutController
 import RolloutTestSupport
 
-extension SplitMix64 {
-    /// Uniform in [0, 1), 53 random bits.
-    mutating func uniform() -> Double {
-        Double(next() >> 11) * 0x1p-53
-    }
+private struct CohortScenario {
+    /// The share of requests in the feature's cohort.
+    var rolloutShare: Double
+    /// The feature's cohort fails this many times as often as the rest.
+    var onFactor: Double
+    /// Both cohorts fail ten times as often during checks 37 to 39 (minutes 360 to 390).
+    var incident: Bool
 
-    /// An exact Binomial(n, p) draw by inversion, searching outwards from the mode (each step
-    /// takes the next probability from the last by the ratio of binomial terms): about
-    /// sqrt(n p (1 - p)) steps, and no underflow where (1 - p)^n is below the smallest double.
-    mutating func binomial(_ n: Int, _ p: Double) -> Int {
-        if n <= 0 || p <= 0 { return 0 }
-        if p >= 1 { return n }
-        let q = 1 - p
-        let mode = min(n, Int(Double(n + 1) * p))
-        let atMode = exp(
-            lgamma(Double(n + 1)) - lgamma(Double(mode + 1)) - lgamma(Double(n - mode + 1)) + Double(mode) * log(p)
-                + Double(n - mode) * log(q))
-        var u = uniform() - atMode
-        if u <= 0 { return mode }
-        let odds = p / q
-        var low = mode
-        var high = mode
-        var lowProbability = atMode
-        var highProbability = atMode
-        while low > 0 || high < n {
-            if low > 0 {
-                lowProbability *= Double(low) / Double(n - low + 1) / odds
-                low -= 1
-                u -= lowProbability
-                if u <= 0 { return low }
-            }
-            if high < n {
-                highProbability *= Double(n - high) / Double(high + 1) * odds
-                high += 1
-                u -= highProbability
-                if u <= 0 { return high }
-            }
-        }
-        // What rounding left of the unit interval: the mode.
-        return mode
-    }
-}
-
-private enum CohortScenario: CaseIterable {
-    case aa, twiceOnCohort, outsideIncident
+    static let all = [
+        CohortScenario(rolloutShare: 0.1, onFactor: 1, incident: false),
+        CohortScenario(rolloutShare: 0.01, onFactor: 1, incident: false),
+        CohortScenario(rolloutShare: 0.1, onFactor: 2, incident: false),
+        CohortScenario(rolloutShare: 0.01, onFactor: 2, incident: false),
+        CohortScenario(rolloutShare: 0.5, onFactor: 2, incident: false),
+        CohortScenario(rolloutShare: 0.99, onFactor: 2, incident: false),
+        CohortScenario(rolloutShare: 0.1, onFactor: 1.25, incident: false),
+        CohortScenario(rolloutShare: 0.1, onFactor: 1, incident: true),
+    ]
 
     var label: String {
-        switch self {
-        case .aa: "A/A: both cohorts 1%"
-        case .twiceOnCohort: "feature's cohort 2%, the rest 1%"
-        case .outsideIncident: "both 10% for 30 min at 6 h, else 1%"
-        }
+        let share = "\(String(format: "%g", rolloutShare * 100))%"
+        if incident { return "\(share), both cohorts 10x for 30 min at 6 h" }
+        if onFactor == 1 { return "\(share), A/A" }
+        return "\(share), feature's cohort \(String(format: "%g", onFactor))x"
     }
 
     /// The failure probabilities of the on and off cohorts during check `index` (0-based; check
     /// `index` covers minutes 10·index to 10·index + 10).
     func failureProbabilities(check index: Int, base: Double) -> (on: Double, off: Double) {
-        switch self {
-        case .aa: (base, base)
-        case .twiceOnCohort: (2 * base, base)
-        case .outsideIncident: (36..<39).contains(index) ? (10 * base, 10 * base) : (base, base)
-        }
+        let outside = incident && (36..<39).contains(index) ? 10.0 : 1.0
+        return (outside * onFactor * base, outside * base)
     }
 }
 
@@ -90,7 +60,7 @@ private struct Alarms {
 }
 
 private func simulateRollout(
-    _ scenario: CohortScenario, seed: UInt64, checks: Int, requestsPerCheck: Int, rolloutShare: Double, base: Double,
+    _ scenario: CohortScenario, seed: UInt64, checks: Int, requestsPerCheck: Int, base: Double,
     strict: CohortComparison, relative: CohortComparison
 ) -> Alarms {
     var random = SplitMix64(state: seed)
@@ -99,7 +69,7 @@ private func simulateRollout(
     var off = CohortCounts(requests: 0, failures: 0)
     for index in 0..<checks {
         let probabilities = scenario.failureProbabilities(check: index, base: base)
-        let onRequests = random.binomial(requestsPerCheck, rolloutShare)
+        let onRequests = random.binomial(requestsPerCheck, scenario.rolloutShare)
         let onFailures = random.binomial(onRequests, probabilities.on)
         let offFailures = random.binomial(requestsPerCheck - onRequests, probabilities.off)
         on.requests += Double(onRequests)
@@ -147,13 +117,12 @@ func runCohortBench(rollouts: Int, seed: UInt64) throws {
     let minutesPerCheck = 10
     let requestsPerSecond = 50
     let requestsPerCheck = requestsPerSecond * minutesPerCheck * 60
-    let rolloutShare = 0.1
     let base = 0.01
     let strict = try CohortComparison(maxRegression: .ratio(0), alpha: 0.05, minRequests: 1000)
     let relative = try CohortComparison(maxRegression: .relative(0.2), alpha: 0.05, minRequests: 1000)
     print(
         "cohort: \(rollouts) rollouts per scenario, \(checks) checks each (every \(minutesPerCheck) min for 24 h), \(requestsPerSecond) requests/s in all, "
-            + "\(Int(rolloutShare * 100))% rollout, alpha 0.05, min_requests 1000, planned requests (N*) \(Int(CohortComparison.defaultPlannedRequests)), seed \(seed)"
+            + "base failure ratio 1%, alpha 0.05, min_requests 1000, planned requests (N*) \(Int(CohortComparison.defaultPlannedRequests)), seed \(seed)"
     )
     print("share of rollouts rolled back (median time to the rollback among them):")
     let columns = ["cohort, max_regression 0pp", "cohort, max_regression 20%", "z-test at each check, 0pp", "service-wide ratio > 2%"]
@@ -161,7 +130,7 @@ func runCohortBench(rollouts: Int, seed: UInt64) throws {
     print("|---|" + String(repeating: "---|", count: columns.count))
     let start = ContinuousClock.now
     var healthyLines: [String] = []
-    for (scenarioIndex, scenario) in CohortScenario.allCases.enumerated() {
+    for (scenarioIndex, scenario) in CohortScenario.all.enumerated() {
         var results: [Alarms] = []
         results.reserveCapacity(rollouts)
         for rollout in 0..<rollouts {
@@ -170,17 +139,19 @@ func runCohortBench(rollouts: Int, seed: UInt64) throws {
             let streamSeed = seed &* 0x1_0000_0001 &+ UInt64(scenarioIndex) << 40 &+ UInt64(rollout)
             results.append(
                 simulateRollout(
-                    scenario, seed: streamSeed, checks: checks, requestsPerCheck: requestsPerCheck, rolloutShare: rolloutShare,
-                    base: base, strict: strict, relative: relative))
+                    scenario, seed: streamSeed, checks: checks, requestsPerCheck: requestsPerCheck, base: base, strict: strict,
+                    relative: relative))
         }
         let cells = [
             results.map(\.cohortStrict), results.map(\.cohortRelative), results.map(\.zTest), results.map(\.serviceWide),
         ].map { summary($0, rollouts: rollouts, minutesPerCheck: minutesPerCheck) }
         print("| \(scenario.label) | " + cells.joined(separator: " | ") + " |")
         healthyLines.append(
-            "  \(scenario.label): \(summary(results.map(\.relativeHealthy), rollouts: rollouts, minutesPerCheck: minutesPerCheck))")
+            "| \(scenario.label) | \(summary(results.map(\.relativeHealthy), rollouts: rollouts, minutesPerCheck: minutesPerCheck)) |")
     }
-    print("share of rollouts the 20% check found healthy at some check (what a promotion needs), median time:")
+    print("share of rollouts found healthy at some check (what a promotion needs; median time to it):")
+    print("| scenario | cohort, max_regression 20% |")
+    print("|---|---|")
     for line in healthyLines { print(line) }
     let elapsed = ContinuousClock.now - start
     print(String(format: "cohort: simulated in %.1f s", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))

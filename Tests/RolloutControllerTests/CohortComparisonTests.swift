@@ -214,6 +214,13 @@ struct CohortComparisonTests {
         #expect(skewed == allFailed)
     }
 
+    @Test func aMeanWithoutAFiniteSumIsNoData() throws {
+        let comparison = try CohortComparison(maxRegression: .seconds(0.02), minRequests: 10)
+        let fine = CohortMeans(count: 100, sum: 20, sumOfSquares: 5)
+        #expect(comparison.judge(on: CohortMeans(count: 100, sum: .nan, sumOfSquares: 5), off: fine) == .noData(on: 0, off: 0))
+        #expect(comparison.judge(on: fine, off: CohortMeans(count: 100, sum: 20, sumOfSquares: .infinity)) == .noData(on: 0, off: 0))
+    }
+
     @Test func aZeroFailureCohortStillHasAWidth() throws {
         let comparison = try CohortComparison(maxRegression: .ratio(0), minRequests: 1)
         guard case .inconclusive(let interval, let needs) = comparison.judge(

@@ -310,6 +310,13 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     if !holds.isEmpty {
         return hold(.checkViolated, "\(holds.map { "\($0.name)=\(format($0.value))" }.joined(separator: ", ")) violated: holding")
     }
+    // A promotion needs every cohort check healthy: an alert-only regression still holds.
+    let cohortNames = Set(policy.cohortChecks.map(\.name))
+    let regressed = verdict.checks.filter { cohortNames.contains($0.name) && ($0.status == .violated || $0.status == .pending) }
+    if !regressed.isEmpty {
+        let names = regressed.map { "\($0.name) (\(cohortSummaries[$0.name] ?? "a regression"))" }.joined(separator: ", ")
+        return hold(.checkViolated, "\(names): no promotion while the feature's cohort is worse")
+    }
     let pending = verdict.checks.filter { $0.status == .pending && $0.onViolation != .alert }
     if !pending.isEmpty {
         let names = pending.map { "\($0.name)=\(format($0.value)) (\($0.streak) of \($0.consecutive) runs)" }.joined(separator: ", ")

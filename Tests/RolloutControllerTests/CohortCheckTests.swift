@@ -1,0 +1,152 @@
+import RolloutAdmin
+import RolloutController
+import RolloutGate
+import Testing
+
+private func percent(_ text: String) -> RolloutPercent { RolloutPercent(parsing: text) ?? .zero }
+private let now = Timestamp(parsing: "2026-11-25T12:00:00Z") ?? Timestamp(microsecondsSinceEpoch: 0)
+
+/// checkout: steps 10/50/100, dwell 15m, one cohort check (`settings` added to it).
+private func policy(_ settings: String = "max_regression: 0.5pp, min_requests: 1000") throws -> FeaturePolicy {
+    let yaml = """
+        prometheus: http://p:9090
+        features:
+          checkout:
+            steps: [10, 50, 100]
+            dwell: 15m
+            checks:
+              - {name: cohort_errors, type: cohort, \(settings)}
+        """
+    return try #require(try ControllerPolicy(yaml: yaml).features.first)
+}
+
+private func problems(_ settings: String) -> [String] {
+    do {
+        _ = try policy(settings)
+        return []
+    } catch {
+        return (error as? PolicyError)?.problems ?? ["\(error)"]
+    }
+}
+
+/// checkout at `current`, changed an hour ago, with the cohorts' counts since (nil: not queried).
+private func observation(at current: String = "10", _ answers: CohortAnswers?) -> Observation {
+    var state = FeatureState.absent("checkout")
+    state.rolloutPercent = percent(current)
+    state.lastPercent = .zero
+    state.lastChangeTime = now.advanced(by: .seconds(-3600))
+    var observation = Observation(state: state, controllerPercent: state.rolloutPercent, checkValues: [:])
+    if let answers { observation.cohortAnswers["cohort_errors"] = answers }
+    return observation
+}
+
+/// On cohort: `on` failures of `onRequests`; off cohort: `off` of `offRequests`.
+private func counts(_ on: Double, of onRequests: Double, _ off: Double, of offRequests: Double) -> CohortAnswers {
+    CohortAnswers(onFailures: on, onRequests: onRequests, offFailures: off, offRequests: offRequests)
+}
+
+@Suite("The cohort check: its policy and its verdicts")
+struct CohortCheckTests {
+    @Test func defaultsReadTheGatesCohortCountersSinceTheLastChange() throws {
+        let check = try #require(try policy().cohortChecks.first)
+        #expect(check.comparison.maxRegression == .ratio(0.005))
+        #expect(check.comparison.alpha == 0.05)
+        #expect(check.comparison.minRequests == 1000)
+        #expect(check.onViolation == .rollback)
+        let queries = try policy().queries(cohortWindow: .seconds(1800))
+        #expect(queries.count == 4)
+        #expect(queries.map(\.query).contains("sum(increase(rollout_cohort_failures_total{feature=\"checkout\",cohort=\"on\"}[1800s]))"))
+        #expect(queries.map(\.query).contains("sum(increase(rollout_cohort_requests_total{feature=\"checkout\",cohort=\"off\"}[1800s]))"))
+        #expect(queries.map(\.label).contains("cohort_errors[off failures]"))
+        // No change recorded yet: nothing to count since, no query.
+        #expect(try policy().queries(cohortWindow: nil).isEmpty)
+        // A window under a second is still a range Prometheus accepts.
+        #expect(CohortCheck.query("x[$window]", cohort: .on, window: .milliseconds(10)) == "x[1s]")
+    }
+
+    @Test func customCounterPairsAndSettings() throws {
+        let check = try #require(
+            try policy(
+                "failures: 'sum(increase(http_errors_total{cohort=\"$cohort\"}[$window]))', requests: 'sum(increase(http_total{cohort=\"$cohort\"}[$window]))', max_regression: 20%, alpha: 0.01, min_requests: 500, on_violation: alert, consecutive: 2"
+            ).cohortChecks.first)
+        #expect(check.comparison.maxRegression == .relative(0.2))
+        #expect(check.comparison.alpha == 0.01)
+        #expect(check.comparison.minRequests == 500)
+        #expect(check.onViolation == .alert && check.consecutive == 2)
+        #expect(CohortCheck.query(check.failures, cohort: .off, window: .seconds(90)) == "sum(increase(http_errors_total{cohort=\"off\"}[90s]))")
+    }
+
+    @Test(arguments: [
+        ("min_requests: 10", "max_regression"),
+        ("max_regression: 0.5", "needs a unit"),
+        ("max_regression: 50ms", "a latency"),
+        ("max_regression: 0.5pp, alpha: 1.5", "alpha"),
+        ("max_regression: 0.5pp, min_requests: 0", "min_requests"),
+        ("max_regression: 0.5pp, failures: 'sum(x{cohort=\"$cohort\"}[$window])'", "only one of failures: and requests:"),
+        ("max_regression: 0.5pp, failures: 'sum(x[$window])', requests: 'sum(y{cohort=\"$cohort\"}[$window])'", "has no $cohort"),
+        ("max_regression: 0.5pp, failures: 'sum(x{cohort=\"$cohort\"})', requests: 'sum(y{cohort=\"$cohort\"}[$window])'", "has no $window"),
+        ("max_regression: 0.5pp, on_violation: explode", "on_violation"),
+        ("max_regression: 0.5pp, maximum: 3", "maximum"),
+    ])
+    func aBadSettingIsAProblemNamingIt(settings: String, expected: String) {
+        let found = problems(settings)
+        #expect(found.contains { $0.contains(expected) }, "\(found)")
+    }
+
+    @Test func aRegressionInTheFeaturesCohortRollsBack() throws {
+        // At 10%: the on cohort fails 2% of 20,000, the off cohort 1% of 180,000.
+        let verdict = decide(policy: try policy(), observation: observation(at: "50", counts(400, of: 20_000, 1_800, of: 180_000)), now: now)
+        #expect(verdict.action == .rollback(to: percent("10")))
+        #expect(verdict.checks.first?.status == .violated)
+        #expect(abs((verdict.checks.first?.value ?? 0) - 0.01) < 1e-9)  // on - off
+        #expect(verdict.explanation.contains("cohort_errors=0.01 (on - off in ["), "\(verdict.explanation)")
+        #expect(verdict.explanation.contains("above max_regression 0.5pp: a regression"))
+    }
+
+    @Test func theSameRiseInBothCohortsIsNoRegression() throws {
+        // An outside incident: both cohorts fail 10%. Healthy (the interval lies below 0.5pp)
+        // with enough traffic; never a rollback.
+        let verdict = decide(policy: try policy(), observation: observation(counts(5_000, of: 50_000, 45_000, of: 450_000)), now: now)
+        #expect(verdict.action == .promote(to: percent("50")), "\(verdict.explanation)")
+        #expect(verdict.checks.first?.status == .ok)
+        #expect(verdict.healthy)
+    }
+
+    @Test func tooFewRequestsInEitherCohortIsNoData() throws {
+        let verdict = decide(policy: try policy(), observation: observation(counts(0, of: 300, 10, of: 50_000)), now: now)
+        #expect(verdict.action == .hold && verdict.holdReason == .noData)
+        #expect(verdict.checks.first?.status == .noData && verdict.checks.first?.value == nil)
+        #expect(verdict.explanation.contains("too few requests (on 300, off 50000; min_requests 1000 in each)"), "\(verdict.explanation)")
+        // A cohort with no series at all (nobody recorded in it yet): the same.
+        let none = decide(policy: try policy(), observation: observation(CohortAnswers(onFailures: nil, onRequests: nil, offFailures: 5, offRequests: 9_000)), now: now)
+        #expect(none.holdReason == .noData)
+        // Not queried (no change recorded): no data too, never a promotion.
+        #expect(decide(policy: try policy(), observation: observation(nil), now: now).holdReason == .noData)
+    }
+
+    @Test func anIntervalAcrossTheThresholdHoldsWithInsufficientEvidence() throws {
+        // 1.4% against 1.0% with 2,000 and 18,000 requests: the interval spans 0.5pp.
+        let verdict = decide(policy: try policy(), observation: observation(counts(28, of: 2_000, 180, of: 18_000)), now: now)
+        #expect(verdict.action == .hold && verdict.holdReason == .insufficientEvidence, "\(verdict.explanation)")
+        #expect(verdict.checks.first?.status == .inconclusive)
+        #expect(!verdict.healthy)
+        #expect(verdict.explanation.contains("straddles max_regression 0.5pp; roughly"), "\(verdict.explanation)")
+        #expect(verdict.explanation.contains("more requests in the on cohort"))
+    }
+
+    @Test func aNegativeCountIsInvalidDataNeverARollback() throws {
+        let verdict = decide(policy: try policy(), observation: observation(at: "50", counts(-5, of: 20_000, 1_800, of: 180_000)), now: now)
+        #expect(verdict.action == .hold && verdict.holdReason == .invalidData)
+        #expect(verdict.checks.first?.status == .invalidData)
+    }
+
+    @Test func anAlertOnlyRegressionReportsAndHolds() throws {
+        let verdict = decide(
+            policy: try policy("max_regression: 0.5pp, on_violation: alert"), observation: observation(at: "50", counts(400, of: 20_000, 1_800, of: 180_000)),
+            now: now)
+        #expect(verdict.alerts == ["cohort_errors"])
+        #expect(!verdict.healthy)
+        // Reported, never a rollback; and no promotion either: a promotion needs healthy.
+        #expect(verdict.action == .hold && verdict.holdReason == .checkViolated, "\(verdict.explanation)")
+    }
+}

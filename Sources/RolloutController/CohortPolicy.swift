@@ -124,8 +124,26 @@ public struct CohortAnswers: Sendable, Hashable {
 }
 
 extension CohortVerdict {
-    /// One line for people: the cohorts' ratios and counts, the interval, and what it means.
-    func summary(of check: CohortCheck) -> String {
+    /// A stable word for scripts: `regression`, `healthy`, `inconclusive` or `no_data`.
+    public var code: String {
+        switch self {
+        case .noData: return "no_data"
+        case .regression: return "regression"
+        case .healthy: return "healthy"
+        case .inconclusive: return "inconclusive"
+        }
+    }
+
+    /// The interval, nil without enough data.
+    public var interval: CohortInterval? {
+        switch self {
+        case .noData: return nil
+        case .regression(let interval), .healthy(let interval), .inconclusive(let interval, _): return interval
+        }
+    }
+
+    /// One line for people: the interval against max_regression, and what it means.
+    public func summary(of check: CohortCheck) -> String {
         let threshold = check.comparison.maxRegression
         func bounds(_ interval: CohortInterval) -> String {
             "[\(format(100 * interval.lower))pp, \(format(100 * interval.upper))pp]"
@@ -145,10 +163,5 @@ extension CohortVerdict {
     }
 
     /// The estimate the check reports as its value (on − factor·off), nil without enough data.
-    var estimate: Double? {
-        switch self {
-        case .noData: return nil
-        case .regression(let interval), .healthy(let interval), .inconclusive(let interval, _): return interval.estimate
-        }
-    }
+    var estimate: Double? { interval?.estimate }
 }

@@ -42,7 +42,7 @@ struct ControllerCommand: AsyncParsableCommand {
                 Exit codes: 0 ok (changes, holds, paused), 1 Prometheus or Redis unreachable (or a change \
                 fewer replicas acknowledged than --min-replicas asks: it stands, with a warning), 2 invalid \
                 configuration, 3 corrupt state. Each hold carries a reason code: paused, disabled, dwell, \
-                cooldown, no_data, invalid_data, insufficient_sample, prom_unreachable, concurrent_change, locked, at_last_step, \
+                cooldown, no_data, invalid_data, insufficient_sample, insufficient_evidence, prom_unreachable, concurrent_change, locked, at_last_step, \
                 check_violated, at_rollback_target, redis_error, corrupt_state, guard_locked, frozen, \
                 violation_pending, adopted. An audit log that cannot be written is exit 2 before anything \
                 changes.

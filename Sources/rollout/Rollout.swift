@@ -19,7 +19,7 @@ struct Rollout: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            Flags.self, Check.self, AuditCommand.self, SnapshotCommand.self, ControllerCommand.self, WatchCommand.self, GuardCommand.self, BudgetCommand.self,
+            Flags.self, Check.self, AuditCommand.self, SnapshotCommand.self, ControllerCommand.self, WatchCommand.self, GuardCommand.self, BudgetCommand.self, CompareCommand.self,
             RetryCommand.self, DemoServiceCommand.self, ServeCommand.self, TokensCommand.self,
         ]
     )

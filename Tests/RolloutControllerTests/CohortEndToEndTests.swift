@@ -55,6 +55,23 @@ struct CohortEndToEndTests {
                 + cohortSeries("unsure", on: (28, 2_000), off: (180, 18_000)))
         try await waitUntil(world, "sum(increase(rollout_cohort_requests_total{feature=\"unsure\",cohort=\"off\"}[10m])) > 0")
 
+        // rollout compare: what the checks will see, before the run changes anything.
+        let compare = try await runCommand(world.binary, ["compare", "unsure", "--config", world.configPath])
+        #expect(compare.status == 0, "\(compare.stderr)")
+        #expect(compare.stdout.contains("unsure at 10%, counting since its last change"), "\(compare.stdout)")
+        #expect(compare.stdout.contains("cohort_errors: max_regression 0.5pp, alpha 0.05, min_requests 1000"))
+        // Prometheus's increase() extrapolates each series a little: about 1.4% and 1%.
+        #expect(compare.stdout.contains("  on: ") && compare.stdout.contains("  off: ") && compare.stdout.contains(" failed, ratio "), "\(compare.stdout)")
+        #expect(compare.stdout.contains("-> inconclusive: on - off in ["))
+        let regressJSON = try await runCommand(world.binary, ["compare", "regress", "--config", world.configPath, "--json"])
+        let document = (try? JSONSerialization.jsonObject(with: Data(regressJSON.stdout.utf8))) as? [String: Any] ?? [:]
+        let compared = (document["checks"] as? [[String: Any]])?.first ?? [:]
+        #expect(compared["verdict"] as? String == "regression", "\(regressJSON.stdout)")
+        #expect(((compared["interval"] as? [String: Any])?["lower"] as? Double ?? 0) > 0.005)
+        #expect(document["complete"] as? Bool == true)
+        let noCohort = try await runCommand(world.binary, ["compare", "nope", "--config", world.configPath])
+        #expect(noCohort.status == 2)
+
         let run = try await world.run()
         #expect(run.status == 0, "\(run.output.stderr)")
         let regress = try #require(run.features["regress"])

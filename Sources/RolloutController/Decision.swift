@@ -220,7 +220,10 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     }
     // Cohort checks: the interval against max_regression (CohortComparison), since the last change.
     var cohortSummaries: [String: String] = [:]
-    for check in policy.cohortChecks {
+    // At 0% or 100% one cohort is empty by construction: nothing to compare, the other checks
+    // decide (and with none, no promotion: see below).
+    let cohortsExist = current > .zero && current < .full
+    for check in policy.cohortChecks where cohortsExist {
         let limit = "max_regression \(check.comparison.maxRegression)"
         guard let answers = observation.cohortAnswers[check.name] else {
             judge(check.name, nil, invalid: false, violated: { _ in false }, action: check.onViolation, consecutive: check.consecutive, limit: limit)
@@ -295,7 +298,13 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
                 + "Check the query and its exporter; no promotion, and no rollback on it")
     }
 
-    // 4. No data is never healthy.
+    // 4. No data is never healthy; nor is a run in which no check applied (only cohort checks,
+    // at 0%: no promotion without evidence).
+    if verdict.checks.isEmpty {
+        return hold(
+            .noData,
+            "no check applies at \(current)%: a cohort check needs both cohorts. Add a threshold or burn_rate check to judge the step from \(current)%")
+    }
     let missing = verdict.checks.filter { $0.status == .noData }.map { check in
         cohortSummaries[check.name].map { "\(check.name) (\($0))" } ?? check.name
     }

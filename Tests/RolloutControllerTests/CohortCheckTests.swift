@@ -134,6 +134,35 @@ struct CohortCheckTests {
         #expect(verdict.explanation.contains("more requests in the on cohort"))
     }
 
+    @Test func atZeroAndAtFullTheCohortCheckDoesNotApply() throws {
+        // Only a cohort check: at 0% nobody is in the feature's cohort, so nothing can be
+        // judged and nothing promotes.
+        let zero = decide(policy: try policy(), observation: observation(at: "0", counts(0, of: 0, 10, of: 50_000)), now: now)
+        #expect(zero.action == .hold && zero.holdReason == .noData)
+        #expect(zero.checks.isEmpty)
+        #expect(zero.explanation.contains("no check applies at 0%"), "\(zero.explanation)")
+        // Beside a threshold check, that one decides the step from 0%.
+        let yaml = """
+            prometheus: http://p:9090
+            features:
+              checkout:
+                steps: [10, 50, 100]
+                dwell: 15m
+                checks:
+                  - {name: error_rate, query: max(errors), max: 0.05}
+                  - {name: cohort_errors, type: cohort, max_regression: 0.5pp}
+            """
+        let both = try #require(try ControllerPolicy(yaml: yaml).features.first)
+        var state = observation(at: "0", counts(0, of: 0, 10, of: 50_000))
+        state.checkValues["error_rate"] = 0.001
+        let promoted = decide(policy: both, observation: state, now: now)
+        #expect(promoted.action == .promote(to: percent("10")), "\(promoted.explanation)")
+        #expect(promoted.checks.map(\.name) == ["error_rate"])
+        // At 100% the off cohort is empty: not judged either (at the last step, nothing to do).
+        let full = decide(policy: try policy(), observation: observation(at: "100", counts(10, of: 50_000, 0, of: 0)), now: now)
+        #expect(full.holdReason == .noData && full.checks.isEmpty)
+    }
+
     @Test func aNegativeCountIsInvalidDataNeverARollback() throws {
         let verdict = decide(policy: try policy(), observation: observation(at: "50", counts(-5, of: 20_000, 1_800, of: 180_000)), now: now)
         #expect(verdict.action == .hold && verdict.holdReason == .invalidData)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tour, on a fresh Debian machine as root or on a laptop, in about three minutes:
 # installs what is missing; starts redis-server (redis/redis.conf), the demo service (every
-# request through the gate, metrics on /metrics, 50 requests a second), Prometheus scraping it
+# request through the gate and recorded in its cohort, metrics on /metrics, 200 requests a
+# second), Prometheus scraping it
 # every second and the Pushgateway, all on free loopback ports; then lets the controller roll a
 # feature 0 -> 10 -> 50 -> 100%, injects errors into the new code path and watches the
 # controller roll back. Stops everything it started, also on failure or Ctrl-C.
@@ -31,7 +32,7 @@ export ROLLOUT_AUDIT_LOG="$work/rollout_log.md"
 feature=demo
 
 demo_port=$(free_port)
-"$rollout" demo-service --feature "$feature" --port "$demo_port" --load 50 > "$work/demo.log" 2>&1 &
+"$rollout" demo-service --feature "$feature" --port "$demo_port" --load 200 > "$work/demo.log" 2>&1 &
 pids+=($!)
 push_port=$(free_port)
 prometheus-pushgateway --web.listen-address="127.0.0.1:$push_port" --persistence.file="$work/push.store" > "$work/push.log" 2>&1 &
@@ -79,6 +80,12 @@ features:
       - name: latency_p95
         query: histogram_quantile(0.95, sum(rate(action_latency_seconds_bucket{provider="$feature"}[20s])) by (le))
         max: 0.3
+      # The feature's own users against the rest, since the last change (the gate's
+      # rollout_cohort_* counters; judged at 10% and 50%, where both cohorts exist).
+      - name: cohort_errors
+        type: cohort
+        max_regression: 2pp
+        min_requests: 500
 YAML
 seq -f "user-%.0f" 1000000 1009999 > "$work/actors.txt"
 

@@ -151,7 +151,7 @@ extension CohortVerdict {
         let difference = check.comparison.maxRegression.factor == 1 ? "on - off" : "on - \(format(check.comparison.maxRegression.factor)) x off"
         switch self {
         case .noData(let on, let off):
-            return "too few requests (on \(format(on.rounded())), off \(format(off.rounded())); min_requests \(check.comparison.minRequests) in each)"
+            return "too few requests: on \(format(on.rounded())), off \(format(off.rounded())), min_requests \(check.comparison.minRequests) in each"
         case .regression(let interval):
             return "\(difference) in \(bounds(interval)), above max_regression \(threshold): a regression"
         case .healthy(let interval):

@@ -306,7 +306,7 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
             "no check applies at \(current)%: a cohort check needs both cohorts. Add a threshold or burn_rate check to judge the step from \(current)%")
     }
     let missing = verdict.checks.filter { $0.status == .noData }.map { check in
-        cohortSummaries[check.name].map { "\(check.name) (\($0))" } ?? check.name
+        cohortSummaries[check.name].map { "\(check.name), \($0)" } ?? check.name
     }
     if !missing.isEmpty {
         return hold(.noData, "no data for \(missing.joined(separator: ", ")): no promotion without evidence")

@@ -62,10 +62,10 @@ extension FeatureGate {
 /// swift-metrics has no way to add many observations to a histogram at once, and one call per
 /// request would take the backend's lock on the hot path; so the histogram reaches the backend
 /// as what Prometheus stores for one: cumulative `_bucket{le}` counters, `_sum` and `_count`.
-final class CohortTally: Sendable {
+package final class CohortTally: Sendable {
     /// Upper bounds of the duration buckets, in nanoseconds: Prometheus's default buckets,
     /// 5 ms to 10 s (anything slower counts only in `+Inf`).
-    static let bucketBounds: [Int64] = [
+    package static let bucketBounds: [Int64] = [
         5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000,
         1_000_000_000, 2_500_000_000, 5_000_000_000, 10_000_000_000,
     ]
@@ -88,9 +88,29 @@ final class CohortTally: Sendable {
         counts.add(to: base + Self.requests, stripe: stripe)
         if failed { counts.add(to: base + Self.failures, stripe: stripe) }
         counts.add(UInt64(nanoseconds), to: base + Self.durationSum, stripe: stripe)
-        if let bucket = Self.bucketBounds.firstIndex(where: { nanoseconds <= $0 }) {
+        if let bucket = Self.bucket(ofNanoseconds: nanoseconds) {
             counts.add(to: base + Self.firstBucket + bucket, stripe: stripe)
         }
+    }
+
+    /// The index in ``bucketBounds`` of the first bound at or above `nanoseconds`; nil above
+    /// the last. The bounds as literals: an array read here would be retained and released by
+    /// every request, a write to one cache line all threads share (a test holds the two equal).
+    @inline(__always)
+    package static func bucket(ofNanoseconds nanoseconds: Int64) -> Int? {
+        if nanoseconds <= 50_000_000 {
+            if nanoseconds <= 5_000_000 { return 0 }
+            if nanoseconds <= 10_000_000 { return 1 }
+            return nanoseconds <= 25_000_000 ? 2 : 3
+        }
+        if nanoseconds <= 1_000_000_000 {
+            if nanoseconds <= 100_000_000 { return 4 }
+            if nanoseconds <= 250_000_000 { return 5 }
+            return nanoseconds <= 500_000_000 ? 6 : 7
+        }
+        if nanoseconds <= 2_500_000_000 { return 8 }
+        if nanoseconds <= 5_000_000_000 { return 9 }
+        return nanoseconds <= 10_000_000_000 ? 10 : nil
     }
 
     /// Moves what was counted since the last flush into swift-metrics.

@@ -30,6 +30,14 @@ struct CohortRecorderTests {
         #expect(killed.cohort == .off && !killed.isBucketed)
     }
 
+    @Test func theHotPathsBucketsAreTheExportedBounds() {
+        for (index, bound) in CohortTally.bucketBounds.enumerated() {
+            #expect(CohortTally.bucket(ofNanoseconds: bound) == index)
+            #expect(CohortTally.bucket(ofNanoseconds: bound + 1) == (index + 1 < CohortTally.bucketBounds.count ? index + 1 : nil))
+        }
+        #expect(CohortTally.bucket(ofNanoseconds: 0) == 0)
+    }
+
     @Test func requestsFailuresAndDurationsAreCountedPerCohort() async throws {
         let metrics = TestMetrics()
         try await withMetricsFactory(metrics) {

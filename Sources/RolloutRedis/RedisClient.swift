@@ -11,7 +11,8 @@ import Synchronization
 public final class RedisClient: Sendable {
     /// Where the client connects; printing it hides the password.
     public let url: RedisURL
-    /// How long a connect (TCP, TLS and AUTH) may take.
+    /// How long a connect (TCP and TLS) may take; the handshake after it (AUTH, HELLO and
+    /// SELECT in one round trip) is bounded by ``commandTimeout``, as any command is.
     public let connectTimeout: Duration
     /// How long one command or pipeline may wait for its replies.
     public let commandTimeout: Duration
@@ -25,7 +26,8 @@ public final class RedisClient: Sendable {
     private let waiting = Mutex(Waiting())
 
     /// A client for `url`; nothing connects until the first command. The connect timeout
-    /// bounds the TCP connect, the TLS handshake and AUTH together: 1 s by default, which a
+    /// bounds the TCP connect and the TLS handshake together (AUTH, HELLO and SELECT then take
+    /// one round trip under the command timeout): 1 s by default, which a
     /// loaded machine or a Redis across a region still meets (a gate sets its own, 250 ms,
     /// through ``FeatureGate/Configuration``).
     public convenience init(url: RedisURL, connectTimeout: Duration = .seconds(1), commandTimeout: Duration = .seconds(1)) {

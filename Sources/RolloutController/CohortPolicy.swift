@@ -105,7 +105,7 @@ public struct CohortCheck: Sendable, Hashable {
         case .latency:
             let on = answers.onHistogram ?? HistogramAnswers()
             let off = answers.offHistogram ?? HistogramAnswers()
-            // Observations above the last finite bucket leave the variance unbounded.
+            // Observations above the last finite bucket (or in no bucket) leave the variance unbounded.
             guard let onSquares = on.sumOfSquaresBound, let offSquares = off.sumOfSquaresBound else { return .unbounded(on: max(0, on.count ?? 0), off: max(0, off.count ?? 0)) }
             return comparison.judge(
                 on: CohortMeans(count: on.count ?? 0, sum: on.sum ?? 0, sumOfSquares: onSquares),
@@ -240,10 +240,16 @@ public struct HistogramAnswers: Sendable, Hashable {
     }
 
     /// The bound on the observations' sum of squares the buckets give
-    /// (``CohortMeans/secondMomentBound(buckets:)``); nil when some lie above the last finite bucket.
+    /// (``CohortMeans/secondMomentBound(buckets:)``); nil when some lie above the last finite
+    /// bucket, or when the buckets hold fewer than `count` (no `_bucket` series, as for a
+    /// summary): a bound from too few observations would be too small, the interval too narrow.
     var sumOfSquaresBound: Double? {
-        CohortMeans.secondMomentBound(buckets: buckets.map { ($0.key, $0.value) })
+        guard buckets.values.max() ?? 0 >= Self.coveredShare * max(0, count ?? 0) else { return nil }
+        return CohortMeans.secondMomentBound(buckets: buckets.map { ($0.key, $0.value) })
     }
+
+    /// The share of `count` the buckets must hold (`increase()` extrapolates each series a little).
+    static let coveredShare = 0.99
 
     /// The buckets of a `sum by (le) (...)` answer; a sample without a readable `le` is left out.
     public static func buckets(_ samples: [PrometheusSample]) -> [Double: Double] {
@@ -326,8 +332,8 @@ extension CohortVerdict {
         case .noData(let on, let off):
             return "too few \(counted) (on \(format(on.rounded())), off \(format(off.rounded())); min_requests \(check.comparison.minRequests) in each)"
         case .unbounded(let on, let off):
-            return "observations lie above the histogram's last finite bucket (on \(format(on.rounded())), off \(format(off.rounded())) observations), "
-                + "so nothing bounds their variance and the means cannot be compared; add a larger bucket"
+            return "observations lie above the histogram's last finite bucket, or in none of its buckets (on \(format(on.rounded())), off \(format(off.rounded())) observations), "
+                + "so nothing bounds their variance and the means cannot be compared; add a larger bucket (or compare a histogram with _bucket series)"
         case .regression(let interval):
             return "\(difference) in \(bounds(interval)), above max_regression \(threshold): a regression"
         case .healthy(let interval):

@@ -281,9 +281,19 @@ struct CohortLatencyTests {
             policy: try latencyPolicy(), observation: observation(on: histogram([(0.04, 1_000), (0.08, 1_000), (12, 5)]), off: usual), now: now)
         #expect(verdict.action == .hold && verdict.holdReason == .noData, "\(verdict.explanation)")
         #expect(verdict.checks.first?.status == .noData && verdict.checks.first?.value == nil)
-        #expect(verdict.explanation.contains("observations lie above the histogram's last finite bucket (on 2005, off 18000 observations)"), "\(verdict.explanation)")
+        #expect(
+            verdict.explanation.contains("observations lie above the histogram's last finite bucket, or in none of its buckets (on 2005, off 18000 observations)"),
+            "\(verdict.explanation)")
         let check = try #require(try latencyPolicy().cohortChecks.first)
         #expect(check.judge(CohortAnswers(on: histogram([(12, 2_000)]), off: usual)).code == "no_data")
+        // A _count and _sum without _bucket series (a summary): no bound either, never a zero
+        // variance; nor buckets holding fewer observations than the count.
+        let alike = histogram([(0.04, 1_000), (0.2, 1_000)])
+        #expect(check.judge(CohortAnswers(on: HistogramAnswers(count: alike.count, sum: alike.sum), off: usual)) == .unbounded(on: 2_000, off: 18_000))
+        var short = alike
+        short.count = 2_100
+        #expect(check.judge(CohortAnswers(on: short, off: usual)).code == "no_data")
+        #expect(check.judge(CohortAnswers(on: alike, off: usual)).code == "regression")
     }
 
     @Test func tooFewObservationsNoSeriesAndNegativeIncreases() throws {

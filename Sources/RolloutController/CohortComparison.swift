@@ -167,6 +167,10 @@ public struct CohortShortfall: Sendable, Hashable {
 public enum CohortVerdict: Sendable, Hashable {
     /// Fewer than min_requests in a cohort: never a promotion, never a rollback.
     case noData(on: Double, off: Double)
+    /// A latency check whose histogram has observations above its last finite bucket (counts
+    /// of observations in each cohort): nothing bounds the variance, so nothing is concluded, as
+    /// with no data. ``CohortCheck/judge(_:)`` finds it before the comparison.
+    case unbounded(on: Double, off: Double)
     /// The whole interval lies above max_regression: the feature's cohort is worse.
     case regression(CohortInterval)
     /// The whole interval lies below max_regression: what a promotion requires.

@@ -232,12 +232,9 @@ public struct Controller: Sendable {
         if feature.minRequests != nil { observation.requests = .some(answers.values[.minRequests] ?? nil) }
         if window != nil {
             for check in feature.cohortChecks {
-                func value(_ cohort: Cohort, failures: Bool) -> Double? {
-                    answers.values[.cohort(check: check.name, cohort, failures: failures)] ?? nil
-                }
-                observation.cohortAnswers[check.name] = CohortAnswers(
-                    onFailures: value(.on, failures: true), onRequests: value(.on, failures: false),
-                    offFailures: value(.off, failures: true), offRequests: value(.off, failures: false))
+                observation.cohortAnswers[check.name] = check.answers(
+                    value: { answers.values[.cohort(check: check.name, $0, $1)] ?? nil },
+                    samples: { answers.vectors[.cohort(check: check.name, $0, .buckets)] ?? [] })
             }
         }
         return .success(())
@@ -462,30 +459,23 @@ public struct Controller: Sendable {
 
     /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
     /// phase's deadline, well inside the lock's TTL; the failures sorted by name.
-    private func query(_ feature: FeaturePolicy, cohortWindow: Duration?) async -> (values: [FeaturePolicy.Query.Purpose: Double?], failures: [String]) {
+    private func query(_ feature: FeaturePolicy, cohortWindow: Duration?) async -> QueryAnswers {
         let deadline = budget.prometheusDeadline()
-        var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
-        var failures: [String] = []
-        await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<Double?, PrometheusError>).self) { group in
+        var answers = QueryAnswers()
+        await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<PrometheusClient.Answer, PrometheusError>).self) { group in
             for query in feature.queries(cohortWindow: cohortWindow) {
-                group.addTask {
-                    let result: Result<Double?, PrometheusError>
-                    do throws(PrometheusError) {
-                        result = .success(try await prometheus.value(of: query.query, deadline: deadline))
-                    } catch {
-                        result = .failure(error)
-                    }
-                    return (query.purpose, query.label, result)
-                }
+                group.addTask { [prometheus] in (query.purpose, query.label, await answer(query, from: prometheus, deadline: deadline)) }
             }
             for await (key, label, result) in group {
                 switch result {
-                case .success(let value): values[key] = value
-                case .failure(let error): failures.append("\(label): \(error)")
+                case .success(.value(let value)): answers.values[key] = value
+                case .success(.samples(let samples)): answers.vectors[key] = samples
+                case .failure(let error): answers.failures.append("\(label): \(error)")
                 }
             }
         }
-        return (values, failures.sorted())
+        answers.failures.sort()
+        return answers
     }
 
     /// The audit record of the guard's early release, the same from both paths.
@@ -503,4 +493,28 @@ public struct Controller: Sendable {
             logger.error("Cannot write the audit log", metadata: ["error": "\(error)", "feature.name": "\(feature)"])
         }
     }
+}
+
+/// Every answer of a feature's queries, by purpose, and the failures (sorted by label).
+private struct QueryAnswers {
+    var values: [FeaturePolicy.Query.Purpose: Double?] = [:]
+    /// The vector queries' samples.
+    var vectors: [FeaturePolicy.Query.Purpose: [PrometheusSample]] = [:]
+    var failures: [String] = []
+}
+
+/// One query's answer: a value, or a vector's samples for a vector query. Assigned, then
+/// returned after the block (no return from inside a typed-throws `do` in async code).
+private func answer(
+    _ query: FeaturePolicy.Query, from prometheus: PrometheusClient, deadline: ContinuousClock.Instant
+) async -> Result<PrometheusClient.Answer, PrometheusError> {
+    var result: Result<PrometheusClient.Answer, PrometheusError>
+    do throws(PrometheusError) {
+        result = query.isVector
+            ? .success(.samples(try await prometheus.samples(of: query.query, deadline: deadline)))
+            : .success(.value(try await prometheus.value(of: query.query, deadline: deadline)))
+    } catch {
+        result = .failure(error)
+    }
+    return result
 }

@@ -376,8 +376,9 @@ public struct FeaturePolicy: Sendable, Hashable {
             case window(check: String, Duration)
             /// The traffic floor.
             case minRequests
-            /// One of a cohort check's four counts: a cohort's failures or requests.
-            case cohort(check: String, Cohort, failures: Bool)
+            /// One of a cohort check's series for a cohort: its failures or requests, or its
+            /// histogram's count, sum or buckets (the one vector query).
+            case cohort(check: String, Cohort, CohortCheck.Series)
         }
 
         /// What the answer is for; keys the answers, so no check name can collide with another query.
@@ -386,23 +387,23 @@ public struct FeaturePolicy: Sendable, Hashable {
         public let label: String
         /// The PromQL.
         public let query: String
+
+        /// Its answer is a vector of labelled samples (a histogram's buckets), not one value.
+        public var isVector: Bool {
+            if case .cohort(_, _, .buckets) = purpose { true } else { false }
+        }
     }
 
     /// Every query an evaluation sends: the threshold checks, each window of each burn-rate
-    /// check once, the traffic floor, and each cohort check's four counts over `cohortWindow`
+    /// check once, the traffic floor, and each cohort check's series per cohort over `cohortWindow`
     /// (the time since the feature's last change; nil sends none: no change recorded yet).
     public func queries(cohortWindow: Duration?) -> [Query] {
         var queries = checks.map { Query(purpose: .check($0.name), label: $0.name, query: $0.query) }
         if let cohortWindow {
             for check in cohortChecks {
-                for cohort in Cohort.allCases {
-                    for (failures, template) in [(true, check.failures), (false, check.requests)] {
-                        queries.append(
-                            Query(
-                                purpose: .cohort(check: check.name, cohort, failures: failures),
-                                label: "\(check.name)[\(cohort) \(failures ? "failures" : "requests")]",
-                                query: CohortCheck.query(template, cohort: cohort, window: cohortWindow)))
-                    }
+                for (cohort, series, query) in check.queries(window: cohortWindow) {
+                    queries.append(
+                        Query(purpose: .cohort(check: check.name, cohort, series), label: "\(check.name)[\(cohort) \(series.rawValue)]", query: query))
                 }
             }
         }

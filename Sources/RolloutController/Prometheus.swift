@@ -59,7 +59,36 @@ public struct PrometheusClient: Sendable {
     /// breaker is open the query is not sent and fails at once. Every attempt and wait ends by
     /// `deadline` (by default ``longestQuery`` from now): no retry starts that would cross it.
     public func value(of query: String, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> Double? {
-        var answer: Double?
+        guard case .value(let value) = try await answer(of: query, shape: .value, deadline: deadline) else { return nil }
+        return value
+    }
+
+    /// The samples of an instant query that returns a vector, each with its labels, such as a
+    /// histogram's buckets (`sum by (le) (...)`): empty when Prometheus has no data, samples
+    /// whose value is NaN or ±Inf left out. The same bounds, retries, timeouts and errors as
+    /// ``value(of:deadline:)``; a scalar or any other type is refused.
+    public func samples(of query: String, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> [PrometheusSample] {
+        guard case .samples(let samples) = try await answer(of: query, shape: .samples, deadline: deadline) else { return [] }
+        return samples
+    }
+
+    /// What a query's answer is read as.
+    enum Shape: Sendable {
+        /// One value (``value(of:deadline:)``).
+        case value
+        /// A vector's labelled samples (``samples(of:deadline:)``).
+        case samples
+    }
+
+    /// A query's answer, read as its ``Shape``.
+    enum Answer: Sendable {
+        case value(Double?)
+        case samples([PrometheusSample])
+    }
+
+    /// The query sent through the endpoint's guards, retried within `deadline`, read as `shape`.
+    private func answer(of query: String, shape: Shape, deadline: ContinuousClock.Instant?) async throws(PrometheusError) -> Answer {
+        var answer = Answer.value(nil)
         let deadline = deadline ?? ContinuousClock.now.advanced(by: longestQuery)
         let (failure, _) = await guards.call(
             retry: retry, deadline: deadline,
@@ -84,7 +113,7 @@ public struct PrometheusClient: Sendable {
             // `do` in an async closure (the pattern the reverted 571fc26 crashed with in release).
             var outcome = AttemptOutcome<PrometheusError>.succeeded
             do throws(PrometheusError) {
-                answer = try await once(query, within: min(timeout, remaining ?? timeout))
+                answer = try await once(query, shape: shape, within: min(timeout, remaining ?? timeout))
             } catch {
                 outcome = .failed(error, retryable: error.isTransient, endpointFault: error.isEndpointFailure)
             }
@@ -98,7 +127,7 @@ public struct PrometheusClient: Sendable {
     /// the continuous clock, ends a stalled or trickling answer and closes its connection; on
     /// another clock (a test's), the attempt is also raced against `clock`, and the loser is
     /// cancelled, which shuts the connection down at once.
-    private func once(_ query: String, within limit: Duration) async throws(PrometheusError) -> Double? {
+    private func once(_ query: String, shape: Shape, within limit: Duration) async throws(PrometheusError) -> Answer {
         let connections = try self.connections.get()
         let request = connections.request(
             method: "POST", path: "/api/v1/query", contentType: "application/x-www-form-urlencoded", body: Array(("query=" + formEncoded(query)).utf8))
@@ -114,7 +143,11 @@ public struct PrometheusClient: Sendable {
         }
         switch outcome {
         case .success(let answer)?:
-            return try parse(body: Data(answer.body), status: HTTPResponseStatus(statusCode: answer.status), query: query)
+            let status = HTTPResponseStatus(statusCode: answer.status)
+            switch shape {
+            case .value: return .value(try parse(body: Data(answer.body), status: status, query: query))
+            case .samples: return .samples(try parseSamples(body: Data(answer.body), status: status, query: query))
+            }
         case .failure(.transport(let error))? where error.code != .timeout:
             throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error.message) Is it running, and is prometheus: right?")
         case .failure(.malformed(let why))?:
@@ -144,6 +177,60 @@ public struct PrometheusClient: Sendable {
 
     /// The value in Prometheus's answer read as a JSON document, with what is wrong when it is not one value.
     func parseDocument(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> Double? {
+        let (resultType, data, shown) = try resultData(body: body, status: status, query: query)
+        let sample: [Any]
+        switch resultType {
+        case "vector":
+            guard let series = data["result"] as? [[String: Any]] else { throw PrometheusError(.unparsable, "Malformed vector from Prometheus (query: \(shown)).") }
+            if series.isEmpty { return nil }
+            guard series.count == 1 else {
+                throw PrometheusError(
+                    .ambiguous, "The query returns \(series.count) series; a check needs one value. Aggregate it, e.g. with sum(...). Query: \(shown)")
+            }
+            guard let value = series[0]["value"] as? [Any] else { throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).") }
+            sample = value
+        case "scalar":
+            guard let value = data["result"] as? [Any] else { throw PrometheusError(.unparsable, "Malformed scalar from Prometheus (query: \(shown)).") }
+            sample = value
+        default:
+            throw PrometheusError(.ambiguous, "The query returns a \(resultType), not one value (query: \(shown)).")
+        }
+        return try Self.sampleValue(sample, shown: shown)
+    }
+
+    /// The samples of a vector in Prometheus's answer, with their labels; NaN and ±Inf values
+    /// left out (no data), an empty vector empty.
+    func parseSamples(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> [PrometheusSample] {
+        let (resultType, data, shown) = try resultData(body: body, status: status, query: query)
+        guard resultType == "vector" else {
+            throw PrometheusError(.ambiguous, "The query returns a \(resultType), not a vector of labelled samples (query: \(shown)).")
+        }
+        guard let series = data["result"] as? [[String: Any]] else { throw PrometheusError(.unparsable, "Malformed vector from Prometheus (query: \(shown)).") }
+        var samples: [PrometheusSample] = []
+        for item in series {
+            guard let labels = item["metric"] as? [String: String], let sample = item["value"] as? [Any] else {
+                throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).")
+            }
+            if let value = try Self.sampleValue(sample, shown: shown) { samples.append(PrometheusSample(labels: labels, value: value)) }
+        }
+        return samples
+    }
+
+    /// The value of one `[timestamp, "value"]` pair: nil for NaN and ±Inf.
+    private static func sampleValue(_ sample: [Any], shown: String) throws(PrometheusError) -> Double? {
+        guard sample.count == 2, let text = sample[1] as? String else {
+            throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).")
+        }
+        // Prometheus writes special values as "NaN", "+Inf", "-Inf": no data, never healthy.
+        guard let value = Double(text) else {
+            throw PrometheusError(.unparsable, "Prometheus sent the value \"\(text)\", which is not a number (query: \(shown)).")
+        }
+        return value.isFinite ? value : nil
+    }
+
+    /// A successful answer's result type and data, or what is wrong with the answer; with the
+    /// query as messages show it.
+    private func resultData(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> (String, [String: Any], String) {
         let shown = query.count > 120 ? String(query.prefix(120)) + "…" : query
         guard let document = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             // A proxy's error page (429, 502, 503...) is an HTTP failure, retried by its status;
@@ -164,31 +251,20 @@ public struct PrometheusClient: Sendable {
         else {
             throw PrometheusError(.httpStatus, "Prometheus answered HTTP \(status.code) without a result (query: \(shown)).", httpStatus: Int(status.code))
         }
-        let sample: [Any]
-        switch resultType {
-        case "vector":
-            guard let series = data["result"] as? [[String: Any]] else { throw PrometheusError(.unparsable, "Malformed vector from Prometheus (query: \(shown)).") }
-            if series.isEmpty { return nil }
-            guard series.count == 1 else {
-                throw PrometheusError(
-                    .ambiguous, "The query returns \(series.count) series; a check needs one value. Aggregate it, e.g. with sum(...). Query: \(shown)")
-            }
-            guard let value = series[0]["value"] as? [Any] else { throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).") }
-            sample = value
-        case "scalar":
-            guard let value = data["result"] as? [Any] else { throw PrometheusError(.unparsable, "Malformed scalar from Prometheus (query: \(shown)).") }
-            sample = value
-        default:
-            throw PrometheusError(.ambiguous, "The query returns a \(resultType), not one value (query: \(shown)).")
-        }
-        guard sample.count == 2, let text = sample[1] as? String else {
-            throw PrometheusError(.unparsable, "Malformed sample from Prometheus (query: \(shown)).")
-        }
-        // Prometheus writes special values as "NaN", "+Inf", "-Inf": no data, never healthy.
-        guard let value = Double(text) else {
-            throw PrometheusError(.unparsable, "Prometheus sent the value \"\(text)\", which is not a number (query: \(shown)).")
-        }
-        return value.isFinite ? value : nil
+        return (resultType, data, shown)
+    }
+}
+
+/// One sample of a vector: its labels (such as a bucket's `le`) and its value.
+public struct PrometheusSample: Sendable, Hashable {
+    /// The series' labels.
+    public var labels: [String: String]
+    /// Its value, finite.
+    public var value: Double
+
+    public init(labels: [String: String], value: Double) {
+        self.labels = labels
+        self.value = value
     }
 }
 

@@ -6,11 +6,11 @@ import RolloutRedis
 struct CompareCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compare",
-        abstract: "Print a feature's cohorts as its cohort checks judge them: counts, ratios, the interval and the verdict.",
+        abstract: "Print a feature's cohorts as its cohort checks judge them: counts, ratios or latency means, the interval and the verdict.",
         discussion: """
             Reads the feature's type: cohort checks from the policy file and its last change from Redis, \
-            and sends each check's four queries (failures and requests of the on and off cohorts since \
-            that change), as a controller run would; changes nothing. Exit codes: 0 answered, 1 Prometheus \
+            and sends each check's queries (failures and requests, or a histogram's count, sum and buckets, \
+            of the on and off cohorts since that change), as a controller run would; changes nothing. Exit codes: 0 answered, 1 Prometheus \
             or Redis unreachable or a query refused, 2 the feature or its cohort check is not in the policy, \
             3 the feature's state in Redis is corrupt.
             """
@@ -48,35 +48,50 @@ struct CompareCommand: AsyncParsableCommand {
         var lines = ["\(name) at \(state.rolloutPercent)%, counting since its last change \(formatDuration(window)) ago (\(changed))"]
         var checks: [[String: Any]] = []
         for check in featurePolicy.cohortChecks {
-            func count(_ cohort: Cohort, failures: Bool) async -> Double? {
-                let query = CohortCheck.query(failures ? check.failures : check.requests, cohort: cohort, window: window)
+            var values: [String: Double] = [:]
+            var buckets: [Cohort: [PrometheusSample]] = [:]
+            for (cohort, series, query) in check.queries(window: window) {
                 do {
-                    return try await prometheus.value(of: query)
+                    if series == .buckets {
+                        buckets[cohort] = try await prometheus.samples(of: query)
+                    } else {
+                        values["\(cohort) \(series.rawValue)"] = try await prometheus.value(of: query)
+                    }
                 } catch {
                     failed = true
-                    lines.append("  \(cohort) \(failures ? "failures" : "requests"): \(error)")
-                    return nil
+                    lines.append("  \(cohort) \(series.rawValue): \(error)")
                 }
             }
-            let answers = CohortAnswers(
-                onFailures: await count(.on, failures: true), onRequests: await count(.on, failures: false),
-                offFailures: await count(.off, failures: true), offRequests: await count(.off, failures: false))
+            let answers = check.answers(value: { values["\($0) \($1.rawValue)"] }, samples: { buckets[$0] ?? [] })
             let verdict = check.judge(answers)
             lines.append("\(check.name): max_regression \(check.comparison.maxRegression), alpha \(format(check.comparison.alpha)), min_requests \(check.comparison.minRequests)")
             var item: [String: Any] = [
                 "check": check.name, "max_regression": "\(check.comparison.maxRegression)", "alpha": check.comparison.alpha,
                 "min_requests": check.comparison.minRequests, "window_seconds": window.components.seconds,
+                "measure": check.comparesLatency ? "latency" : "failure_ratio",
             ]
-            for (cohort, failures, requests) in [("on", answers.onFailures, answers.onRequests), ("off", answers.offFailures, answers.offRequests)] {
-                let ratio = (requests ?? 0) > 0 ? (failures ?? 0) / (requests ?? 1) : nil
-                lines.append("  \(cohort): \(format(requests?.rounded() ?? 0)) requests, \(format(failures?.rounded() ?? 0)) failed, ratio \(ratio.map { format(100 * $0) + "%" } ?? "none")")
-                item[cohort] = ["requests": requests as Any, "failures": failures as Any, "ratio": ratio as Any]
+            if check.comparesLatency {
+                for (cohort, histogram) in [("on", answers.onHistogram), ("off", answers.offHistogram)] {
+                    let count = histogram?.count
+                    let mean = (count ?? 0) > 0 ? (histogram?.sum ?? 0) / (count ?? 1) : nil
+                    lines.append("  \(cohort): \(format(count?.rounded() ?? 0)) observations, mean \(mean.map { format(1000 * $0) + "ms" } ?? "none")")
+                    item[cohort] = ["count": count as Any, "sum_seconds": histogram?.sum as Any, "mean_seconds": mean as Any]
+                }
+            } else {
+                for (cohort, failures, requests) in [("on", answers.onFailures, answers.onRequests), ("off", answers.offFailures, answers.offRequests)] {
+                    let ratio = (requests ?? 0) > 0 ? (failures ?? 0) / (requests ?? 1) : nil
+                    lines.append("  \(cohort): \(format(requests?.rounded() ?? 0)) requests, \(format(failures?.rounded() ?? 0)) failed, ratio \(ratio.map { format(100 * $0) + "%" } ?? "none")")
+                    item[cohort] = ["requests": requests as Any, "failures": failures as Any, "ratio": ratio as Any]
+                }
             }
             lines.append("  -> \(verdict.code): \(verdict.summary(of: check))")
             item["verdict"] = verdict.code
             item["explanation"] = verdict.summary(of: check)
             if let interval = verdict.interval {
-                item["interval"] = ["estimate": interval.estimate, "lower": interval.lower, "upper": interval.upper, "threshold": interval.threshold, "factor": interval.factor]
+                item["interval"] = [
+                    "estimate": interval.estimate, "lower": interval.lower, "upper": interval.upper, "threshold": interval.threshold, "factor": interval.factor,
+                    "unit": check.comparesLatency ? "seconds" : "ratio",
+                ]
             }
             if case .inconclusive(_, let needs?) = verdict { item["more_requests_needed"] = ["on": needs.on, "off": needs.off] }
             checks.append(item)

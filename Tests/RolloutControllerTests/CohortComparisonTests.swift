@@ -103,6 +103,9 @@ private func check(_ verdict: CohortVerdict, _ expected: Expected) {
     case .noData:
         #expect(expected.verdict == "noData")
         return
+    case .unbounded:
+        Issue.record("the comparison itself never finds an unbounded histogram")
+        return
     case .regression(let found):
         #expect(expected.verdict == "regression")
         interval = found

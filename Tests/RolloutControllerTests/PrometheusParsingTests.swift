@@ -105,6 +105,62 @@ struct PrometheusParsingTests {
         #expect(try parse(Self.documentShapes[2]) == 2)
     }
 
+    func samples(_ body: String, status: HTTPResponseStatus = .ok) throws(PrometheusError) -> [PrometheusSample] {
+        try client.parseSamples(body: Data(body.utf8), status: status, query: "q")
+    }
+
+    @Test func aVectorsSamplesKeepTheirLabels() throws {
+        let body = #"""
+            {"status":"success","data":{"resultType":"vector","result":[
+              {"metric":{"le":"0.05"},"value":[1795368038.832,"120.5"]},
+              {"metric":{"le":"+Inf"},"value":[1795368038.832,"130"]},
+              {"metric":{"le":"0.1","job":"api"},"value":[1795368038.832,"125"]}]}}
+            """#
+        #expect(
+            try samples(body) == [
+                PrometheusSample(labels: ["le": "0.05"], value: 120.5), PrometheusSample(labels: ["le": "+Inf"], value: 130),
+                PrometheusSample(labels: ["le": "0.1", "job": "api"], value: 125),
+            ])
+        // As a histogram's buckets: by upper bound, +Inf infinite.
+        #expect(HistogramAnswers.buckets(try samples(body)) == [0.05: 120.5, 0.1: 125, .infinity: 130])
+    }
+
+    @Test func anEmptyVectorHasNoSamplesAndSpecialValuesAreLeftOut() throws {
+        #expect(try samples(#"{"status":"success","data":{"resultType":"vector","result":[]}}"#).isEmpty)
+        let special = #"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"le":"1"},"value":[1,"NaN"]},{"metric":{"le":"2"},"value":[1,"3"]}]}}"#
+        #expect(try samples(special) == [PrometheusSample(labels: ["le": "2"], value: 3)])
+        // The quick reader's unlabelled shape is a vector too.
+        #expect(try samples(Self.quickShapes[0]) == [PrometheusSample(labels: [:], value: 0.0125)])
+    }
+
+    @Test func aVectorQueryRefusesOtherShapesAndFailsAsAValueQueryDoes() {
+        #expect {
+            try samples(#"{"status":"success","data":{"resultType":"scalar","result":[1,"30"]}}"#)
+        } throws: { error in
+            (error as? PrometheusError)?.code == .ambiguous && "\(error)".contains("not a vector")
+        }
+        #expect {
+            try samples(#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"le":1},"value":[1,"3"]}]}}"#)
+        } throws: { error in
+            (error as? PrometheusError)?.code == .unparsable
+        }
+        #expect {
+            try samples(#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"fifty"]}]}}"#)
+        } throws: { error in
+            (error as? PrometheusError)?.code == .unparsable
+        }
+        #expect {
+            try samples(#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#, status: .badRequest)
+        } throws: { error in
+            (error as? PrometheusError)?.code == .badQuery
+        }
+        #expect {
+            try samples("<html>proxy error</html>", status: .badGateway)
+        } throws: { error in
+            (error as? PrometheusError)?.isTransient == true
+        }
+    }
+
     @Test func queriesAreFormEncoded() {
         #expect(formEncoded("sum(rate(x{a=\"b\"}[5m])) / 2") == "sum%28rate%28x%7Ba%3D%22b%22%7D%5B5m%5D%29%29%20%2F%202")
     }

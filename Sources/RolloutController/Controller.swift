@@ -220,7 +220,9 @@ public struct Controller: Sendable {
     /// 3. Every query's answer put in `observation`; the failures, sorted, when any query failed.
     private func answers(_ feature: FeaturePolicy, into observation: inout Observation) async -> Result<Void, QueryFailures> {
         // The cohort checks count since the last change: the step's own evidence.
-        let window = observation.state.lastChangeTime.map { now().duration(since: $0) }
+        // Not at 0% or 100%: one cohort is empty there, and the verdict does not judge it.
+        let percent = observation.state.rolloutPercent
+        let window = percent > .zero && percent < .full ? observation.state.lastChangeTime.map { now().duration(since: $0) } : nil
         let answers = await query(feature, cohortWindow: window)
         guard answers.failures.isEmpty else { return .failure(QueryFailures(failures: answers.failures)) }
         for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }

@@ -37,10 +37,16 @@ struct CompareCommand: AsyncParsableCommand {
         case .failure(let invalid): throw CorruptStateFound(description: "\(invalid)")
         }
         let now = Timestamp.now()
-        guard let changed = state.lastChangeTime else {
-            let message = "\(name) has no last_change_time: no step to judge yet (the controller records one when it first sees the feature)."
+        func nothingToCompare(_ message: String) throws {
             if json { try printJSON(["feature": name.rawValue, "checks": [Any](), "complete": true, "note": message]) } else { print(message) }
-            return
+        }
+        guard state.rolloutPercent > .zero && state.rolloutPercent < .full else {
+            return try nothingToCompare(
+                "\(name) is at \(state.rolloutPercent)%: one cohort is empty, so its cohort checks do not apply (the other checks decide this step).")
+        }
+        guard let changed = state.lastChangeTime else {
+            return try nothingToCompare(
+                "\(name) has no last_change_time: no step to judge yet (the controller records one when it first sees the feature).")
         }
         let window = now.duration(since: changed)
         let prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)

@@ -38,8 +38,9 @@ struct CohortEndToEndTests {
     @Test func theFeaturesOwnCohortDecidesNotTheServiceWideRate() async throws {
         let world = try await ControllerWorld.make()
         let features = ["regress", "incident", "quiet", "unsure"]
+        // "zero" stays at 0%: nobody is in its cohort, the check does not apply, nothing else judges.
         try world.writePolicy(
-            features.map { ($0, "dwell: 5m") },
+            (features + ["zero"]).map { ($0, "dwell: 5m") },
             checks: """
                 - name: cohort_errors
                   type: cohort
@@ -80,6 +81,9 @@ struct CohortEndToEndTests {
         #expect(document["complete"] as? Bool == true)
         let noCohort = try await runCommand(world.binary, ["compare", "nope", "--config", world.configPath])
         #expect(noCohort.status == 2)
+        try await world.known(["zero"], at: "0")
+        let atZero = try await runCommand(world.binary, ["compare", "zero", "--config", world.configPath])
+        #expect(atZero.status == 0 && atZero.stdout.contains("zero is at 0%: one cohort is empty, so its cohort checks do not apply"), "\(atZero.stdout)")
 
         let run = try await world.run()
         #expect(run.status == 0, "\(run.output.stderr)")
@@ -91,6 +95,9 @@ struct CohortEndToEndTests {
         #expect(run.features["quiet"]?["reason"] as? String == "no_data")
         #expect(run.features["unsure"]?["reason"] as? String == "insufficient_evidence", "\(run.features["unsure"] ?? [:])")
         for feature in ["quiet", "unsure"] { #expect(try await world.get("flags:\(feature):rollout_percent") == "10") }
+        #expect(run.features["zero"]?["reason"] as? String == "no_data")
+        #expect((run.features["zero"]?["explanation"] as? String)?.contains("no check applies at 0%") == true)
+        #expect(try await world.get("flags:zero:rollout_percent") == "0")
         let checks = regress["checks"] as? [[String: Any]] ?? []
         #expect(checks.first?["status"] as? String == "violated")
         #expect(checks.first?["limit"] as? String == "max_regression 0.5pp")

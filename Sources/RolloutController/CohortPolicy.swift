@@ -241,15 +241,16 @@ public struct HistogramAnswers: Sendable, Hashable {
 
     /// The bound on the observations' sum of squares the buckets give
     /// (``CohortMeans/secondMomentBound(buckets:)``); nil when some lie above the last finite
-    /// bucket, or when the buckets hold fewer than `count` (no `_bucket` series, as for a
-    /// summary): a bound from too few observations would be too small, the interval too narrow.
+    /// bucket, or without a `+Inf` bucket (no `_bucket` series, as for a summary): never a
+    /// zero variance from buckets that are not there. The buckets come from one query, so they
+    /// agree with one another; `count` comes from another, evaluated a moment later or earlier
+    /// (`increase()` extrapolates each series to its own evaluation time), so the bound is
+    /// scaled up to `count` when that is the larger: an upper bound still.
     var sumOfSquaresBound: Double? {
-        guard buckets.values.max() ?? 0 >= Self.coveredShare * max(0, count ?? 0) else { return nil }
-        return CohortMeans.secondMomentBound(buckets: buckets.map { ($0.key, $0.value) })
+        guard let total = buckets[.infinity], total > 0, let bound = CohortMeans.secondMomentBound(buckets: buckets.map { ($0.key, $0.value) })
+        else { return nil }
+        return bound * max(1, max(0, count ?? 0) / total)
     }
-
-    /// The share of `count` the buckets must hold (`increase()` extrapolates each series a little).
-    static let coveredShare = 0.99
 
     /// The buckets of a `sum by (le) (...)` answer; a sample without a readable `le` is left out.
     public static func buckets(_ samples: [PrometheusSample]) -> [Double: Double] {

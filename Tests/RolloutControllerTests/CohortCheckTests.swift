@@ -287,13 +287,19 @@ struct CohortLatencyTests {
         let check = try #require(try latencyPolicy().cohortChecks.first)
         #expect(check.judge(CohortAnswers(on: histogram([(12, 2_000)]), off: usual)).code == "no_data")
         // A _count and _sum without _bucket series (a summary): no bound either, never a zero
-        // variance; nor buckets holding fewer observations than the count.
+        // variance; nor finite buckets without their +Inf one.
         let alike = histogram([(0.04, 1_000), (0.2, 1_000)])
         #expect(check.judge(CohortAnswers(on: HistogramAnswers(count: alike.count, sum: alike.sum), off: usual)) == .unbounded(on: 2_000, off: 18_000))
-        var short = alike
-        short.count = 2_100
-        #expect(check.judge(CohortAnswers(on: short, off: usual)).code == "no_data")
+        var noInfinity = alike
+        noInfinity.buckets[.infinity] = nil
+        #expect(check.judge(CohortAnswers(on: noInfinity, off: usual)).code == "no_data")
         #expect(check.judge(CohortAnswers(on: alike, off: usual)).code == "regression")
+        // A count a little above the buckets' total (its query evaluated a moment later, as
+        // Prometheus extrapolates young series): the bound is scaled up to it, still judged.
+        var later = alike
+        later.count = 2_100
+        #expect(check.judge(CohortAnswers(on: later, off: usual)).code == "regression")
+
     }
 
     @Test func tooFewObservationsNoSeriesAndNegativeIncreases() throws {

@@ -222,8 +222,10 @@ public struct Controller: Sendable {
         // The cohort checks count since the last change: the step's own evidence.
         // Not at 0% or 100%: one cohort is empty there, and the verdict does not judge it.
         let percent = observation.state.rolloutPercent
-        let window = percent > .zero && percent < .full ? observation.state.lastChangeTime.map { now().duration(since: $0) } : nil
-        let answers = await query(feature, cohortWindow: window)
+        // One instant for every query of the feature: answers a check combines agree.
+        let evaluatedAt = now()
+        let window = percent > .zero && percent < .full ? observation.state.lastChangeTime.map { evaluatedAt.duration(since: $0) } : nil
+        let answers = await query(feature, cohortWindow: window, at: evaluatedAt)
         guard answers.failures.isEmpty else { return .failure(QueryFailures(failures: answers.failures)) }
         for check in feature.checks { observation.checkValues[check.name] = answers.values[.check(check.name)] ?? nil }
         for check in feature.burnRateChecks {
@@ -461,12 +463,12 @@ public struct Controller: Sendable {
 
     /// Every query of `feature` at once (the client's bulkhead bounds them), all ended by the
     /// phase's deadline, well inside the lock's TTL; the failures sorted by name.
-    private func query(_ feature: FeaturePolicy, cohortWindow: Duration?) async -> QueryAnswers {
+    private func query(_ feature: FeaturePolicy, cohortWindow: Duration?, at time: Timestamp) async -> QueryAnswers {
         let deadline = budget.prometheusDeadline()
         var answers = QueryAnswers()
         await withTaskGroup(of: (FeaturePolicy.Query.Purpose, String, Result<PrometheusClient.Answer, PrometheusError>).self) { group in
             for query in feature.queries(cohortWindow: cohortWindow) {
-                group.addTask { [prometheus] in (query.purpose, query.label, await answer(query, from: prometheus, deadline: deadline)) }
+                group.addTask { [prometheus] in (query.purpose, query.label, await answer(query, from: prometheus, at: time, deadline: deadline)) }
             }
             for await (key, label, result) in group {
                 switch result {
@@ -508,13 +510,13 @@ private struct QueryAnswers {
 /// One query's answer: a value, or a vector's samples for a vector query. Assigned, then
 /// returned after the block (no return from inside a typed-throws `do` in async code).
 private func answer(
-    _ query: FeaturePolicy.Query, from prometheus: PrometheusClient, deadline: ContinuousClock.Instant
+    _ query: FeaturePolicy.Query, from prometheus: PrometheusClient, at time: Timestamp, deadline: ContinuousClock.Instant
 ) async -> Result<PrometheusClient.Answer, PrometheusError> {
     var result: Result<PrometheusClient.Answer, PrometheusError>
     do throws(PrometheusError) {
         result = query.isVector
-            ? .success(.samples(try await prometheus.samples(of: query.query, deadline: deadline)))
-            : .success(.value(try await prometheus.value(of: query.query, deadline: deadline)))
+            ? .success(.samples(try await prometheus.samples(of: query.query, at: time, deadline: deadline)))
+            : .success(.value(try await prometheus.value(of: query.query, at: time, deadline: deadline)))
     } catch {
         result = .failure(error)
     }

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import NIOHTTP1
-import RolloutGate
+public import RolloutGate
 import RolloutRedis
 
 /// Instant queries against Prometheus's HTTP API (`POST /api/v1/query`), with a timeout per
@@ -58,25 +58,37 @@ public struct PrometheusClient: Sendable {
     /// +Inf or -Inf); an error when the query could not be answered. While the endpoint's
     /// breaker is open the query is not sent and fails at once. Every attempt and wait ends by
     /// `deadline` (by default ``longestQuery`` from now): no retry starts that would cross it.
-    public func value(of query: String, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> Double? {
-        guard case .value(let value) = try await answer(of: query, shape: .value, deadline: deadline) else { return nil }
+    /// `time` is the instant Prometheus evaluates at (its own now when nil): the queries a
+    /// check combines (a cohort's `_sum` over its `_count`) must share one, or each young
+    /// series is extrapolated to a different instant.
+    public func value(of query: String, at time: Timestamp? = nil, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> Double? {
+        guard case .value(let value) = try await answer(of: query, shape: .value, at: time, deadline: deadline) else { return nil }
         return value
     }
 
     /// The samples of an instant query that returns a vector, each with its labels, such as a
     /// histogram's buckets (`sum by (le) (...)`): empty when Prometheus has no data, samples
     /// whose value is NaN or ±Inf left out. The same bounds, retries, timeouts and errors as
-    /// ``value(of:deadline:)``; a scalar or any other type is refused.
-    public func samples(of query: String, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> [PrometheusSample] {
-        guard case .samples(let samples) = try await answer(of: query, shape: .samples, deadline: deadline) else { return [] }
+    /// ``value(of:at:deadline:)``; a scalar or any other type is refused.
+    public func samples(of query: String, at time: Timestamp? = nil, deadline: ContinuousClock.Instant? = nil) async throws(PrometheusError) -> [PrometheusSample] {
+        guard case .samples(let samples) = try await answer(of: query, shape: .samples, at: time, deadline: deadline) else { return [] }
         return samples
+    }
+
+    /// `time` as the API's Unix seconds, to the microsecond: `1733338800.123456`.
+    static func unixSeconds(_ time: Timestamp) -> String {
+        let micros = time.microsecondsSinceEpoch
+        let (seconds, fraction) = micros.quotientAndRemainder(dividingBy: 1_000_000)
+        guard fraction >= 0 else { return String(Double(micros) / 1e6) }
+        let digits = String(fraction)
+        return "\(seconds)." + String(repeating: "0", count: 6 - digits.count) + digits
     }
 
     /// What a query's answer is read as.
     enum Shape: Sendable {
-        /// One value (``value(of:deadline:)``).
+        /// One value (``value(of:at:deadline:)``).
         case value
-        /// A vector's labelled samples (``samples(of:deadline:)``).
+        /// A vector's labelled samples (``samples(of:at:deadline:)``).
         case samples
     }
 
@@ -87,7 +99,7 @@ public struct PrometheusClient: Sendable {
     }
 
     /// The query sent through the endpoint's guards, retried within `deadline`, read as `shape`.
-    private func answer(of query: String, shape: Shape, deadline: ContinuousClock.Instant?) async throws(PrometheusError) -> Answer {
+    private func answer(of query: String, shape: Shape, at time: Timestamp?, deadline: ContinuousClock.Instant?) async throws(PrometheusError) -> Answer {
         var answer = Answer.value(nil)
         let deadline = deadline ?? ContinuousClock.now.advanced(by: longestQuery)
         let (failure, _) = await guards.call(
@@ -113,7 +125,7 @@ public struct PrometheusClient: Sendable {
             // `do` in an async closure (the pattern the reverted 571fc26 crashed with in release).
             var outcome = AttemptOutcome<PrometheusError>.succeeded
             do throws(PrometheusError) {
-                answer = try await once(query, shape: shape, within: min(timeout, remaining ?? timeout))
+                answer = try await once(query, shape: shape, at: time, within: min(timeout, remaining ?? timeout))
             } catch {
                 outcome = .failed(error, retryable: error.isTransient, endpointFault: error.isEndpointFailure)
             }
@@ -127,10 +139,11 @@ public struct PrometheusClient: Sendable {
     /// the continuous clock, ends a stalled or trickling answer and closes its connection; on
     /// another clock (a test's), the attempt is also raced against `clock`, and the loser is
     /// cancelled, which shuts the connection down at once.
-    private func once(_ query: String, shape: Shape, within limit: Duration) async throws(PrometheusError) -> Answer {
+    private func once(_ query: String, shape: Shape, at time: Timestamp?, within limit: Duration) async throws(PrometheusError) -> Answer {
         let connections = try self.connections.get()
-        let request = connections.request(
-            method: "POST", path: "/api/v1/query", contentType: "application/x-www-form-urlencoded", body: Array(("query=" + formEncoded(query)).utf8))
+        var form = "query=" + formEncoded(query)
+        if let time { form += "&time=" + Self.unixSeconds(time) }
+        let request = connections.request(method: "POST", path: "/api/v1/query", contentType: "application/x-www-form-urlencoded", body: Array(form.utf8))
         let deadline = ContinuousClock.now.advanced(by: limit)
         let outcome: Result<HTTPAnswer, HTTPFailure>?
         if clock is ContinuousClock {

@@ -59,9 +59,9 @@ struct CompareCommand: AsyncParsableCommand {
             for (cohort, series, query) in check.queries(window: window) {
                 do {
                     if series == .buckets {
-                        buckets[cohort] = try await prometheus.samples(of: query)
+                        buckets[cohort] = try await prometheus.samples(of: query, at: now)
                     } else {
-                        values["\(cohort) \(series.rawValue)"] = try await prometheus.value(of: query)
+                        values["\(cohort) \(series.rawValue)"] = try await prometheus.value(of: query, at: now)
                     }
                 } catch {
                     failed = true

@@ -1,5 +1,6 @@
 import Foundation
 @testable import RolloutController
+import RolloutGate
 import RolloutRedis
 import RolloutTestSupport
 import Testing
@@ -179,6 +180,10 @@ struct HTTP1ClientTests {
             #expect(error.code == .ambiguous && error.message.contains("300 series"), "\(error)")
         }
         #expect(try await client.value(of: "sum(demo_many)") == 300)
+        // An evaluation time is sent as the API's Unix seconds: time() answers it back.
+        let instant = Timestamp(microsecondsSinceEpoch: 1_733_338_800_250_000)
+        #expect(try await client.value(of: "time()", at: instant) == 1_733_338_800.25)
+        #expect(try await client.samples(of: "vector(time())", at: instant).first?.value == 1_733_338_800.25)
         await prometheus.stopOffPool()
     }
 

@@ -86,6 +86,11 @@ features:
         type: cohort
         max_regression: 2pp
         min_requests: 500
+      - name: cohort_latency             # the mean of rollout_cohort_duration_seconds, per cohort
+        type: cohort
+        latency: rollout_cohort_duration_seconds
+        max_regression: 50ms
+        min_requests: 500
 YAML
 seq -f "user-%.0f" 1000000 1009999 > "$work/actors.txt"
 

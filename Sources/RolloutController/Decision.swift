@@ -306,10 +306,12 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
             "no check applies at \(current)%: a cohort check needs both cohorts. Add a threshold or burn_rate check to judge the step from \(current)%")
     }
     let missing = verdict.checks.filter { $0.status == .noData }.map { check in
-        cohortSummaries[check.name].map { "\(check.name), \($0)" } ?? check.name
+        cohortSummaries[check.name].map { "\(check.name) (\($0))" } ?? check.name
     }
     if !missing.isEmpty {
-        return hold(.noData, "no data for \(missing.joined(separator: ", ")): no promotion without evidence")
+        // A cohort check's reason has commas of its own: its entries are set apart by semicolons.
+        let separator = missing.contains { $0.hasSuffix(")") } ? "; " : ", "
+        return hold(.noData, "no data for \(missing.joined(separator: separator)): no promotion without evidence")
     }
     let inconclusive = verdict.checks.filter { $0.status == .inconclusive }.map { "\($0.name): \(cohortSummaries[$0.name] ?? "inconclusive")" }
     if !inconclusive.isEmpty {

@@ -116,7 +116,7 @@ struct CohortCheckTests {
         let verdict = decide(policy: try policy(), observation: observation(counts(0, of: 300, 10, of: 50_000)), now: now)
         #expect(verdict.action == .hold && verdict.holdReason == .noData)
         #expect(verdict.checks.first?.status == .noData && verdict.checks.first?.value == nil)
-        #expect(verdict.explanation.contains("no data for cohort_errors, too few requests: on 300, off 50000, min_requests 1000 in each: no promotion"), "\(verdict.explanation)")
+        #expect(verdict.explanation.contains("no data for cohort_errors (too few requests: on 300, off 50000, min_requests 1000 in each): no promotion"), "\(verdict.explanation)")
         // A cohort with no series at all (nobody recorded in it yet): the same.
         let none = decide(policy: try policy(), observation: observation(CohortAnswers(onFailures: nil, onRequests: nil, offFailures: 5, offRequests: 9_000)), now: now)
         #expect(none.holdReason == .noData)

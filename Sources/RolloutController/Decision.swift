@@ -105,6 +105,9 @@ public struct Verdict: Sendable, Hashable {
         public var consecutive: Int = 1
         /// The bound: `max`, or the burn factor of a window pair.
         public var limit: String = ""
+        /// What a cohort check found, in words (its interval against max_regression, or why
+        /// it has no data); nil for other checks.
+        public var detail: String?
 
         /// A check's status.
         public enum Status: String, Sendable, Hashable {
@@ -180,10 +183,11 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     // through a run whose data is invalid).
     func judge(
         _ name: String, _ value: Double?, invalid: Bool, violated: (Double) -> Bool, action: FeaturePolicy.Check.Action, consecutive: Int,
-        limit: String
+        limit: String, inconclusive: Bool = false, detail: String? = nil
     ) {
         let previous = observation.streaks[name] ?? 0
-        var outcome = Verdict.CheckOutcome(name: name, value: value, status: .noData, onViolation: action, streak: previous, consecutive: consecutive, limit: limit)
+        var outcome = Verdict.CheckOutcome(
+            name: name, value: value, status: .noData, onViolation: action, streak: previous, consecutive: consecutive, limit: limit, detail: detail)
         if invalid {
             outcome.status = .invalidData
         } else if let value {
@@ -192,7 +196,7 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
                 outcome.status = outcome.streak >= consecutive ? .violated : .pending
             } else {
                 outcome.streak = 0
-                outcome.status = .ok
+                outcome.status = inconclusive ? .inconclusive : .ok
             }
         }
         verdict.checks.append(outcome)
@@ -219,7 +223,6 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
         }
     }
     // Cohort checks: the interval against max_regression (CohortComparison), since the last change.
-    var cohortSummaries: [String: String] = [:]
     // At 0% or 100% one cohort is empty by construction: nothing to compare, the other checks
     // decide (and with none, no promotion: see below).
     let cohortsExist = current > .zero && current < .full
@@ -234,13 +237,12 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
             continue
         }
         let judged = check.judge(answers)
-        cohortSummaries[check.name] = judged.summary(of: check)
-        var isRegression = false
+        var isRegression = false, isInconclusive = false
         if case .regression = judged { isRegression = true }
+        if case .inconclusive = judged { isInconclusive = true }
         judge(
             check.name, judged.estimate, invalid: false, violated: { _ in isRegression }, action: check.onViolation,
-            consecutive: check.consecutive, limit: limit)
-        if case .inconclusive = judged, let last = verdict.checks.indices.last { verdict.checks[last].status = .inconclusive }
+            consecutive: check.consecutive, limit: limit, inconclusive: isInconclusive, detail: judged.summary(of: check))
     }
     // Alert checks report only; a burning error budget is always worth an alert too.
     verdict.alerts = verdict.checks.filter { $0.status == .violated && ($0.onViolation == .alert || burnNames.contains($0.name)) }.map(\.name)
@@ -277,8 +279,7 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     // 5. Rollback first: it never waits for dwell, cooldown, a guard or a freeze.
     let rollbackViolations = verdict.checks.filter { $0.status == .violated && $0.onViolation == .rollback }
     if !rollbackViolations.isEmpty {
-        let names = rollbackViolations.map { "\($0.name)=\(format($0.value))\(cohortSummaries[$0.name].map { " (\($0))" } ?? "")" }
-            .joined(separator: ", ")
+        let names = rollbackViolations.map { "\($0.name)=\(format($0.value))\($0.detail.map { " (\($0))" } ?? "")" }.joined(separator: ", ")
         let target = policy.rollbackTarget(from: current, lastGood: observation.lastGood)
         if target < current {
             verdict.action = .rollback(to: target)
@@ -305,15 +306,14 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
             .noData,
             "no check applies at \(current)%: a cohort check needs both cohorts. Add a threshold or burn_rate check to judge the step from \(current)%")
     }
-    let missing = verdict.checks.filter { $0.status == .noData }.map { check in
-        cohortSummaries[check.name].map { "\(check.name) (\($0))" } ?? check.name
-    }
+    let missing = verdict.checks.filter { $0.status == .noData }
     if !missing.isEmpty {
-        // A cohort check's reason has commas of its own: its entries are set apart by semicolons.
-        let separator = missing.contains { $0.hasSuffix(")") } ? "; " : ", "
-        return hold(.noData, "no data for \(missing.joined(separator: separator)): no promotion without evidence")
+        // A cohort check's detail has commas of its own: then the entries are set apart by semicolons.
+        let separator = missing.contains { $0.detail != nil } ? "; " : ", "
+        let names = missing.map { check in check.detail.map { "\(check.name) (\($0))" } ?? check.name }
+        return hold(.noData, "no data for \(names.joined(separator: separator)): no promotion without evidence")
     }
-    let inconclusive = verdict.checks.filter { $0.status == .inconclusive }.map { "\($0.name): \(cohortSummaries[$0.name] ?? "inconclusive")" }
+    let inconclusive = verdict.checks.filter { $0.status == .inconclusive }.map { "\($0.name): \($0.detail ?? "inconclusive")" }
     if !inconclusive.isEmpty {
         return hold(.insufficientEvidence, "\(inconclusive.joined(separator: "; ")); no promotion until the evidence decides")
     }
@@ -325,7 +325,7 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     let cohortNames = Set(policy.cohortChecks.map(\.name))
     let regressed = verdict.checks.filter { cohortNames.contains($0.name) && ($0.status == .violated || $0.status == .pending) }
     if !regressed.isEmpty {
-        let names = regressed.map { "\($0.name) (\(cohortSummaries[$0.name] ?? "a regression"))" }.joined(separator: ", ")
+        let names = regressed.map { "\($0.name) (\($0.detail ?? "a regression"))" }.joined(separator: ", ")
         return hold(.checkViolated, "\(names): no promotion while the feature's cohort is worse")
     }
     let pending = verdict.checks.filter { $0.status == .pending && $0.onViolation != .alert }

@@ -19,10 +19,7 @@ struct BudgetCommand: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let policy = try await policyOptions.load()
-        guard let featurePolicy = policy.features.first(where: { $0.feature == name }) else {
-            throw ValidationError("\(name) is not a feature of the policy file; its features: \(policy.features.map(\.feature.rawValue).joined(separator: ", ")).")
-        }
+        let (policy, featurePolicy) = try await policyOptions.load(feature: name)
         guard !featurePolicy.burnRateChecks.isEmpty else {
             throw ValidationError("\(name) has no check of type: burn_rate, so it has no error budget to report.")
         }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import RolloutAdmin
+import RolloutAudit
 import RolloutController
 import RolloutGate
 import RolloutRedis
@@ -21,20 +23,19 @@ struct CompareCommand: AsyncParsableCommand {
 
     func run() async throws {
         let name = try featureName(feature)
-        let policy = try await policyOptions.load()
-        guard let featurePolicy = policy.features.first(where: { $0.feature == name }) else {
-            throw ValidationError("\(name) is not a feature of the policy file; its features: \(policy.features.map(\.feature.rawValue).joined(separator: ", ")).")
-        }
+        let (policy, featurePolicy) = try await policyOptions.load(feature: name)
         guard !featurePolicy.cohortChecks.isEmpty else {
             throw ValidationError("\(name) has no check of type: cohort, so it has no cohorts to compare.")
         }
         let redis = RedisClient(url: policy.redis)
         defer { redis.close() }
-        let keys = FeatureKeys(name)
+        // Read as every command reads a feature (a key of the wrong type named with its type).
+        let store = FeatureStore(redis: redis, auditLog: AuditLog(path: policy.auditLog))
         let state: FeatureState
-        switch FeatureState.read(name, from: try await redis.pipeline(keys.readCommands)) {
-        case .success(let read): state = read
-        case .failure(let invalid): throw CorruptStateFound(description: "\(invalid)")
+        switch try await store.read([name]).first {
+        case .success(let read)?: state = read
+        case .failure(let invalid)?: throw CorruptStateFound(description: "\(invalid)")
+        case nil: throw CorruptStateFound(description: "\(name): Redis answered no state")
         }
         let now = Timestamp.now()
         func nothingToCompare(_ message: String) throws {

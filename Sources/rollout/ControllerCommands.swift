@@ -33,6 +33,17 @@ struct ControllerCommand: AsyncParsableCommand {
             if dryRun { policy.dryRun = true }
             return policy
         }
+
+        /// The policy and its policy for `feature`; a feature the file does not list is a
+        /// usage error naming the ones it does.
+        func load(feature name: FeatureName) async throws -> (ControllerPolicy, FeaturePolicy) {
+            let policy = try await load()
+            guard let featurePolicy = policy.features.first(where: { $0.feature == name }) else {
+                throw ValidationError(
+                    "\(name) is not a feature of the policy file; its features: \(policy.features.map(\.feature.rawValue).joined(separator: ", ")).")
+            }
+            return (policy, featurePolicy)
+        }
     }
 
     struct Run: AsyncParsableCommand {

@@ -6,8 +6,11 @@ import Testing
 private func percent(_ text: String) -> RolloutPercent { RolloutPercent(parsing: text) ?? .zero }
 private let now = Timestamp(parsing: "2026-11-25T12:00:00Z") ?? Timestamp(microsecondsSinceEpoch: 0)
 
-/// checkout: steps 10/50/100, dwell 15m, one cohort check (`settings` added to it).
-private func policy(_ settings: String = "max_regression: 0.5pp, min_requests: 1000", name: String = "cohort_errors") throws -> FeaturePolicy {
+/// checkout: steps 10/50/100, dwell 15m, one cohort check (`settings` added to it), after the
+/// checks in `before` (YAML flow mappings, one per line).
+private func policy(
+    _ settings: String = "max_regression: 0.5pp, min_requests: 1000", name: String = "cohort_errors", before: [String] = []
+) throws -> FeaturePolicy {
     let yaml = """
         prometheus: http://p:9090
         features:
@@ -15,7 +18,7 @@ private func policy(_ settings: String = "max_regression: 0.5pp, min_requests: 1
             steps: [10, 50, 100]
             dwell: 15m
             checks:
-              - {name: \(name), type: cohort, \(settings)}
+        \(before.map { "      - \($0)\n" }.joined())      - {name: \(name), type: cohort, \(settings)}
         """
     return try #require(try ControllerPolicy(yaml: yaml).features.first)
 }
@@ -142,17 +145,7 @@ struct CohortCheckTests {
         #expect(zero.checks.isEmpty)
         #expect(zero.explanation.contains("no check applies at 0%"), "\(zero.explanation)")
         // Beside a threshold check, that one decides the step from 0%.
-        let yaml = """
-            prometheus: http://p:9090
-            features:
-              checkout:
-                steps: [10, 50, 100]
-                dwell: 15m
-                checks:
-                  - {name: error_rate, query: max(errors), max: 0.05}
-                  - {name: cohort_errors, type: cohort, max_regression: 0.5pp}
-            """
-        let both = try #require(try ControllerPolicy(yaml: yaml).features.first)
+        let both = try policy("max_regression: 0.5pp", before: ["{name: error_rate, query: max(errors), max: 0.05}"])
         var state = observation(at: "0", counts(0, of: 0, 10, of: 50_000))
         state.checkValues["error_rate"] = 0.001
         let promoted = decide(policy: both, observation: state, now: now)

@@ -4,19 +4,24 @@ import CRolloutCrypto
 /// bucket is inside a percent. Changing anything here moves users between cohorts: a new
 /// formula is a new scheme, never an edit.
 public enum Bucketing {
-    /// The bucket of an actor: 0..<100_000 for v2, 1...100 for v1; nil for an empty actor id
-    /// (on only at 100%). A nil or empty workspace means none.
+    /// The bucket of an actor: 0..<100_000 for v2, 1...100 for v1. An empty actor id is nil
+    /// under v2 (on only at 100%) and the id `anon` under v1. A nil or empty workspace means none.
     @inlinable
     public static func bucket(scheme: BucketingScheme, feature: FeatureName, workspace: String?, actor: String) -> Int? {
-        if actor.isEmpty { return nil }
         switch scheme {
         case .v2:
+            if actor.isEmpty { return nil }
             return Int(head64(salt: feature.rawValue, workspace: workspace, actor: actor) % 100_000)
         case .v1:
-            // The original gate: int(sha256(key).hexdigest()[:8], 16) % 100 + 1.
-            return Int((head64(salt: nil, workspace: workspace, actor: actor) >> 32) % 100) + 1
+            // The original gate: int(sha256(key).hexdigest()[:8], 16) % 100 + 1, where a request
+            // without an actor id is the actor `anon` (`<workspace>:anon`); a fleet running both
+            // gates must agree on it too.
+            return Int((head64(salt: nil, workspace: workspace, actor: actor.isEmpty ? anonymousV1Actor : actor) >> 32) % 100) + 1
         }
     }
+
+    /// The id the original Python gate, and so v1, buckets a request without an actor id as.
+    public static let anonymousV1Actor = "anon"
 
     /// The threshold `percent` sets for `scheme`: v2 is on iff bucket < threshold; v1 is on iff
     /// bucket <= threshold (whole percents).

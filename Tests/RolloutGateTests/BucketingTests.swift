@@ -178,12 +178,36 @@ struct BucketingTests {
         }
     }
 
-    @Test func emptyActorIsOnlyOnAtOneHundred() throws {
-        for scheme in BucketingScheme.allCases {
-            #expect(Bucketing.bucket(scheme: scheme, feature: "google", workspace: "acme", actor: "") == nil)
-            #expect(!Bucketing.isInside(bucket: nil, scheme: scheme, percent: try #require(RolloutPercent(parsing: "99.999"))))
-            #expect(Bucketing.isInside(bucket: nil, scheme: scheme, percent: .full))
-        }
+    @Test func v2EmptyActorIsOnlyOnAtOneHundred() throws {
+        #expect(Bucketing.bucket(scheme: .v2, feature: "google", workspace: "acme", actor: "") == nil)
+        #expect(Bucketing.bucket(scheme: .v2, feature: "google", workspace: nil, actor: "") == nil)
+        #expect(!Bucketing.isInside(bucket: nil, scheme: .v2, percent: try #require(RolloutPercent(parsing: "99.999"))))
+        #expect(Bucketing.isInside(bucket: nil, scheme: .v2, percent: .full))
+        let state = FeatureState.absentWith("google", scheme: .v2, percent: try #require(RolloutPercent(parsing: "99")))
+        #expect(state.decide(for: Subject(id: "")).reason == .anonymousActor(percent: try #require(RolloutPercent(parsing: "99"))))
+    }
+
+    @Test(arguments: [nil, "acme", "ws_9"] as [String?])
+    func v1EmptyActorIsTheOriginalGatesAnon(workspace: String?) throws {
+        // The original Python gate buckets a request without an actor id as `anon`.
+        let anon = Bucketing.bucket(scheme: .v1, feature: "google", workspace: workspace, actor: "anon")
+        #expect(anon != nil)
+        #expect(Bucketing.bucket(scheme: .v1, feature: "google", workspace: workspace, actor: "") == anon)
+        #expect(Bucketing.bucket(scheme: .v1, feature: "other", workspace: workspace, actor: "") == anon)
+        let bucket = try #require(anon)
+        let at = try #require(RolloutPercent(parsing: String(bucket)))
+        let below = try #require(RolloutPercent(parsing: String(bucket - 1)))
+        let state = FeatureState.absentWith("google", scheme: .v1, percent: at)
+        let decision = state.decide(for: Subject(id: "", workspace: workspace))
+        #expect(decision.isOn)
+        #expect(decision.reason == .bucket(scheme: .v1, bucket: bucket, threshold: bucket, percent: at, fromWorkspace: false))
+        #expect(!FeatureState.absentWith("google", scheme: .v1, percent: below).decide(for: Subject(id: "", workspace: workspace)).isOn)
+    }
+
+    @Test func v1EmptyActorBucketsArePinned() {
+        #expect(Bucketing.bucket(scheme: .v1, feature: "google", workspace: nil, actor: "") == 38)
+        #expect(Bucketing.bucket(scheme: .v1, feature: "google", workspace: "acme", actor: "") == 10)
+        #expect(Bucketing.bucket(scheme: .v1, feature: "google", workspace: "ws_9", actor: "") == 74)
     }
 
     @Test func emptyWorkspaceMeansNone() {

@@ -79,7 +79,8 @@ public struct Timestamp: Hashable, Sendable, Comparable, CustomStringConvertible
     }
 
     /// Parses `2025-10-08T15:30:00.123456+00:00`, `2025-10-08T15:30:00Z` and other offsets
-    /// (`+02:00`), with zero to nine fraction digits (kept to the microsecond).
+    /// (`+02:00`), with zero to nine fraction digits (kept to the microsecond). A time without
+    /// a zone (`2025-10-08T15:30:00`) is UTC, as the original Python controller read it.
     public init?(parsing text: some StringProtocol) {
         let bytes = Array(text.trimmingSpaces().utf8)
         var index = 0
@@ -128,9 +129,9 @@ public struct Timestamp: Hashable, Sendable, Comparable, CustomStringConvertible
                 return nil
             }
             offsetSeconds = sign * (offsetHours * 3600 + offsetMinutes * 60)
-        } else {
-            return nil  // a time without a zone is ambiguous: refuse it
         }
+        // Otherwise no zone: UTC. The original Python system wrote and read naive
+        // `datetime.utcnow().isoformat()` values; a fleet migrating from it still has them.
         guard index == bytes.count else { return nil }
         let days = Timestamp.daysFromCivil(year: year, month: month, day: day)
         let seconds = Int64(days) * 86_400 + Int64(hour * 3600 + minute * 60 + second) - Int64(offsetSeconds)

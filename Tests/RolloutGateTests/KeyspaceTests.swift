@@ -53,12 +53,16 @@ struct KeyspaceTests {
         ("2025-10-08T15:30:00.123456789Z", Int64(1_759_937_400_123_456)),
         ("1970-01-01T00:00:00Z", Int64(0)),
         ("2024-02-29T12:00:00Z", Int64(1_709_208_000_000_000)),
+        // No zone: UTC, as the original Python controller read it.
+        ("2025-10-08T15:30:00", Int64(1_759_937_400_000_000)),
+        ("2025-10-08T15:30:00.123456", Int64(1_759_937_400_123_456)),
+        ("2025-10-08 15:30:00", Int64(1_759_937_400_000_000)),
     ])
     func timestampsParse(text: String, micros: Int64) {
         #expect(Timestamp(parsing: text)?.microsecondsSinceEpoch == micros)
     }
 
-    @Test(arguments: ["2025-10-08T15:30:00", "2025-13-08T15:30:00Z", "2025-02-30T00:00:00Z", "yesterday", "", "2025-10-08", "1759937400"])
+    @Test(arguments: ["2025-10-08T15:30:00+", "2025-10-08T15:30:00 Z", "2025-10-08T15:30:00.", "2025-13-08T15:30:00Z", "2025-02-30T00:00:00Z", "yesterday", "", "2025-10-08", "1759937400"])
     func invalidTimestampsAreRefused(text: String) {
         #expect(Timestamp(parsing: text) == nil)
     }

@@ -98,15 +98,19 @@ public struct FeatureStore: Sendable {
     /// Sets rollout_percent, recording the previous value in last_percent (an invalid one is
     /// dropped so it cannot poison the gate) and the time in last_change_time, atomically with
     /// its audit record; refused when rollout_percent moved meanwhile. Returns the previous percent.
+    /// A percent that cannot be written for a v1 feature (not a whole number) is refused, and
+    /// the feature's bucketing must still be what was read when the change is made.
     @discardableResult
     public func setPercent(_ feature: FeatureName, to percent: RolloutPercent, reason: String) async throws(AdminError) -> RolloutPercent? {
         let keys = FeatureKeys(feature)
-        let (time, replies) = try await readWithServerTime([RedisCommand("GET", keys.rolloutPercent)])
+        let (time, replies) = try await readWithServerTime([RedisCommand("GET", keys.rolloutPercent), RedisCommand("GET", keys.bucketing)])
         let previousText = try stringValue(replies[0], of: keys.rolloutPercent)
+        let bucketingText = try checkWritable(percent, for: feature, bucketing: replies[1], as: "The percent")
         let previous = previousText.flatMap { RolloutPercent(parsing: $0) }
         let moment = now()
         var change = OperatorChange()
         change.expect(keys.rolloutPercent, equals: previousText)
+        change.expect(keys.bucketing, equals: bucketingText)
         change.step("SET", keys.rolloutPercent, [percent.description])
         switch (previousText, previous) {
         case (nil, _): change.step("SET", keys.lastPercent, ["0"])
@@ -167,13 +171,17 @@ public struct FeatureStore: Sendable {
         try await changeMembers(ids, list, feature, command: "SREM", sign: "-", reason: reason)
     }
 
-    /// Sets a workspace's own percent.
+    /// Sets a workspace's own percent (a whole number for a v1 feature, as ``setPercent(_:to:reason:)``).
     public func setWorkspace(_ workspace: String, of feature: FeatureName, to percent: RolloutPercent, reason: String) async throws(AdminError) {
         guard !workspace.isEmpty else { throw AdminError(.invalidInput("The workspace id cannot be empty.")) }
+        let keys = FeatureKeys(feature)
+        let (time, replies) = try await readWithServerTime([RedisCommand("GET", keys.bucketing)])
+        let bucketingText = try checkWritable(percent, for: feature, bucketing: replies[0], as: "The workspace \(workspace)'s percent")
         var change = OperatorChange()
-        change.step("HSET", FeatureKeys(feature).workspaces, [workspace, percent.description])
+        change.expect(keys.bucketing, equals: bucketingText)
+        change.step("HSET", keys.workspaces, [workspace, percent.description])
         change.records = [record(feature, "workspace \(workspace) -> \(percent)%", reason)]
-        try await apply(change)
+        try await apply(change, time: time)
     }
 
     /// Removes a workspace's own percent; its actors follow rollout_percent again.
@@ -182,6 +190,20 @@ public struct FeatureStore: Sendable {
         change.step("HDEL", FeatureKeys(feature).workspaces, [workspace])
         change.records = [record(feature, "workspace \(workspace) unset", reason)]
         try await apply(change)
+    }
+
+    /// The feature's `bucketing` text from its GET `reply`, once `percent` is known to be
+    /// writable under that scheme (``BucketingScheme/checkWritable(_:for:as:)``). A value that
+    /// names no scheme counts as v1: the stricter rule, until the key is fixed.
+    private func checkWritable(_ percent: RolloutPercent, for feature: FeatureName, bucketing reply: RedisValue, as what: String) throws(AdminError) -> String? {
+        let text = try stringValue(reply, of: FeatureKeys(feature).bucketing)
+        let scheme = text.map { BucketingScheme(storedValue: $0) ?? .v1 } ?? .v2
+        do throws(KeyspaceError) {
+            try scheme.checkWritable(percent, for: feature, as: what)
+        } catch {
+            throw AdminError(.invalidInput(error.message))
+        }
+        return text
     }
 
     /// Writes to the audit log every record of the audit stream it does not have yet (records
@@ -403,6 +425,10 @@ extension FeatureStore {
             (snapshot, actual) = try checked.get()
         } catch {
             throw SnapshotError("\(error.description) Nothing was changed.")
+        }
+        let unwritable = snapshot.unwritablePercents()
+        guard unwritable.isEmpty else {
+            throw AdminError(.invalidInput("Cannot restore \(path): " + unwritable.joined(separator: " ") + " Nothing was changed."))
         }
         let scope = try snapshot.features.map { try $0.map { name throws(KeyspaceError) in try FeatureName(name) } }
         let current = try await FlagSnapshot.capture(from: redis, features: scope, at: now())

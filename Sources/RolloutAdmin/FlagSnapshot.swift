@@ -67,6 +67,40 @@ extension FlagSnapshot {
         return commands
     }
 
+    /// Why a percent of this snapshot cannot be written back for its feature's bucketing
+    /// (``BucketingScheme/checkWritable(_:for:as:)``): `rollout_percent` and each workspace's
+    /// percent. A v1 feature's percent must also be written as a plain integer (`10`, never
+    /// `10.0`), which is all the original Python gate's `int()` reads. Empty when all can.
+    func unwritablePercents() -> [String] {
+        let byKey = Dictionary(keys.map { ($0.key, $0) }, uniquingKeysWith: { $1 })
+        var problems: [String] = []
+        for feature in Set(keys.compactMap { FeatureKeys.feature(ofKey: $0.key) }).sorted() {
+            let names = FeatureKeys(feature)
+            // The snapshot replaces every key of the feature: its own bucketing key decides.
+            guard let stored = byKey[names.bucketing]?.value else { continue }
+            let scheme = BucketingScheme(storedValue: stored) ?? .v1
+            var texts: [(String, String)] = []
+            if let value = byKey[names.rolloutPercent]?.value { texts.append((names.rolloutPercent, value)) }
+            for (workspace, value) in (byKey[names.workspaces]?.fields ?? [:]).sorted(by: { $0.key < $1.key }) {
+                texts.append(("\(names.workspaces) field \(workspace)", value))
+            }
+            for (what, text) in texts {
+                guard let percent = RolloutPercent(parsing: text) else { continue }  // restored as it was: the gate reports it
+                do throws(KeyspaceError) {
+                    try scheme.checkWritable(percent, for: feature, as: what)
+                    if scheme == .v1, text.contains(".") {
+                        problems.append(
+                            "\(what) holds \"\(text)\", which the original Python gate's int() cannot read (it would answer 0%): "
+                                + "write it as \(percent) in the snapshot.")
+                    }
+                } catch {
+                    problems.append(error.message)
+                }
+            }
+        }
+        return problems
+    }
+
     /// What restoring `self` over `current` would change, one line per key: `+` added,
     /// `-` removed, `~` changed.
     public func difference(from current: FlagSnapshot) -> [String] {

@@ -60,7 +60,7 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
         /// The bucket rule: `bucket` against `threshold` under `scheme`, with the percent that
         /// applied and whether it came from the workspace's override.
         case bucket(scheme: BucketingScheme, bucket: Int, threshold: Int, percent: RolloutPercent, fromWorkspace: Bool)
-        /// The actor has no id: on only at 100%.
+        /// The actor has no id, under v2: on only at 100% (v1 buckets it as `anon`: ``bucket(scheme:bucket:threshold:percent:fromWorkspace:)``).
         case anonymousActor(percent: RolloutPercent)
         /// Nothing has been read from Redis for this feature yet.
         case noData
@@ -116,7 +116,8 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
 
 /// Who is being evaluated: the subject's id, its workspace, and whether it is internal.
 public struct Subject: Sendable, Hashable {
-    /// The subject's id; empty means anonymous (on only at 100%).
+    /// The subject's id; empty means anonymous (v2: on only at 100%; v1: the id `anon`, as the
+    /// original Python gate buckets it).
     public var id: String
     /// The workspace, making the stickiness key `<workspace>:<id>`; nil or empty for none.
     public var workspace: String?

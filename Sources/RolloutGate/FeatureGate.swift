@@ -45,7 +45,8 @@ public final class FeatureGate: Service, Sendable {
         public var connectTimeout: Duration = .milliseconds(250)
         /// Command timeout of the gate's Redis connections.
         public var commandTimeout: Duration = .seconds(1)
-        /// Where `ROLLOUT_<FEATURE>_ENABLED` is looked up; nil reads the process environment.
+        /// Where `ROLLOUT_<FEATURE>_ENABLED` and `FLAGS_<FEATURE>_ROLLOUT_PERCENT` are looked
+        /// up; nil reads the process environment.
         public var environment: [String: String]?
         /// A local file for the last good snapshot (nil, the default: none). The gate writes it
         /// after each refresh that changed something, at most once a second (a temporary file
@@ -171,7 +172,7 @@ public final class FeatureGate: Service, Sendable {
             let tally = tally(for: feature)
             fresh[feature] = Entry(
                 feature: feature, raw: [], result: .success(state),
-                overrideVariable: overrideVariable(for: feature, named: tally.variableName), tally: tally)
+                overrides: processOverrides(for: tally), tally: tally)
         }
         publish(fresh, over: currentEntries(), removing: removed)
         readAt.store(clock.nanoseconds(), ordering: .relaxed)
@@ -582,12 +583,12 @@ public final class FeatureGate: Service, Sendable {
         for (index, feature) in ordered.enumerated() {
             let raw = replies[(index * count)..<(index * count + count)]
             let tally = tally(for: feature)
-            let override = overrideVariable(for: feature, named: tally.variableName)
-            if let existing = current[feature], existing.overrideVariable == override, existing.raw.elementsEqual(raw) {
+            let overrides = processOverrides(for: tally)
+            if let existing = current[feature], existing.overrides == overrides, existing.raw.elementsEqual(raw) {
                 continue
             }
             let state = FeatureState.read(feature, from: raw)
-            fresh[feature] = Entry(feature: feature, raw: Array(raw), result: state, overrideVariable: override, tally: tally)
+            fresh[feature] = Entry(feature: feature, raw: Array(raw), result: state, overrides: overrides, tally: tally)
         }
         if !fresh.isEmpty {
             publish(fresh, over: current)
@@ -655,7 +656,7 @@ public final class FeatureGate: Service, Sendable {
             let tally = tally(for: feature)
             fresh[feature] = Entry(
                 feature: feature, raw: raw, result: FeatureState.read(feature, from: raw),
-                overrideVariable: overrideVariable(for: feature, named: tally.variableName), tally: tally)
+                overrides: processOverrides(for: tally), tally: tally)
         }
         work.withLock { $0.known.formUnion(names) }
         publish(fresh, over: currentEntries())
@@ -755,15 +756,22 @@ public final class FeatureGate: Service, Sendable {
         for tally in tallies.withLock({ Array($0.values) }) { tally.flush() }
     }
 
-    private func overrideVariable(for feature: FeatureName, named name: String) -> String? {
-        let value: String?
-        if let environment = configuration.environment {
-            value = environment[name]
-        } else {
-            value = getenv(name).map { String(cString: $0) }
+    /// What the process environment says about a feature: the one place the gate (and so
+    /// `rollout check`) reads it. `ROLLOUT_<FEATURE>_ENABLED=false` turns the feature off;
+    /// `FLAGS_<FEATURE>_ROLLOUT_PERCENT` is the percent when `rollout_percent` is absent from
+    /// Redis, below every Redis value (the original Python gate's fallback). A value that is
+    /// not a percent from 0 to 100 is ignored, as an absent one.
+    private func processOverrides(for tally: Tally) -> ProcessOverrides {
+        func value(_ name: String) -> String? {
+            if let environment = configuration.environment { return environment[name] }
+            return getenv(name).map { String(cString: $0) }
         }
-        guard let value, parseBool(value) == false else { return nil }
-        return name
+        var overrides = ProcessOverrides()
+        if let enabled = value(tally.variableName), parseBool(enabled) == false { overrides.killSwitch = tally.variableName }
+        if let text = value(tally.fallbackPercentVariable), let percent = RolloutPercent(parsing: text) {
+            overrides.fallbackPercent = FallbackPercent(variable: tally.fallbackPercentVariable, percent: percent)
+        }
+        return overrides
     }
 
     private func listenForInvalidations() async {
@@ -835,23 +843,34 @@ final class Snapshot: Sendable {
     }
 }
 
+/// What the process environment sets for one feature (``FeatureGate``'s `processOverrides`).
+struct ProcessOverrides: Sendable, Hashable {
+    /// `ROLLOUT_<FEATURE>_ENABLED`, when it is false.
+    var killSwitch: String?
+    /// `FLAGS_<FEATURE>_ROLLOUT_PERCENT`, when it holds a percent.
+    var fallbackPercent: FallbackPercent?
+}
+
 /// One feature as the snapshot holds it. Immutable: a check borrows it and reads.
 final class Entry: Sendable {
     let result: Result<FeatureState, InvalidFeatureState>
     /// The valid state, or an absent one never consulted when `invalidKey` is set.
     let state: FeatureState
     let invalidKey: String?
-    let overrideVariable: String?
+    let overrides: ProcessOverrides
+    /// The process-level kill switch variable, when it is set to false.
+    var overrideVariable: String? { overrides.killSwitch }
     let tally: Tally
 
     /// The replies the entry was parsed from, to skip unchanged features on the next refresh.
     let raw: [RedisValue]
 
     init(
-        feature: FeatureName, raw: [RedisValue], result: Result<FeatureState, InvalidFeatureState>, overrideVariable: String?,
+        feature: FeatureName, raw: [RedisValue], result: Result<FeatureState, InvalidFeatureState>, overrides: ProcessOverrides,
         tally: Tally
     ) {
         self.raw = raw
+        let result = result.map { $0.fallingBack(to: overrides.fallbackPercent, replies: raw) }
         self.result = result
         switch result {
         case .success(let state):
@@ -861,7 +880,7 @@ final class Entry: Sendable {
             state = .absent(feature)
             invalidKey = invalid.firstKey
         }
-        self.overrideVariable = overrideVariable
+        self.overrides = overrides
         self.tally = tally
     }
 
@@ -902,6 +921,8 @@ final class Tally: Sendable {
     let decisions = StripedCounts(width: 2)
     /// `ROLLOUT_<FEATURE>_ENABLED`, computed once.
     let variableName: String
+    /// `FLAGS_<FEATURE>_ROLLOUT_PERCENT`, computed once.
+    let fallbackPercentVariable: String
     private let feature: FeatureName
     private let onCounter: Counter
     private let offCounter: Counter
@@ -911,6 +932,7 @@ final class Tally: Sendable {
     init(feature: FeatureName) {
         self.feature = feature
         variableName = feature.overrideVariable
+        fallbackPercentVariable = feature.fallbackPercentVariable
         onCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "on")])
         offCounter = Counter(label: "rollout_gate_decisions_total", dimensions: [("feature", feature.rawValue), ("result", "off")])
     }

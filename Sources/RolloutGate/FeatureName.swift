@@ -76,6 +76,14 @@ public struct FeatureName: Hashable, Sendable, Comparable, CustomStringConvertib
         return "ROLLOUT_\(String(upper))_ENABLED"
     }
 
+    /// The original Python gate's percent variable for this feature, read when
+    /// `flags:<f>:rollout_percent` is absent: `FLAGS_<FEATURE>_ROLLOUT_PERCENT`, the name
+    /// upper-cased and nothing else (`new-checkout` → `FLAGS_NEW-CHECKOUT_ROLLOUT_PERCENT`,
+    /// as Python's `feature.upper()` spells it).
+    public var fallbackPercentVariable: String {
+        "FLAGS_\(rawValue.uppercased())_ROLLOUT_PERCENT"
+    }
+
     public var description: String { rawValue }
 
     public static func == (lhs: FeatureName, rhs: FeatureName) -> Bool { lhs.rawValue == rhs.rawValue }

@@ -43,6 +43,9 @@ public struct FeatureKeys: Sendable, Hashable {
     /// The type of each key, in the order of ``readCommands``.
     package static let readTypes: [KeyType] = Array(repeating: .string, count: 7) + [.set, .set, .hash]
 
+    /// The index of `rollout_percent`'s GET in ``readCommands``.
+    static let rolloutPercentReply = 1
+
     /// How many commands ``readCommands`` sends (and replies it gets), to slice a pipeline
     /// that reads several features.
     public static let readCommandCount = 10
@@ -75,6 +78,28 @@ public enum BucketingScheme: String, Sendable, Hashable, CaseIterable {
     case v2
 }
 
+extension BucketingScheme {
+    /// The scheme a `flags:<f>:bucketing` value names ("v1", " V2 "); nil for anything else.
+    public init?(storedValue text: some StringProtocol) {
+        self.init(rawValue: text.trimmingSpaces().lowercased())
+    }
+
+    /// The one check of every percent written for a feature bucketed with this scheme: by
+    /// the CLI, the operator API, the controller's policy and a snapshot restore. v1 takes
+    /// whole numbers only: it is the original Python gate's scheme, and that gate reads the
+    /// percent with Python's `int()`, for which "37.5", "10.0" and "0.5" are not numbers (it
+    /// answers 0%, and its controller crashes). `what` names the value in the message.
+    public func checkWritable(_ percent: RolloutPercent, for feature: FeatureName, as what: String = "The percent") throws(KeyspaceError) {
+        guard self == .v1, percent.thousandths % 1000 != 0 else { return }
+        let below = percent.wholePercent
+        throw KeyspaceError(
+            "\(what) \(percent) cannot be written for \(feature): it is bucketed with v1, the original Python gate's scheme, and that "
+                + "gate reads the percent with Python's int(), which cannot read \"\(percent)\": it would answer 0% (and the original "
+                + "controller would crash). Give a whole number (\(below) or \(below + 1)), or move \(feature) to v2 once no Python gate "
+                + "reads it (`redis-cli SET flags:\(feature):bucketing v2`, which changes who is in its cohort: docs/migrating.md).")
+    }
+}
+
 /// One feature's keys, parsed. Built only through ``read(from:)``, which refuses every value
 /// it cannot parse instead of guessing.
 public struct FeatureState: Sendable, Hashable {
@@ -102,6 +127,10 @@ public struct FeatureState: Sendable, Hashable {
     public var workspaces: [String: RolloutPercent]
     /// Whether any key of the feature exists at all.
     public var exists: Bool
+    /// The environment variable ``rolloutPercent`` came from (`FLAGS_<FEATURE>_ROLLOUT_PERCENT`,
+    /// when `rollout_percent` is absent from Redis); nil when it came from Redis or is the
+    /// absent key's 0. Only the gate reads the environment.
+    public var rolloutPercentVariable: String? = nil
 
     /// The state of a feature with no keys: enabled, 0%, nobody on.
     public static func absent(_ feature: FeatureName) -> FeatureState {
@@ -151,7 +180,7 @@ public struct FeatureState: Sendable, Hashable {
         if let value = text[0] {
             if let flag = parseBool(value) { state.enabled = flag } else { reject(keys.enabled, value, "a boolean (true/false, 1/0, yes/no, on/off)") }
         }
-        if let value = text[1] {
+        if let value = text[FeatureKeys.rolloutPercentReply] {
             if let percent = RolloutPercent(parsing: value) { state.rolloutPercent = percent } else {
                 reject(keys.rolloutPercent, value, "a percent from 0 to 100 with at most three decimals")
             }
@@ -173,7 +202,7 @@ public struct FeatureState: Sendable, Hashable {
             }
         }
         if let value = text[6] {
-            if let scheme = BucketingScheme(rawValue: value.trimmingSpaces().lowercased()) { state.bucketing = scheme } else {
+            if let scheme = BucketingScheme(storedValue: value) { state.bucketing = scheme } else {
                 reject(keys.bucketing, value, "v1 or v2")
             }
         }
@@ -193,6 +222,28 @@ public struct FeatureState: Sendable, Hashable {
         }
         if !problems.isEmpty { return .failure(InvalidFeatureState(feature: feature, problems: problems)) }
         return .success(state)
+    }
+}
+
+/// A percent the process environment gives a feature whose `rollout_percent` is absent.
+struct FallbackPercent: Sendable, Hashable {
+    /// `FLAGS_<FEATURE>_ROLLOUT_PERCENT`.
+    var variable: String
+    /// Its value.
+    var percent: RolloutPercent
+}
+
+extension FeatureState {
+    /// This state with `fallback` as its percent if `replies` (those of
+    /// ``FeatureKeys/readCommands``) found no `rollout_percent`: below every Redis value.
+    func fallingBack(to fallback: FallbackPercent?, replies: [RedisValue]) -> FeatureState {
+        guard let fallback, replies.count == FeatureKeys.readCommandCount, replies[FeatureKeys.rolloutPercentReply] == .null else {
+            return self
+        }
+        var state = self
+        state.rolloutPercent = fallback.percent
+        state.rolloutPercentVariable = fallback.variable
+        return state
     }
 }
 

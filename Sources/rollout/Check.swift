@@ -56,12 +56,8 @@ struct Check: AsyncParsableCommand {
             guard case .snapshotFile = handle.decision(for: Subject(id: "")).freshness else { throw error }
             FileHandle.standardError.write(Data("Redis did not answer (\(error)); answering from the snapshot file \(configuration.snapshotFile ?? "").\n".utf8))
         }
-        if case .failure(let invalid)? = gate.state(of: name), actorsFrom == nil {
-            print(decide(actor ?? "").description)
-            throw CorruptStateFound(description: invalid.description)
-        }
         if let actor {
-            try answer(decide(actor), feature: name, actor: actor)
+            try answer(decide(actor), feature: name, actor: actor, state: gate.state(of: name))
         } else if actorsFrom == "-" {
             try await answerStream(gate: gate, decide: decide)
         } else if let path = actorsFrom {
@@ -73,9 +69,15 @@ struct Check: AsyncParsableCommand {
             }
             try answered.get()
         }
+        // An invalid state answers every actor off, then exits 3, with --actor and
+        // --actors-from alike.
+        if case .failure(let invalid)? = gate.state(of: name) { throw CorruptStateFound(description: invalid.description) }
     }
 
-    private func answer(_ decision: Decision, feature: FeatureName, actor: String) throws {
+    private func answer(
+        _ decision: Decision, feature: FeatureName, actor: String, state: Result<FeatureState, InvalidFeatureState>?
+    ) throws {
+        let fallbackVariable: String? = if case .success(let valid)? = state { valid.rolloutPercentVariable } else { nil }
         if options.json {
             var document: [String: Any] = [
                 "feature": feature.rawValue, "actor": actor, "workspace": workspace as Any, "internal": isInternal,
@@ -89,11 +91,17 @@ struct Check: AsyncParsableCommand {
                 document["threshold"] = threshold
                 document["scheme"] = scheme.rawValue
                 document["percent"] = percent.description
-                document["percent_source"] = fromWorkspace ? "workspace" : "rollout_percent"
+                document["percent_source"] = fromWorkspace ? "workspace" : fallbackVariable == nil ? "rollout_percent" : "environment"
+                if !fromWorkspace, let fallbackVariable { document["percent_variable"] = fallbackVariable }
             }
+            if case .failure(let invalid)? = state { document["error"] = invalid.description }
             try printJSON(document)
         } else {
-            print("\(feature) for \(Subject(id: actor, workspace: workspace).stickinessKey): \(decision)")
+            var line = "\(feature) for \(Subject(id: actor, workspace: workspace).stickinessKey): \(decision)"
+            if case .bucket(_, _, _, _, false) = decision.reason, let fallbackVariable {
+                line += " [rollout_percent absent: the percent is \(fallbackVariable) from the environment]"
+            }
+            print(line)
         }
     }
 

@@ -37,7 +37,7 @@ struct Rollout: AsyncParsableCommand {
         // like any failed write, instead of killing the process (SIGXFSZ's default).
         signal(SIGXFSZ, SIG_IGN)
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(withEmptyActorSpelledOut(Array(CommandLine.arguments.dropFirst())))
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -47,6 +47,22 @@ struct Rollout: AsyncParsableCommand {
             fail(with: error)
         }
     }
+}
+
+/// `arguments` with `--actor=` (an empty value, which ArgumentParser refuses as a missing one)
+/// written `--actor ""`: the empty actor, which `rollout check` answers like any other
+/// (v1 buckets it as the original Python gate does, as `anon`). Nothing after `--` is touched.
+func withEmptyActorSpelledOut(_ arguments: [String]) -> [String] {
+    var result: [String] = []
+    result.reserveCapacity(arguments.count + 1)
+    for (index, argument) in arguments.enumerated() {
+        if argument == "--" {
+            result += arguments[index...]
+            break
+        }
+        if argument == "--actor=" { result += ["--actor", ""] } else { result.append(argument) }
+    }
+    return result
 }
 
 /// A duration option inside `range`, or a ValidationError (exit 2) naming the option and the range.

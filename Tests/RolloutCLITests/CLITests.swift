@@ -139,7 +139,7 @@ struct CLITests {
             _ = try await redis.pipeline(wrong.setUp(feature))
             let check = try await cli.run("check", feature, "--actor", "a")
             #expect(check.status == 3, "\(wrong): \(check.stderr)")
-            #expect(check.stdout.hasPrefix("off: invalid state in \(key):"), "\(wrong): \(check.stdout)")
+            #expect(check.stdout.hasPrefix("\(feature) for a: off: invalid state in \(key):"), "\(wrong): \(check.stdout)")
             let get = try await cli.run("flags", "get", feature)
             #expect(get.status == 3, "\(wrong): \(get.stderr)")
             #expect(get.stdout.contains("state: INVALID"), "\(wrong): \(get.stdout)")

@@ -6,7 +6,8 @@
 --       last wrote ('' on first sight: then controller_percent must still be absent and
 --       last_percent is left alone), 3 ISO-8601 time, 4 the deadline in Unix ms by this server's
 --       clock (later, nothing is written), 5 the stream's approximate maximum length, 6-11 the
---       audit record (time, feature, change, reason, by, run).
+--       audit record (time, feature, change, reason, by, run), left out when the change is
+--       already recorded (by the original Python controller, or `rollout flags set-percent`).
 -- The dwell restarts now: health seen at another percent says nothing of this one. Returns 1,
 -- 0 if rollout_percent moved again (or another controller adopted the feature), -2 past the
 -- deadline, {-3, key, its type} for a key of the wrong type; nothing is written unless 1.
@@ -26,8 +27,10 @@ if ARGV[2] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 -- The record is the first write: if Redis refuses it (ACL, out of memory), nothing is written.
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[6], 'feature', ARGV[7],
-  'change', ARGV[8], 'reason', ARGV[9], 'by', ARGV[10], 'run', ARGV[11])
+if #ARGV >= 11 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[6], 'feature', ARGV[7],
+    'change', ARGV[8], 'reason', ARGV[9], 'by', ARGV[10], 'run', ARGV[11])
+end
 local current = ARGV[1]
 if current == '' then current = '0' end
 redis.call('SET', KEYS[2], current)

@@ -13,7 +13,7 @@ public struct AuditRecord: Sendable, Hashable, CustomStringConvertible {
     public var change: String
     /// Why, as the operator or the controller said it.
     public var reason: String
-    /// Who: `manual`, `controller`, `manual (detected)`.
+    /// Who: `manual`, `controller`, `manual-detected` (earlier versions wrote `manual (detected)`).
     public var by: String
     /// Which process wrote it (`rollout@host:pid` or the controller run's lock token), so a
     /// record projected later can say whose it was.

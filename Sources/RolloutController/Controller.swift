@@ -171,8 +171,15 @@ public struct Controller: Sendable {
         report.controllerPercent = read.observation.controllerPercent
         report.guardLock = read.observation.guardLock
         report.notifiedCondition = read.notifiedCondition
+        // A policy percent the feature's bucketing refuses (fractional under v1) is never written.
+        let unwritable = feature.unwritablePercents(under: read.observation.state.bucketing)
+        guard unwritable.isEmpty else { return (report.held(.invalidPolicy, unwritable.joined(separator: " ")), true) }
 
         var observation = read.observation
+        if let known = observation.controllerPercent, known != observation.state.rolloutPercent {
+            observation.changeAlreadyRecorded = await isRecorded(
+                feature.feature, from: known, to: observation.state.rolloutPercent, near: observation.state.lastChangeTime ?? now())
+        }
         // A forced rollback does not wait for the checks: no query is sent.
         if observation.needsQueries && trigger.forcedRollback == nil {
             switch await answers(feature, into: &observation) {
@@ -264,7 +271,9 @@ public struct Controller: Sendable {
         var applied = Applied()
         if let acknowledgement = plan.acknowledgement {
             if policy.dryRun {
-                await recordDryRun(feature.feature, acknowledgement.change, acknowledgement.reason, by: acknowledgement.by, at: plan.time)
+                if !acknowledgement.alreadyRecorded {
+                    await recordDryRun(feature.feature, acknowledgement.change, acknowledgement.reason, by: acknowledgement.by, at: plan.time)
+                }
             } else {
                 let (hold, shortfall) = await acknowledge(acknowledgement, of: feature.feature, read: read, at: plan.time)
                 if let hold {
@@ -301,8 +310,22 @@ public struct Controller: Sendable {
         return applied
     }
 
+    /// Whether `feature`'s change `from` → `to` is already recorded within a minute of `time`:
+    /// in the audit stream (`rollout flags set-percent`), or in the Markdown log, where the
+    /// original Python controller appends its own lines. A change recorded there is not a new
+    /// manual change; recording it again would show it twice. A stream or log that cannot be
+    /// read answers no: the change is recorded again rather than lost.
+    private func isRecorded(_ feature: FeatureName, from: RolloutPercent, to: RolloutPercent, near time: Timestamp) async -> Bool {
+        let matches = { (record: AuditRecord) in record.records(feature, from: from, to: to, near: time, within: .seconds(60)) }
+        if let records = try? await AuditTrail(redis: redis).newest(of: feature, limit: 20, scanning: 2_000), records.contains(where: matches) {
+            return true
+        }
+        return await auditLog.recentRecords().contains(where: matches)
+    }
+
     /// 8. Records a percent the controller did not write (redis/acknowledge_percent.lua); the
-    /// hold when it was not recorded.
+    /// hold when it was not recorded. A change already recorded (``Plan/Acknowledgement/alreadyRecorded``)
+    /// is acknowledged without a record.
     /// With the replication when too few replicas acknowledged the write.
     private func acknowledge(
         _ acknowledgement: Plan.Acknowledgement, of feature: FeatureName, read: FeatureRead, at time: Timestamp
@@ -318,12 +341,12 @@ public struct Controller: Sendable {
                 arguments: [
                     read.preconditions.percent, acknowledgement.known?.description ?? "", time.description, String(deadline.serverMilliseconds),
                     String(AuditTrail.maxLength),
-                ] + record.scriptArguments, waitingUntil: deadline.waitUntil, thenWaiting: wait)
+                ] + (acknowledgement.alreadyRecorded ? [] : record.scriptArguments), waitingUntil: deadline.waitUntil, thenWaiting: wait)
             if let refusal = ScriptRefusal(acknowledged) { return (Hold(refusal), nil) }
             guard acknowledged == .integer(1) else {
                 return (Hold(.concurrentChange, "rollout_percent changed again (or another controller adopted the feature) while the controller looked at it"), nil)
             }
-            return (nil, await noted(replication, after: [record]))
+            return (nil, await noted(replication, after: acknowledgement.alreadyRecorded ? [] : [record]))
         } catch {
             return (Hold(.redisError, "Redis: \(error)"), nil)
         }

@@ -32,6 +32,11 @@ public struct Observation: Sendable, Hashable {
     public var rollbacks: [Timestamp] = []
 
     /// A person's switches (paused, the kill switch) settle the decision alone: no query is sent.
+    /// The percent change from ``controllerPercent`` to the current one is already in the audit
+    /// log or stream, made within a minute of `last_change_time` (by the original Python
+    /// controller, or `rollout flags set-percent`): not a new manual change to record.
+    public var changeAlreadyRecorded = false
+
     public var needsQueries: Bool { !state.paused && state.enabled }
 
     /// An observation.
@@ -87,6 +92,9 @@ public struct Verdict: Sendable, Hashable {
         /// First sight of a feature (no `controller_percent`): its percent is adopted and the
         /// dwell starts now; never a promotion at first sight.
         case adopted
+        /// The policy lists a percent the feature's bucketing cannot take (a fractional step
+        /// or `rollback_to` for a v1 feature): fix the policy; nothing is decided or written.
+        case invalidPolicy = "invalid_policy"
     }
 
     /// One check as judged.

@@ -1,4 +1,5 @@
 import RolloutAdmin
+import RolloutAudit
 public import RolloutGate
 
 /// Everything one evaluation does after its read: the verdict and every write it implies. The
@@ -30,11 +31,15 @@ public struct Plan: Sendable, Hashable {
         public var known: RolloutPercent?
         /// The percent found.
         public var current: RolloutPercent
+        /// The change is already in the audit log or stream (the original Python controller
+        /// made it, or `rollout flags set-percent`): acknowledged without a second record.
+        public var alreadyRecorded: Bool
 
         /// An acknowledgement.
-        package init(known: RolloutPercent?, current: RolloutPercent) {
+        package init(known: RolloutPercent?, current: RolloutPercent, alreadyRecorded: Bool = false) {
             self.known = known
             self.current = current
+            self.alreadyRecorded = known != nil && alreadyRecorded
         }
 
         /// The audit record's change.
@@ -46,7 +51,7 @@ public struct Plan: Sendable, Hashable {
                 : "changed outside the controller; the dwell restarts now"
         }
         /// The audit record's author.
-        public var by: String { known == nil ? "controller" : "manual (detected)" }
+        public var by: String { known == nil ? "controller" : AuditRecord.manualDetectedAuthor }
     }
 
     /// What a run without a change records.
@@ -165,7 +170,8 @@ public func decide(
     let state = observation.state
     let acknowledgement =
         verdict.manualChangeDetected || verdict.firstSight
-        ? Plan.Acknowledgement(known: observation.controllerPercent, current: state.rolloutPercent) : nil
+        ? Plan.Acknowledgement(
+            known: observation.controllerPercent, current: state.rolloutPercent, alreadyRecorded: observation.changeAlreadyRecorded) : nil
     switch verdict.action {
     case .hold:
         let bookkeeping = Plan.Bookkeeping(

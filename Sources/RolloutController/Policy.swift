@@ -345,6 +345,23 @@ public struct FeaturePolicy: Sendable, Hashable {
         if reader.problems.count > problemsBefore { return nil }
     }
 
+    /// Why the percents this policy may write for its feature (each step and a `rollback_to`
+    /// percent) cannot be written under `scheme`, the feature's bucketing
+    /// (``BucketingScheme/checkWritable(_:for:as:)``); empty when all can. The controller
+    /// holds a feature with ``Verdict/HoldReason/invalidPolicy`` before deciding anything.
+    public func unwritablePercents(under scheme: BucketingScheme) -> [String] {
+        var named = steps.enumerated().map { ("features.\(feature).steps[\($0.offset)]", $0.element) }
+        if case .percent(let percent) = rollbackTo { named.append(("features.\(feature).rollback_to", percent)) }
+        return named.compactMap { field, percent -> String? in
+            do throws(KeyspaceError) {
+                try scheme.checkWritable(percent, for: feature, as: field)
+                return nil
+            } catch {
+                return error.message
+            }
+        }
+    }
+
     /// The step after `current`: the smallest step above it; nil at or above the last.
     public func nextStep(after current: RolloutPercent) -> RolloutPercent? {
         steps.first { $0 > current }

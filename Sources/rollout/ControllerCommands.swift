@@ -55,7 +55,7 @@ struct ControllerCommand: AsyncParsableCommand {
                 configuration, 3 corrupt state. Each hold carries a reason code: paused, disabled, dwell, \
                 cooldown, no_data, invalid_data, insufficient_sample, insufficient_evidence, prom_unreachable, concurrent_change, locked, at_last_step, \
                 check_violated, at_rollback_target, redis_error, corrupt_state, guard_locked, frozen, \
-                violation_pending, adopted. An audit log that cannot be written is exit 2 before anything \
+                violation_pending, adopted, invalid_policy (exit 2: a fractional step for a v1 feature). An audit log that cannot be written is exit 2 before anything \
                 changes.
                 """
         )

@@ -57,6 +57,8 @@ enum RolloutExit: Int32, Sendable {
     init(holdReasons: [Verdict.HoldReason], auditLogWritten: Bool, replicated: Bool = true) {
         if holdReasons.contains(.corruptState) {
             self = .corruptState
+        } else if holdReasons.contains(.invalidPolicy) {
+            self = .invalidInput
         } else if holdReasons.contains(.promUnreachable) || holdReasons.contains(.redisError) || !auditLogWritten || !replicated {
             self = .failure
         } else {

@@ -280,7 +280,7 @@ struct ControllerEndToEndTests {
         #expect(try await world.get("flags:manual:controller_percent") == "25")
         let again = try await world.run()
         #expect(again.features["manual"]?["manual_change_detected"] as? Bool == false)
-        let manualLines = world.auditLines().filter { $0.contains("by=manual (detected)") }
+        let manualLines = world.auditLines().filter { $0.contains("by=manual-detected") }
         #expect(manualLines.count == 1)
         #expect(manualLines.first?.contains("  manual  10% -> 25%  ") == true)
     }
@@ -404,7 +404,7 @@ struct ControllerEndToEndTests {
         let reason = result.features["during"]?["reason"] as? String
         #expect(reason == "concurrent_change" || reason == "dwell", "\(result.output.stdout)")
         #expect(try await world.get("flags:during:rollout_percent") == "0")
-        #expect(world.auditLines().allSatisfy { $0.contains("by=manual (detected)") })
+        #expect(world.auditLines().allSatisfy { $0.contains("by=manual-detected") })
     }
 
     @Test func redisStoppedMidRunExitsOneAndWritesNothing() async throws {

@@ -87,10 +87,22 @@ struct DecisionTests {
         #expect(plan.acknowledgement == nil)
     }
 
+    @Test func aChangeAlreadyRecordedIsAcknowledgedWithoutASecondRecord() throws {
+        var seen = observation(percent: "25", controller: "10")
+        seen.changeAlreadyRecorded = true
+        let plan = decide(policy: try policy(), observation: seen, now: t0)
+        #expect(plan.acknowledgement == Plan.Acknowledgement(known: percent("10"), current: percent("25"), alreadyRecorded: true))
+        #expect(plan.holdReason == .dwell)
+        // First sight is never "already recorded": adopting is the controller's own record.
+        var first = observation(percent: "50", controller: "")
+        first.changeAlreadyRecorded = true
+        #expect(decide(policy: try policy(), observation: first, now: t0).acknowledgement?.alreadyRecorded == false)
+    }
+
     @Test func aPersonsChangeAndFirstSightAreAcknowledgedOnce() throws {
         let manual = decide(policy: try policy(), observation: observation(percent: "25", controller: "10"), now: t0)
         #expect(manual.acknowledgement == Plan.Acknowledgement(known: percent("10"), current: percent("25")))
-        #expect(manual.acknowledgement?.change == "10% -> 25%" && manual.acknowledgement?.by == "manual (detected)")
+        #expect(manual.acknowledgement?.change == "10% -> 25%" && manual.acknowledgement?.by == "manual-detected")
         #expect(manual.holdReason == .dwell)
         let first = decide(policy: try policy(), observation: observation(percent: "50", controller: ""), now: t0)
         #expect(first.acknowledgement == Plan.Acknowledgement(known: nil, current: percent("50")))

@@ -128,6 +128,20 @@ struct PolicyTests {
         }
     }
 
+    @Test func aV1FeatureRefusesFractionalStepsAndRollbackTarget() throws {
+        let yaml = "prometheus: http://p:9090\nfeatures:\n  f: {steps: [0.5, 10, 37.5, 100], rollback_to: 2.5, checks: [{name: e, query: up, max: 1}]}"
+        let feature = try #require(try ControllerPolicy(yaml: yaml).features.first)
+        #expect(feature.unwritablePercents(under: .v2).isEmpty)
+        let refused = feature.unwritablePercents(under: .v1)
+        #expect(refused.count == 3, "\(refused)")
+        #expect(refused.first?.hasPrefix("features.f.steps[0] 0.5 cannot be written for f") == true)
+        #expect(refused.contains { $0.hasPrefix("features.f.steps[2] 37.5") })
+        #expect(refused.last?.hasPrefix("features.f.rollback_to 2.5") == true)
+        let wholeYAML = "prometheus: http://p:9090\nfeatures:\n  f: {steps: [1, 10, 37, 100], rollback_to: zero, checks: [{name: e, query: up, max: 1}]}"
+        let whole = try #require(try ControllerPolicy(yaml: wholeYAML).features.first)
+        #expect(whole.unwritablePercents(under: .v1).isEmpty)
+    }
+
     @Test func prometheusIsRequired() {
         #expect(throws: PolicyError.self) {
             try ControllerPolicy(yaml: "features:\n  google:\n    steps: [10]\n    checks: [{name: e, query: up, max: 1}]")

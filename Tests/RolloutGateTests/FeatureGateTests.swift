@@ -115,6 +115,34 @@ struct FeatureGateTests {
         #expect(gate.decision("pay.v2", for: Subject(id: "a")).reason == .processOverride(variable: "ROLLOUT_PAY_V2_ENABLED"))
     }
 
+    @Test func theEnvironmentPercentIsTheFallbackBelowEveryRedisValue() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:google:bucketing", "v1")
+        var configuration = FeatureGate.Configuration()
+        // The original Python gate's variable: `feature.upper()`, nothing else.
+        configuration.environment = ["FLAGS_GOOGLE_ROLLOUT_PERCENT": "19", "FLAGS_PAY.V2_ROLLOUT_PERCENT": "100"]
+        let gate = FeatureGate(redisURL: server.url(), configuration: configuration)
+        await gate.prepare(["google", "pay.v2"])
+        let nineteen = try #require(RolloutPercent(parsing: "19"))
+        // v1 user_123 is bucket 19 (docs/bucketing.md): on at 19%, from the environment.
+        #expect(gate.decision("google", for: Subject(id: "user_123")).reason
+            == .bucket(scheme: .v1, bucket: 19, threshold: 19, percent: nineteen, fromWorkspace: false))
+        #expect(try gate.state(of: "google")?.get().rolloutPercentVariable == "FLAGS_GOOGLE_ROLLOUT_PERCENT")
+        #expect(gate.isEnabled("pay.v2", for: Subject(id: "anyone")))  // no key at all: the variable still applies
+        // Any rollout_percent in Redis wins, even 0; a workspace's own percent wins too.
+        _ = try await admin.send("SET", "flags:google:rollout_percent", "0")
+        _ = try await admin.send("HSET", "flags:google:workspaces", "acme", "0")
+        _ = await gate.refresh()
+        #expect(!gate.isEnabled("google", for: Subject(id: "user_123")))
+        #expect(try gate.state(of: "google")?.get().rolloutPercentVariable == nil)
+        _ = try await admin.send("DEL", "flags:google:rollout_percent")
+        _ = await gate.refresh()
+        #expect(gate.isEnabled("google", for: Subject(id: "user_123")))
+        #expect(!gate.isEnabled("google", for: Subject(id: "user_123", workspace: "acme")))
+    }
+
     @Test func pushInvalidationFlipsTheKillSwitchWithoutWaitingForAPoll() async throws {
         let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())

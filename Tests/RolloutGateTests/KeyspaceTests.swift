@@ -212,6 +212,34 @@ struct DecisionOrderTests {
         #expect(decision.reason == .bucket(scheme: .v2, bucket: 30079, threshold: 50_000, percent: fifty, fromWorkspace: false))
     }
 
+    @Test(arguments: ["37.5", "0.5", "99.999", "10.001"])
+    func aV1FeatureTakesWholePercentsOnly(text: String) throws {
+        let percent = try #require(RolloutPercent(parsing: text))
+        #expect(throws: KeyspaceError.self) { try BucketingScheme.v1.checkWritable(percent, for: "google") }
+        do {
+            try BucketingScheme.v1.checkWritable(percent, for: "google", as: "steps[0]")
+        } catch {
+            #expect(error.message.hasPrefix("steps[0] \(percent) cannot be written for google"))
+            #expect(error.message.contains("int()") && error.message.contains("0%"))  // why
+            #expect(error.message.contains("Give a whole number (\(percent.wholePercent) or \(percent.wholePercent + 1))"))  // what to do
+            #expect(error.message.contains("flags:google:bucketing v2"))
+        }
+        try BucketingScheme.v2.checkWritable(percent, for: "google")
+    }
+
+    @Test(arguments: ["0", "1", "10", "10.0", "100.000"])
+    func wholePercentsAreWritableUnderBothSchemesAsPlainIntegers(text: String) throws {
+        let percent = try #require(RolloutPercent(parsing: text))
+        for scheme in BucketingScheme.allCases { try scheme.checkWritable(percent, for: "google") }
+        #expect(!percent.description.contains("."))
+    }
+
+    @Test func bucketingValuesAreReadAsTheKeyspaceReadsThem() {
+        #expect(BucketingScheme(storedValue: " V1 ") == .v1)
+        #expect(BucketingScheme(storedValue: "v2") == .v2)
+        #expect(BucketingScheme(storedValue: "v3") == nil)
+    }
+
     @Test func anonymousActorOnlyAtFull() throws {
         var state = base
         #expect(state.decide(for: Subject(id: "")).isOn)

@@ -191,6 +191,14 @@ struct OperatorAPITests {
         // A key of the wrong type: the change refuses itself, nothing is written.
         expectProblem(try await act("listy", "set-percent", "{\"reason\": \"x\", \"percent\": 5}"), 409, "corrupt-state")
         #expect(try await streamRecords(admin).count == records.count)
+        // A v1 feature takes whole percents only (the original Python gate reads them with int()).
+        _ = try await admin.send("SET", "flags:checkout:bucketing", "v1")
+        let fractional = try await act("checkout", "set-percent", "{\"reason\": \"x\", \"percent\": 37.5}")
+        expectProblem(fractional, 400, "invalid-field")
+        #expect((fractional.json["detail"] as? String)?.contains("int()") == true, "\(fractional.body)")
+        #expect(try await admin.send("GET", "flags:checkout:rollout_percent").string == "0.125")
+        #expect(try await act("checkout", "set-percent", "{\"reason\": \"x\", \"percent\": 25.0}").status == 200)
+        #expect(try await admin.send("GET", "flags:checkout:rollout_percent").string == "25")
     }
 
     /// The percents `rollout flags set-percent` takes are the ones the API takes, and no other.

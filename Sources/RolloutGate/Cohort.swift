@@ -20,9 +20,10 @@ extension Decision {
     /// Whether the bucket rule placed the subject in its cohort: the only decisions a cohort
     /// comparison may count. Allow and deny lists, internal-only, the kill switch and
     /// anonymous subjects choose who is on by something other than chance, so their requests
-    /// would make the cohorts differ in more than the feature.
+    /// would make the cohorts differ in more than the feature. (Under v1 an anonymous subject
+    /// is bucketed as `anon`, but all of them share that one bucket: ``isAnonymous``.)
     public var isBucketed: Bool {
-        if case .bucket = reason { return true }
+        if case .bucket = reason { return !isAnonymous }
         return false
     }
 }

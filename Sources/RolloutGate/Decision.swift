@@ -6,12 +6,17 @@ public struct Decision: Sendable, Hashable, CustomStringConvertible {
     public let reason: Reason
     /// How current the snapshot that answered was.
     public let freshness: Freshness
+    /// Whether the bucket rule decided for a subject without an id: v2 answers
+    /// ``Reason/anonymousActor(percent:)``; v1 buckets it as the id `anon`, as the original
+    /// Python gate does (reason `bucket`), so every anonymous request shares one bucket.
+    public let isAnonymous: Bool
 
     /// A decision, its reason and the freshness of the snapshot it came from.
-    public init(isOn: Bool, reason: Reason, freshness: Freshness = .live) {
+    public init(isOn: Bool, reason: Reason, freshness: Freshness = .live, isAnonymous: Bool = false) {
         self.isOn = isOn
         self.reason = reason
         self.freshness = freshness
+        self.isAnonymous = isAnonymous
     }
 
     /// How current the snapshot behind a decision was.
@@ -182,7 +187,12 @@ extension FeatureState {
                 percent: percent, fromWorkspace: fromWorkspace)
         case .anonymousActor(let percent): reason = .anonymousActor(percent: percent)
         }
-        return Decision(isOn: rule.isOn, reason: reason)
+        let bucketRule: Bool
+        switch rule {
+        case .bucket, .anonymousActor: bucketRule = true
+        default: bucketRule = false
+        }
+        return Decision(isOn: rule.isOn, reason: reason, isAnonymous: bucketRule && actor.id.isEmpty)
     }
 
     /// The rule that decides for `actor`: the one place the decision order is written.

@@ -894,7 +894,9 @@ final class Entry: Sendable {
                 decision = Decision(isOn: false, reason: .invalidState(key: invalidKey), freshness: freshness)
             } else {
                 let rule = state.decide(for: subject, overriddenBy: overrideVariable, percentOverride: percentOverride)
-                decision = freshness == .live ? rule : Decision(isOn: rule.isOn, reason: rule.reason, freshness: freshness)
+                decision =
+                    freshness == .live
+                    ? rule : Decision(isOn: rule.isOn, reason: rule.reason, freshness: freshness, isAnonymous: rule.isAnonymous)
             }
         } else {
             decision = Decision(isOn: false, reason: .staleSnapshot)

@@ -202,6 +202,9 @@ struct BucketingTests {
         #expect(decision.isOn)
         #expect(decision.reason == .bucket(scheme: .v1, bucket: bucket, threshold: bucket, percent: at, fromWorkspace: false))
         #expect(!FeatureState.absentWith("google", scheme: .v1, percent: below).decide(for: Subject(id: "", workspace: workspace)).isOn)
+        // Every anonymous request shares that bucket: not placed by chance, so no cohort counts it.
+        #expect(decision.isAnonymous && !decision.isBucketed)
+        #expect(state.decide(for: Subject(id: "anon", workspace: workspace)).isBucketed)
     }
 
     @Test func v1EmptyActorBucketsArePinned() {

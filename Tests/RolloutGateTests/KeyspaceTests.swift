@@ -244,6 +244,7 @@ struct DecisionOrderTests {
         var state = base
         #expect(state.decide(for: Subject(id: "")).isOn)
         state.rolloutPercent = try #require(RolloutPercent(parsing: "99.999"))
-        #expect(state.decide(for: Subject(id: "")) == Decision(isOn: false, reason: .anonymousActor(percent: state.rolloutPercent)))
+        #expect(
+            state.decide(for: Subject(id: "")) == Decision(isOn: false, reason: .anonymousActor(percent: state.rolloutPercent), isAnonymous: true))
     }
 }

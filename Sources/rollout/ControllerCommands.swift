@@ -110,15 +110,29 @@ struct ControllerCommand: AsyncParsableCommand {
     }
 
     struct Validate: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Check a policy file; with --online, also that Prometheus accepts every query.")
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Check a policy file; with --online, also that Prometheus accepts every query and that each feature's bucketing takes the policy's percents.")
         @OptionGroup var policyOptions: PolicyOptions
-        @Flag(name: .long, help: "Also send every query to Prometheus.") var online = false
+        @Flag(name: .long, help: "Also send every query to Prometheus, and read each feature's bucketing from Redis.") var online = false
 
         func run() async throws {
             let policy = try await policyOptions.load()
             let queries = policy.features.flatMap { feature in feature.queries(cohortWindow: .seconds(3600)).map { ("\(feature.feature).\($0.label)", $0.query) } }
             print("ok: \(policy.features.count) feature(s), \(queries.count) quer\(queries.count == 1 ? "y" : "ies")")
             guard online else { return }
+            // A v1 feature takes whole percents only (what a run would hold with invalid_policy).
+            let redis = RedisClient(url: policy.redis)
+            defer { redis.close() }
+            let states = try await FeatureStore(redis: redis, auditLog: AuditLog(path: policy.auditLog)).read(policy.features.map(\.feature))
+            var unwritable = 0
+            for (feature, state) in zip(policy.features, states) {
+                guard case .success(let valid) = state else { continue }  // the run reports it (corrupt_state)
+                for problem in feature.unwritablePercents(under: valid.bucketing) {
+                    print("  \(feature.feature): \(problem)")
+                    unwritable += 1
+                }
+            }
             let prometheus = PrometheusClient(base: policy.prometheus, timeout: policy.queryTimeout)
             var refused = 0
             var unreachable = 0
@@ -131,7 +145,7 @@ struct ControllerCommand: AsyncParsableCommand {
                     if error.code == .badQuery || error.code == .ambiguous { refused += 1 } else { unreachable += 1 }
                 }
             }
-            if refused > 0 { throw RolloutExit.invalidInput.exit }
+            if refused > 0 || unwritable > 0 { throw RolloutExit.invalidInput.exit }
             if unreachable > 0 { throw RolloutExit.failure.exit }
         }
     }

@@ -72,6 +72,10 @@ struct MigrationEndToEndTests {
         _ = try await world.client.send("SET", "flags:legacy:bucketing", "v1")
         try await world.known(["legacy"], at: "10")
         try await world.serve("legacy", errorRatio: 0.001)
+        // `controller validate --online` finds it before any run.
+        let validate = try await runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"])
+        #expect(validate.status == 2, "\(validate.stdout) \(validate.stderr)")
+        #expect(validate.stdout.contains("legacy: features.legacy.rollback_to 0.5 cannot be written for legacy"), "\(validate.stdout)")
         let run = try await world.run()
         #expect(run.status == 2, "\(run.output.stdout)")
         #expect(run.features["legacy"]?["reason"] as? String == "invalid_policy")
@@ -81,6 +85,7 @@ struct MigrationEndToEndTests {
         #expect(world.auditLines().isEmpty)
         // The same policy for a v2 feature runs.
         _ = try await world.client.send("DEL", "flags:legacy:bucketing")
+        #expect(try await runCommand(world.binary, ["controller", "validate", "--config", world.configPath, "--online"]).status == 0)
         let v2 = try await world.run()
         #expect(v2.status == 0)
         #expect(try await world.get("flags:legacy:rollout_percent") == "50")

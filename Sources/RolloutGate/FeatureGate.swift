@@ -858,8 +858,9 @@ final class Entry: Sendable {
     let state: FeatureState
     let invalidKey: String?
     let overrides: ProcessOverrides
-    /// The process-level kill switch variable, when it is set to false.
-    var overrideVariable: String? { overrides.killSwitch }
+    /// The process-level kill switch variable, when it is set to false: ``overrides``'
+    /// `killSwitch`, stored, so a check reads it in place.
+    let overrideVariable: String?
     let tally: Tally
 
     /// The replies the entry was parsed from, to skip unchanged features on the next refresh.
@@ -881,6 +882,7 @@ final class Entry: Sendable {
             invalidKey = invalid.firstKey
         }
         self.overrides = overrides
+        overrideVariable = overrides.killSwitch
         self.tally = tally
     }
 

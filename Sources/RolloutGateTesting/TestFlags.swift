@@ -40,6 +40,7 @@ public final class TestFlags: Sendable {
 
     /// No features yet. `environment` is where `ROLLOUT_<FEATURE>_ENABLED` is looked up
     /// (empty by default, so the test process's own environment cannot leak in).
+    /// `FLAGS_<FEATURE>_ROLLOUT_PERCENT` never applies here: a test sets its percents.
     public init(environment: [String: String] = [:], logger: Logger = Logger(label: "rollout-gate-testing")) {
         var configuration = FeatureGate.Configuration()
         configuration.environment = environment

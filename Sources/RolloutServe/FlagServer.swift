@@ -28,6 +28,8 @@ public struct FlagServer: Sendable {
     let operatorRedis: RedisClient?
     /// The change-event streams and their URL credentials.
     let events: ChangeEvents
+    /// Signs the dashboard's CSRF tokens.
+    let signingKey = SigningKey()
     /// How many replicas must acknowledge an operator change (`WAIT`).
     let replicas: ReplicaAcknowledgement
     /// The largest request body read; larger is 413.
@@ -69,19 +71,42 @@ public struct FlagServer: Sendable {
     }
 
     /// The name of the token `request` carries when it may use a route of `scope` (nil without
-    /// a tokens file), or the refusal: see ``refusal(_:needing:)``.
+    /// a tokens file), or the refusal: see ``refusal(_:needing:)``. The token comes from
+    /// `Authorization: Bearer`, `X-API-Key`, or the dashboard's cookie; a request that changes
+    /// something (any method but GET and HEAD) is also refused (403) when a browser says it
+    /// comes from another site, and, with the cookie, without the page's CSRF token
+    /// (`X-CSRF-Token`). Without a tokens file, a `Host` that is not a loopback name is 403:
+    /// a page of another site cannot reach an unauthenticated server by rebinding its name.
     func authorize(_ request: Request, needing scope: Scope) -> Authorization {
-        guard let tokens else { return .allowed(token: nil) }
-        var token: String?
-        if let authorization = request.headers[.authorization], authorization.lowercased().hasPrefix("bearer ") {
-            token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
-        } else if let key = request.headers.first(where: { $0.name.canonicalName == "x-api-key" })?.value {
-            token = key.trimmingCharacters(in: .whitespaces)
+        let changes = request.method != .get && request.method != .head
+        if changes, RequestOrigin.isCrossSite(request.headers, authority: request.head.authority) { return .refused(Response(status: .forbidden)) }
+        guard let tokens else {
+            return RequestOrigin.isLoopbackHost(request.head.authority) ? .allowed(token: nil) : .refused(Response(status: .forbidden))
         }
-        guard let token, !token.isEmpty, let entry = tokens.file.entry(for: token) else {
+        guard let (token, fromCookie) = Self.credential(in: request), let entry = tokens.file.entry(for: token) else {
             return .refused(Self.unauthorized)
         }
-        return entry.scopes.contains(scope) ? .allowed(token: entry.name) : .refused(Response(status: .forbidden))
+        guard entry.scopes.contains(scope) else { return .refused(Response(status: .forbidden)) }
+        if changes && fromCookie {
+            let given = RequestOrigin.field(request.headers, Dashboard.csrfHeader) ?? ""
+            guard signingKey.verify(given, of: Dashboard.csrfMessage(token)) else { return .refused(Response(status: .forbidden)) }
+        }
+        return .allowed(token: entry.name)
+    }
+
+    /// The token a request carries, and whether it came in the dashboard's cookie: a header
+    /// (`Authorization: Bearer`, `X-API-Key`) wins over the cookie.
+    static func credential(in request: Request) -> (token: String, fromCookie: Bool)? {
+        if let authorization = request.headers[.authorization], authorization.lowercased().hasPrefix("bearer ") {
+            let token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+            return token.isEmpty ? nil : (token, false)
+        }
+        if let key = RequestOrigin.field(request.headers, "x-api-key") {
+            let token = key.trimmingCharacters(in: .whitespaces)
+            return token.isEmpty ? nil : (token, false)
+        }
+        if let cookie = request.cookies[Dashboard.cookieName]?.value, !cookie.isEmpty { return (cookie, true) }
+        return nil
     }
 
     private static var unauthorized: Response {
@@ -170,6 +195,8 @@ public struct FlagServer: Sendable {
         AlertWebhook.addRoute(to: &routes, webhook: alerts, server: server)
         if let auditLog, let operatorRedis {
             OperatorAPI(server: self, redis: operatorRedis, auditLog: auditLog, replicas: replicas, logger: logger).register(on: &routes)
+            // The page reads and acts through the operator API.
+            Dashboard(server: server).register(on: &routes)
         }
         routes.add(.get, "/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)

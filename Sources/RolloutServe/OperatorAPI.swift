@@ -419,6 +419,8 @@ struct SnapshotJSON: Encodable {
 /// One feature as Redis holds it now.
 struct FeatureStatus: Encodable {
     let feature: String
+    /// The dashboard's badge: see ``FeatureBadge``.
+    let status: FeatureBadge
     let exists: Bool
     let valid: Bool
     let enabled: Bool?
@@ -457,6 +459,9 @@ struct FeatureStatus: Encodable {
             invalidKeys = []
         }
         self.lastChange = lastChange.map(RecordJSON.init)
+        status = FeatureBadge.of(
+            valid: state != nil, enabled: state?.enabled ?? true, paused: state?.paused ?? false, frozen: frozen,
+            guardLocked: marks.guardLock != nil, lastHoldReason: nil, thousandths: state?.rolloutPercent.thousandths ?? 0)
     }
 }
 

@@ -40,7 +40,7 @@ struct Dashboard: Sendable {
         routes.add(.get, "/favicon.ico") { _, _ -> Response in Response(status: .noContent) }
         routes.add(.get, "/v1/events") { request, _ -> Response in
             if let refusal = dashboard.server.refusal(request, needing: .read) { return refusal }
-            return dashboard.server.eventResponse()
+            return dashboard.server.eventResponse(reportingFreshness: true)
         }
     }
 

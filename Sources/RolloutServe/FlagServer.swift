@@ -241,10 +241,14 @@ public struct FlagServer: Sendable {
     /// The event stream: a comment at once, `refetchEvaluation` after each change (bursts
     /// coalesced by the gate's change stream), a keep-alive comment every
     /// ``ChangeEvents/keepAliveInterval``; it ends at a graceful shutdown. 503 when
-    /// ``ChangeEvents/maximumSubscribers`` are open.
-    func eventResponse() -> Response {
+    /// ``ChangeEvents/maximumSubscribers`` are open. With `reportingFreshness` (the dashboard's
+    /// stream) also `event: freshness` with `{"freshness": "stale"}` (`live`, `stale`,
+    /// `snapshot_file`, `expired`, `none`) whenever that word changes, looked at every second:
+    /// Redis going away changes no feature, so no change event would tell the page.
+    func eventResponse(reportingFreshness: Bool = false) -> Response {
         guard events.subscribe() else { return Response(status: .serviceUnavailable) }
         let events = events
+        let gate = gate
         let changes = gate.changes()
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
@@ -253,24 +257,33 @@ public struct FlagServer: Sendable {
             status: .ok, headers: headers,
             body: ResponseBody { writer in
                 defer { events.unsubscribe() }
-                // true: a change; false: time for a keep-alive.
-                let (ticks, tick) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(8))
+                let (ticks, tick) = AsyncStream.makeStream(of: StreamTick.self, bufferingPolicy: .bufferingNewest(8))
                 try await writer.write(ByteBuffer(string: ": rollout serve change events\n\n"))
                 try await withGracefulShutdownHandler {
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
-                            for await _ in changes { tick.yield(true) }
+                            for await _ in changes { tick.yield(.change) }
                             tick.finish()
                         }
                         group.addTask {
                             while !Task.isCancelled {
                                 try await Task.sleep(for: events.keepAliveInterval)
-                                tick.yield(false)
+                                tick.yield(.keepAlive)
                             }
                         }
-                        for await isChange in ticks {
-                            try await writer.write(
-                                ByteBuffer(string: isChange ? "data: {\"type\":\"refetchEvaluation\"}\n\n" : ": keep-alive\n\n"))
+                        if reportingFreshness {
+                            group.addTask {
+                                var last = gate.freshnessWord
+                                while !Task.isCancelled {
+                                    try await Task.sleep(for: .seconds(1))
+                                    let now = gate.freshnessWord
+                                    if now != last { tick.yield(.freshness(now)) }
+                                    last = now
+                                }
+                            }
+                        }
+                        for await event in ticks {
+                            try await writer.write(ByteBuffer(string: event.text))
                         }
                         group.cancelAll()
                     }
@@ -317,6 +330,30 @@ public struct FlagServer: Sendable {
             let tag = candidate.trimmingCharacters(in: .whitespaces)
             return tag == "*" || tag == etag || tag == "W/" + etag
         }
+    }
+}
+
+/// What an event stream writes next.
+private enum StreamTick: Sendable {
+    case change
+    case keepAlive
+    case freshness(String)
+
+    var text: String {
+        switch self {
+        case .change: return "data: {\"type\":\"refetchEvaluation\"}\n\n"
+        case .keepAlive: return ": keep-alive\n\n"
+        case .freshness(let word): return "event: freshness\ndata: {\"freshness\":\"\(word)\"}\n\n"
+        }
+    }
+}
+
+extension FeatureGate {
+    /// How current the gate's answers are, as one word: `live`, `stale`, `snapshot_file`,
+    /// `expired` (older than the max staleness) or `none` (nothing loaded).
+    var freshnessWord: String {
+        guard hasSnapshot else { return "none" }
+        return currentFreshness()?.code ?? "expired"
     }
 }
 

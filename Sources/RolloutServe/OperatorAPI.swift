@@ -126,10 +126,7 @@ struct OperatorAPI: Sendable {
     /// The gate's snapshot now.
     var snapshot: SnapshotJSON {
         let gate = server.gate
-        let freshness = gate.currentFreshness()
-        return SnapshotJSON(
-            loaded: gate.hasSnapshot, ageMs: gate.snapshotAge.map(\.wholeMilliseconds),
-            freshness: gate.hasSnapshot ? (freshness?.code ?? "expired") : "none")
+        return SnapshotJSON(loaded: gate.hasSnapshot, ageMs: gate.snapshotAge.map(\.wholeMilliseconds), freshness: gate.freshnessWord)
     }
 
     /// Runs a read of Redis; a failure is 503.

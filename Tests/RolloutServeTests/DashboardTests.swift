@@ -233,7 +233,7 @@ struct DashboardBrowserTests {
         #expect(seen["dialog_label"] as? String == "Reason (written to the audit log)")
         #expect(seen["paused_after"] is Double)
         #expect(seen["dialog_closed"] as? Bool == true)
-        #expect(try await world.admin.send("GET", "flags:checkout:paused").string == "true")
+        #expect(seen["redis_paused"] as? String == "true")
         let audit = try String(contentsOfFile: world.serve.auditLog, encoding: .utf8)
         #expect(audit.contains("checkout  paused  reason=paused from the dashboard by the browser test  by=api:oncall"))
         #expect(seen["console_errors"] as? [String] == [])
@@ -241,8 +241,12 @@ struct DashboardBrowserTests {
         #expect(seen["read_rows_after"] is Double)
         #expect(seen["read_buttons"] as? Int == 0)
         #expect(seen["read_action_status"] as? Int == 403)
-        #expect(try await world.admin.send("GET", "flags:checkout:enabled").string == nil)
+        #expect(seen["redis_enabled"] as? String == "")
         #expect(FileManager.default.fileExists(atPath: screenshot))
+        // Redis shut down: the page said so by itself, and kept what it had read.
+        #expect(seen["unreachable_after"] is Double, "banner: \(seen["banner"] ?? "none")")
+        #expect((seen["banner"] as? String)?.contains("Redis is unreachable") == true)
+        #expect(seen["rows_kept"] as? Int == DashboardWorld.seeded.count)
         print("dashboard screenshot: \(screenshot); kill switch reached the page after \(killedAfter) s")
     }
 }

@@ -373,6 +373,8 @@
       refresh();
     };
     source.onmessage = () => refresh();
+    // Redis going away or coming back changes no feature: the server says so on its own.
+    source.addEventListener("freshness", () => refresh());
     source.onerror = () => {
       connection.dataset.connection = "lost";
       connection.textContent = "Live updates lost: reconnecting…";

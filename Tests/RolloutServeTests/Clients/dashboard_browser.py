@@ -6,6 +6,7 @@ SCENARIO_JSON names: base (the server's URL), operate_token, read_token, redis_c
 prefix of a redis-cli reaching the server's Redis), expected ({feature: [status, percent]}),
 kill (a feature to kill with redis-cli), pause (a feature to pause with the page's button),
 chart (a feature whose chart should show a rollback, or null), screenshot (a PNG path).
+Last, it shuts the Redis server down and waits for the page to say so.
 Prints one JSON object: what the browser saw at each step. Exits 0 unless the browser or the
 driver failed; the test judges what was seen.
 """
@@ -40,11 +41,11 @@ def rows(driver):
     return seen
 
 
-def wait_for(driver, condition):
-    """Seconds until condition(driver) held, or None when it did not within WAIT."""
+def wait_for(driver, condition, bound=WAIT):
+    """Seconds until condition(driver) held, or None when it did not within bound."""
     started = time.monotonic()
     try:
-        WebDriverWait(driver, WAIT, poll_frequency=0.02).until(lambda d: condition(d))
+        WebDriverWait(driver, bound, poll_frequency=0.02).until(lambda d: condition(d))
         return round(time.monotonic() - started, 3)
     except TimeoutException:
         return None
@@ -114,6 +115,17 @@ def main() -> None:
               headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: JSON.stringify({reason: 'not allowed'})})
               .then((response) => done(response.status), () => done(-1));
             """, pause)
+
+        # Redis goes away: the page says so by itself (the server's stream reports the
+        # snapshot going stale; the page reads again and finds Redis unreachable).
+        for key in ("paused", "enabled"):
+            report[f"redis_{key}"] = subprocess.run(
+                scenario["redis_cli"] + ["GET", f"flags:{pause}:{key}"], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(scenario["redis_cli"] + ["SHUTDOWN", "NOSAVE"], check=False, capture_output=True)
+        report["unreachable_after"] = wait_for(
+            driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "unreachable", bound=90)
+        report["banner"] = driver.find_element(By.ID, "banner").text
+        report["rows_kept"] = len(rows(driver))
     finally:
         driver.quit()
     print(json.dumps(report))

@@ -78,6 +78,8 @@ let package = Package(
         // The Lua scripts of redis/, compiled in with #embed: one copy of each, the file operators
         // read, and nothing to find next to the binary at run time (see Sources/CRolloutScripts).
         .target(name: "CRolloutScripts"),
+        // The dashboard's page, script and style (plain files in assets/), compiled in the same way.
+        .target(name: "CRolloutDashboard", exclude: ["assets"]),
         .target(
             name: "RolloutAdmin",
             dependencies: [
@@ -125,6 +127,7 @@ let package = Package(
                 "RolloutController",
                 "RolloutRedis",
                 "CRolloutCrypto",
+                "CRolloutDashboard",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -205,12 +208,14 @@ let package = Package(
         .testTarget(
             name: "RolloutServeTests",
             dependencies: [
-                "RolloutServe", "RolloutGate", "RolloutRedis", "RolloutTestSupport", "RolloutController",
+                "RolloutServe", "RolloutGate", "RolloutRedis", "RolloutTestSupport", "RolloutController", "CRolloutDashboard",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
-            // The OpenFeature Python SDK's script, run with scripts/test.sh's virtual environment.
+            // The Python clients (OpenFeature's SDK, selenium driving chromium), run with
+            // scripts/test.sh's virtual environments.
             exclude: ["Clients"],
             swiftSettings: swiftSettings
         ),

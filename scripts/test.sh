@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_swift
-ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway prometheus-alertmanager tzdata python3 python3-venv
+ensure_packages libhiredis-dev libssl-dev redis-server redis-tools openssl ca-certificates prometheus prometheus-pushgateway prometheus-alertmanager tzdata python3 python3-venv chromium chromium-driver
 # A real OFREP client for `rollout serve`'s tests: OpenFeature's Python SDK and its OFREP
 # provider from PyPI, in a virtual environment of their own.
 ensure_python_venv .build/python-ofrep openfeature-sdk openfeature-provider-ofrep
@@ -18,6 +18,11 @@ export ROLLOUT_TEST_PYTHON="$PWD/.build/python-ofrep/bin/python"
 # schemathesis checks rollout serve against docs/openapi.yaml (Tests/RolloutServeTests/OpenAPITests.swift).
 ensure_python_venv .build/python-schemathesis schemathesis
 export ROLLOUT_TEST_SCHEMATHESIS="$PWD/.build/python-schemathesis/bin/schemathesis"
+
+# The dashboard's browser tests: selenium from PyPI drives Debian's chromium through Debian's
+# chromedriver (Tests/RolloutServeTests/DashboardTests.swift); no driver is downloaded.
+ensure_python_venv .build/python-browser selenium
+export ROLLOUT_TEST_BROWSER_PYTHON="$PWD/.build/python-browser/bin/python"
 
 echo "==> building (debug, with tests)"
 swift build --build-tests

@@ -16,7 +16,7 @@ public final class ChangeEvents: Sendable {
     /// was made in, so the bulk answer (and its ETag) changes with it at most once an hour.
     static let credentialHour: Int64 = 3600
 
-    private let key: [UInt8]
+    private let key = SigningKey()
     private let subscribers = Atomic<Int>(0)
 
     /// Events signed with a random key of this process (a restart invalidates its URLs; a
@@ -24,8 +24,6 @@ public final class ChangeEvents: Sendable {
     public init(maximumSubscribers: Int = 1_000, keepAliveInterval: Duration = .seconds(15)) {
         self.maximumSubscribers = maximumSubscribers
         self.keepAliveInterval = keepAliveInterval
-        var generator = SystemRandomNumberGenerator()
-        key = (0..<32).map { _ in generator.next() }
     }
 
     /// A subscriber slot, or nil when ``maximumSubscribers`` are open.
@@ -43,7 +41,7 @@ public final class ChangeEvents: Sendable {
     /// after `now` (seconds since the epoch): `<expiry>.<name>.<HMAC-SHA256 hex>`.
     func credential(for name: String, now: Int64) -> String? {
         let expiry = (now / Self.credentialHour + 2) * Self.credentialHour
-        return signature("\(expiry).\(name)").map { "\(expiry).\(name).\($0)" }
+        return key.sign("\(expiry).\(name)").map { "\(expiry).\(name).\($0)" }
     }
 
     /// The token name a credential was made for, if it is genuine and not expired at `now`.
@@ -53,12 +51,24 @@ public final class ChangeEvents: Sendable {
             let lastDot = parts[1].lastIndex(of: ".")
         else { return nil }
         let name = String(parts[1][..<lastDot])
-        let given = Array(parts[1][parts[1].index(after: lastDot)...].utf8)
-        guard let expected = signature("\(expiry).\(name)") else { return nil }
-        return constantTimeEqual(Array(expected.utf8), given) ? name : nil
+        let given = String(parts[1][parts[1].index(after: lastDot)...])
+        return key.verify(given, of: "\(expiry).\(name)") ? name : nil
+    }
+}
+
+/// A random key of this process signing short messages (HMAC-SHA256, hex): the event streams'
+/// URL credentials and the dashboard's CSRF tokens. A restart makes a new key, so what the old
+/// one signed is no longer genuine.
+final class SigningKey: Sendable {
+    private let key: [UInt8]
+
+    init() {
+        var generator = SystemRandomNumberGenerator()
+        key = (0..<32).map { _ in generator.next() }
     }
 
-    private func signature(_ message: String) -> String? {
+    /// The signature of `message` (64 hex digits); nil if OpenSSL failed.
+    func sign(_ message: String) -> String? {
         var digest = [UInt8](repeating: 0, count: 32)
         let message = Array(message.utf8)
         let ok = key.withUnsafeBytes { key in
@@ -66,5 +76,11 @@ public final class ChangeEvents: Sendable {
         }
         guard ok == 1 else { return nil }
         return hexDigits(digest)
+    }
+
+    /// Whether `signature` is this key's signature of `message`, compared in constant time.
+    func verify(_ signature: String, of message: String) -> Bool {
+        guard let expected = sign(message) else { return false }
+        return constantTimeEqual(Array(expected.utf8), Array(signature.utf8))
     }
 }

@@ -28,6 +28,8 @@ public struct FlagServer: Sendable {
     let operatorRedis: RedisClient?
     /// The change-event streams and their URL credentials.
     let events: ChangeEvents
+    /// Signs the dashboard's CSRF tokens.
+    let signingKey = SigningKey()
     /// How many replicas must acknowledge an operator change (`WAIT`).
     let replicas: ReplicaAcknowledgement
     /// The largest request body read; larger is 413.
@@ -69,19 +71,42 @@ public struct FlagServer: Sendable {
     }
 
     /// The name of the token `request` carries when it may use a route of `scope` (nil without
-    /// a tokens file), or the refusal: see ``refusal(_:needing:)``.
+    /// a tokens file), or the refusal: see ``refusal(_:needing:)``. The token comes from
+    /// `Authorization: Bearer`, `X-API-Key`, or the dashboard's cookie; a request that changes
+    /// something (any method but GET and HEAD) is also refused (403) when a browser says it
+    /// comes from another site, and, with the cookie, without the page's CSRF token
+    /// (`X-CSRF-Token`). Without a tokens file, a `Host` that is not a loopback name is 403:
+    /// a page of another site cannot reach an unauthenticated server by rebinding its name.
     func authorize(_ request: Request, needing scope: Scope) -> Authorization {
-        guard let tokens else { return .allowed(token: nil) }
-        var token: String?
-        if let authorization = request.headers[.authorization], authorization.lowercased().hasPrefix("bearer ") {
-            token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
-        } else if let key = request.headers.first(where: { $0.name.canonicalName == "x-api-key" })?.value {
-            token = key.trimmingCharacters(in: .whitespaces)
+        let changes = request.method != .get && request.method != .head
+        if changes, RequestOrigin.isCrossSite(request.headers, authority: request.head.authority) { return .refused(Response(status: .forbidden)) }
+        guard let tokens else {
+            return RequestOrigin.isLoopbackHost(request.head.authority) ? .allowed(token: nil) : .refused(Response(status: .forbidden))
         }
-        guard let token, !token.isEmpty, let entry = tokens.file.entry(for: token) else {
+        guard let (token, fromCookie) = Self.credential(in: request), let entry = tokens.file.entry(for: token) else {
             return .refused(Self.unauthorized)
         }
-        return entry.scopes.contains(scope) ? .allowed(token: entry.name) : .refused(Response(status: .forbidden))
+        guard entry.scopes.contains(scope) else { return .refused(Response(status: .forbidden)) }
+        if changes && fromCookie {
+            let given = RequestOrigin.field(request.headers, Dashboard.csrfHeader) ?? ""
+            guard signingKey.verify(given, of: Dashboard.csrfMessage(token)) else { return .refused(Response(status: .forbidden)) }
+        }
+        return .allowed(token: entry.name)
+    }
+
+    /// The token a request carries, and whether it came in the dashboard's cookie: a header
+    /// (`Authorization: Bearer`, `X-API-Key`) wins over the cookie.
+    static func credential(in request: Request) -> (token: String, fromCookie: Bool)? {
+        if let authorization = request.headers[.authorization], authorization.lowercased().hasPrefix("bearer ") {
+            let token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+            return token.isEmpty ? nil : (token, false)
+        }
+        if let key = RequestOrigin.field(request.headers, "x-api-key") {
+            let token = key.trimmingCharacters(in: .whitespaces)
+            return token.isEmpty ? nil : (token, false)
+        }
+        if let cookie = request.cookies[Dashboard.cookieName]?.value, !cookie.isEmpty { return (cookie, true) }
+        return nil
     }
 
     private static var unauthorized: Response {
@@ -170,6 +195,8 @@ public struct FlagServer: Sendable {
         AlertWebhook.addRoute(to: &routes, webhook: alerts, server: server)
         if let auditLog, let operatorRedis {
             OperatorAPI(server: self, redis: operatorRedis, auditLog: auditLog, replicas: replicas, logger: logger).register(on: &routes)
+            // The page reads and acts through the operator API.
+            Dashboard(server: server).register(on: &routes)
         }
         routes.add(.get, "/healthz") { _, _ -> Response in
             text("ok\n", status: .ok)
@@ -214,10 +241,14 @@ public struct FlagServer: Sendable {
     /// The event stream: a comment at once, `refetchEvaluation` after each change (bursts
     /// coalesced by the gate's change stream), a keep-alive comment every
     /// ``ChangeEvents/keepAliveInterval``; it ends at a graceful shutdown. 503 when
-    /// ``ChangeEvents/maximumSubscribers`` are open.
-    func eventResponse() -> Response {
+    /// ``ChangeEvents/maximumSubscribers`` are open. With `reportingFreshness` (the dashboard's
+    /// stream) also `event: freshness` with `{"freshness": "stale"}` (`live`, `stale`,
+    /// `snapshot_file`, `expired`, `none`) whenever that word changes, looked at every second:
+    /// Redis going away changes no feature, so no change event would tell the page.
+    func eventResponse(reportingFreshness: Bool = false) -> Response {
         guard events.subscribe() else { return Response(status: .serviceUnavailable) }
         let events = events
+        let gate = gate
         let changes = gate.changes()
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
@@ -226,24 +257,33 @@ public struct FlagServer: Sendable {
             status: .ok, headers: headers,
             body: ResponseBody { writer in
                 defer { events.unsubscribe() }
-                // true: a change; false: time for a keep-alive.
-                let (ticks, tick) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(8))
+                let (ticks, tick) = AsyncStream.makeStream(of: StreamTick.self, bufferingPolicy: .bufferingNewest(8))
                 try await writer.write(ByteBuffer(string: ": rollout serve change events\n\n"))
                 try await withGracefulShutdownHandler {
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
-                            for await _ in changes { tick.yield(true) }
+                            for await _ in changes { tick.yield(.change) }
                             tick.finish()
                         }
                         group.addTask {
                             while !Task.isCancelled {
                                 try await Task.sleep(for: events.keepAliveInterval)
-                                tick.yield(false)
+                                tick.yield(.keepAlive)
                             }
                         }
-                        for await isChange in ticks {
-                            try await writer.write(
-                                ByteBuffer(string: isChange ? "data: {\"type\":\"refetchEvaluation\"}\n\n" : ": keep-alive\n\n"))
+                        if reportingFreshness {
+                            group.addTask {
+                                var last = gate.freshnessWord
+                                while !Task.isCancelled {
+                                    try await Task.sleep(for: .seconds(1))
+                                    let now = gate.freshnessWord
+                                    if now != last { tick.yield(.freshness(now)) }
+                                    last = now
+                                }
+                            }
+                        }
+                        for await event in ticks {
+                            try await writer.write(ByteBuffer(string: event.text))
                         }
                         group.cancelAll()
                     }
@@ -290,6 +330,30 @@ public struct FlagServer: Sendable {
             let tag = candidate.trimmingCharacters(in: .whitespaces)
             return tag == "*" || tag == etag || tag == "W/" + etag
         }
+    }
+}
+
+/// What an event stream writes next.
+private enum StreamTick: Sendable {
+    case change
+    case keepAlive
+    case freshness(String)
+
+    var text: String {
+        switch self {
+        case .change: return "data: {\"type\":\"refetchEvaluation\"}\n\n"
+        case .keepAlive: return ": keep-alive\n\n"
+        case .freshness(let word): return "event: freshness\ndata: {\"freshness\":\"\(word)\"}\n\n"
+        }
+    }
+}
+
+extension FeatureGate {
+    /// How current the gate's answers are, as one word: `live`, `stale`, `snapshot_file`,
+    /// `expired` (older than the max staleness) or `none` (nothing loaded).
+    var freshnessWord: String {
+        guard hasSnapshot else { return "none" }
+        return currentFreshness()?.code ?? "expired"
     }
 }
 

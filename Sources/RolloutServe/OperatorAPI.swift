@@ -126,10 +126,7 @@ struct OperatorAPI: Sendable {
     /// The gate's snapshot now.
     var snapshot: SnapshotJSON {
         let gate = server.gate
-        let freshness = gate.currentFreshness()
-        return SnapshotJSON(
-            loaded: gate.hasSnapshot, ageMs: gate.snapshotAge.map(\.wholeMilliseconds),
-            freshness: gate.hasSnapshot ? (freshness?.code ?? "expired") : "none")
+        return SnapshotJSON(loaded: gate.hasSnapshot, ageMs: gate.snapshotAge.map(\.wholeMilliseconds), freshness: gate.freshnessWord)
     }
 
     /// Runs a read of Redis; a failure is 503.
@@ -419,6 +416,8 @@ struct SnapshotJSON: Encodable {
 /// One feature as Redis holds it now.
 struct FeatureStatus: Encodable {
     let feature: String
+    /// The dashboard's badge: see ``FeatureBadge``.
+    let status: FeatureBadge
     let exists: Bool
     let valid: Bool
     let enabled: Bool?
@@ -457,6 +456,9 @@ struct FeatureStatus: Encodable {
             invalidKeys = []
         }
         self.lastChange = lastChange.map(RecordJSON.init)
+        status = FeatureBadge.of(
+            valid: state != nil, enabled: state?.enabled ?? true, paused: state?.paused ?? false, frozen: frozen,
+            guardLocked: marks.guardLock != nil, lastHoldReason: nil, thousandths: state?.rolloutPercent.thousandths ?? 0)
     }
 }
 

@@ -59,12 +59,12 @@ struct OpenAPITests {
         // targetingKey is 400 TARGETING_KEY_MISSING for a flag that needs the bucket rule, and
         // fine for one at 100%): that depends on the flag's state, not on the request, so the
         // check that every valid request is accepted is left out here. The event stream never
-        // ends by itself: its own tests cover it.
+        // ends by itself (nor does the dashboard's, /v1/events): their own tests cover them.
         let ofrep = try await schemathesisRun([
             "--include-path-regex", "^/ofrep/", "--exclude-path", "/ofrep/v1/events", "--exclude-checks", "positive_data_acceptance",
         ])
         // Every other route, with every check.
-        let others = try await schemathesisRun(["--exclude-path-regex", "^/ofrep/"])
+        let others = try await schemathesisRun(["--exclude-path-regex", "^/ofrep/", "--exclude-path", "/v1/events"])
         for result in [ofrep, others] {
             // Its output names each failure with a curl command to reproduce it (the token filtered).
             #expect(result.status == 0, "\(result.stdout.suffix(16_000))\n\(result.stderr.suffix(2_000))")

@@ -433,7 +433,8 @@ struct FeatureStatus: Encodable {
     let `guard`: GuardJSON?
     let invalidKeys: [InvalidKeyJSON]
     let lastChange: RecordJSON?
-
+    /// The controller's last verdict (`flags:<f>:last_verdict`); absent when none is readable.
+    let lastVerdict: VerdictJSON?
 
     init(_ feature: FeatureName, _ result: Result<FeatureState, InvalidFeatureState>, _ marks: ControllerMarks, lastChange: AuditRecord?) {
         self.feature = feature.rawValue
@@ -457,6 +458,20 @@ struct FeatureStatus: Encodable {
             invalidKeys = []
         }
         self.lastChange = lastChange.map(RecordJSON.init)
+        lastVerdict = marks.lastVerdict.map(VerdictJSON.init)
+    }
+}
+
+/// The controller's last verdict: promote, rollback or hold, when, and the reason code.
+struct VerdictJSON: Encodable {
+    let result: String
+    let time: String
+    let reason: String
+
+    init(_ verdict: LastVerdict) {
+        result = verdict.result.rawValue
+        time = verdict.time.description
+        reason = verdict.reason
     }
 }
 

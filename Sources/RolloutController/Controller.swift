@@ -479,6 +479,7 @@ public struct Controller: Sendable {
                 switch result {
                 case .success(.value(let value)): answers.values[key] = value
                 case .success(.samples(let samples)): answers.vectors[key] = samples
+                case .success(.series): break  // a range query's: an evaluation sends none
                 case .failure(let error): answers.failures.append("\(label): \(error)")
                 }
             }

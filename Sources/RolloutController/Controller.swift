@@ -531,11 +531,12 @@ private func answer(
 
 /// What `flags:<f>:last_verdict` records of `report`, decided at `time`: promote (reason
 /// `healthy`), rollback (the first violated rollback check, or `forced` for an alert's), or hold
-/// with its reason code. Nil for a run that failed: Redis or Prometheus unreachable, or the lock
-/// another controller's; the verdict recorded before stays.
+/// with its reason code. Nil for a run that failed: Redis or Prometheus unreachable, the lock
+/// another controller's, or a key of the feature corrupt (that run writes nothing at all); the
+/// verdict recorded before stays.
 func lastVerdict(of report: FeatureReport, at time: Timestamp) -> LastVerdict? {
     if let reason = report.holdReason {
-        guard ![.redisError, .promUnreachable, .locked].contains(reason) else { return nil }
+        guard ![.redisError, .promUnreachable, .locked, .corruptState].contains(reason) else { return nil }
         return LastVerdict(result: .hold, time: time, reason: reason.rawValue)
     }
     guard let verdict = report.verdict else { return nil }

@@ -26,7 +26,9 @@ extension FeatureKeys {
     public var notified: String { "flags:\(feature.rawValue):notified" }
 
     /// Every controller key, for `rollout flags get`.
-    public var controllerKeys: [String] { [controllerPercent, guardLock, pausedReason, rollbacks, lastGood, streaks, healthySince, notified] }
+    public var controllerKeys: [String] {
+        [controllerPercent, guardLock, pausedReason, rollbacks, lastGood, streaks, healthySince, notified, lastVerdict]
+    }
 }
 
 /// A guard lock: no promotion while `flags:<f>:guard` exists. Its value is plain text,
@@ -138,6 +140,8 @@ package struct ControllerMarks: Sendable, Hashable {
     package var guardLock: GuardLock?
     /// Whether any key of the feature (its own or the controller's) exists.
     package var exists: Bool
+    /// `flags:<f>:last_verdict`, nil when absent or unreadable (another type, a malformed value).
+    package var lastVerdict: LastVerdict?
 }
 
 extension FeatureStore {
@@ -147,17 +151,17 @@ extension FeatureStore {
             let keys = FeatureKeys(feature)
             return [
                 RedisCommand("GET", keys.pausedReason), RedisCommand("GET", keys.guardLock), RedisCommand("PTTL", keys.guardLock),
-                RedisCommand("EXISTS", keys.all + keys.controllerKeys),
+                RedisCommand("EXISTS", keys.all + keys.controllerKeys), RedisCommand("GET", keys.lastVerdict),
             ]
         }
         let replies = try await redis.pipeline(commands)
         return features.indices.map { index in
-            let base = index * 4
+            let base = index * 5
             // A key of the wrong type answers an error: no reason, no lock (`invalid_keys` and
             // `rollout flags get` show the feature's own keys; these are the controller's).
             return ControllerMarks(
                 pausedReason: replies[base].string, guardLock: GuardLock.read(value: replies[base + 1], pttl: replies[base + 2]),
-                exists: (replies[base + 3].integer ?? 0) > 0)
+                exists: (replies[base + 3].integer ?? 0) > 0, lastVerdict: replies[base + 4].string.flatMap(LastVerdict.init(parsing:)))
         }
     }
 }

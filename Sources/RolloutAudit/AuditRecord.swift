@@ -48,6 +48,18 @@ public struct AuditRecord: Sendable, Hashable, CustomStringConvertible {
         return id.map { line + "  id=" + $0 } ?? line
     }
 
+    /// The percents of a percent change (`10% -> 25%`); nil for any other change, or a side that
+    /// is not a percent (`"fifty" (invalid) -> 10%`).
+    public var percentChange: (from: RolloutPercent, to: RolloutPercent)? {
+        let sides = change.split(separator: " -> ", omittingEmptySubsequences: false)
+        func percent(_ side: Substring) -> RolloutPercent? {
+            guard side.hasSuffix("%") else { return nil }
+            return RolloutPercent(parsing: side.dropLast())
+        }
+        guard sides.count == 2, let from = percent(sides[0]), let to = percent(sides[1]) else { return nil }
+        return (from, to)
+    }
+
     /// The `feature` field of a stream entry, read without parsing the rest; nil when it has none.
     static func feature(ofStreamEntry entry: RedisValue) -> String? {
         guard let parts = entry.array, parts.count == 2, let flat = parts[1].array else { return nil }

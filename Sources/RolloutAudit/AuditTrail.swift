@@ -139,18 +139,33 @@ extension AuditTrail {
         return found
     }
 
+    /// The records of `feature` made at or after `since`, newest first, at most `limit`. Only the
+    /// stream entries Redis added from `since` less `margin` on are read (an entry's id is Redis's
+    /// clock when it was added, the record's time the writer's: the margin covers clocks apart),
+    /// so the work is bounded by the window, not by the stream.
+    package func records(of feature: FeatureName, since: Timestamp, limit: Int, margin: Duration = .seconds(3600)) async throws(RedisError) -> [AuditRecord] {
+        let earliest = max(0, since.microsecondsSinceEpoch / 1000 - margin.wholeMilliseconds)
+        var found: [AuditRecord] = []
+        try await scanBackwards(scanning: Self.maxLength + 1_000, from: String(earliest), wanting: { $0 == feature.rawValue }) { record in
+            if record.feature == feature, record.time >= since { found.append(record) }
+            return found.count < limit
+        }
+        return found
+    }
+
     /// Hands the stream's records to `visit`, newest first, until it answers false, the stream
-    /// ends or `scanning` entries were read. Only entries whose `feature` field `wanting`
-    /// accepts are parsed (a scan of the whole stream for one feature parses only its records).
+    /// ends (or reaches the id `start`) or `scanning` entries were read. Only entries whose
+    /// `feature` field `wanting` accepts are parsed (a scan of the whole stream for one feature
+    /// parses only its records).
     private func scanBackwards(
-        scanning: Int, wanting: (String) -> Bool, _ visit: (AuditRecord) -> Bool
+        scanning: Int, from start: String = "-", wanting: (String) -> Bool, _ visit: (AuditRecord) -> Bool
     ) async throws(RedisError) {
         var end = "+"
         var read = 0
         while read < scanning {
             // Pages of 2,000: a whole stream (about 100,000 records) in about 50 round trips.
             let count = min(2_000, scanning - read)
-            let batch = try await redis.send(RedisCommand("XREVRANGE", Self.streamKey, end, "-", "COUNT", String(count)))
+            let batch = try await redis.send(RedisCommand("XREVRANGE", Self.streamKey, end, start, "COUNT", String(count)))
             guard let entries = batch.array else {
                 throw RedisError(.protocolError, "Redis answered XREVRANGE \(Self.streamKey) with \(batch), not a list of records.")
             }

@@ -45,16 +45,6 @@ extension AuditRecord {
             time: time, feature: feature, change: String(parts[2]), reason: reason == "(none)" ? "" : reason, by: by, id: id)
     }
 
-    /// The percents of a `10% -> 25%` change (any spelling a percent reads in: `10.0%`); nil
-    /// for any other change.
-    public var percentChange: (from: RolloutPercent, to: RolloutPercent)? {
-        let sides = change.components(separatedBy: " -> ")
-        guard sides.count == 2, sides[0].hasSuffix("%"), sides[1].hasSuffix("%"),
-            let from = RolloutPercent(parsing: sides[0].dropLast()), let to = RolloutPercent(parsing: sides[1].dropLast())
-        else { return nil }
-        return (from, to)
-    }
-
     /// Whether this record is `feature`'s change from `from` to `to`, made within `tolerance`
     /// of `time`.
     public func records(_ feature: FeatureName, from: RolloutPercent, to: RolloutPercent, near time: Timestamp, within tolerance: Duration) -> Bool {

@@ -147,8 +147,12 @@ public struct Controller: Sendable {
             : RedisCommand("SET", lockKey, owner, "NX", "PX", String(budget.lockTTL.wholeMilliseconds))
         let (result, mayHoldLock) = await evaluateHoldingLock(feature, report: FeatureReport(feature: feature.feature), trigger, lock: lock)
         if lock != nil, mayHoldLock {
-            // Released by its owner only; the TTL frees it if this process dies first.
-            _ = try? await redis.evaluate(Scripts.releaseLock, keys: [lockKey], arguments: [owner])
+            // Released by its owner only; the TTL frees it if this process dies first. The
+            // verdict is recorded by the same script, only while the lock is still this run's.
+            let verdict = lastVerdict(of: result, at: result.decidedAt ?? now())
+            _ = try? await redis.evaluate(
+                Scripts.releaseLock, keys: [lockKey] + (verdict.map { _ in [FeatureKeys(feature.feature).lastVerdict] } ?? []),
+                arguments: [owner] + (verdict.map { [$0.description] } ?? []))
         }
         return result
     }
@@ -457,6 +461,7 @@ public struct Controller: Sendable {
     private func report(_ applied: Applied, of plan: Plan, feature: FeatureName, into report: FeatureReport) -> FeatureReport {
         var report = report
         report.verdict = plan.verdict
+        report.decidedAt = plan.time
         report.notReplicated = applied.notReplicated
         if applied.changeRefused { report.verdict?.action = .hold }
         if applied.acknowledged, let acknowledgement = plan.acknowledgement {
@@ -497,6 +502,7 @@ public struct Controller: Sendable {
                 switch result {
                 case .success(.value(let value)): answers.values[key] = value
                 case .success(.samples(let samples)): answers.vectors[key] = samples
+                case .success(.series): break  // a range query's: an evaluation sends none
                 case .failure(let error): answers.failures.append("\(label): \(error)")
                 }
             }
@@ -544,4 +550,24 @@ private func answer(
         result = .failure(error)
     }
     return result
+}
+
+/// What `flags:<f>:last_verdict` records of `report`, decided at `time`: promote (reason
+/// `healthy`), rollback (the first violated rollback check, or `forced` for an alert's), or hold
+/// with its reason code. Nil for a run that failed: Redis or Prometheus unreachable, the lock
+/// another controller's, or a key of the feature corrupt (that run writes nothing at all); the
+/// verdict recorded before stays.
+func lastVerdict(of report: FeatureReport, at time: Timestamp) -> LastVerdict? {
+    if let reason = report.holdReason {
+        guard ![.redisError, .promUnreachable, .locked, .corruptState].contains(reason) else { return nil }
+        return LastVerdict(result: .hold, time: time, reason: reason.rawValue)
+    }
+    guard let verdict = report.verdict else { return nil }
+    switch verdict.action {
+    case .promote: return LastVerdict(result: .promote, time: time, reason: "healthy")
+    case .rollback:
+        let cause = verdict.checks.first { $0.status == .violated && $0.onViolation == .rollback }
+        return LastVerdict(result: .rollback, time: time, reason: cause?.name ?? "forced")
+    case .hold: return LastVerdict(result: .hold, time: time, reason: (verdict.holdReason ?? .noData).rawValue)
+    }
 }

@@ -75,6 +75,24 @@ public struct PrometheusClient: Sendable {
         return samples
     }
 
+    /// The series of a range query (`POST /api/v1/query_range`) from `start` to `end` every
+    /// `step` (whole seconds, at least one), each with its labels and its points in time order;
+    /// points whose value is NaN or ±Inf left out, no series when Prometheus has no data. The
+    /// same bounds, retries, timeouts and errors as ``value(of:at:deadline:)``; an answer of more
+    /// than ``maxRangePoints`` points, or of another type than a matrix, is refused.
+    public func range(
+        of query: String, start: Timestamp, end: Timestamp, step: Duration, deadline: ContinuousClock.Instant? = nil
+    ) async throws(PrometheusError) -> [PrometheusSeries] {
+        let seconds = max(1, (step.components.seconds) + (step.components.attoseconds > 0 ? 1 : 0))
+        guard case .series(let series) = try await answer(of: query, shape: .range(start: start, end: end, stepSeconds: seconds), at: nil, deadline: deadline)
+        else { return [] }
+        return series
+    }
+
+    /// The most points a range answer may hold, all series together (Prometheus's own limit is
+    /// 11,000 per series).
+    public static let maxRangePoints = 11_000
+
     /// `time` as the API's Unix seconds, to the microsecond: `1733338800.123456`.
     static func unixSeconds(_ time: Timestamp) -> String {
         let micros = time.microsecondsSinceEpoch
@@ -90,12 +108,15 @@ public struct PrometheusClient: Sendable {
         case value
         /// A vector's labelled samples (``samples(of:at:deadline:)``).
         case samples
+        /// A range query's series (``range(of:start:end:step:deadline:)``).
+        case range(start: Timestamp, end: Timestamp, stepSeconds: Int64)
     }
 
     /// A query's answer, read as its ``Shape``.
     enum Answer: Sendable {
         case value(Double?)
         case samples([PrometheusSample])
+        case series([PrometheusSeries])
     }
 
     /// The query sent through the endpoint's guards, retried within `deadline`, read as `shape`.
@@ -142,8 +163,14 @@ public struct PrometheusClient: Sendable {
     private func once(_ query: String, shape: Shape, at time: Timestamp?, within limit: Duration) async throws(PrometheusError) -> Answer {
         let connections = try self.connections.get()
         var form = "query=" + formEncoded(query)
-        if let time { form += "&time=" + Self.unixSeconds(time) }
-        let request = connections.request(method: "POST", path: "/api/v1/query", contentType: "application/x-www-form-urlencoded", body: Array(form.utf8))
+        var path = "/api/v1/query"
+        if case .range(let start, let end, let step) = shape {
+            path = "/api/v1/query_range"
+            form += "&start=" + Self.unixSeconds(start) + "&end=" + Self.unixSeconds(end) + "&step=" + String(step)
+        } else if let time {
+            form += "&time=" + Self.unixSeconds(time)
+        }
+        let request = connections.request(method: "POST", path: path, contentType: "application/x-www-form-urlencoded", body: Array(form.utf8))
         let deadline = ContinuousClock.now.advanced(by: limit)
         let outcome: Result<HTTPAnswer, HTTPFailure>?
         if clock is ContinuousClock {
@@ -160,6 +187,7 @@ public struct PrometheusClient: Sendable {
             switch shape {
             case .value: return .value(try parse(body: Data(answer.body), status: status, query: query))
             case .samples: return .samples(try parseSamples(body: Data(answer.body), status: status, query: query))
+            case .range: return .series(try parseSeries(body: Data(answer.body), status: status, query: query))
             }
         case .failure(.transport(let error))? where error.code != .timeout:
             throw PrometheusError(.unreachable, "Cannot reach Prometheus at \(base): \(error.message) Is it running, and is prometheus: right?")
@@ -229,6 +257,49 @@ public struct PrometheusClient: Sendable {
         return samples
     }
 
+    /// The series of a matrix in Prometheus's answer (a range query's), with their labels and
+    /// their points in time order; NaN and ±Inf points left out, an empty matrix empty.
+    func parseSeries(body: Data, status: HTTPResponseStatus, query: String) throws(PrometheusError) -> [PrometheusSeries] {
+        let (resultType, data, shown) = try resultData(body: body, status: status, query: query)
+        guard resultType == "matrix" else {
+            throw PrometheusError(.ambiguous, "A range query answered a \(resultType), not a matrix (query: \(shown)).")
+        }
+        guard let items = data["result"] as? [[String: Any]] else { throw PrometheusError(.unparsable, "Malformed matrix from Prometheus (query: \(shown)).") }
+        var series: [PrometheusSeries] = []
+        var total = 0
+        for item in items {
+            guard let labels = item["metric"] as? [String: String], let values = item["values"] as? [[Any]] else {
+                throw PrometheusError(.unparsable, "Malformed series from Prometheus (query: \(shown)).")
+            }
+            total += values.count
+            guard total <= Self.maxRangePoints else {
+                throw PrometheusError(.unparsable, "Prometheus answered more than \(Self.maxRangePoints) points (query: \(shown)); a wider step gives fewer.")
+            }
+            var points: [PrometheusSeries.Point] = []
+            points.reserveCapacity(values.count)
+            for pair in values {
+                // The time is a JSON number (seconds, with a fraction); the value a string.
+                guard pair.count == 2, !(pair[0] is String), let time = Self.number(pair[0]), time.isFinite else {
+                    throw PrometheusError(.unparsable, "Malformed point from Prometheus (query: \(shown)).")
+                }
+                if let value = try Self.sampleValue(pair, shown: shown) { points.append(PrometheusSeries.Point(time: time, value: value)) }
+            }
+            guard zip(points, points.dropFirst()).allSatisfy({ $0.time < $1.time }) else {
+                throw PrometheusError(.unparsable, "Prometheus answered points out of time order (query: \(shown)).")
+            }
+            series.append(PrometheusSeries(labels: labels, points: points))
+        }
+        return series
+    }
+
+    /// A JSON number as JSONSerialization gives it (an NSNumber, or a Swift number).
+    private static func number(_ value: Any) -> Double? {
+        if let number = value as? NSNumber { return number.doubleValue }
+        if let number = value as? Double { return number }
+        if let number = value as? Int { return Double(number) }
+        return nil
+    }
+
     /// The value of one `[timestamp, "value"]` pair: nil for NaN and ±Inf.
     private static func sampleValue(_ sample: [Any], shown: String) throws(PrometheusError) -> Double? {
         guard sample.count == 2, let text = sample[1] as? String else {
@@ -278,6 +349,32 @@ public struct PrometheusSample: Sendable, Hashable {
     public init(labels: [String: String], value: Double) {
         self.labels = labels
         self.value = value
+    }
+}
+
+/// One series of a range query: its labels and its points in time order.
+public struct PrometheusSeries: Sendable, Hashable {
+    /// One point: Unix seconds and a finite value.
+    public struct Point: Sendable, Hashable {
+        /// Unix seconds, as Prometheus wrote them.
+        public var time: Double
+        /// The value, finite.
+        public var value: Double
+
+        public init(time: Double, value: Double) {
+            self.time = time
+            self.value = value
+        }
+    }
+
+    /// The series' labels.
+    public var labels: [String: String]
+    /// Its points, oldest first.
+    public var points: [Point]
+
+    public init(labels: [String: String], points: [Point]) {
+        self.labels = labels
+        self.points = points
     }
 }
 

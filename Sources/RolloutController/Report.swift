@@ -13,6 +13,8 @@ public struct FeatureReport: Sendable {
     public var controllerPercent: RolloutPercent?
     /// The decision, when the evaluation got that far.
     public var verdict: Verdict?
+    /// When it was decided (the run's clock), when it was.
+    public var decidedAt: Timestamp?
     /// The traffic value, when the policy has min_requests.
     public var requests: Double?
     /// The queries that failed.

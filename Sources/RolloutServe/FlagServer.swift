@@ -22,6 +22,8 @@ public struct FlagServer: Sendable {
     public let metrics: PrometheusCollectorRegistry?
     /// The Alertmanager webhook (`POST /v1/alerts`); nil without a policy: the route answers 501.
     public let alerts: AlertWebhook?
+    /// The checks a feature's history draws (the webhook's policy); nil without one: no checks.
+    let history: CheckHistory?
     /// Where operator actions are recorded; nil: no operator API (`/v1/features...` is 404).
     public let auditLog: AuditLog?
     /// The operator API's own Redis connection (status reads and changes; evaluations never use it).
@@ -50,6 +52,7 @@ public struct FlagServer: Sendable {
         self.tokens = tokens
         self.metrics = metrics
         self.alerts = alerts
+        history = alerts.map(CheckHistory.init(webhook:))
         self.auditLog = auditLog
         operatorRedis = auditLog.map { _ in RedisClient(url: gate.redisURL) }
     }

@@ -21,6 +21,12 @@ struct OperatorAPI: Sendable {
     /// The bounds of `?limit=` on the audit route, and its default.
     static let auditLimits = 1...1000
     static let defaultAuditLimit = 50
+    /// The bounds of `?days=` on the history route, and its default.
+    static let historyDays = 1...30
+    static let defaultHistoryDays = 7
+    /// The most percent changes a history reads (newest first): a feature changed more often
+    /// than this in the window shows its newest ones.
+    static let maximumHistoryRecords = 10_000
     /// The longest reason taken, in characters.
     static let maximumReasonLength = 1000
 
@@ -52,6 +58,15 @@ struct OperatorAPI: Sendable {
                     try await AuditTrail(redis: api.redis).newest(of: feature, limit: limit)
                 }
                 return AuditAnswer(feature: feature.rawValue, records: records.map(RecordJSON.init))
+            }
+        }
+        routes.add(.get, "/v1/features/{feature}/history") { request, context -> Response in
+            if let refusal = api.server.refusal(request, needing: .read) { return refusal }
+            let name = context.parameters.get("feature") ?? ""
+            let daysText = request.uri.queryParameters.get("days")
+            return await api.answer { () async throws(Problem) in
+                let days = try Self.historyDays(daysText)
+                return try await api.history(of: try await api.existing(name), days: days)
             }
         }
         for action in Action.allCases {
@@ -138,15 +153,42 @@ struct OperatorAPI: Sendable {
         }
     }
 
+    /// The feature's percent over the last `days` days from its audit records, and its checks'
+    /// values over them from Prometheus when the server has a policy.
+    func history(of feature: FeatureName, days: Int, until: Timestamp = Timestamp.now()) async throws(Problem) -> HistoryAnswer {
+        let since = until.advanced(by: .seconds(-Int64(days) * 86_400))
+        let store = FeatureStore(redis: redis, auditLog: auditLog)
+        let (states, records) = try await redisRead { () async throws(RedisError) in
+            (
+                try await store.read([feature]),
+                try await AuditTrail(redis: redis).records(of: feature, since: since, limit: Self.maximumHistoryRecords)
+            )
+        }
+        let current = (try? states.first?.get())?.rolloutPercent
+        let percent = PercentHistory.points(newestFirst: records, current: current, since: since, until: until)
+        let checks = await server.history?.checks(of: feature, since: since, until: until) ?? []
+        return HistoryAnswer(feature: feature.rawValue, since: since.description, until: until.description, percent: percent, checks: checks)
+    }
+
+    static func historyDays(_ text: String?) throws(Problem) -> Int {
+        try wholeNumber(text, named: "days", in: historyDays, default: defaultHistoryDays)
+    }
+
     static func auditLimit(_ text: String?) throws(Problem) -> Int {
-        guard let text else { return defaultAuditLimit }
-        guard let limit = Int(text), auditLimits.contains(limit) else {
+        try wholeNumber(text, named: "limit", in: auditLimits, default: defaultAuditLimit)
+    }
+
+    /// The query parameter `name`, given as `text`: `fallback` when absent, 400 when it is not
+    /// a whole number in `bounds`.
+    static func wholeNumber(_ text: String?, named name: String, in bounds: ClosedRange<Int>, default fallback: Int) throws(Problem) -> Int {
+        guard let text else { return fallback }
+        guard let value = Int(text), bounds.contains(value) else {
             throw Problem(
                 .invalidParameter, status: 400,
-                detail: "limit must be a whole number from \(auditLimits.lowerBound) to \(auditLimits.upperBound); it was '\(text.prefix(40))'.",
-                field: "limit")
+                detail: "\(name) must be a whole number from \(bounds.lowerBound) to \(bounds.upperBound); it was '\(text.prefix(40))'.",
+                field: name)
         }
-        return limit
+        return value
     }
 
     // MARK: Acting
@@ -432,7 +474,8 @@ struct FeatureStatus: Encodable {
     let `guard`: GuardJSON?
     let invalidKeys: [InvalidKeyJSON]
     let lastChange: RecordJSON?
-
+    /// The controller's last verdict (`flags:<f>:last_verdict`); absent when none is readable.
+    let lastVerdict: VerdictJSON?
 
     init(_ feature: FeatureName, _ result: Result<FeatureState, InvalidFeatureState>, _ marks: ControllerMarks, lastChange: AuditRecord?) {
         self.feature = feature.rawValue
@@ -456,9 +499,24 @@ struct FeatureStatus: Encodable {
             invalidKeys = []
         }
         self.lastChange = lastChange.map(RecordJSON.init)
+        lastVerdict = marks.lastVerdict.map(VerdictJSON.init)
+        let holdReason = marks.lastVerdict.flatMap { $0.result == .hold ? $0.reason : nil }
         status = FeatureBadge.of(
             valid: state != nil, enabled: state?.enabled ?? true, paused: state?.paused ?? false, frozen: frozen,
-            guardLocked: marks.guardLock != nil, lastHoldReason: nil, thousandths: state?.rolloutPercent.thousandths ?? 0)
+            guardLocked: marks.guardLock != nil, lastHoldReason: holdReason, thousandths: state?.rolloutPercent.thousandths ?? 0)
+    }
+}
+
+/// The controller's last verdict: promote, rollback or hold, when, and the reason code.
+struct VerdictJSON: Encodable {
+    let result: String
+    let time: String
+    let reason: String
+
+    init(_ verdict: LastVerdict) {
+        result = verdict.result.rawValue
+        time = verdict.time.description
+        reason = verdict.reason
     }
 }
 

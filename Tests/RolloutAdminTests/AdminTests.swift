@@ -289,3 +289,20 @@ struct AuditTrailValueTests {
 private final class StartedAppends: Sendable {
     let count = Mutex(0)
 }
+
+/// `flags:<f>:last_verdict`'s text: written and read back, anything else refused.
+@Suite("The controller's last verdict as stored")
+struct LastVerdictTests {
+    @Test func aVerdictReadsBackAndAnythingElseIsRefused() throws {
+        let time = try #require(Timestamp(parsing: "2026-12-04T21:00:00.000000+00:00"))
+        let verdict = LastVerdict(result: .hold, time: time, reason: "dwell")
+        #expect(verdict.description == "hold 2026-12-04T21:00:00.000000+00:00 dwell")
+        #expect(LastVerdict(parsing: verdict.description) == verdict)
+        // A reason with spaces is folded, so it still reads back.
+        let spaced = LastVerdict(result: .rollback, time: time, reason: "budget 1h")
+        #expect(spaced.reason == "budget_1h" && LastVerdict(parsing: spaced.description) == spaced)
+        for bad in ["", "hold", "hold 2026-12-04T21:00:00Z", "maybe 2026-12-04T21:00:00Z dwell", "hold soon dwell", "hold 2026-12-04T21:00:00Z two words", "hold  dwell"] {
+            #expect(LastVerdict(parsing: bad) == nil, "\(bad)")
+        }
+    }
+}

@@ -197,6 +197,56 @@ struct ControllerEndToEndTests {
         #expect(world.auditLines().count == 1)
     }
 
+    @Test func eachEvaluationLeavesItsVerdictAndAFailedRunLeavesTheLastOne() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("verdict", "dwell: 1h")], queryTimeout: "1s")
+        _ = try await world.client.pipeline([
+            RedisCommand("SET", "flags:verdict:rollout_percent", "10"), RedisCommand("SET", "flags:verdict:last_change_time", Timestamp.now().description),
+        ])
+        try await world.known(["verdict"])
+        try await world.serve("verdict", errorRatio: 0.001)
+        /// The key, split: result, time (as parsed), reason.
+        func lastVerdict() async throws -> (String, Timestamp?, String)? {
+            guard let value = try await world.get("flags:verdict:last_verdict") else { return nil }
+            let parts = value.split(separator: " ", maxSplits: 2).map(String.init)
+            guard parts.count == 3 else { return nil }
+            return (parts[0], Timestamp(parsing: parts[1]), parts[2])
+        }
+        #expect(try await lastVerdict() == nil)
+
+        let before = Timestamp.now()
+        let held = try await world.run()
+        #expect(held.features["verdict"]?["reason"] as? String == "dwell", "\(held.output.stderr)")
+        let hold = try #require(try await lastVerdict())
+        #expect(hold.0 == "hold" && hold.2 == "dwell")
+        let holdTime = try #require(hold.1)
+        #expect(holdTime >= before && holdTime <= Timestamp.now())
+        #expect(try await world.get("flags:verdict:lock") == nil)
+
+        try world.writePolicy([("verdict", "dwell: 0s")], queryTimeout: "1s")
+        let promoted = try await world.run()
+        #expect(promoted.features["verdict"]?["decision"] as? String == "promote", "\(promoted.output.stderr)")
+        let promotion = try #require(try await lastVerdict())
+        #expect(promotion.0 == "promote" && promotion.2 == "healthy")
+        #expect(try #require(promotion.1) > holdTime)
+
+        try await world.serve("verdict", errorRatio: 0.2)
+        let rolledBack = try await world.run()
+        #expect(rolledBack.features["verdict"]?["decision"] as? String == "rollback", "\(rolledBack.output.stderr)")
+        let rollback = try #require(try await lastVerdict())
+        #expect(rollback.0 == "rollback" && rollback.2 == "error_rate")
+        let stored = try await world.get("flags:verdict:last_verdict")
+
+        // A failed run writes nothing: the last verdict stays.
+        await world.prometheus.stopOffPool()
+        let failed = try await world.run()
+        #expect(failed.status == 1 && failed.features["verdict"]?["reason"] as? String == "prom_unreachable")
+        #expect(try await world.get("flags:verdict:last_verdict") == stored)
+        // It is a controller key: `rollout flags get` lists it.
+        let get = try await runCommand(world.binary, ["flags", "get", "verdict"], environment: ["REDIS_URL": world.redis.urlString])
+        #expect(get.stdout.contains("last_verdict") && get.stdout.contains("rollback "), "\(get.stdout)\(get.stderr)")
+    }
+
     @Test func aNegativeErrorRateFromPrometheusHoldsWithInvalidDataAndWritesNothing() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("negative", "dwell: 0s")])

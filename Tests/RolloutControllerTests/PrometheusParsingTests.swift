@@ -161,6 +161,55 @@ struct PrometheusParsingTests {
         }
     }
 
+    func series(_ body: String, status: HTTPResponseStatus = .ok) throws(PrometheusError) -> [PrometheusSeries] {
+        try client.parseSeries(body: Data(body.utf8), status: status, query: "q")
+    }
+
+    @Test func aRangeAnswersSeriesKeepTheirLabelsAndPointsInTimeOrder() throws {
+        let body = #"""
+            {"status":"success","data":{"resultType":"matrix","result":[
+              {"metric":{"feature":"checkout"},"values":[[1733350000,"0.012"],[1733352016.5,"NaN"],[1733354032,"+Inf"],[1733356048,"0.5"]]}]}}
+            """#
+        #expect(
+            try series(body) == [
+                PrometheusSeries(
+                    labels: ["feature": "checkout"],
+                    points: [PrometheusSeries.Point(time: 1_733_350_000, value: 0.012), PrometheusSeries.Point(time: 1_733_356_048, value: 0.5)])
+            ])
+        #expect(try series(#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#).isEmpty)
+        let two = #"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"1"},"values":[[1,"1"]]},{"metric":{"a":"2"},"values":[]}]}}"#
+        #expect(try series(two).map(\.labels) == [["a": "1"], ["a": "2"]])
+    }
+
+    @Test func aRangeAnswerThatIsNotAMatrixOfPointsFails() {
+        let refused: [(String, HTTPResponseStatus, PrometheusError.Code)] = [
+            (#"{"status":"success","data":{"resultType":"vector","result":[]}}"#, .ok, .ambiguous),
+            (#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1","2"]]}]}}"#, .ok, .unparsable),
+            (#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[["1","1"]]}]}}"#, .ok, .unparsable),
+            (#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"fifty"]]}]}}"#, .ok, .unparsable),
+            (#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[2,"1"],[1,"1"]]}]}}"#, .ok, .unparsable),
+            (#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"value":[1,"1"]}]}}"#, .ok, .unparsable),
+            (#"{"status":"error","errorType":"bad_data","error":"exceeded maximum resolution of 11,000 points per timeseries"}"#, .badRequest, .badQuery),
+            ("<html>proxy error</html>", .serviceUnavailable, .httpStatus),
+            ("not json", .ok, .unparsable),
+        ]
+        for (body, status, code) in refused {
+            #expect(throws: PrometheusError.self, "\(body)") { try series(body, status: status) }
+            do {
+                _ = try series(body, status: status)
+            } catch {
+                #expect(error.code == code, "\(body): \(error)")
+            }
+        }
+        // More points than a history can use: refused, whatever the series.
+        let many = (0...PrometheusClient.maxRangePoints).map { "[\($0),\"1\"]" }.joined(separator: ",")
+        #expect {
+            try series(#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":["# + many + "]}]}}")
+        } throws: { error in
+            (error as? PrometheusError)?.code == .unparsable && "\(error)".contains("points")
+        }
+    }
+
     @Test func queriesAreFormEncoded() {
         #expect(formEncoded("sum(rate(x{a=\"b\"}[5m])) / 2") == "sum%28rate%28x%7Ba%3D%22b%22%7D%5B5m%5D%29%29%20%2F%202")
     }

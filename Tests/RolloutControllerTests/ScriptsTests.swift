@@ -261,6 +261,24 @@ struct CompareAndSetTests {
         #expect(try await redis.evaluate(Scripts.releaseLock, keys: ["flags:google:lock"], arguments: ["owner-a"]) == .integer(1))
         #expect(try await redis.send("EXISTS", "flags:google:lock") == .integer(0))
     }
+
+    @Test func theVerdictIsRecordedWithTheReleaseOnlyByTheLocksOwner() async throws {
+        let server = try await RedisServer.start()
+        let redis = RedisClient(url: server.url())
+        defer { redis.close() }
+        let keys = ["flags:google:lock", "flags:google:last_verdict"]
+        _ = try await redis.send("SET", keys[0], "owner-a", "NX", "PX", "60000")
+        #expect(try await redis.evaluate(Scripts.releaseLock, keys: keys, arguments: ["owner-b", "hold 2026-12-04T21:00:00Z dwell"]) == .integer(0))
+        #expect(try await redis.send("EXISTS", keys[1]) == .integer(0))
+        #expect(try await redis.evaluate(Scripts.releaseLock, keys: keys, arguments: ["owner-a", "hold 2026-12-04T21:00:00Z dwell"]) == .integer(1))
+        #expect(try await redis.send("GET", keys[1]).string == "hold 2026-12-04T21:00:00Z dwell")
+        #expect(try await redis.send("EXISTS", keys[0]) == .integer(0))
+        // A last_verdict of another type is left as it is; the lock is released all the same.
+        _ = try await redis.pipeline([RedisCommand("DEL", keys[1]), RedisCommand("HSET", keys[1], "a", "b"), RedisCommand("SET", keys[0], "owner-a")])
+        #expect(try await redis.evaluate(Scripts.releaseLock, keys: keys, arguments: ["owner-a", "promote 2026-12-04T21:01:00Z healthy"]) == .integer(1))
+        #expect(try await redis.send("TYPE", keys[1]).string == "hash")
+        #expect(try await redis.send("EXISTS", keys[0]) == .integer(0))
+    }
 }
 
 /// The scripts' own guards (issue: keep the promises under faults): a deadline by Redis's clock,

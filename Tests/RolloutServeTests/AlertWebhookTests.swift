@@ -161,6 +161,10 @@ struct AlertWebhookTests {
         #expect(healthy["outcome"] as? String == "held" && healthy["reason"] as? String == "watching", "\(healthy)")
         #expect(try await world.get("flags:failing:rollout_percent") == "10")
         #expect(try await world.get("flags:healthy:rollout_percent") == "50")  // never a promotion from an alert
+        // An alert's run leaves its verdict, as any evaluation does.
+        #expect(try await world.get("flags:failing:last_verdict")?.hasPrefix("rollback ") == true)
+        #expect(try await world.get("flags:failing:last_verdict")?.hasSuffix(" error_rate") == true)
+        #expect(try await world.get("flags:healthy:last_verdict")?.hasSuffix(" watching") == true)
         let records = try await world.auditRecords()
         #expect(records.contains { $0.feature == "failing" && $0.change == "50% -> 10%" && $0.reason.contains("error_rate=0.2 violated") && $0.reason.hasSuffix("; evaluated at once for alert FailingErrors (fingerprint aaaa000000000001)") })
         #expect(!records.contains { $0.feature == "healthy" })
@@ -186,6 +190,7 @@ struct AlertWebhookTests {
         #expect(answers.map(\.status).sorted() == (seen[0] == "duplicate" ? [200, 200] : [200, 503]), "\(answers.map(\.body))")
         let acted = try #require(answers.compactMap { outcomes($0)["bbbb000000000001"] }.first { $0["outcome"] as? String == "rolled_back" })
         #expect(acted["from"] as? String == "100" && acted["to"] as? String == "50" && acted["forced"] as? Bool == true)
+        #expect(try await world.get("flags:checkout:last_verdict")?.hasSuffix(" forced") == true)
         // Sent again to either: a duplicate, never a second step down.
         for serve in [first, second] {
             let again = try await postAlerts(serve, body)

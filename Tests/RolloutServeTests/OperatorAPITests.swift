@@ -115,6 +115,43 @@ struct OperatorAPITests {
         #expect(try await streamRecords(admin).last?["by"] == "api:anonymous")
     }
 
+    @Test func theControllersLastVerdictIsShownAndAMalformedOneIsLeftOut() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        let directory = try makeTemporaryDirectory("serve-api")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try await admin.pipeline([
+            RedisCommand("SET", "flags:held:rollout_percent", "10"),
+            RedisCommand("SET", "flags:held:last_verdict", "hold 2026-12-04T21:00:00.000000+00:00 dwell"),
+            RedisCommand("SET", "flags:rolled:rollout_percent", "10"),
+            RedisCommand("SET", "flags:rolled:last_verdict", "rollback 2026-12-04T21:05:00.5Z error_rate"),
+            RedisCommand("SET", "flags:garbled:rollout_percent", "10"), RedisCommand("SET", "flags:garbled:last_verdict", "maybe yesterday because"),
+            RedisCommand("SET", "flags:untimed:rollout_percent", "10"), RedisCommand("SET", "flags:untimed:last_verdict", "hold soon dwell"),
+            RedisCommand("SET", "flags:typed:rollout_percent", "10"), RedisCommand("HSET", "flags:typed:last_verdict", "hold", "dwell"),
+            RedisCommand("SET", "flags:none:rollout_percent", "10"),
+        ])
+        let serve = try Serve(server, directory: directory)
+        #expect(await ready(serve))
+        let list = try await call(serve.base + "/v1/features", method: .GET)
+        #expect(list.status == 200, "\(list.body)")
+        let features = try #require(list.json["features"] as? [[String: Any]])
+        var byName: [String: [String: Any]] = [:]
+        for feature in features { if let name = feature["feature"] as? String { byName[name] = feature } }
+        let held = try #require(byName["held"]?["last_verdict"] as? [String: String], "\(list.body)")
+        #expect(held == ["result": "hold", "time": "2026-12-04T21:00:00.000000+00:00", "reason": "dwell"])
+        let rolled = try #require(byName["rolled"]?["last_verdict"] as? [String: String])
+        #expect(rolled["result"] == "rollback" && rolled["reason"] == "error_rate" && rolled["time"]?.hasPrefix("2026-12-04T21:05:00.5") == true)
+        for name in ["garbled", "untimed", "typed", "none"] {
+            #expect(byName[name] != nil && byName[name]?["last_verdict"] == nil, "\(name): \(list.body)")
+            #expect(byName[name]?["valid"] as? Bool == true)
+        }
+        let one = try await call(serve.base + "/v1/features/held", method: .GET)
+        #expect((one.json["last_verdict"] as? [String: String])?["reason"] == "dwell", "\(one.body)")
+        let typed = try await call(serve.base + "/v1/features/typed", method: .GET)
+        #expect(typed.status == 200 && typed.json["last_verdict"] == nil, "\(typed.body)")
+    }
+
     @Test func actionsNeedOperateAndAreAuditedAsTheTokensName() async throws {
         let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())

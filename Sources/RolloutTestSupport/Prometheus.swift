@@ -65,6 +65,8 @@ public final class MetricsEndpoint: Sendable {
 
 /// A real Prometheus on a free loopback port, scraping `targets` every second, with its own
 /// data directory; stopped when released (and at process exit, whatever happens).
+/// `pushgateways` are scraped as a second job with `honor_labels: true`, as a Pushgateway must be:
+/// the pushed `job` and `instance` labels stay what the pusher set.
 public final class PrometheusServer: @unchecked Sendable {
     // @unchecked: `process` is only replaced under `lock`; the rest is immutable.
     public let port: Int
@@ -73,7 +75,7 @@ public final class PrometheusServer: @unchecked Sendable {
     private let lock = NSLock()
     private var process: ChildProcess?
 
-    public init(scraping targets: [Int]) throws {
+    public init(scraping targets: [Int], pushgateways: [Int] = []) throws {
         guard executablePath("prometheus") != nil else {
             throw FixtureError("prometheus is not installed: run scripts/test.sh, or apt-get install prometheus")
         }
@@ -89,6 +91,15 @@ public final class PrometheusServer: @unchecked Sendable {
                   - targets: [\(targets.map { "'127.0.0.1:\($0)'" }.joined(separator: ", "))]
 
             """
+            + (pushgateways.isEmpty
+                ? ""
+                : """
+                  - job_name: pushgateway
+                    honor_labels: true
+                    static_configs:
+                      - targets: [\(pushgateways.map { "'127.0.0.1:\($0)'" }.joined(separator: ", "))]
+
+                """)
         try config.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
         var attempt = 0
         while true {

@@ -207,7 +207,7 @@ struct DashboardBrowserTests {
         let scenario: [String: Any] = [
             "base": world.serve.base, "operate_token": world.operateToken, "read_token": world.readToken,
             "redis_cli": [try #require(executablePath("redis-cli")), "-h", "127.0.0.1", "-p", String(world.redis.port)],
-            "expected": DashboardWorld.seeded, "kill": "legacy", "pause": "checkout", "chart": NSNull(), "screenshot": screenshot,
+            "expected": DashboardWorld.seeded, "kill": "legacy", "pause": "checkout", "chart": "rolled", "screenshot": screenshot,
         ]
         let argument = String(decoding: try JSONSerialization.data(withJSONObject: scenario), as: UTF8.self)
         let run = try await runCommand(python, [script, argument])
@@ -237,12 +237,16 @@ struct DashboardBrowserTests {
         let audit = try String(contentsOfFile: world.serve.auditLog, encoding: .utf8)
         #expect(audit.contains("checkout  paused  reason=paused from the dashboard by the browser test  by=api:oncall"))
         #expect(seen["console_errors"] as? [String] == [])
+        // The percent over time, from the audit trail, with its rollback marked.
+        #expect(seen["chart_rollbacks"] as? Int == 1, "chart: \(seen["chart_label"] ?? "none")")
+        #expect((seen["chart_label"] as? String)?.contains("2 changes, 1 rollback") == true, "\(seen["chart_label"] ?? "none")")
         // A read-only token: no buttons, and the API refuses the action.
         #expect(seen["read_rows_after"] is Double)
         #expect(seen["read_buttons"] as? Int == 0)
         #expect(seen["read_action_status"] as? Int == 403)
         #expect(seen["redis_enabled"] as? String == "")
         #expect(FileManager.default.fileExists(atPath: screenshot))
+        #expect((seen["phone_overflow"] as? Int ?? 1) <= 0, "the page is wider than a phone's 390 px")
         // Redis shut down: the page said so by itself, and kept what it had read.
         #expect(seen["unreachable_after"] is Double, "banner: \(seen["banner"] ?? "none")")
         #expect((seen["banner"] as? String)?.contains("Redis is unreachable") == true)
@@ -265,6 +269,7 @@ struct DashboardWorld {
     static let seeded: [String: [String]] = [
         "checkout": ["rolling-out", "37.5"], "legacy": ["full", "100"], "dark-launch": ["off", "0"], "dead": ["killed", "10"],
         "careful": ["paused", "50"], "broken": ["invalid", ""], "guarded": ["guard", "10"], "flappy": ["frozen", "25"],
+        "rolled": ["rolling-out", "10"],
     ]
 
     static func start(tokens: Bool = true) async throws -> DashboardWorld {
@@ -281,6 +286,7 @@ struct DashboardWorld {
             RedisCommand("SET", "flags:guarded:guard", "operator 2026-12-04T00:00:00.000000+00:00 watching", "PX", "3600000"),
             RedisCommand("SET", "flags:flappy:rollout_percent", "25"), RedisCommand("SET", "flags:flappy:paused", "true"),
             RedisCommand("SET", "flags:flappy:paused_reason", "3 rollbacks within an hour"),
+            RedisCommand("SET", "flags:rolled:rollout_percent", "0"),
         ])
         let directory = try makeTemporaryDirectory("dashboard")
         var arguments: [String] = []
@@ -295,6 +301,13 @@ struct DashboardWorld {
         }
         let serve = try Serve(redis, directory: directory, arguments: arguments)
         #expect(await ready(serve))
+        // An audited history for `rolled`: up to 50%, and back to 10% (a rollback).
+        let operate = tokens ? [("Authorization", "Bearer \(made.first ?? "")")] : []
+        for percent in ["50", "10"] {
+            let set = try await call(
+                serve.base + "/v1/features/rolled/set-percent", body: "{\"reason\": \"seeded\", \"percent\": \(percent)}", headers: operate)
+            #expect(set.status == 200, "\(set.body)")
+        }
         return DashboardWorld(
             redis: redis, admin: admin, serve: serve, directory: directory, operateToken: made.first ?? "",
             readToken: made.dropFirst().first ?? "", evaluateToken: made.last ?? "")

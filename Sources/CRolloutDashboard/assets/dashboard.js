@@ -270,7 +270,12 @@
     const y = (percent) => top + percentHeight - (percent / 100) * percentHeight;
     const points = (history.percent || []).map((point) => ({ ...point, ms: parseTime(point.time) })).filter((point) => Number.isFinite(point.ms));
     const rollbacks = points.filter((point) => point.rollback);
-    const description = "Percent over the last " + historyDays + " days: " + Math.max(points.length - 2, 0) + " changes, " + rollbacks.length + (rollbacks.length === 1 ? " rollback" : " rollbacks");
+    const changes = points.filter((point) => point.by !== undefined);
+    if (!changes.length && !checks.length) {
+      container.replaceChildren(element("p", { class: "chart-note" }, "No change of the percent in the last " + historyDays + " days."));
+      return;
+    }
+    const description = "Percent over the last " + historyDays + " days: " + changes.length + (changes.length === 1 ? " change, " : " changes, ") + rollbacks.length + (rollbacks.length === 1 ? " rollback" : " rollbacks");
     const chart = svg("svg", { viewBox: "0 0 " + width + " " + height, role: "img", "aria-label": description });
     for (const mark of [0, 50, 100]) {
       chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: y(mark), y2: y(mark) }));

@@ -99,6 +99,11 @@ def main() -> None:
                 report["chart_label"] = driver.find_element(By.CSS_SELECTOR, f'li[data-feature="{chart}"] .chart svg').get_attribute("aria-label")
 
         driver.save_screenshot(scenario["screenshot"])
+        # On a phone's width nothing runs off the side.
+        driver.set_window_size(390, 844)
+        report["phone_overflow"] = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth;")
+        driver.save_screenshot(scenario["screenshot"].replace(".png", "-phone.png"))
+        driver.set_window_size(1100, 1400)
         report["console_errors"] = [entry["message"] for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
 
         # A read-only token: the same page without buttons, and the API refuses the action.

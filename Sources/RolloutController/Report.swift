@@ -100,6 +100,8 @@ public struct RunReport: Sendable {
     public var status: String {
         let reasons = features.compactMap(\.holdReason)
         if reasons.contains(.corruptState) { return "corrupt_state" }
+        // Exit 2, as a policy error: never "ok", or an alert on failed runs would miss it.
+        if reasons.contains(.invalidPolicy) { return "invalid_policy" }
         if reasons.contains(.redisError) { return "redis_error" }
         if reasons.contains(.promUnreachable) { return "prom_unreachable" }
         return "ok"

@@ -27,7 +27,7 @@ public struct Telemetry: Sendable {
     }
 
     static let job = "rollout_controller"
-    static let statuses = ["ok", "prom_unreachable", "redis_error", "corrupt_state"]
+    static let statuses = ["ok", "prom_unreachable", "redis_error", "corrupt_state", "invalid_policy"]
 
     /// Pushes `report`; returns the error text when the push failed (already logged).
     @discardableResult
@@ -97,7 +97,7 @@ public struct Telemetry: Sendable {
             # HELP rollout_controller_last_run_timestamp_seconds When the last run started, in Unix seconds.
             # TYPE rollout_controller_last_run_timestamp_seconds gauge
             rollout_controller_last_run_timestamp_seconds \(seconds)
-            # HELP rollout_controller_runs_total Controller runs by status (ok, prom_unreachable, redis_error, corrupt_state).
+            # HELP rollout_controller_runs_total Controller runs by status (ok, prom_unreachable, redis_error, corrupt_state, invalid_policy).
             # TYPE rollout_controller_runs_total counter
 
             """

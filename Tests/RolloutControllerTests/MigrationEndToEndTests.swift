@@ -79,6 +79,9 @@ struct MigrationEndToEndTests {
         let run = try await world.run()
         #expect(run.status == 2, "\(run.output.stdout)")
         #expect(run.features["legacy"]?["reason"] as? String == "invalid_policy")
+        // The run's status says so too (it reaches the Pushgateway as runs_total{status}): never "ok".
+        let document = (try? JSONSerialization.jsonObject(with: Data(run.output.stdout.utf8))) as? [String: Any]
+        #expect(document?["status"] as? String == "invalid_policy")
         let explanation = run.features["legacy"]?["explanation"] as? String ?? ""
         #expect(explanation.contains("features.legacy.rollback_to") && explanation.contains("int()"), "\(explanation)")
         #expect(try await world.get("flags:legacy:rollout_percent") == "10")

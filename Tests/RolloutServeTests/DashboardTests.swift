@@ -246,6 +246,7 @@ struct DashboardBrowserTests {
         #expect(seen["read_action_status"] as? Int == 403)
         #expect(seen["redis_enabled"] as? String == "")
         #expect(FileManager.default.fileExists(atPath: screenshot))
+        #expect(seen["contrast_failures"] as? [String] == [], "texts below WCAG AA's 4.5:1")
         #expect((seen["phone_overflow"] as? Int ?? 1) <= 0, "the page is wider than a phone's 390 px")
         // Redis shut down: the page said so by itself, and kept what it had read.
         #expect(seen["unreachable_after"] is Double, "banner: \(seen["banner"] ?? "none")")

@@ -34,6 +34,35 @@ def browser() -> webdriver.Chrome:
     return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
 
 
+CONTRAST = """
+const parse = (text) => {
+  const parts = text.match(/rgba?\\(([^)]+)\\)/)[1].split(",").map(Number);
+  return {r: parts[0], g: parts[1], b: parts[2], a: parts.length > 3 ? parts[3] : 1};
+};
+const background = (node) => {
+  for (; node; node = node.parentElement) {
+    const colour = parse(getComputedStyle(node).backgroundColor);
+    if (colour.a > 0) return colour;
+  }
+  return {r: 255, g: 255, b: 255, a: 1};
+};
+const luminance = (c) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+};
+const failures = [];
+for (const node of document.querySelectorAll("body *")) {
+  if (node.closest("svg") || !node.getClientRects().length) continue;
+  const text = Array.from(node.childNodes).filter((child) => child.nodeType === 3).map((child) => child.textContent).join("").trim();
+  if (!text) continue;
+  const fore = luminance(parse(getComputedStyle(node).color)), back = luminance(background(node));
+  const ratio = (Math.max(fore, back) + 0.05) / (Math.min(fore, back) + 0.05);
+  if (ratio < 4.5) failures.push(text.slice(0, 40) + ": " + ratio.toFixed(2));
+}
+return failures;
+"""
+
+
 def rows(driver):
     seen = {}
     for row in driver.find_elements(By.CSS_SELECTOR, "li[data-feature]"):
@@ -99,6 +128,8 @@ def main() -> None:
                 report["chart_label"] = driver.find_element(By.CSS_SELECTOR, f'li[data-feature="{chart}"] .chart svg').get_attribute("aria-label")
 
         driver.save_screenshot(scenario["screenshot"])
+        # WCAG AA: every visible text at least 4.5:1 against the background it sits on.
+        report["contrast_failures"] = driver.execute_script(CONTRAST)
         # On a phone's width nothing runs off the side.
         driver.set_window_size(390, 844)
         report["phone_overflow"] = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth;")

@@ -52,6 +52,19 @@ extension AuditRecord {
         let apart = self.time < time ? time.duration(since: self.time) : self.time.duration(since: time)
         return apart <= tolerance
     }
+
+    /// Whether `records` (in any order, from the stream and the log) already hold `feature`'s
+    /// change from `from` to `to` made near `time`: its newest percent change among them is
+    /// that change, within `tolerance` of `time`. An older record of the same change does not
+    /// count once a later percent change of the feature is recorded: the percent went elsewhere
+    /// and came back, and the change back is a new one.
+    public static func holdChange(
+        _ records: [AuditRecord], of feature: FeatureName, from: RolloutPercent, to: RolloutPercent, near time: Timestamp,
+        within tolerance: Duration
+    ) -> Bool {
+        let newest = records.filter { $0.feature == feature && $0.percentChange != nil }.max { $0.time < $1.time }
+        return newest?.records(feature, from: from, to: to, near: time, within: tolerance) == true
+    }
 }
 
 extension AuditLog {

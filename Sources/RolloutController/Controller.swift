@@ -318,13 +318,13 @@ public struct Controller: Sendable {
     /// in the audit stream (`rollout flags set-percent`), or in the Markdown log, where the
     /// original Python controller appends its own lines. A change recorded there is not a new
     /// manual change; recording it again would show it twice. A stream or log that cannot be
-    /// read answers no: the change is recorded again rather than lost.
+    /// read answers no: the change is recorded again rather than lost. Only the feature's newest
+    /// recorded percent change counts (``AuditRecord/holdChange(_:of:from:to:near:within:)``):
+    /// a change back to a percent recorded before, with another change recorded between, is new.
     private func isRecorded(_ feature: FeatureName, from: RolloutPercent, to: RolloutPercent, near time: Timestamp) async -> Bool {
-        let matches = { (record: AuditRecord) in record.records(feature, from: from, to: to, near: time, within: .seconds(60)) }
-        if let records = try? await AuditTrail(redis: redis).newest(of: feature, limit: 20, scanning: 2_000), records.contains(where: matches) {
-            return true
-        }
-        return await auditLog.recentRecords().contains(where: matches)
+        let stream = (try? await AuditTrail(redis: redis).newest(of: feature, limit: 20, scanning: 2_000)) ?? []
+        let log = await auditLog.recentRecords()
+        return AuditRecord.holdChange(stream + log, of: feature, from: from, to: to, near: time, within: .seconds(60))
     }
 
     /// 8. Records a percent the controller did not write (redis/acknowledge_percent.lua); the

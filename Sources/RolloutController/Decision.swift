@@ -288,7 +288,7 @@ func verdict(policy: FeaturePolicy, observation: Observation, now: Timestamp) ->
     let rollbackViolations = verdict.checks.filter { $0.status == .violated && $0.onViolation == .rollback }
     if !rollbackViolations.isEmpty {
         let names = rollbackViolations.map { "\($0.name)=\(format($0.value))\($0.detail.map { " (\($0))" } ?? "")" }.joined(separator: ", ")
-        let target = policy.rollbackTarget(from: current, lastGood: observation.lastGood)
+        let target = policy.rollbackTarget(from: current, lastGood: writableLastGood(observation))
         if target < current {
             verdict.action = .rollback(to: target)
             verdict.explanation = "rollback: \(names) violated; \(current)% -> \(target)% (rollback_to \(policy.rollbackTo))"
@@ -416,7 +416,7 @@ func forcedVerdict(policy: FeaturePolicy, observation: Observation, now: Timesta
         return hold(.paused, "paused\(why): a rollback forced by \(forced.requestedBy) waits for `rollout flags resume`; nothing to do")
     }
     if !state.enabled { return hold(.disabled, "kill switch on (enabled is false): a rollback forced by \(forced.requestedBy) has nothing to do") }
-    let target = policy.rollbackTarget(from: current, lastGood: observation.lastGood)
+    let target = policy.rollbackTarget(from: current, lastGood: writableLastGood(observation))
     guard target < current else {
         return hold(.atRollbackTarget, "rollback forced by \(forced.requestedBy), but \(current)% is already at or below the rollback target: nothing to do")
     }
@@ -437,3 +437,10 @@ public func format(_ value: Double?) -> String {
     return String(format: "%.4g", value)
 }
 
+/// The recorded last good percent as the feature's bucketing can take it: for a v1 feature,
+/// rounded down to a whole percent (a hand-written "37.5" read back by a healthy run), so a
+/// rollback to it never writes a percent the original Python gate's `int()` cannot read.
+private func writableLastGood(_ observation: Observation) -> RolloutPercent? {
+    guard let lastGood = observation.lastGood, observation.state.bucketing == .v1 else { return observation.lastGood }
+    return RolloutPercent(thousandths: lastGood.wholePercent * 1000) ?? .zero
+}

@@ -769,7 +769,8 @@ public final class FeatureGate: Service, Sendable {
         var overrides = ProcessOverrides()
         if let enabled = value(tally.variableName), parseBool(enabled) == false { overrides.killSwitch = tally.variableName }
         if let text = value(tally.fallbackPercentVariable), let percent = RolloutPercent(parsing: text) {
-            overrides.fallbackPercent = FallbackPercent(variable: tally.fallbackPercentVariable, percent: percent)
+            overrides.fallbackPercent = FallbackPercent(
+                variable: tally.fallbackPercentVariable, percent: percent, isPlainInteger: text.trimmingSpaces().allSatisfy(\.isASCIIDigit))
         }
         return overrides
     }

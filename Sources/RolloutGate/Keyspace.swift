@@ -231,15 +231,21 @@ struct FallbackPercent: Sendable, Hashable {
     var variable: String
     /// Its value.
     var percent: RolloutPercent
+    /// Whether the text is a plain integer (`10`, not `10.0` or `37.5`): the only form the
+    /// original Python gate's `int()` reads.
+    var isPlainInteger: Bool
 }
 
 extension FeatureState {
     /// This state with `fallback` as its percent if `replies` (those of
-    /// ``FeatureKeys/readCommands``) found no `rollout_percent`: below every Redis value.
+    /// ``FeatureKeys/readCommands``) found no `rollout_percent`: below every Redis value. A v1
+    /// feature takes only a plain integer (`10`): the original Python gate reads the variable
+    /// with `int()`, for which `10.0` and `37.5` are no numbers (0%), and the two must agree.
     func fallingBack(to fallback: FallbackPercent?, replies: [RedisValue]) -> FeatureState {
         guard let fallback, replies.count == FeatureKeys.readCommandCount, replies[FeatureKeys.rolloutPercentReply] == .null else {
             return self
         }
+        guard bucketing != .v1 || fallback.isPlainInteger else { return self }
         var state = self
         state.rolloutPercent = fallback.percent
         state.rolloutPercentVariable = fallback.variable

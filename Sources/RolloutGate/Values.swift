@@ -65,7 +65,7 @@ public struct RolloutPercent: Hashable, Sendable, Comparable, CustomStringConver
 }
 
 extension Character {
-    fileprivate var isASCIIDigit: Bool { ("0"..."9").contains(self) }
+    var isASCIIDigit: Bool { ("0"..."9").contains(self) }
 }
 
 /// A UTC instant with microsecond precision, in the keyspace's ISO-8601 form.

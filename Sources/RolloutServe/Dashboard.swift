@@ -75,6 +75,14 @@ struct Dashboard: Sendable {
         // A token of the file is URL-safe base64 behind `rg_`: a valid cookie value. Anything
         // else (a hand-made entry) is refused rather than written into a header.
         guard token.utf8.allSatisfy(Self.isCookieByte) else { return Self.signInPage(status: .unauthorized) }
+        // Another site's link does not replace the token of a signed-in browser (its next
+        // changes would be made, and audited, under the linked token): the browser keeps its
+        // own. A first sign-in from a link, and a bookmark or a typed address, set the cookie.
+        if RequestOrigin.isFromAnotherSite(request.headers), let current = request.cookies[Self.cookieName]?.value,
+            current != token, tokens.file.entry(for: current) != nil
+        {
+            return Self.redirectHome(cookie: nil)
+        }
         var cookie = "\(Self.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict"
         if RequestOrigin.cameOverTLS(request.headers) { cookie += "; Secure" }
         return Self.redirectHome(cookie: cookie)
@@ -199,6 +207,13 @@ enum RequestOrigin {
         guard let origin = headers[.origin] else { return false }
         guard let host = authority, let separator = origin.range(of: "://") else { return true }
         return origin[separator.upperBound...].lowercased() != host.lowercased()
+    }
+
+    /// Whether a browser says another site sent it here (`Sec-Fetch-Site` `cross-site` or
+    /// `same-site`): a link or a form of another page, not a bookmark, a typed address or this page.
+    static func isFromAnotherSite(_ headers: HTTPFields) -> Bool {
+        guard let site = field(headers, "sec-fetch-site") else { return false }
+        return site == "cross-site" || site == "same-site"
     }
 
     /// Whether `host` (a request's authority, its `Host`: name or address, maybe a port) names this machine's

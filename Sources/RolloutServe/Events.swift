@@ -27,7 +27,7 @@ public final class ChangeEvents: Sendable {
     }
 
     /// A subscriber slot, or nil when ``maximumSubscribers`` are open.
-    func subscribe() -> Bool {
+    fileprivate func subscribe() -> Bool {
         if subscribers.wrappingAdd(1, ordering: .relaxed).newValue > maximumSubscribers {
             subscribers.wrappingSubtract(1, ordering: .relaxed)
             return false
@@ -35,7 +35,11 @@ public final class ChangeEvents: Sendable {
         return true
     }
 
-    func unsubscribe() { subscribers.wrappingSubtract(1, ordering: .relaxed) }
+    fileprivate func unsubscribe() { subscribers.wrappingSubtract(1, ordering: .relaxed) }
+
+    /// A subscriber slot that gives itself back (``EventSlot``), or nil when
+    /// ``maximumSubscribers`` are open.
+    func slot() -> EventSlot? { subscribe() ? EventSlot(self) : nil }
 
     /// A credential for the token named `name`, good until the end of the next whole hour
     /// after `now` (seconds since the epoch): `<expiry>.<name>.<HMAC-SHA256 hex>`.
@@ -83,4 +87,20 @@ final class SigningKey: Sendable {
         guard let expected = sign(message) else { return false }
         return constantTimeEqual(Array(expected.utf8), Array(signature.utf8))
     }
+}
+
+/// One open slot of ``ChangeEvents``, given back once: by its stream when it ends, or when the
+/// response holding it is dropped with its body never run (Hummingbird runs a streamed body
+/// only after writing the head, so a client gone before that never starts it).
+final class EventSlot: Sendable {
+    private let events: ChangeEvents
+    private let released = Atomic<Bool>(false)
+
+    init(_ events: ChangeEvents) { self.events = events }
+
+    func release() {
+        if !released.exchange(true, ordering: .relaxed) { events.unsubscribe() }
+    }
+
+    deinit { release() }
 }

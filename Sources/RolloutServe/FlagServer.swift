@@ -249,7 +249,7 @@ public struct FlagServer: Sendable {
     /// `snapshot_file`, `expired`, `none`) whenever that word changes, looked at every second:
     /// Redis going away changes no feature, so no change event would tell the page.
     func eventResponse(reportingFreshness: Bool = false) -> Response {
-        guard events.subscribe() else { return Response(status: .serviceUnavailable) }
+        guard let slot = events.slot() else { return Response(status: .serviceUnavailable) }
         let events = events
         let gate = gate
         let changes = gate.changes()
@@ -259,7 +259,7 @@ public struct FlagServer: Sendable {
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                defer { events.unsubscribe() }
+                defer { slot.release() }
                 let (ticks, tick) = AsyncStream.makeStream(of: StreamTick.self, bufferingPolicy: .bufferingNewest(8))
                 try await writer.write(ByteBuffer(string: ": rollout serve change events\n\n"))
                 try await withGracefulShutdownHandler {

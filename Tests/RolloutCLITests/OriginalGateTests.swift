@@ -94,10 +94,16 @@ struct OriginalGateComparisonTests {
             #expect(abs(Double(on) / Double(comparison.count) * 100 - 25) < 2)
             compared += comparison.count
         }
+        // A variable int() cannot read ("10.0", "37.5") is 0% to the original: to ours too, under v1.
+        for text in ["10.0", "37.5"] {
+            let (disagreements, on) = try await comparison.compare(workspace: nil, environment: ["FLAGS_GOOGLE_ROLLOUT_PERCENT": text])
+            #expect(disagreements == 0 && on == 0, "FLAGS_GOOGLE_ROLLOUT_PERCENT=\(text)")
+            compared += comparison.count
+        }
         let (disagreements, on) = try await comparison.compare(workspace: nil)
         #expect(disagreements == 0 && on == 0)
         compared += comparison.count
-        #expect(compared == 1_700_000)
+        #expect(compared == 1_900_000)
     }
 
     @Test func aFractionalPercentForAV1FeatureIsRefusedEverywhereTheCLIWritesOne() async throws {

@@ -52,6 +52,24 @@ struct AuditLogLineTests {
         #expect(dryRun.percentChange == nil)
     }
 
+    @Test func onlyTheNewestPercentChangeOfTheFeatureHoldsAChange() throws {
+        let lines = [
+            "2025-10-08T16:00:00Z  google  10% -> 25%  reason=by hand  by=manual",
+            "2025-10-08T16:00:20Z  other  25% -> 10%  reason=x  by=manual",
+            "2025-10-08T16:00:25Z  google  paused  reason=x  by=manual",
+        ]
+        var records = try lines.map { try #require(AuditRecord(logLine: $0)) }
+        let at = try #require(Timestamp(parsing: "2025-10-08T16:00:40Z"))
+        let ten = try #require(RolloutPercent(parsing: "10"))
+        let twentyFive = try #require(RolloutPercent(parsing: "25"))
+        // Other features' changes and records that are no percent change do not count.
+        #expect(AuditRecord.holdChange(records, of: "google", from: ten, to: twentyFive, near: at, within: .seconds(60)))
+        // Back to 10 and up to 25 again: the first 10 -> 25 is no longer the newest.
+        records.insert(try #require(AuditRecord(logLine: "2025-10-08T16:00:30Z  google  25% -> 10%  reason=r  by=manual-detected")), at: 0)
+        #expect(!AuditRecord.holdChange(records, of: "google", from: ten, to: twentyFive, near: at, within: .seconds(60)))
+        #expect(!AuditRecord.holdChange([], of: "google", from: ten, to: twentyFive, near: at, within: .seconds(60)))
+    }
+
     @Test func recentRecordsReadTheTailOfTheLog() async throws {
         let directory = NSTemporaryDirectory() + "audit-lines-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

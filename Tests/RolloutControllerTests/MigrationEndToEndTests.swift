@@ -66,6 +66,30 @@ struct MigrationEndToEndTests {
         #expect(world.auditLines().filter { $0.contains("old  10% -> 25%") && $0.hasSuffix("by=manual-detected") }.count == 1, "\(world.auditLines())")
     }
 
+    /// A record counts for a change only while it is the feature's newest percent change: a
+    /// later redis-cli change back to the same percent, seen within a minute of the last
+    /// acknowledgement, is a new change and gets its own record.
+    @Test func aChangeBackToAnAlreadyRecordedPercentIsRecordedAgain() async throws {
+        let world = try await ControllerWorld.make()
+        try world.writePolicy([("flip", "dwell: 1h")])
+        try await world.known(["flip"], at: "10")
+        try await world.serve("flip", errorRatio: 0.001)
+        let set = try await runCommand(
+            world.binary, ["flags", "set-percent", "flip", "25", "--reason", "by hand"],
+            environment: ["REDIS_URL": world.redis.urlString, "ROLLOUT_AUDIT_LOG": world.auditLogPath])
+        #expect(set.status == 0, "\(set.stderr)")
+        _ = try await world.run()  // acknowledges 10 -> 25 without a second record
+        _ = try await world.client.send("SET", "flags:flip:rollout_percent", "10")
+        _ = try await world.run()  // records 25 -> 10 (manual-detected)
+        _ = try await world.client.send("SET", "flags:flip:rollout_percent", "25")
+        let run = try await world.run()
+        #expect(run.features["flip"]?["manual_change_detected"] as? Bool == true, "\(run.output.stdout)")
+        let lines = world.auditLines()
+        #expect(lines.filter { $0.contains("flip  10% -> 25%") }.count == 2, "\(lines)")
+        #expect(lines.filter { $0.contains("flip  10% -> 25%") && $0.hasSuffix("by=manual-detected") }.count == 1, "\(lines)")
+        #expect(lines.filter { $0.contains("flip  25% -> 10%") && $0.hasSuffix("by=manual-detected") }.count == 1, "\(lines)")
+    }
+
     @Test func aFractionalStepForAV1FeatureHoldsWithInvalidPolicyAndWritesNothing() async throws {
         let world = try await ControllerWorld.make()
         try world.writePolicy([("legacy", "dwell: 0s")], rollbackTo: "0.5")

@@ -190,6 +190,19 @@ struct SafetyDecisionTests {
         #expect(decide(policy: feature, observation: seen, now: now).action == .rollback(to: percent("50")))
     }
 
+    /// last_good is the percent a healthy run saw; for a v1 feature a hand-written "37.5" makes
+    /// it fractional, and the controller must not write that back (the original gate's int()
+    /// cannot read it): the rollback goes to the whole percent below, never above last_good.
+    @Test func aV1RollbackToLastGoodWritesAWholePercent() throws {
+        let feature = try policy(extra: "rollback_to: last_good")
+        var seen = observation(at: "100", latency: 0.9)
+        seen.lastGood = percent("37.5")
+        seen.state.bucketing = .v1
+        #expect(decide(policy: feature, observation: seen, now: now).action == .rollback(to: percent("37")))
+        seen.state.bucketing = .v2
+        #expect(decide(policy: feature, observation: seen, now: now).action == .rollback(to: percent("37.5")))
+    }
+
     @Test func aFlapPauseSaysWhy() throws {
         var seen = observation()
         seen.state.paused = true

@@ -143,6 +143,30 @@ struct FeatureGateTests {
         #expect(!gate.isEnabled("google", for: Subject(id: "user_123", workspace: "acme")))
     }
 
+    /// The original gate reads FLAGS_<F>_ROLLOUT_PERCENT with Python's int(): "37.5" and "10.0"
+    /// are no numbers to it (0%). For a v1 feature ours must not read them either, or the two
+    /// gates disagree; a v2 feature (no Python gate reads it) keeps the tolerant reading.
+    @Test func aV1FeatureTakesOnlyAWholeNumberFromTheEnvironment() async throws {
+        let server = try await RedisServer.start()
+        let admin = RedisClient(url: server.url())
+        defer { admin.close() }
+        _ = try await admin.send("SET", "flags:google:bucketing", "v1")
+        _ = try await admin.send("SET", "flags:pay:bucketing", "v1")
+        _ = try await admin.send("SET", "flags:lists:bucketing", "v2")
+        var configuration = FeatureGate.Configuration()
+        configuration.environment = [
+            "FLAGS_GOOGLE_ROLLOUT_PERCENT": "37.5", "FLAGS_PAY_ROLLOUT_PERCENT": "100.0", "FLAGS_LISTS_ROLLOUT_PERCENT": "100.0",
+        ]
+        let gate = FeatureGate(redisURL: server.url(), configuration: configuration)
+        await gate.prepare(["google", "pay", "lists"])
+        // v1 user_123 is bucket 19: on at 37%, off at the original's 0%.
+        #expect(!gate.isEnabled("google", for: Subject(id: "user_123")))
+        #expect(try gate.state(of: "google")?.get().rolloutPercentVariable == nil)
+        #expect(!gate.isEnabled("pay", for: Subject(id: "user_123")))
+        #expect(gate.isEnabled("lists", for: Subject(id: "user_123")))
+        #expect(try gate.state(of: "lists")?.get().rolloutPercentVariable == "FLAGS_LISTS_ROLLOUT_PERCENT")
+    }
+
     @Test func pushInvalidationFlipsTheKillSwitchWithoutWaitingForAPoll() async throws {
         let server = try await RedisServer.start()
         let admin = RedisClient(url: server.url())

@@ -1,5 +1,7 @@
 import Foundation
+import Hummingbird
 import RolloutGate
+import RolloutRedis
 @testable import RolloutServe
 import Testing
 
@@ -105,5 +107,24 @@ struct ChangeEventCredentialTests {
         #expect(events.verify(String(credential.dropLast()) + (credential.hasSuffix("0") ? "1" : "0"), now: now) == nil)
         #expect(ChangeEvents().verify(credential, now: now) == nil)  // another process's key
         #expect(events.verify("", now: now) == nil && events.verify("1.2", now: now) == nil)
+    }
+
+    /// Hummingbird runs a streamed body only once the response's head is written: a client that
+    /// goes away before that drops the response with its body never run. Its slot must come
+    /// back then too, or enough such clients fill ``ChangeEvents/maximumSubscribers`` for good
+    /// and every later stream (the dashboard's, OFREP's) is 503. No server is needed: nothing
+    /// connects until the body runs.
+    @Test func aStreamWhoseBodyNeverRunsGivesItsSlotBack() throws {
+        let gate = FeatureGate(redisURL: try RedisURL(parsing: "redis://127.0.0.1:1"), features: ["checkout"])
+        let server = FlagServer(gate: gate, events: ChangeEvents(maximumSubscribers: 1))
+        for _ in 0..<3 {
+            #expect(server.eventResponse().status == .ok)
+            #expect(server.eventResponse(reportingFreshness: true).status == .ok)
+        }
+        // Kept, the slot stays taken.
+        let open = server.eventResponse()
+        #expect(open.status == .ok)
+        #expect(server.eventResponse().status == .serviceUnavailable)
+        _ = open
     }
 }

@@ -75,14 +75,11 @@ struct Dashboard: Sendable {
         // A token of the file is URL-safe base64 behind `rg_`: a valid cookie value. Anything
         // else (a hand-made entry) is refused rather than written into a header.
         guard token.utf8.allSatisfy(Self.isCookieByte) else { return Self.signInPage(status: .unauthorized) }
-        // Another site's link does not replace the token of a signed-in browser (its next
-        // changes would be made, and audited, under the linked token): the browser keeps its
-        // own. A first sign-in from a link, and a bookmark or a typed address, set the cookie.
-        if RequestOrigin.isFromAnotherSite(request.headers), let current = request.cookies[Self.cookieName]?.value,
-            current != token, tokens.file.entry(for: current) != nil
-        {
-            return Self.redirectHome(cookie: nil)
-        }
+        // Another site's link never signs a browser in: its next changes would be made, and
+        // audited, under a token of that site's choosing. (Checking for a cookie already set
+        // would not do: a browser does not send a SameSite=Strict cookie on a navigation from
+        // another site.) A bookmark and a typed address say `Sec-Fetch-Site: none`.
+        if RequestOrigin.isFromAnotherSite(request.headers) { return Self.signInPage(status: .forbidden, fromALink: true) }
         var cookie = "\(Self.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict"
         if RequestOrigin.cameOverTLS(request.headers) { cookie += "; Secure" }
         return Self.redirectHome(cookie: cookie)
@@ -104,9 +101,11 @@ struct Dashboard: Sendable {
     }
 
     /// The sign-in page, answered with 401 (no known token) or 403 (no scope `read`).
-    static func signInPage(status: HTTPResponse.Status) -> Response {
+    static func signInPage(status: HTTPResponse.Status, fromALink: Bool = false) -> Response {
         let (title, detail) =
-            status == .forbidden
+            fromALink
+            ? ("Open this address yourself", "A link from another page cannot sign this browser in: paste the address into the address bar, or bookmark it.")
+            : status == .forbidden
             ? ("This token cannot read", "The token given has no scope read, or this server is not reachable under this name.")
             : ("Sign in", "No token was given, or the one given is not in this server's tokens file.")
         var response = html(fill(CRolloutDashboard_signIn(), ["title": title, "detail": detail]), status: status)

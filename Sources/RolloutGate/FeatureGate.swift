@@ -297,8 +297,9 @@ public final class FeatureGate: Service, Sendable {
     }
 
     /// A stream that yields after each refresh that changed some feature's state (or loaded
-    /// the snapshot file), for servers that tell their clients to fetch again (`rollout
-    /// serve`'s change events). Bursts coalesce: a consumer that is behind sees one element
+    /// the snapshot file), and when the answers' freshness changes (the snapshot goes stale,
+    /// fails closed, or is fresh again: every decision's freshness changed), for servers that
+    /// tell their clients to fetch again (`rollout serve`'s change events). Bursts coalesce: a consumer that is behind sees one element
     /// for many changes. Ends when the consumer stops iterating.
     public func changes() -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -516,6 +517,7 @@ public final class FeatureGate: Service, Sendable {
             }
         }
         guard first else { return }
+        tellWatchers()
         if freshness == nil {
             logger.error(
                 "The feature snapshot is older than the allowed staleness: every feature is now off until Redis answers",
@@ -600,13 +602,15 @@ public final class FeatureGate: Service, Sendable {
         readAt.store(readTime, ordering: .relaxed)
         updateFreshUntil()
         ageGauge.record(0)
-        let wasStale = health.withLock { health in
+        let (wasFailing, answeredStale) = health.withLock { health in
             defer { health = Health() }
-            return health.staleLogged || health.failing
+            return (health.staleLogged || health.failing, health.staleLogged)
         }
-        if wasStale {
+        if wasFailing {
             logger.notice("Redis is reachable again: the gate answers from a fresh snapshot", metadata: ["redis.url": "\(redisURL)"])
         }
+        // The answers were stale (or off): every decision's freshness changed back.
+        if answeredStale { tellWatchers() }
         return .success(())
     }
 

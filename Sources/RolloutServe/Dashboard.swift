@@ -40,7 +40,7 @@ struct Dashboard: Sendable {
         routes.add(.get, "/favicon.ico") { _, _ -> Response in Response(status: .noContent) }
         routes.add(.get, "/v1/events") { request, _ -> Response in
             if let refusal = dashboard.server.refusal(request, needing: .read) { return refusal }
-            return dashboard.server.eventResponse(reportingFreshness: true)
+            return dashboard.server.eventResponse()
         }
     }
 
@@ -53,14 +53,13 @@ struct Dashboard: Sendable {
         switch server.authorize(request, needing: .read) {
         case .refused(let refusal):
             return Self.signInPage(status: refusal.status)
-        case .allowed(let name):
-            let token = FlagServer.credential(in: request)?.token ?? ""
-            let canOperate = server.tokens.map { $0.file.entry(for: token)?.scopes.contains(.operate) == true } ?? true
-            let who = name.map { "Token \($0)" + (canOperate ? " (can pause, resume and kill)" : " (read only)") }
+        case .allowed(let caller):
+            let canOperate = caller.scopes.contains(.operate)
+            let who = caller.name.map { "Token \($0)" + (canOperate ? " (can pause, resume and kill)" : " (read only)") }
                 ?? "No authentication (loopback only, no --tokens-file)"
             let html = Self.fill(
                 CRolloutDashboard_page(),
-                ["csrf": server.signingKey.sign(Self.csrfMessage(token)) ?? "", "operate": canOperate ? "true" : "false", "who": who])
+                ["csrf": server.signingKey.sign(Self.csrfMessage(caller.token)) ?? "", "operate": canOperate ? "true" : "false", "who": who])
             return Self.html(html, status: .ok)
         }
     }
@@ -79,7 +78,9 @@ struct Dashboard: Sendable {
         // audited, under a token of that site's choosing. (Checking for a cookie already set
         // would not do: a browser does not send a SameSite=Strict cookie on a navigation from
         // another site.) A bookmark and a typed address say `Sec-Fetch-Site: none`.
-        if RequestOrigin.isFromAnotherSite(request.headers) { return Self.signInPage(status: .forbidden, fromALink: true) }
+        if RequestOrigin.isCrossSite(request.headers, authority: request.head.authority) {
+            return Self.signInPage(status: .forbidden, fromALink: true)
+        }
         var cookie = "\(Self.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict"
         if RequestOrigin.cameOverTLS(request.headers) { cookie += "; Secure" }
         return Self.redirectHome(cookie: cookie)
@@ -206,13 +207,6 @@ enum RequestOrigin {
         guard let origin = headers[.origin] else { return false }
         guard let host = authority, let separator = origin.range(of: "://") else { return true }
         return origin[separator.upperBound...].lowercased() != host.lowercased()
-    }
-
-    /// Whether a browser says another site sent it here (`Sec-Fetch-Site` `cross-site` or
-    /// `same-site`): a link or a form of another page, not a bookmark, a typed address or this page.
-    static func isFromAnotherSite(_ headers: HTTPFields) -> Bool {
-        guard let site = field(headers, "sec-fetch-site") else { return false }
-        return site == "cross-site" || site == "same-site"
     }
 
     /// Whether `host` (a request's authority, its `Host`: name or address, maybe a port) names this machine's

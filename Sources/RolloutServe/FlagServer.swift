@@ -67,10 +67,21 @@ public struct FlagServer: Sendable {
 
     /// What ``authorize(_:needing:)`` found.
     enum Authorization {
-        /// Allowed, with the token's name (nil without a tokens file).
-        case allowed(token: String?)
+        /// Allowed, with who is asking.
+        case allowed(Caller)
         /// Refused with this answer.
         case refused(Response)
+    }
+
+    /// Who an allowed request comes from: its token's name, scopes and the token itself (the
+    /// dashboard signs its CSRF token with it). Without a tokens file: no name, an empty token,
+    /// every scope.
+    struct Caller {
+        var name: String?
+        var token: String
+        var scopes: Set<Scope>
+
+        static let unauthenticated = Caller(name: nil, token: "", scopes: Set(Scope.allCases))
     }
 
     /// The name of the token `request` carries when it may use a route of `scope` (nil without
@@ -84,7 +95,7 @@ public struct FlagServer: Sendable {
         let changes = request.method != .get && request.method != .head
         if changes, RequestOrigin.isCrossSite(request.headers, authority: request.head.authority) { return .refused(Response(status: .forbidden)) }
         guard let tokens else {
-            return RequestOrigin.isLoopbackHost(request.head.authority) ? .allowed(token: nil) : .refused(Response(status: .forbidden))
+            return RequestOrigin.isLoopbackHost(request.head.authority) ? .allowed(.unauthenticated) : .refused(Response(status: .forbidden))
         }
         guard let (token, fromCookie) = Self.credential(in: request), let entry = tokens.file.entry(for: token) else {
             return .refused(Self.unauthorized)
@@ -94,7 +105,7 @@ public struct FlagServer: Sendable {
             let given = RequestOrigin.field(request.headers, Dashboard.csrfHeader) ?? ""
             guard signingKey.verify(given, of: Dashboard.csrfMessage(token)) else { return .refused(Response(status: .forbidden)) }
         }
-        return .allowed(token: entry.name)
+        return .allowed(Caller(name: entry.name, token: token, scopes: entry.scopes))
     }
 
     /// The token a request carries, and whether it came in the dashboard's cookie: a header
@@ -163,7 +174,7 @@ public struct FlagServer: Sendable {
             let token: String?
             switch server.authorize(request, needing: .evaluate) {
             case .refused(let refusal): return refusal
-            case .allowed(let name): token = name
+            case .allowed(let caller): token = caller.name
             }
             var request = request
             let body = try await request.collectBody(upTo: Self.maximumBodySize)
@@ -244,14 +255,12 @@ public struct FlagServer: Sendable {
     /// The event stream: a comment at once, `refetchEvaluation` after each change (bursts
     /// coalesced by the gate's change stream), a keep-alive comment every
     /// ``ChangeEvents/keepAliveInterval``; it ends at a graceful shutdown. 503 when
-    /// ``ChangeEvents/maximumSubscribers`` are open. With `reportingFreshness` (the dashboard's
-    /// stream) also `event: freshness` with `{"freshness": "stale"}` (`live`, `stale`,
-    /// `snapshot_file`, `expired`, `none`) whenever that word changes, looked at every second:
-    /// Redis going away changes no feature, so no change event would tell the page.
-    func eventResponse(reportingFreshness: Bool = false) -> Response {
+    /// ``ChangeEvents/maximumSubscribers`` are open. The gate's change stream also yields when
+    /// the snapshot goes stale or is fresh again, so a client (the dashboard) hears of Redis
+    /// going away, which changes no feature.
+    func eventResponse() -> Response {
         guard let slot = events.slot() else { return Response(status: .serviceUnavailable) }
         let events = events
-        let gate = gate
         let changes = gate.changes()
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
@@ -272,17 +281,6 @@ public struct FlagServer: Sendable {
                             while !Task.isCancelled {
                                 try await Task.sleep(for: events.keepAliveInterval)
                                 tick.yield(.keepAlive)
-                            }
-                        }
-                        if reportingFreshness {
-                            group.addTask {
-                                var last = gate.freshnessWord
-                                while !Task.isCancelled {
-                                    try await Task.sleep(for: .seconds(1))
-                                    let now = gate.freshnessWord
-                                    if now != last { tick.yield(.freshness(now)) }
-                                    last = now
-                                }
                             }
                         }
                         for await event in ticks {
@@ -340,23 +338,12 @@ public struct FlagServer: Sendable {
 private enum StreamTick: Sendable {
     case change
     case keepAlive
-    case freshness(String)
 
     var text: String {
         switch self {
         case .change: return "data: {\"type\":\"refetchEvaluation\"}\n\n"
         case .keepAlive: return ": keep-alive\n\n"
-        case .freshness(let word): return "event: freshness\ndata: {\"freshness\":\"\(word)\"}\n\n"
         }
-    }
-}
-
-extension FeatureGate {
-    /// How current the gate's answers are, as one word: `live`, `stale`, `snapshot_file`,
-    /// `expired` (older than the max staleness) or `none` (nothing loaded).
-    var freshnessWord: String {
-        guard hasSnapshot else { return "none" }
-        return currentFreshness()?.code ?? "expired"
     }
 }
 

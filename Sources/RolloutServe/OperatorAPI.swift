@@ -74,7 +74,7 @@ struct OperatorAPI: Sendable {
                 let author: String
                 switch api.server.authorize(request, needing: .operate) {
                 case .refused(let refusal): return refusal
-                case .allowed(let token): author = token.map { "api:\($0)" } ?? Self.anonymousAuthor
+                case .allowed(let caller): author = caller.name.map { "api:\($0)" } ?? Self.anonymousAuthor
                 }
                 let name = context.parameters.get("feature") ?? ""
                 var request = request
@@ -141,7 +141,8 @@ struct OperatorAPI: Sendable {
     /// The gate's snapshot now.
     var snapshot: SnapshotJSON {
         let gate = server.gate
-        return SnapshotJSON(loaded: gate.hasSnapshot, ageMs: gate.snapshotAge.map(\.wholeMilliseconds), freshness: gate.freshnessWord)
+        let freshness = gate.hasSnapshot ? (gate.currentFreshness()?.code ?? "expired") : "none"
+        return SnapshotJSON(loaded: gate.hasSnapshot, ageMs: gate.snapshotAge.map(\.wholeMilliseconds), freshness: freshness)
     }
 
     /// Runs a read of Redis; a failure is 503.

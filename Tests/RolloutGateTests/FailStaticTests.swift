@@ -16,6 +16,11 @@ private final class Tallies: Sendable {
     let checked = Atomic(0)
 }
 
+/// How often a gate's change stream yielded.
+private final class ChangesHeard: Sendable {
+    let count = Atomic(0)
+}
+
 /// A gate on a manual clock, polling only (so the only refreshes are the ones the clock allows).
 private func manualGate(
     _ server: RedisServer, clock: ManualClock, maxStaleness: Duration? = nil, logs: InMemoryLogHandler = InMemoryLogHandler()
@@ -72,11 +77,21 @@ struct FailStaticTests {
         let logs = InMemoryLogHandler()
         let gate = manualGate(server, clock: clock, logs: logs)
         let google = gate.feature("google")
+        // Going stale and fresh again changes every answer's freshness: a server's clients are told.
+        let told = ChangesHeard()
+        let changes = gate.changes()
+        let listener = Task {
+            for await _ in changes { told.count.wrappingAdd(1, ordering: .relaxed) }
+        }
+        defer { listener.cancel() }
         try await whileRunning(gate) {
             #expect(await eventually(within: .seconds(60)) { gate.isEnabled("google", for: Subject(id: "a")) })
             #expect(gate.decision("google", for: Subject(id: "a")).freshness == .live)
+            let beforeOutage = told.count.load(ordering: .relaxed)
             await server.killOffPool()
             await advance(clock, by: .seconds(90))
+            #expect(await eventually(within: .seconds(60)) { told.count.load(ordering: .relaxed) > beforeOutage }, "not told of going stale")
+            let whileStale = told.count.load(ordering: .relaxed)
             // Still on, by the same rule, and marked stale with the snapshot's age.
             let decision = gate.decision("google", for: Subject(id: "a"))
             #expect(decision.isOn)
@@ -105,6 +120,7 @@ struct FailStaticTests {
             #expect(recovered, "\(logs.entries.suffix(10).map { "\($0.level) \($0.message) \($0.metadata)" }.joined(separator: "\n"))")
             #expect(gate.decision("google", for: Subject(id: "a")).freshness == .live)
             #expect(logs.entries.filter { "\($0.message)".contains("reachable again") }.count == 1)
+            #expect(await eventually(within: .seconds(60)) { told.count.load(ordering: .relaxed) > whileStale }, "not told of being fresh again")
         }
     }
 

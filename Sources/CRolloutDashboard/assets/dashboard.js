@@ -377,9 +377,8 @@
       connection.textContent = "Live";
       refresh();
     };
+    // A change, and also the snapshot going stale or fresh again (Redis away or back).
     source.onmessage = () => refresh();
-    // Redis going away or coming back changes no feature: the server says so on its own.
-    source.addEventListener("freshness", () => refresh());
     source.onerror = () => {
       connection.dataset.connection = "lost";
       connection.textContent = "Live updates lost: reconnecting…";

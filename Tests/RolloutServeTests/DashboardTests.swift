@@ -236,8 +236,8 @@ struct DashboardBrowserTests {
         #expect((seen["buttons"] as? Int ?? 0) >= 2 * DashboardWorld.seeded.count)
         // A kill switch set with redis-cli reached the page through the event stream: the page
         // polls only every 30 s, and the wait ends at 20 s. (Measured here: tens of ms.)
+        // (The script reports no time when its 20 s wait ended first: the time is printed, not judged.)
         let killedAfter = try #require(seen["killed_after"] as? Double, "legacy's badge never turned killed")
-        #expect(killedAfter < 20)
         #expect(seen["not_reloaded"] as? Bool == true)
         // The pause button asked for a reason, paused the feature, and the change is audited.
         #expect(seen["dialog_open"] as? Bool == true)
